@@ -44,7 +44,12 @@ pub struct KdBatch {
 impl KdBatch {
     /// A batch of rows with every row counted. // [rows, vocab], [rows, vocab_t]
     pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
-        Self { student_logits, teacher_logits, labels: None, mask: None }
+        Self {
+            student_logits,
+            teacher_logits,
+            labels: None,
+            mask: None,
+        }
     }
 
     /// A batch of sequences, flattened to `batch·seq` rows. // [batch, seq, vocab]
@@ -87,7 +92,10 @@ pub struct TokenInputs {
 impl TokenInputs {
     /// The labels, or the error naming the loss that needs them.
     pub fn labels(&self, loss: &'static str) -> Result<Tensor<1, Int>> {
-        self.labels.clone().ok_or(KdError::MissingInput { loss, name: "labels" })
+        self.labels.clone().ok_or(KdError::MissingInput {
+            loss,
+            name: "labels",
+        })
     }
 }
 
@@ -105,11 +113,19 @@ pub struct Extra {
 impl Extra {
     /// A per-row diagnostic. // [rows]
     pub fn row(name: &'static str, value: Tensor<1>) -> Self {
-        Self { name, value, per_row: true }
+        Self {
+            name,
+            value,
+            per_row: true,
+        }
     }
     /// A scalar diagnostic. // [1]
     pub fn scalar(name: &'static str, value: Tensor<1>) -> Self {
-        Self { name, value, per_row: false }
+        Self {
+            name,
+            value,
+            per_row: false,
+        }
     }
 }
 
@@ -125,7 +141,10 @@ pub struct TokenTerms {
 impl TokenTerms {
     /// Terms without diagnostics.
     pub fn new(values: Tensor<1>) -> Self {
-        Self { values, extras: Vec::new() }
+        Self {
+            values,
+            extras: Vec::new(),
+        }
     }
     /// Adds a diagnostic.
     pub fn with(mut self, extra: Extra) -> Self {
@@ -189,7 +208,10 @@ pub struct KdOutput {
 impl KdOutput {
     /// The diagnostic called `name`, if this loss reports it.
     pub fn extra(&self, name: &str) -> Option<&Tensor<1>> {
-        self.extras.iter().find(|e| e.name == name).map(|e| &e.value)
+        self.extras
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| &e.value)
     }
 }
 
@@ -249,8 +271,18 @@ impl<L: Divergence> HardLabelMix<L> {
     /// # Errors
     /// [`KdError::InvalidHyperparameter`] when `weight ∉ [0, 1]`.
     pub fn new(loss: L, weight: f64) -> Result<Self> {
-        check_range(loss.name(), "hard_label_weight", weight, 0.0, 1.0, "a value in [0, 1]")?;
-        Ok(Self { inner: loss, weight })
+        check_range(
+            loss.name(),
+            "hard_label_weight",
+            weight,
+            0.0,
+            1.0,
+            "a value in [0, 1]",
+        )?;
+        Ok(Self {
+            inner: loss,
+            weight,
+        })
     }
 }
 
@@ -259,7 +291,10 @@ impl<L: Divergence> Divergence for HardLabelMix<L> {
         self.inner.name()
     }
     fn settings(&self) -> DriverSettings {
-        DriverSettings { hard_label_weight: Some(self.weight), ..self.inner.settings() }
+        DriverSettings {
+            hard_label_weight: Some(self.weight),
+            ..self.inner.settings()
+        }
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
         self.inner.per_token(inputs)
@@ -270,7 +305,11 @@ fn check_rows(what: &str, expected: usize, got: &[usize]) -> Result<()> {
     if got.len() == 1 && got[0] == expected {
         Ok(())
     } else {
-        Err(KdError::ShapeMismatch { what: what.into(), expected: vec![expected], got: got.to_vec() })
+        Err(KdError::ShapeMismatch {
+            what: what.into(),
+            expected: vec![expected],
+            got: got.to_vec(),
+        })
     }
 }
 
@@ -334,11 +373,20 @@ pub(crate) fn finish(
         .into_iter()
         .map(|e| {
             let value = e.value.detach();
-            let value = if e.per_row { value.mask_fill(invalid.clone(), 0.0) } else { value };
+            let value = if e.per_row {
+                value.mask_fill(invalid.clone(), 0.0)
+            } else {
+                value
+            };
             Extra { value, ..e }
         })
         .collect();
-    KdOutput { loss, per_row, n_valid, extras }
+    KdOutput {
+        loss,
+        per_row,
+        n_valid,
+        extras,
+    }
 }
 
 /// The driver behind [`Divergence::forward`].
@@ -349,7 +397,12 @@ pub(crate) fn run<L: Divergence + ?Sized>(
 ) -> Result<KdOutput> {
     let settings = loss.settings();
     let name = loss.name();
-    let KdBatch { student_logits, teacher_logits, labels, mask } = batch;
+    let KdBatch {
+        student_logits,
+        teacher_logits,
+        labels,
+        mask,
+    } = batch;
     let [rows, vocab] = student_logits.dims();
     let [t_rows, t_vocab] = teacher_logits.dims();
     if t_rows != rows {
@@ -360,7 +413,11 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         });
     }
     if t_vocab != vocab && !settings.cross_vocab {
-        return Err(KdError::VocabMismatch { loss: name, student: vocab, teacher: t_vocab });
+        return Err(KdError::VocabMismatch {
+            loss: name,
+            student: vocab,
+            teacher: t_vocab,
+        });
     }
     let device = student_logits.device();
     let valid = valid_rows(rows, labels.as_ref(), mask.as_ref(), &device)?;
@@ -368,7 +425,12 @@ pub(crate) fn run<L: Divergence + ?Sized>(
     if uses_labels {
         match &labels {
             Some(l) => check_label_range(name, l, &valid, vocab)?,
-            None => return Err(KdError::MissingInput { loss: name, name: "labels" }),
+            None => {
+                return Err(KdError::MissingInput {
+                    loss: name,
+                    name: "labels",
+                });
+            }
         }
     }
     let safe_labels = labels.map(|l| l.mask_fill(valid.clone().bool_not(), 0));
@@ -380,7 +442,11 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         valid: valid.clone().float(),
     };
     let TokenTerms { values, mut extras } = loss.per_token(inputs)?;
-    let soft = if settings.soft_scale == 1.0 { values } else { values.mul_scalar(settings.soft_scale) };
+    let soft = if settings.soft_scale == 1.0 {
+        values
+    } else {
+        values.mul_scalar(settings.soft_scale)
+    };
 
     let per_row = match (settings.hard_label_weight, safe_labels) {
         (Some(w), Some(labels)) => {

@@ -18,7 +18,11 @@ pub const LOGIT_FLOOR: f64 = -1.0e4;
 /// Raises logits to [`LOGIT_FLOOR`] (see there) and divides by the temperature.
 pub fn scaled_logits<const D: usize>(logits: Tensor<D>, temperature: f64) -> Tensor<D> {
     let floored = logits.clamp_min(LOGIT_FLOOR);
-    if temperature == 1.0 { floored } else { floored.div_scalar(temperature) }
+    if temperature == 1.0 {
+        floored
+    } else {
+        floored.div_scalar(temperature)
+    }
 }
 
 /// Row-wise `log softmax(x)`. // [rows, vocab] -> [rows, vocab]
@@ -93,7 +97,7 @@ mod tests {
     fn logsumexp_is_stable_and_exact() {
         let d = Device::flex();
         let x = Tensor::<2>::from_floats([[1000.0, 1000.0], [-1000.0, -1000.0 + 2f32.ln()]], &d);
-        let got = logsumexp(x).into_data().to_vec::<f32>().unwrap();
+        let got = logsumexp(x).into_data().try_to_vec::<f32>().unwrap();
         close(&got, &[1000.0 + 2f64.ln(), -1000.0 + 3f64.ln()], 1e-3);
     }
 
@@ -102,14 +106,27 @@ mod tests {
         let d = Device::flex();
         let la = log_softmax(Tensor::<2>::from_floats([[0.1, 2.0, -1.0]], &d));
         let lb = log_softmax(Tensor::<2>::from_floats([[1.5, -0.5, 0.3]], &d));
-        let a = la.clone().exp().into_data().to_vec::<f32>().unwrap();
-        let b = lb.clone().exp().into_data().to_vec::<f32>().unwrap();
-        let want: Vec<f64> =
-            a.iter().zip(&b).map(|(x, y)| (0.3 * *x as f64 + 0.7 * *y as f64).ln()).collect();
-        let got = log_mix(la.clone(), 0.3, lb.clone(), 0.7).into_data().to_vec::<f32>().unwrap();
+        let a = la.clone().exp().into_data().try_to_vec::<f32>().unwrap();
+        let b = lb.clone().exp().into_data().try_to_vec::<f32>().unwrap();
+        let want: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (0.3 * *x as f64 + 0.7 * *y as f64).ln())
+            .collect();
+        let got = log_mix(la.clone(), 0.3, lb.clone(), 0.7)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         close(&got, &want, 1e-6);
-        let only_b = log_mix(la, 0.0, lb.clone(), 1.0).into_data().to_vec::<f32>().unwrap();
-        close(&only_b, &b.iter().map(|x| (*x as f64).ln()).collect::<Vec<_>>(), 1e-6);
+        let only_b = log_mix(la, 0.0, lb.clone(), 1.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        close(
+            &only_b,
+            &b.iter().map(|x| (*x as f64).ln()).collect::<Vec<_>>(),
+            1e-6,
+        );
     }
 
     #[test]
@@ -117,9 +134,12 @@ mod tests {
         let d = Device::flex();
         let t = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0, 1.0]], &d);
         let lp = log_softmax(scaled_logits(t, 0.5));
-        let v = lp.clone().into_data().to_vec::<f32>().unwrap();
+        let v = lp.clone().into_data().try_to_vec::<f32>().unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
-        let kl = kl_rows(lp.clone(), lp).into_data().to_vec::<f32>().unwrap();
+        let kl = kl_rows(lp.clone(), lp)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(kl, vec![0.0]);
     }
 }
