@@ -1,0 +1,170 @@
+//! [`CausalLm`], the one type a training or generation loop needs: any supported architecture
+//! behind the same forward signature.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::gpt2::Gpt2;
+use crate::kv_cache::KvCache;
+use crate::llama::Llama;
+use crate::load::{self, NamedTensor};
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// Logits at every position, `[batch, seq, vocab]`.
+    pub logits: Tensor<3>,
+    /// With `output_hidden_states`: `num_hidden_layers + 1` tensors `[batch, seq, hidden]`;
+    /// index 0 is the embedding output, index `i` the output of block `i`, and the last one has
+    /// the final norm applied (exactly what `transformers` returns as `hidden_states`).
+    pub hidden_states: Option<Vec<Tensor<3>>>,
+}
+
+/// A causal language model of any supported architecture.
+///
+/// It is a burn [`Module`]: move it with `to_device`, train it with an optimizer on an autodiff
+/// device, count its parameters with `num_params`.
+#[derive(Module, Debug)]
+pub enum CausalLm {
+    /// GPT-2.
+    Gpt2(Gpt2),
+    /// LLaMA, Mistral or Qwen2.
+    Llama(Llama),
+}
+
+impl CausalLm {
+    /// Loads a Hugging Face model directory (`config.json` + `model.safetensors`).
+    ///
+    /// # Errors
+    /// See [`load::load_pretrained`].
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        load::load_pretrained(dir, device)
+    }
+
+    /// Writes the model as a Hugging Face directory that reloads to the same logits.
+    ///
+    /// # Errors
+    /// See [`load::save_pretrained`].
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        load::save_pretrained(self, dir)
+    }
+
+    /// A freshly initialised model for training from scratch (HF initialisation: normal with
+    /// std `initializer_range`, biases zero, norms one).
+    ///
+    /// # Errors
+    /// [`crate::ModelError::Config`] when the config is inconsistent.
+    pub fn init(config: &ModelConfig, device: &Device) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Gpt2(c) => Self::Gpt2(Gpt2::init(c, device)?),
+            ModelConfig::Llama(c) => Self::Llama(Llama::init(c, device)?),
+        })
+    }
+
+    /// The model's config (owned; cheap).
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Self::Gpt2(m) => ModelConfig::Gpt2(m.config.clone()),
+            Self::Llama(m) => ModelConfig::Llama(m.config.clone()),
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Gpt2(m) => m.config.vocab_size,
+            Self::Llama(m) => m.config.vocab_size,
+        }
+    }
+
+    /// Number of transformer blocks (the number of layers a [`KvCache`] needs).
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Self::Gpt2(m) => m.h.len(),
+            Self::Llama(m) => m.layers.len(),
+        }
+    }
+
+    /// An empty KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`.
+    ///
+    /// - `attention_mask` `[batch, seq]`: `1` = real token, `0` = padding (left padding for
+    ///   batched prompts); `None` = no padding.
+    /// - `position_ids` `[batch, seq]`; `None` = `max(cumsum(mask) − 1, 0)` when a mask is
+    ///   given (a left-padded row gets the same logits as unpadded), else `0..seq`.
+    ///
+    /// # Panics
+    /// When the shapes of the mask or positions disagree with `input_ids`.
+    ///
+    /// # Example
+    /// ```
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use kd_models::{CausalLm, Gpt2Config, ModelConfig};
+    ///
+    /// let device = Device::flex();
+    /// let config = Gpt2Config { vocab_size: 50, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2,
+    ///     ..Default::default() };
+    /// let model = CausalLm::init(&ModelConfig::Gpt2(config), &device).unwrap();
+    /// let ids = Tensor::<2, Int>::from_ints([[1, 2, 3], [4, 5, 6]], &device);
+    /// assert_eq!(model.forward(ids, None, None).dims(), [2, 3, 50]);
+    /// ```
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        position_ids: Option<Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        self.forward_with(input_ids, attention_mask, position_ids, None, false)
+            .logits
+    }
+
+    /// The full forward: optional KV cache and hidden states.
+    ///
+    /// With a cache, `input_ids` are the new tokens, `attention_mask` must cover
+    /// `[batch, cached + new]`, the new keys/values are appended to the cache, and the default
+    /// positions continue after the cached ones.
+    ///
+    /// # Panics
+    /// As [`CausalLm::forward`].
+    pub fn forward_with(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        position_ids: Option<Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> ModelOutput {
+        match self {
+            Self::Gpt2(m) => m.forward_with(
+                input_ids,
+                attention_mask,
+                position_ids,
+                cache,
+                output_hidden_states,
+            ),
+            Self::Llama(m) => m.forward_with(
+                input_ids,
+                attention_mask,
+                position_ids,
+                cache,
+                output_hidden_states,
+            ),
+        }
+    }
+
+    /// Every parameter under its `save_pretrained` key in the HF storage layout.
+    pub(crate) fn named_tensors(&self) -> Vec<NamedTensor> {
+        match self {
+            Self::Gpt2(m) => m.named_tensors(),
+            Self::Llama(m) => m.named_tensors(),
+        }
+    }
+}
