@@ -31,18 +31,18 @@ pub enum Reduction {
 /// tensor is given). Ignored rows get loss `0` and gradient `0`.
 #[derive(Debug, Clone)]
 pub struct KdBatch {
-    /// Student logits. // [rows, vocab]
+    /// Student logits. Shape: `[rows, vocab]`.
     pub student_logits: Tensor<2>,
-    /// Teacher logits; the vocabulary may differ only for cross-vocabulary losses. // [rows, vocab_t]
+    /// Teacher logits; the vocabulary may differ only for cross-vocabulary losses. Shape: `[rows, vocab_t]`.
     pub teacher_logits: Tensor<2>,
-    /// Target ids, `-100` = ignored row. Needed by label losses and the hard-label mix. // [rows]
+    /// Target ids, `-100` = ignored row. Needed by label losses and the hard-label mix. Shape: `[rows]`.
     pub labels: Option<Tensor<1, Int>>,
-    /// `true` = row counts. // [rows]
+    /// `true` = row counts. Shape: `[rows]`.
     pub mask: Option<Tensor<1, Bool>>,
 }
 
 impl KdBatch {
-    /// A batch of rows with every row counted. // [rows, vocab], [rows, vocab_t]
+    /// A batch of rows with every row counted. Shape: `[rows, vocab], [rows, vocab_t]`.
     pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
         Self {
             student_logits,
@@ -52,19 +52,19 @@ impl KdBatch {
         }
     }
 
-    /// A batch of sequences, flattened to `batch·seq` rows. // [batch, seq, vocab]
+    /// A batch of sequences, flattened to `batch·seq` rows. Shape: `[batch, seq, vocab]`.
     pub fn from_sequences(student_logits: Tensor<3>, teacher_logits: Tensor<3>) -> Self {
         Self::new(student_logits.flatten(0, 1), teacher_logits.flatten(0, 1))
     }
 
     /// Adds target ids (`-100` = ignored). Sequence labels `[batch, seq]` can be passed as
-    /// `labels.flatten(0, 1)`. // [rows]
+    /// `labels.flatten(0, 1)`. Shape: `[rows]`.
     pub fn with_labels(mut self, labels: Tensor<1, Int>) -> Self {
         self.labels = Some(labels);
         self
     }
 
-    /// Adds a row mask (`true` = counted). // [rows]
+    /// Adds a row mask (`true` = counted). Shape: `[rows]`.
     pub fn with_mask(mut self, mask: Tensor<1, Bool>) -> Self {
         self.mask = Some(mask);
         self
@@ -79,13 +79,13 @@ impl KdBatch {
 /// What the driver hands to [`Divergence::per_token`]: temperature-scaled logits of valid shapes.
 #[derive(Debug, Clone)]
 pub struct TokenInputs {
-    /// `student_logits / T_student`, floored at [`crate::logspace::LOGIT_FLOOR`]. // [rows, vocab]
+    /// `student_logits / T_student`, floored at [`crate::logspace::LOGIT_FLOOR`]. Shape: `[rows, vocab]`.
     pub student: Tensor<2>,
-    /// `teacher_logits / T_teacher`, floored likewise. // [rows, vocab_t]
+    /// `teacher_logits / T_teacher`, floored likewise. Shape: `[rows, vocab_t]`.
     pub teacher: Tensor<2>,
-    /// Target ids with ignored rows replaced by `0` (safe to gather); `None` if not given. // [rows]
+    /// Target ids with ignored rows replaced by `0` (safe to gather); `None` if not given. Shape: `[rows]`.
     pub labels: Option<Tensor<1, Int>>,
-    /// `1.0` on valid rows, `0.0` on ignored ones. // [rows]
+    /// `1.0` on valid rows, `0.0` on ignored ones. Shape: `[rows]`.
     pub valid: Tensor<1>,
 }
 
@@ -111,7 +111,7 @@ pub struct Extra {
 }
 
 impl Extra {
-    /// A per-row diagnostic. // [rows]
+    /// A per-row diagnostic. Shape: `[rows]`.
     pub fn row(name: &'static str, value: Tensor<1>) -> Self {
         Self {
             name,
@@ -119,7 +119,7 @@ impl Extra {
             per_row: true,
         }
     }
-    /// A scalar diagnostic. // [1]
+    /// A scalar diagnostic. Shape: `[1]`.
     pub fn scalar(name: &'static str, value: Tensor<1>) -> Self {
         Self {
             name,
@@ -132,7 +132,7 @@ impl Extra {
 /// The per-token term of a loss and its diagnostics.
 #[derive(Debug, Clone)]
 pub struct TokenTerms {
-    /// Loss of each row before `T²` scaling, masking and mixing. // [rows]
+    /// Loss of each row before `T²` scaling, masking and mixing. Shape: `[rows]`.
     pub values: Tensor<1>,
     /// Diagnostics.
     pub extras: Vec<Extra>,
@@ -197,9 +197,9 @@ pub struct KdOutput {
     /// The reduced loss: `[1]` for [`Reduction::Mean`] / [`Reduction::Sum`], `[rows]` for
     /// [`Reduction::None`]. Differentiable w.r.t. the student logits.
     pub loss: Tensor<1>,
-    /// Loss of each row, `0` on ignored rows; differentiable. // [rows]
+    /// Loss of each row, `0` on ignored rows; differentiable. Shape: `[rows]`.
     pub per_row: Tensor<1>,
-    /// Number of valid rows (as a float). // [1]
+    /// Number of valid rows (as a float). Shape: `[1]`.
     pub n_valid: Tensor<1>,
     /// Diagnostics, detached.
     pub extras: Vec<Extra>,

@@ -13,13 +13,13 @@ const TARGET_OFFSET: f64 = 1000.0;
 
 /// Target-class and non-target-class KL terms of one side pair, shared with ATKD.
 pub(crate) struct Decoupled {
-    /// `KL([p_y, 1 − p_y] ‖ [q_y, 1 − q_y])`. // [rows]
+    /// `KL([p_y, 1 − p_y] ‖ [q_y, 1 − q_y])`. Shape: `[rows]`.
     pub tckd: Tensor<1>,
-    /// KL of the distributions renormalised over the non-target classes. // [rows]
+    /// KL of the distributions renormalised over the non-target classes. Shape: `[rows]`.
     pub nckd: Tensor<1>,
-    /// Teacher's `log(1 − p_y)` (its non-target mass). // [rows]
+    /// Teacher's `log(1 − p_y)` (its non-target mass). Shape: `[rows]`.
     pub teacher_log_rest: Tensor<1>,
-    /// Teacher's `log p_y`. // [rows]
+    /// Teacher's `log p_y`. Shape: `[rows]`.
     pub teacher_log_target: Tensor<1>,
 }
 

@@ -25,12 +25,12 @@ pub fn scaled_logits<const D: usize>(logits: Tensor<D>, temperature: f64) -> Ten
     }
 }
 
-/// Row-wise `log softmax(x)`. // [rows, vocab] -> [rows, vocab]
+/// Row-wise `log softmax(x)`. Shape: `[rows, vocab] -> [rows, vocab]`.
 pub fn log_softmax(x: Tensor<2>) -> Tensor<2> {
     activation::log_softmax(x, 1)
 }
 
-/// Row-wise `log Σ_v exp(x_v)` with the max shift. // [rows, vocab] -> [rows, 1]
+/// Row-wise `log Σ_v exp(x_v)` with the max shift. Shape: `[rows, vocab] -> [rows, 1]`.
 pub fn logsumexp(x: Tensor<2>) -> Tensor<2> {
     let max = x.clone().detach().max_dim(1); // [rows, 1]
     let sum = x.sub(max.clone()).exp().sum_dim(1);
@@ -55,23 +55,23 @@ pub fn log_mix(log_a: Tensor<2>, w_a: f64, log_b: Tensor<2>, w_b: f64) -> Tensor
     sum.log().add(max)
 }
 
-/// Row-wise `KL(a‖b) = Σ_v a_v (log a_v − log b_v)` from log-probabilities. // -> [rows]
+/// Row-wise `KL(a‖b) = Σ_v a_v (log a_v − log b_v)` from log-probabilities, shape `[rows]`.
 pub fn kl_rows(log_a: Tensor<2>, log_b: Tensor<2>) -> Tensor<1> {
     let a = log_a.clone().exp();
     sum_rows(a.mul(log_a.sub(log_b)))
 }
 
-/// Row-wise cross-entropy `−Σ_v a_v log b_v` from log-probabilities. // -> [rows]
+/// Row-wise cross-entropy `−Σ_v a_v log b_v` from log-probabilities, shape `[rows]`.
 pub fn cross_entropy_rows(log_a: Tensor<2>, log_b: Tensor<2>) -> Tensor<1> {
     sum_rows(log_a.exp().mul(log_b)).neg()
 }
 
-/// Row sums as a rank-1 tensor. // [rows, vocab] -> [rows]
+/// Row sums as a rank-1 tensor. Shape: `[rows, vocab] -> [rows]`.
 pub fn sum_rows(x: Tensor<2>) -> Tensor<1> {
     x.sum_dim(1).squeeze_dim(1)
 }
 
-/// Picks `x[i, index[i]]` in every row. // [rows, vocab], [rows] -> [rows]
+/// Picks `x[i, index[i]]` in every row. Shape: `[rows, vocab], [rows] -> [rows]`.
 pub fn gather_rows(x: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
     x.gather(1, index.unsqueeze_dim(1)).squeeze_dim(1)
 }

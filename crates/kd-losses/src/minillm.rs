@@ -98,33 +98,33 @@ impl MiniLlmConfig {
 /// Sampled responses with student and teacher logits at every position.
 #[derive(Debug, Clone)]
 pub struct MiniLlmBatch {
-    /// Current (trainable) student logits; position `t` predicts `tokens[t]`. // [batch, len, vocab]
+    /// Current (trainable) student logits; position `t` predicts `tokens[t]`. Shape: `[batch, len, vocab]`.
     pub student_logits: Tensor<3>,
-    /// Teacher logits. // [batch, len, vocab]
+    /// Teacher logits. Shape: `[batch, len, vocab]`.
     pub teacher_logits: Tensor<3>,
-    /// Sampled response tokens. // [batch, len]
+    /// Sampled response tokens. Shape: `[batch, len]`.
     pub tokens: Tensor<2, Int>,
-    /// `true` = valid response token. // [batch, len]
+    /// `true` = valid response token. Shape: `[batch, len]`.
     pub mask: Tensor<2, Bool>,
     /// Logits of the policy that sampled (`None` = the current student, as a constant).
-    /// // [batch, len, vocab]
+    /// Shape: `[batch, len, vocab]`.
     pub old_student_logits: Option<Tensor<3>>,
 }
 
 /// Output of [`MiniLlm::forward`].
 #[derive(Debug, Clone)]
 pub struct MiniLlmOutput {
-    /// `pg_loss + [single_step_reg]·reg_loss`; differentiable. // [1]
+    /// `pg_loss + [single_step_reg]·reg_loss`; differentiable. Shape: `[1]`.
     pub loss: Tensor<1>,
-    /// Mean clipped policy-gradient term over valid tokens. // [1]
+    /// Mean clipped policy-gradient term over valid tokens. Shape: `[1]`.
     pub pg_loss: Tensor<1>,
-    /// Mean single-step regulariser over valid tokens (reported even when not added). // [1]
+    /// Mean single-step regulariser over valid tokens (reported even when not added). Shape: `[1]`.
     pub reg_loss: Tensor<1>,
-    /// `pg_t + [reg] reg_t` per token, row-major, 0 on invalid tokens. // [batch·len]
+    /// `pg_t + [reg] reg_t` per token, row-major, 0 on invalid tokens. Shape: `[batch·len]`.
     pub per_row: Tensor<1>,
-    /// Number of valid tokens. // [1]
+    /// Number of valid tokens. Shape: `[1]`.
     pub n_valid: Tensor<1>,
-    /// Detached per-token quantities by name (`reward`, `advantage`, `ratio`, …). // [batch, len]
+    /// Detached per-token quantities by name (`reward`, `advantage`, `ratio`, …). Shape: `[batch, len]`.
     pub per_token: Vec<(&'static str, Tensor<2>)>,
 }
 
@@ -170,7 +170,7 @@ pub struct MiniLlm {
     config: MiniLlmConfig,
 }
 
-/// `log softmax(x)[token]` over the vocabulary axis. // [b, l, v], [b, l] -> [b, l]
+/// `log softmax(x)[token]` over the vocabulary axis. Shape: `[b, l, v], [b, l] -> [b, l]`.
 fn token_log_prob(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
     activation::log_softmax(logits, 2)
         .gather(2, tokens.unsqueeze_dim(2))

@@ -65,15 +65,15 @@ impl TopKKlConfig {
 /// A batch for [`TopKKl`]: dense student logits and a sparse teacher.
 #[derive(Debug, Clone)]
 pub struct SparseKdBatch {
-    /// Student logits. // [rows, vocab]
+    /// Student logits. Shape: `[rows, vocab]`.
     pub student_logits: Tensor<2>,
-    /// Teacher's top-k token ids, each in `[0, vocab)`. // [rows, k]
+    /// Teacher's top-k token ids, each in `[0, vocab)`. Shape: `[rows, k]`.
     pub teacher_topk_ids: Tensor<2, Int>,
-    /// Teacher's full-vocabulary log-probabilities (at `T = 1`) of those ids. // [rows, k]
+    /// Teacher's full-vocabulary log-probabilities (at `T = 1`) of those ids. Shape: `[rows, k]`.
     pub teacher_topk_logprobs: Tensor<2>,
-    /// Optional target ids, `-100` = ignored row (only used for masking). // [rows]
+    /// Optional target ids, `-100` = ignored row (only used for masking). Shape: `[rows]`.
     pub labels: Option<Tensor<1, Int>>,
-    /// Optional row mask, `true` = counted. // [rows]
+    /// Optional row mask, `true` = counted. Shape: `[rows]`.
     pub mask: Option<Tensor<1, Bool>>,
 }
 
