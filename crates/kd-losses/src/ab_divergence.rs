@@ -20,22 +20,14 @@ pub struct AbDivergenceConfig {
 
 impl Default for AbDivergenceConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.2,
-            beta: 0.7,
-            temperature: 1.0,
-        }
+        Self { alpha: 0.2, beta: 0.7, temperature: 1.0 }
     }
 }
 
 impl AbDivergenceConfig {
     /// A config with the given `α`, `β` and `T = 1`.
     pub fn new(alpha: f64, beta: f64) -> Self {
-        Self {
-            alpha,
-            beta,
-            temperature: 1.0,
-        }
+        Self { alpha, beta, temperature: 1.0 }
     }
     /// Validates the config.
     ///
@@ -43,26 +35,10 @@ impl AbDivergenceConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `α` or `β` is not finite or `T ≤ 0`.
     pub fn init(&self) -> Result<AbDivergence> {
         let inf = f64::INFINITY;
-        check_range(
-            "ab_divergence",
-            "alpha",
-            self.alpha,
-            -inf,
-            inf,
-            "a finite value",
-        )?;
-        check_range(
-            "ab_divergence",
-            "beta",
-            self.beta,
-            -inf,
-            inf,
-            "a finite value",
-        )?;
+        check_range("ab_divergence", "alpha", self.alpha, -inf, inf, "a finite value")?;
+        check_range("ab_divergence", "beta", self.beta, -inf, inf, "a finite value")?;
         check_temperature("ab_divergence", "temperature", self.temperature)?;
-        Ok(AbDivergence {
-            config: self.clone(),
-        })
+        Ok(AbDivergence { config: self.clone() })
     }
 }
 
@@ -116,11 +92,7 @@ impl Divergence for AbDivergence {
             sum_rows(t).div_scalar(a)
         } else if a + b == 0.0 {
             let d = lq.sub(lp); // log q − log p
-            let t = d
-                .clone()
-                .mul_scalar(a)
-                .add(d.mul_scalar(-a).exp())
-                .sub_scalar(1.0);
+            let t = d.clone().mul_scalar(a).add(d.mul_scalar(-a).exp()).sub_scalar(1.0);
             sum_rows(t).div_scalar(a)
         } else {
             let s = a + b;
@@ -144,10 +116,7 @@ mod tests {
         for (a, b) in [(0.0, 0.0), (0.0, 0.6), (0.8, 0.0), (0.6, -0.6), (0.2, 0.7)] {
             let loss = AbDivergenceConfig::new(a, b).init().unwrap();
             let (l, g) = grad_and_loss(&loss, rows(&[x]), rows(&[x]));
-            assert!(
-                l.abs() < 1e-6 && g.iter().all(|v| v.abs() < 1e-6),
-                "{a} {b}: {l}"
-            );
+            assert!(l.abs() < 1e-6 && g.iter().all(|v| v.abs() < 1e-6), "{a} {b}: {l}");
         }
     }
 }

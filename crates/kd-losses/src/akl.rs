@@ -19,10 +19,7 @@ pub struct AdaptiveKlConfig {
 
 impl Default for AdaptiveKlConfig {
     fn default() -> Self {
-        Self {
-            mu: 0.5,
-            temperature: 1.0,
-        }
+        Self { mu: 0.5, temperature: 1.0 }
     }
 }
 
@@ -43,9 +40,7 @@ impl AdaptiveKlConfig {
     pub fn init(&self) -> Result<AdaptiveKl> {
         check_range("akl", "mu", self.mu, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("akl", "temperature", self.temperature)?;
-        Ok(AdaptiveKl {
-            config: self.clone(),
-        })
+        Ok(AdaptiveKl { config: self.clone() })
     }
 }
 
@@ -115,10 +110,7 @@ impl Divergence for AdaptiveKl {
 
         let fkl = kl_rows(log_p.clone(), log_q.clone());
         let rkl = kl_rows(log_q, log_p);
-        let value = fkl
-            .clone()
-            .mul(w_head.clone())
-            .add(rkl.clone().mul(w_tail.clone()));
+        let value = fkl.clone().mul(w_head.clone()).add(rkl.clone().mul(w_tail.clone()));
         Ok(TokenTerms::new(value)
             .with(Extra::row("head_weight", w_head))
             .with(Extra::row("tail_weight", w_tail))
@@ -137,24 +129,12 @@ mod tests {
     fn lies_between_forward_and_reverse_kl() {
         let s: &[f32] = &[0.3, -1.0, 2.0, 0.0];
         let t: &[f32] = &[1.0, 0.5, -0.5, 3.0];
-        let (akl, _) = grad_and_loss(
-            &AdaptiveKlConfig::new().init().unwrap(),
-            rows(&[s]),
-            rows(&[t]),
-        );
-        let (f, _) = grad_and_loss(
-            &crate::ForwardKlConfig::new().init().unwrap(),
-            rows(&[s]),
-            rows(&[t]),
-        );
-        let (r, _) = grad_and_loss(
-            &crate::ReverseKlConfig::new().init().unwrap(),
-            rows(&[s]),
-            rows(&[t]),
-        );
-        assert!(
-            akl >= f.min(r) - 1e-6 && akl <= f.max(r) + 1e-6,
-            "{akl} {f} {r}"
-        );
+        let (akl, _) =
+            grad_and_loss(&AdaptiveKlConfig::new().init().unwrap(), rows(&[s]), rows(&[t]));
+        let (f, _) =
+            grad_and_loss(&crate::ForwardKlConfig::new().init().unwrap(), rows(&[s]), rows(&[t]));
+        let (r, _) =
+            grad_and_loss(&crate::ReverseKlConfig::new().init().unwrap(), rows(&[s]), rows(&[t]));
+        assert!(akl >= f.min(r) - 1e-6 && akl <= f.max(r) + 1e-6, "{akl} {f} {r}");
     }
 }

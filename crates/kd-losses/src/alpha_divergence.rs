@@ -18,10 +18,7 @@ pub struct AlphaDivergenceConfig {
 
 impl Default for AlphaDivergenceConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.5,
-            temperature: 1.0,
-        }
+        Self { alpha: 0.5, temperature: 1.0 }
     }
 }
 
@@ -41,18 +38,9 @@ impl AlphaDivergenceConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `α` is not finite or `T ≤ 0`.
     pub fn init(&self) -> Result<AlphaDivergence> {
         let inf = f64::INFINITY;
-        check_range(
-            "alpha_divergence",
-            "alpha",
-            self.alpha,
-            -inf,
-            inf,
-            "a finite value",
-        )?;
+        check_range("alpha_divergence", "alpha", self.alpha, -inf, inf, "a finite value")?;
         check_temperature("alpha_divergence", "temperature", self.temperature)?;
-        Ok(AlphaDivergence {
-            config: self.clone(),
-        })
+        Ok(AlphaDivergence { config: self.clone() })
     }
 }
 
@@ -112,10 +100,7 @@ mod tests {
     fn approaches_forward_kl_near_alpha_one() {
         let s: &[f32] = &[0.3, -1.0, 2.0];
         let t: &[f32] = &[1.0, 0.5, -0.5];
-        let near = AlphaDivergenceConfig::new()
-            .with_alpha(0.999)
-            .init()
-            .unwrap();
+        let near = AlphaDivergenceConfig::new().with_alpha(0.999).init().unwrap();
         let fkl = crate::ForwardKlConfig::new().init().unwrap();
         let (a, _) = grad_and_loss(&near, rows(&[s]), rows(&[t]));
         let (b, _) = grad_and_loss(&fkl, rows(&[s]), rows(&[t]));

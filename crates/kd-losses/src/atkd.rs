@@ -21,11 +21,7 @@ pub struct AdaptiveTeachingKdConfig {
 
 impl Default for AdaptiveTeachingKdConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.2,
-            student_temperature: 1.0,
-            teacher_temperature: 1.0,
-        }
+        Self { alpha: 0.2, student_temperature: 1.0, teacher_temperature: 1.0 }
     }
 }
 
@@ -42,9 +38,7 @@ impl AdaptiveTeachingKdConfig {
         check_range("atkd", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("atkd", "student_temperature", self.student_temperature)?;
         check_temperature("atkd", "teacher_temperature", self.teacher_temperature)?;
-        Ok(AdaptiveTeachingKd {
-            config: self.clone(),
-        })
+        Ok(AdaptiveTeachingKd { config: self.clone() })
     }
 }
 
@@ -107,16 +101,11 @@ impl Divergence for AdaptiveTeachingKd {
         let n_valid_int = is_valid.clone().int().sum(); // [1]
         let k: Tensor<1, Int> = n_valid_int.sub_scalar(1).clamp_min(0).div_scalar(2);
         let k = k.clamp_max(rows.saturating_sub(1) as i64);
-        let median_key = if rows == 0 {
-            Tensor::<1>::zeros([1], &device)
-        } else {
-            sorted.gather(0, k)
-        };
+        let median_key =
+            if rows == 0 { Tensor::<1>::zeros([1], &device) } else { sorted.gather(0, k) };
         let median = median_key.clone().exp().neg().add_scalar(1.0);
 
-        let hard = key
-            .lower_equal(median_key.expand([rows]))
-            .bool_and(is_valid.clone());
+        let hard = key.lower_equal(median_key.expand([rows])).bool_and(is_valid.clone());
         let easy = hard.clone().bool_not().bool_and(is_valid);
         let (hard_f, easy_f) = (hard.float(), easy.float());
         let n_valid = valid.sum();
@@ -124,22 +113,13 @@ impl Divergence for AdaptiveTeachingKd {
         let n_easy = easy_f.clone().sum();
         // Row weights, constants w.r.t. the student.
         let w_easy = easy_f
-            .mul(
-                n_valid
-                    .clone()
-                    .div(n_easy.clone().clamp_min(1.0))
-                    .expand([rows]),
-            )
+            .mul(n_valid.clone().div(n_easy.clone().clamp_min(1.0)).expand([rows]))
             .mul_scalar(alpha);
         let w_hard = hard_f
             .clone()
             .mul(n_valid.div(n_hard.clone().clamp_min(1.0)).expand([rows]))
             .mul_scalar(1.0 - alpha);
-        let value = d
-            .nckd
-            .clone()
-            .mul(w_easy)
-            .add(d.tckd.clone().add(d.nckd.clone()).mul(w_hard));
+        let value = d.nckd.clone().mul(w_easy).add(d.tckd.clone().add(d.nckd.clone()).mul(w_hard));
         Ok(TokenTerms::new(value)
             .with(Extra::row("uncertainty", uncertainty))
             .with(Extra::row("is_hard", hard_f))
@@ -162,37 +142,18 @@ mod tests {
     fn groups_split_at_the_lower_median() {
         let d = Device::flex();
         // Teacher confidence on label 0 falls row by row: uncertainties rise.
-        let teacher = rows(&[
-            &[4.0, 0.0, 0.0],
-            &[2.0, 0.0, 0.0],
-            &[1.0, 0.0, 0.0],
-            &[0.0, 0.0, 0.0],
-        ]);
+        let teacher =
+            rows(&[&[4.0, 0.0, 0.0], &[2.0, 0.0, 0.0], &[1.0, 0.0, 0.0], &[0.0, 0.0, 0.0]]);
         let s: &[f32] = &[0.0, 1.0, 0.0];
         let student = rows(&[s, s, s, s]);
         let labels = Tensor::<1, Int>::from_ints([0, 0, 0, 0], &d);
         let out = AdaptiveTeachingKdConfig::new()
             .init()
             .unwrap()
-            .forward(
-                KdBatch::new(student, teacher).with_labels(labels),
-                Reduction::Mean,
-            )
+            .forward(KdBatch::new(student, teacher).with_labels(labels), Reduction::Mean)
             .unwrap();
-        let hard = out
-            .extra("is_hard")
-            .unwrap()
-            .to_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let hard = out.extra("is_hard").unwrap().to_data().try_to_vec::<f32>().unwrap();
         assert_eq!(hard, vec![0.0, 1.0, 1.0, 1.0]);
-        assert_eq!(
-            out.extra("n_easy")
-                .unwrap()
-                .to_data()
-                .try_to_vec::<f32>()
-                .unwrap(),
-            vec![1.0]
-        );
+        assert_eq!(out.extra("n_easy").unwrap().to_data().try_to_vec::<f32>().unwrap(), vec![1.0]);
     }
 }

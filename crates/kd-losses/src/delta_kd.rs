@@ -23,11 +23,7 @@ pub struct DeltaKdConfig {
 
 impl Default for DeltaKdConfig {
     fn default() -> Self {
-        Self {
-            alpha: 1.0,
-            temperature: 1.0,
-            lambda_sft: 0.0,
-        }
+        Self { alpha: 1.0, temperature: 1.0, lambda_sft: 0.0 }
     }
 }
 
@@ -41,26 +37,10 @@ impl DeltaKdConfig {
     /// # Errors
     /// [`KdError::InvalidHyperparameter`] when `α < 0`, `λ ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<DeltaKd> {
-        check_range(
-            "delta_kd",
-            "alpha",
-            self.alpha,
-            0.0,
-            f64::INFINITY,
-            "a value ≥ 0",
-        )?;
-        check_range(
-            "delta_kd",
-            "lambda_sft",
-            self.lambda_sft,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
+        check_range("delta_kd", "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
+        check_range("delta_kd", "lambda_sft", self.lambda_sft, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("delta_kd", "temperature", self.temperature)?;
-        Ok(DeltaKd {
-            config: self.clone(),
-        })
+        Ok(DeltaKd { config: self.clone() })
     }
 }
 
@@ -126,14 +106,8 @@ impl DeltaKd {
     ) -> Result<KdOutput> {
         let dims = batch.teacher_logits.dims();
         for (what, t) in [
-            (
-                "teacher_base_logits vs teacher_logits",
-                &teacher_base_logits,
-            ),
-            (
-                "student_base_logits vs teacher_logits",
-                &student_base_logits,
-            ),
+            ("teacher_base_logits vs teacher_logits", &teacher_base_logits),
+            ("student_base_logits vs teacher_logits", &student_base_logits),
         ] {
             if t.dims() != dims {
                 return Err(KdError::ShapeMismatch {
@@ -144,23 +118,14 @@ impl DeltaKd {
             }
         }
         let shifted = student_base_logits.add(
-            batch
-                .teacher_logits
-                .clone()
-                .sub(teacher_base_logits)
-                .mul_scalar(self.config.alpha),
+            batch.teacher_logits.clone().sub(teacher_base_logits).mul_scalar(self.config.alpha),
         );
         let term = DeltaKdTerm {
             temperature: self.config.temperature,
             lambda_sft: self.config.lambda_sft,
         };
-        let mut out = term.forward(
-            KdBatch {
-                teacher_logits: shifted.detach(),
-                ..batch
-            },
-            reduction,
-        )?;
+        let mut out =
+            term.forward(KdBatch { teacher_logits: shifted.detach(), ..batch }, reduction)?;
         out.extras.retain(|e| e.name != "soft_term");
         for e in &mut out.extras {
             if e.name == "hard_term" {
@@ -185,19 +150,11 @@ mod tests {
         let out = DeltaKdConfig::new()
             .init()
             .unwrap()
-            .forward(
-                KdBatch::new(s.clone(), t.clone()),
-                t,
-                base.clone(),
-                Reduction::Mean,
-            )
+            .forward(KdBatch::new(s.clone(), t.clone()), t, base.clone(), Reduction::Mean)
             .unwrap();
         let fkl = crate::ForwardKlConfig::new().init().unwrap();
         let want = fkl.forward(KdBatch::new(s, base), Reduction::Mean).unwrap();
-        let (a, b) = (
-            out.loss.into_scalar::<f32>(),
-            want.loss.into_scalar::<f32>(),
-        );
+        let (a, b) = (out.loss.into_scalar::<f32>(), want.loss.into_scalar::<f32>());
         assert!((a - b).abs() < 1e-6, "{a} {b}");
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::error::{KdError, Result, check_range};
+use crate::fused::{self, ExpectedUpstream, FusedCall, FusedKind};
 use crate::logspace::{gather_rows, log_softmax, scaled_logits};
 
 /// How per-row losses are combined into the returned `loss`.
@@ -44,12 +45,7 @@ pub struct KdBatch {
 impl KdBatch {
     /// A batch of rows with every row counted. Shape: `[rows, vocab], [rows, vocab_t]`.
     pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
-        Self {
-            student_logits,
-            teacher_logits,
-            labels: None,
-            mask: None,
-        }
+        Self { student_logits, teacher_logits, labels: None, mask: None }
     }
 
     /// A batch of sequences, flattened to `batch·seq` rows. Shape: `[batch, seq, vocab]`.
@@ -92,10 +88,7 @@ pub struct TokenInputs {
 impl TokenInputs {
     /// The labels, or the error naming the loss that needs them.
     pub fn labels(&self, loss: &'static str) -> Result<Tensor<1, Int>> {
-        self.labels.clone().ok_or(KdError::MissingInput {
-            loss,
-            name: "labels",
-        })
+        self.labels.clone().ok_or(KdError::MissingInput { loss, name: "labels" })
     }
 }
 
@@ -113,19 +106,11 @@ pub struct Extra {
 impl Extra {
     /// A per-row diagnostic. Shape: `[rows]`.
     pub fn row(name: &'static str, value: Tensor<1>) -> Self {
-        Self {
-            name,
-            value,
-            per_row: true,
-        }
+        Self { name, value, per_row: true }
     }
     /// A scalar diagnostic. Shape: `[1]`.
     pub fn scalar(name: &'static str, value: Tensor<1>) -> Self {
-        Self {
-            name,
-            value,
-            per_row: false,
-        }
+        Self { name, value, per_row: false }
     }
 }
 
@@ -141,10 +126,7 @@ pub struct TokenTerms {
 impl TokenTerms {
     /// Terms without diagnostics.
     pub fn new(values: Tensor<1>) -> Self {
-        Self {
-            values,
-            extras: Vec::new(),
-        }
+        Self { values, extras: Vec::new() }
     }
     /// Adds a diagnostic.
     pub fn with(mut self, extra: Extra) -> Self {
@@ -208,10 +190,7 @@ pub struct KdOutput {
 impl KdOutput {
     /// The diagnostic called `name`, if this loss reports it.
     pub fn extra(&self, name: &str) -> Option<&Tensor<1>> {
-        self.extras
-            .iter()
-            .find(|e| e.name == name)
-            .map(|e| &e.value)
+        self.extras.iter().find(|e| e.name == name).map(|e| &e.value)
     }
 }
 
@@ -231,6 +210,13 @@ pub trait Divergence: fmt::Debug + Send + Sync {
     /// # Errors
     /// [`KdError::MissingInput`] when a needed input (labels) is absent.
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms>;
+
+    /// The fused row kernel that computes the same per-token term, if any. The driver uses it for
+    /// `f32` tensors on the flex backend (see [`crate::fused`]); everything else runs
+    /// [`per_token`](Divergence::per_token).
+    fn fused_kind(&self) -> Option<FusedKind> {
+        None
+    }
 
     /// Computes the loss of a batch.
     ///
@@ -253,6 +239,9 @@ impl<L: Divergence + ?Sized> Divergence for Box<L> {
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
         (**self).per_token(inputs)
     }
+    fn fused_kind(&self) -> Option<FusedKind> {
+        (**self).fused_kind()
+    }
 }
 
 /// Any divergence plus a hard-label cross-entropy term:
@@ -271,18 +260,8 @@ impl<L: Divergence> HardLabelMix<L> {
     /// # Errors
     /// [`KdError::InvalidHyperparameter`] when `weight ∉ [0, 1]`.
     pub fn new(loss: L, weight: f64) -> Result<Self> {
-        check_range(
-            loss.name(),
-            "hard_label_weight",
-            weight,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
-        Ok(Self {
-            inner: loss,
-            weight,
-        })
+        check_range(loss.name(), "hard_label_weight", weight, 0.0, 1.0, "a value in [0, 1]")?;
+        Ok(Self { inner: loss, weight })
     }
 }
 
@@ -291,13 +270,13 @@ impl<L: Divergence> Divergence for HardLabelMix<L> {
         self.inner.name()
     }
     fn settings(&self) -> DriverSettings {
-        DriverSettings {
-            hard_label_weight: Some(self.weight),
-            ..self.inner.settings()
-        }
+        DriverSettings { hard_label_weight: Some(self.weight), ..self.inner.settings() }
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
         self.inner.per_token(inputs)
+    }
+    fn fused_kind(&self) -> Option<FusedKind> {
+        self.inner.fused_kind()
     }
 }
 
@@ -373,20 +352,11 @@ pub(crate) fn finish(
         .into_iter()
         .map(|e| {
             let value = e.value.detach();
-            let value = if e.per_row {
-                value.mask_fill(invalid.clone(), 0.0)
-            } else {
-                value
-            };
+            let value = if e.per_row { value.mask_fill(invalid.clone(), 0.0) } else { value };
             Extra { value, ..e }
         })
         .collect();
-    KdOutput {
-        loss,
-        per_row,
-        n_valid,
-        extras,
-    }
+    KdOutput { loss, per_row, n_valid, extras }
 }
 
 /// The driver behind [`Divergence::forward`].
@@ -397,12 +367,7 @@ pub(crate) fn run<L: Divergence + ?Sized>(
 ) -> Result<KdOutput> {
     let settings = loss.settings();
     let name = loss.name();
-    let KdBatch {
-        student_logits,
-        teacher_logits,
-        labels,
-        mask,
-    } = batch;
+    let KdBatch { student_logits, teacher_logits, labels, mask } = batch;
     let [rows, vocab] = student_logits.dims();
     let [t_rows, t_vocab] = teacher_logits.dims();
     if t_rows != rows {
@@ -413,11 +378,7 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         });
     }
     if t_vocab != vocab && !settings.cross_vocab {
-        return Err(KdError::VocabMismatch {
-            loss: name,
-            student: vocab,
-            teacher: t_vocab,
-        });
+        return Err(KdError::VocabMismatch { loss: name, student: vocab, teacher: t_vocab });
     }
     let device = student_logits.device();
     let valid = valid_rows(rows, labels.as_ref(), mask.as_ref(), &device)?;
@@ -426,26 +387,46 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         match &labels {
             Some(l) => check_label_range(name, l, &valid, vocab)?,
             None => {
-                return Err(KdError::MissingInput {
-                    loss: name,
-                    name: "labels",
-                });
+                return Err(KdError::MissingInput { loss: name, name: "labels" });
             }
         }
     }
     let safe_labels = labels.map(|l| l.mask_fill(valid.clone().bool_not(), 0));
 
-    let inputs = TokenInputs {
-        student: scaled_logits(student_logits.clone(), settings.student_temperature),
-        teacher: scaled_logits(teacher_logits, settings.teacher_temperature).detach(),
-        labels: safe_labels.clone(),
-        valid: valid.clone().float(),
-    };
-    let TokenTerms { values, mut extras } = loss.per_token(inputs)?;
-    let soft = if settings.soft_scale == 1.0 {
-        values
-    } else {
-        values.mul_scalar(settings.soft_scale)
+    let fused = loss
+        .fused_kind()
+        .filter(|_| settings.student_temperature == settings.teacher_temperature)
+        .and_then(|kind| {
+            fused::soft_terms(FusedCall {
+                kind,
+                temperature: settings.student_temperature,
+                scale: settings.soft_scale,
+                student: &student_logits,
+                teacher: &teacher_logits,
+                valid: &valid,
+                expected_upstream: ExpectedUpstream {
+                    mean: reduction == Reduction::Mean,
+                    soft_weight: settings.hard_label_weight.map_or(1.0, |w| 1.0 - w),
+                },
+            })
+        });
+    let (soft, mut extras) = match fused {
+        Some(f) => (f.values, f.extras),
+        None => {
+            let inputs = TokenInputs {
+                student: scaled_logits(student_logits.clone(), settings.student_temperature),
+                teacher: scaled_logits(teacher_logits, settings.teacher_temperature).detach(),
+                labels: safe_labels.clone(),
+                valid: valid.clone().float(),
+            };
+            let TokenTerms { values, extras } = loss.per_token(inputs)?;
+            let soft = if settings.soft_scale == 1.0 {
+                values
+            } else {
+                values.mul_scalar(settings.soft_scale)
+            };
+            (soft, extras)
+        }
     };
 
     let per_row = match (settings.hard_label_weight, safe_labels) {

@@ -49,12 +49,7 @@ pub(crate) fn decoupled(
     let nq = log_softmax(student.sub(away.clone()));
     let np = log_softmax(teacher.sub(away));
     let nckd = kl_rows(np, nq);
-    Decoupled {
-        tckd,
-        nckd,
-        teacher_log_rest: lp_rest,
-        teacher_log_target,
-    }
+    Decoupled { tckd, nckd, teacher_log_rest: lp_rest, teacher_log_target }
 }
 
 /// Config of [`DecoupledKd`].
@@ -74,12 +69,7 @@ pub struct DecoupledKdConfig {
 
 impl Default for DecoupledKdConfig {
     fn default() -> Self {
-        Self {
-            alpha: 1.0,
-            beta: 8.0,
-            temperature: 4.0,
-            warmup_factor: 1.0,
-        }
+        Self { alpha: 1.0, beta: 8.0, temperature: 4.0, warmup_factor: 1.0 }
     }
 }
 
@@ -97,18 +87,9 @@ impl DecoupledKdConfig {
         let inf = f64::INFINITY;
         check_range("dkd", "alpha", self.alpha, 0.0, inf, "a value ≥ 0")?;
         check_range("dkd", "beta", self.beta, 0.0, inf, "a value ≥ 0")?;
-        check_range(
-            "dkd",
-            "warmup_factor",
-            self.warmup_factor,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
+        check_range("dkd", "warmup_factor", self.warmup_factor, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("dkd", "temperature", self.temperature)?;
-        Ok(DecoupledKd {
-            config: self.clone(),
-        })
+        Ok(DecoupledKd { config: self.clone() })
     }
 }
 
@@ -157,9 +138,7 @@ impl Divergence for DecoupledKd {
             .clone()
             .mul_scalar(c.alpha * c.warmup_factor)
             .add(d.nckd.clone().mul_scalar(c.beta * c.warmup_factor));
-        Ok(TokenTerms::new(value)
-            .with(Extra::row("tckd", d.tckd))
-            .with(Extra::row("nckd", d.nckd)))
+        Ok(TokenTerms::new(value).with(Extra::row("tckd", d.tckd)).with(Extra::row("nckd", d.nckd)))
     }
 }
 
@@ -196,9 +175,6 @@ mod tests {
         let loss = DecoupledKdConfig::new().init().unwrap();
         let b = crate::KdBatch::new(rows(&[&[0.0, 1.0]]), rows(&[&[1.0, 0.0]]));
         let err = loss.forward(b, crate::Reduction::Mean).unwrap_err();
-        assert!(
-            matches!(err, crate::KdError::MissingInput { name: "labels", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, crate::KdError::MissingInput { name: "labels", .. }), "{err}");
     }
 }

@@ -43,11 +43,7 @@ pub enum KdError {
         got: String,
     },
     /// Two tensors that must agree in shape do not. Both shapes are given.
-    #[error(
-        "shape mismatch for {what}: expected {}, got {}",
-        Dims(expected),
-        Dims(got)
-    )]
+    #[error("shape mismatch for {what}: expected {}, got {}", Dims(expected), Dims(got))]
     ShapeMismatch {
         /// What was compared, e.g. `teacher_logits vs student_logits`.
         what: String,
@@ -107,12 +103,7 @@ pub(crate) fn check_range(
     if x.is_finite() && x >= lo && x <= hi {
         Ok(())
     } else {
-        Err(KdError::InvalidHyperparameter {
-            loss,
-            name,
-            expected,
-            got: x,
-        })
+        Err(KdError::InvalidHyperparameter { loss, name, expected, got: x })
     }
 }
 
@@ -121,12 +112,7 @@ pub(crate) fn check_temperature(loss: &'static str, name: &'static str, t: f64) 
     if t.is_finite() && t > 0.0 {
         Ok(())
     } else {
-        Err(KdError::InvalidHyperparameter {
-            loss,
-            name,
-            expected: "a finite value > 0",
-            got: t,
-        })
+        Err(KdError::InvalidHyperparameter { loss, name, expected: "a finite value > 0", got: t })
     }
 }
 

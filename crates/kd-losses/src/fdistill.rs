@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_mix, log_softmax};
 use crate::tvd::tvd_rows;
 
@@ -35,21 +36,14 @@ pub struct FDistillConfig {
 
 impl Default for FDistillConfig {
     fn default() -> Self {
-        Self {
-            divergence: FDivergenceKind::Kl,
-            beta: 0.5,
-            temperature: 1.0,
-        }
+        Self { divergence: FDivergenceKind::Kl, beta: 0.5, temperature: 1.0 }
     }
 }
 
 impl FDistillConfig {
     /// A config for `divergence` with the other defaults.
     pub fn new(divergence: FDivergenceKind) -> Self {
-        Self {
-            divergence,
-            ..Self::default()
-        }
+        Self { divergence, ..Self::default() }
     }
     /// Validates the config.
     ///
@@ -58,9 +52,7 @@ impl FDistillConfig {
     pub fn init(&self) -> Result<FDistill> {
         check_range("fdistill", "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("fdistill", "temperature", self.temperature)?;
-        Ok(FDistill {
-            config: self.clone(),
-        })
+        Ok(FDistill { config: self.clone() })
     }
 }
 
@@ -87,6 +79,17 @@ pub struct FDistill {
 }
 
 impl Divergence for FDistill {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        match self.config.divergence {
+            FDivergenceKind::Kl => Some(FusedKind::ForwardKl),
+            FDivergenceKind::Rkl => Some(FusedKind::ReverseKl),
+            // m = βq + (1 − β)p: generalized JSD with teacher weight 1 − β (edges differ).
+            FDivergenceKind::Js if self.config.beta > 0.0 && self.config.beta < 1.0 => {
+                Some(FusedKind::Jsd { beta: 1.0 - self.config.beta })
+            }
+            _ => None,
+        }
+    }
     fn name(&self) -> &'static str {
         "fdistill"
     }
@@ -123,13 +126,8 @@ mod tests {
     fn kl_is_t2_scaled_forward_kl() {
         let s: &[f32] = &[0.3, -1.0, 2.0];
         let t: &[f32] = &[1.0, 0.5, -0.5];
-        let f = FDistillConfig {
-            temperature: 2.0,
-            ..FDistillConfig::new(FDivergenceKind::Kl)
-        };
-        let fkl = crate::ForwardKlConfig::new()
-            .with_temperature(2.0)
-            .with_scale_by_t2(true);
+        let f = FDistillConfig { temperature: 2.0, ..FDistillConfig::new(FDivergenceKind::Kl) };
+        let fkl = crate::ForwardKlConfig::new().with_temperature(2.0).with_scale_by_t2(true);
         let (a, ga) = grad_and_loss(&f.init().unwrap(), rows(&[s]), rows(&[t]));
         let (b, gb) = grad_and_loss(&fkl.init().unwrap(), rows(&[s]), rows(&[t]));
         assert!((a - b).abs() < 1e-6);

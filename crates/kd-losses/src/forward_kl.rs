@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_softmax};
 
 /// Config of [`ForwardKl`].
@@ -18,10 +19,7 @@ pub struct ForwardKlConfig {
 
 impl Default for ForwardKlConfig {
     fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            scale_by_t2: false,
-        }
+        Self { temperature: 1.0, scale_by_t2: false }
     }
 }
 
@@ -46,9 +44,7 @@ impl ForwardKlConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0` or not finite.
     pub fn init(&self) -> Result<ForwardKl> {
         check_temperature("forward_kl", "temperature", self.temperature)?;
-        Ok(ForwardKl {
-            config: self.clone(),
-        })
+        Ok(ForwardKl { config: self.clone() })
     }
 }
 
@@ -97,6 +93,9 @@ impl ForwardKl {
 }
 
 impl Divergence for ForwardKl {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::ForwardKl)
+    }
     fn name(&self) -> &'static str {
         "forward_kl"
     }
@@ -109,10 +108,8 @@ impl Divergence for ForwardKl {
         let log_p = log_softmax(inputs.teacher); // [rows, vocab]
         let ce = cross_entropy_rows(log_p.clone(), log_q.clone()).detach();
         let scale = self.settings().soft_scale;
-        Ok(TokenTerms::new(kl_rows(log_p, log_q)).with(Extra::row(
-            "per_row_cross_entropy_form",
-            ce.mul_scalar(scale),
-        )))
+        Ok(TokenTerms::new(kl_rows(log_p, log_q))
+            .with(Extra::row("per_row_cross_entropy_form", ce.mul_scalar(scale))))
     }
 }
 
@@ -131,26 +128,13 @@ mod tests {
             rows(&[&[0.0, 0.0]]),
         );
         assert!((loss - 0.5 * (4.0f64 / 3.0).ln()).abs() < 1e-6, "{loss}");
-        assert!(
-            (grad[0] + 0.25).abs() < 1e-6 && (grad[1] - 0.25).abs() < 1e-6,
-            "{grad:?}"
-        );
+        assert!((grad[0] + 0.25).abs() < 1e-6 && (grad[1] - 0.25).abs() < 1e-6, "{grad:?}");
     }
 
     #[test]
     fn temperature_must_be_positive() {
         assert!(ForwardKlConfig::new().with_temperature(0.0).init().is_err());
-        assert!(
-            ForwardKlConfig::new()
-                .with_temperature(-1.0)
-                .init()
-                .is_err()
-        );
-        assert!(
-            ForwardKlConfig::new()
-                .with_temperature(f64::INFINITY)
-                .init()
-                .is_err()
-        );
+        assert!(ForwardKlConfig::new().with_temperature(-1.0).init().is_err());
+        assert!(ForwardKlConfig::new().with_temperature(f64::INFINITY).init().is_err());
     }
 }

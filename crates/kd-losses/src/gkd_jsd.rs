@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_mix, log_softmax};
 
 /// Config of [`GeneralizedJsd`].
@@ -18,10 +19,7 @@ pub struct GeneralizedJsdConfig {
 
 impl Default for GeneralizedJsdConfig {
     fn default() -> Self {
-        Self {
-            beta: 0.5,
-            temperature: 1.0,
-        }
+        Self { beta: 0.5, temperature: 1.0 }
     }
 }
 
@@ -51,10 +49,7 @@ impl GeneralizedJsdConfig {
     pub(crate) fn init_named(&self, name: &'static str) -> Result<GeneralizedJsd> {
         check_range(name, "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature(name, "temperature", self.temperature)?;
-        Ok(GeneralizedJsd {
-            config: self.clone(),
-            name,
-        })
+        Ok(GeneralizedJsd { config: self.clone(), name })
     }
 }
 
@@ -92,6 +87,13 @@ impl GeneralizedJsd {
 }
 
 impl Divergence for GeneralizedJsd {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(match self.config.beta {
+            0.0 => FusedKind::ForwardKl,
+            1.0 => FusedKind::ReverseKl,
+            beta => FusedKind::Jsd { beta },
+        })
+    }
     fn name(&self) -> &'static str {
         self.name
     }
@@ -111,10 +113,7 @@ impl Divergence for GeneralizedJsd {
         let log_m = log_mix(log_p.clone(), beta, log_q.clone(), 1.0 - beta); // [rows, vocab]
         let kl_pm = kl_rows(log_p, log_m.clone());
         let kl_qm = kl_rows(log_q, log_m);
-        let value = kl_pm
-            .clone()
-            .mul_scalar(beta)
-            .add(kl_qm.clone().mul_scalar(1.0 - beta));
+        let value = kl_pm.clone().mul_scalar(beta).add(kl_qm.clone().mul_scalar(1.0 - beta));
         Ok(TokenTerms::new(value)
             .with(Extra::row("kl_teacher_mix", kl_pm))
             .with(Extra::row("kl_student_mix", kl_qm)))

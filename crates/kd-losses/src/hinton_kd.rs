@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_softmax};
 
 /// Config of [`HintonKd`].
@@ -18,10 +19,7 @@ pub struct HintonKdConfig {
 
 impl Default for HintonKdConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.5,
-            temperature: 2.0,
-        }
+        Self { alpha: 0.5, temperature: 2.0 }
     }
 }
 
@@ -45,18 +43,9 @@ impl HintonKdConfig {
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<HintonKd> {
-        check_range(
-            "hinton_kd",
-            "alpha",
-            self.alpha,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
+        check_range("hinton_kd", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("hinton_kd", "temperature", self.temperature)?;
-        Ok(HintonKd {
-            config: self.clone(),
-        })
+        Ok(HintonKd { config: self.clone() })
     }
 }
 
@@ -90,6 +79,9 @@ impl HintonKd {
 }
 
 impl Divergence for HintonKd {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::ForwardKl)
+    }
     fn name(&self) -> &'static str {
         "hinton_kd"
     }
@@ -122,10 +114,7 @@ mod tests {
             &[1],
         );
         assert!((l + 0.75f64.ln()).abs() < 1e-6, "{l}");
-        assert!(
-            (g[0] - 0.25).abs() < 1e-6 && (g[1] + 0.25).abs() < 1e-6,
-            "{g:?}"
-        );
+        assert!((g[0] - 0.25).abs() < 1e-6 && (g[1] + 0.25).abs() < 1e-6, "{g:?}");
     }
 
     #[test]

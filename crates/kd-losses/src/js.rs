@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::Result;
+use crate::fused::FusedKind;
 use crate::gkd_jsd::{GeneralizedJsd, GeneralizedJsdConfig};
 
 /// Config of [`JensenShannon`]: the [`GeneralizedJsdConfig`] keys, `β` defaulting to `0.5`.
@@ -18,10 +19,7 @@ pub struct JensenShannonConfig {
 
 impl Default for JensenShannonConfig {
     fn default() -> Self {
-        Self {
-            beta: 0.5,
-            temperature: 1.0,
-        }
+        Self { beta: 0.5, temperature: 1.0 }
     }
 }
 
@@ -40,13 +38,8 @@ impl JensenShannonConfig {
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `β ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<JensenShannon> {
-        let inner = GeneralizedJsdConfig {
-            beta: self.beta,
-            temperature: self.temperature,
-        };
-        Ok(JensenShannon {
-            inner: inner.init_named("js")?,
-        })
+        let inner = GeneralizedJsdConfig { beta: self.beta, temperature: self.temperature };
+        Ok(JensenShannon { inner: inner.init_named("js")? })
     }
 }
 
@@ -68,6 +61,9 @@ pub struct JensenShannon {
 }
 
 impl Divergence for JensenShannon {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        self.inner.fused_kind()
+    }
     fn name(&self) -> &'static str {
         "js"
     }

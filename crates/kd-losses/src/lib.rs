@@ -83,6 +83,7 @@ pub mod dkd;
 pub mod error;
 pub mod fdistill;
 pub mod forward_kl;
+pub mod fused;
 pub mod gkd_jsd;
 pub mod hinton_kd;
 pub mod js;
@@ -136,21 +137,13 @@ pub(crate) mod test_util {
     pub fn rows(data: &[&[f32]]) -> Tensor<2> {
         let v = data[0].len();
         let flat: Vec<f32> = data.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_data(
-            TensorData::new(flat, [data.len(), v]),
-            &Device::flex().autodiff(),
-        )
+        Tensor::from_data(TensorData::new(flat, [data.len(), v]), &Device::flex().autodiff())
     }
 
     fn run(loss: &dyn Divergence, batch: KdBatch, student: Tensor<2>) -> (f64, Vec<f64>) {
         let out = loss.forward(batch, Reduction::Mean).unwrap();
         let grads = out.loss.backward();
-        let g = student
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let g = student.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let l = out.loss.into_scalar::<f32>() as f64;
         (l, g.into_iter().map(f64::from).collect())
     }
@@ -177,10 +170,6 @@ pub(crate) mod test_util {
             TensorData::new(labels.to_vec(), [labels.len()]),
             &student.device(),
         );
-        run(
-            loss,
-            KdBatch::new(student.clone(), teacher).with_labels(l),
-            student,
-        )
+        run(loss, KdBatch::new(student.clone(), teacher).with_labels(l), student)
     }
 }

@@ -18,11 +18,7 @@ pub const LOGIT_FLOOR: f64 = -1.0e4;
 /// Raises logits to [`LOGIT_FLOOR`] (see there) and divides by the temperature.
 pub fn scaled_logits<const D: usize>(logits: Tensor<D>, temperature: f64) -> Tensor<D> {
     let floored = logits.clamp_min(LOGIT_FLOOR);
-    if temperature == 1.0 {
-        floored
-    } else {
-        floored.div_scalar(temperature)
-    }
+    if temperature == 1.0 { floored } else { floored.div_scalar(temperature) }
 }
 
 /// Row-wise `log softmax(x)`. Shape: `[rows, vocab] -> [rows, vocab]`.
@@ -108,25 +104,13 @@ mod tests {
         let lb = log_softmax(Tensor::<2>::from_floats([[1.5, -0.5, 0.3]], &d));
         let a = la.clone().exp().into_data().try_to_vec::<f32>().unwrap();
         let b = lb.clone().exp().into_data().try_to_vec::<f32>().unwrap();
-        let want: Vec<f64> = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (0.3 * *x as f64 + 0.7 * *y as f64).ln())
-            .collect();
-        let got = log_mix(la.clone(), 0.3, lb.clone(), 0.7)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let want: Vec<f64> =
+            a.iter().zip(&b).map(|(x, y)| (0.3 * *x as f64 + 0.7 * *y as f64).ln()).collect();
+        let got =
+            log_mix(la.clone(), 0.3, lb.clone(), 0.7).into_data().try_to_vec::<f32>().unwrap();
         close(&got, &want, 1e-6);
-        let only_b = log_mix(la, 0.0, lb.clone(), 1.0)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        close(
-            &only_b,
-            &b.iter().map(|x| (*x as f64).ln()).collect::<Vec<_>>(),
-            1e-6,
-        );
+        let only_b = log_mix(la, 0.0, lb.clone(), 1.0).into_data().try_to_vec::<f32>().unwrap();
+        close(&only_b, &b.iter().map(|x| (*x as f64).ln()).collect::<Vec<_>>(), 1e-6);
     }
 
     #[test]
@@ -136,10 +120,7 @@ mod tests {
         let lp = log_softmax(scaled_logits(t, 0.5));
         let v = lp.clone().into_data().try_to_vec::<f32>().unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
-        let kl = kl_rows(lp.clone(), lp)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let kl = kl_rows(lp.clone(), lp).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(kl, vec![0.0]);
     }
 }

@@ -64,14 +64,7 @@ impl MiniLlmConfig {
     pub fn init(&self) -> Result<MiniLlm> {
         let inf = f64::INFINITY;
         check_temperature("minillm", "temperature", self.temperature)?;
-        check_range(
-            "minillm",
-            "gamma",
-            self.gamma,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
+        check_range("minillm", "gamma", self.gamma, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("minillm", "cliprange", self.cliprange)?;
         if let Some(s) = self.reward_scaling {
             check_temperature("minillm", "reward_scaling", s)?;
@@ -80,18 +73,9 @@ impl MiniLlmConfig {
             check_range("minillm", "cliprange_reward", c, 0.0, inf, "a value ≥ 0")?;
         }
         if let Some(a) = self.teacher_mixed_alpha {
-            check_range(
-                "minillm",
-                "teacher_mixed_alpha",
-                a,
-                0.0,
-                1.0,
-                "a value in [0, 1]",
-            )?;
+            check_range("minillm", "teacher_mixed_alpha", a, 0.0, 1.0, "a value in [0, 1]")?;
         }
-        Ok(MiniLlm {
-            config: self.clone(),
-        })
+        Ok(MiniLlm { config: self.clone() })
     }
 }
 
@@ -131,10 +115,7 @@ pub struct MiniLlmOutput {
 impl MiniLlmOutput {
     /// The per-token quantity called `name`.
     pub fn token(&self, name: &str) -> Option<&Tensor<2>> {
-        self.per_token
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| t)
+        self.per_token.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
 }
 
@@ -172,9 +153,7 @@ pub struct MiniLlm {
 
 /// `log softmax(x)[token]` over the vocabulary axis. Shape: `[b, l, v], [b, l] -> [b, l]`.
 fn token_log_prob(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
-    activation::log_softmax(logits, 2)
-        .gather(2, tokens.unsqueeze_dim(2))
-        .squeeze_dim(2)
+    activation::log_softmax(logits, 2).gather(2, tokens.unsqueeze_dim(2)).squeeze_dim(2)
 }
 
 /// `[len, len]` matrix with `G[s, t] = γ^(s − t)` for `s ≥ t`, else 0: `x·G` sums the future.
@@ -195,54 +174,26 @@ impl MiniLlm {
     /// See the type docs.
     pub fn forward(&self, batch: MiniLlmBatch) -> Result<MiniLlmOutput> {
         let c = &self.config;
-        let MiniLlmBatch {
-            student_logits,
-            teacher_logits,
-            tokens,
-            mask,
-            old_student_logits,
-        } = batch;
+        let MiniLlmBatch { student_logits, teacher_logits, tokens, mask, old_student_logits } =
+            batch;
         let dims = student_logits.dims();
         let [b, len, vocab] = dims;
         let check = |what: &str, got: Vec<usize>, want: Vec<usize>| -> Result<()> {
             if got == want {
                 Ok(())
             } else {
-                Err(KdError::ShapeMismatch {
-                    what: what.into(),
-                    expected: want,
-                    got,
-                })
+                Err(KdError::ShapeMismatch { what: what.into(), expected: want, got })
             }
         };
-        check(
-            "teacher_logits vs student_logits",
-            teacher_logits.dims().to_vec(),
-            dims.to_vec(),
-        )?;
+        check("teacher_logits vs student_logits", teacher_logits.dims().to_vec(), dims.to_vec())?;
         if let Some(old) = &old_student_logits {
-            check(
-                "old_student_logits vs student_logits",
-                old.dims().to_vec(),
-                dims.to_vec(),
-            )?;
+            check("old_student_logits vs student_logits", old.dims().to_vec(), dims.to_vec())?;
         }
-        check(
-            "tokens vs student [batch, len]",
-            tokens.dims().to_vec(),
-            vec![b, len],
-        )?;
-        check(
-            "mask vs student [batch, len]",
-            mask.dims().to_vec(),
-            vec![b, len],
-        )?;
+        check("tokens vs student [batch, len]", tokens.dims().to_vec(), vec![b, len])?;
+        check("mask vs student [batch, len]", mask.dims().to_vec(), vec![b, len])?;
         let ids = tokens.to_data().convert::<i64>();
-        if let Some(bad) = ids
-            .as_slice::<i64>()
-            .unwrap_or(&[])
-            .iter()
-            .find(|&&i| i < 0 || i as usize >= vocab)
+        if let Some(bad) =
+            ids.as_slice::<i64>().unwrap_or(&[]).iter().find(|&&i| i < 0 || i as usize >= vocab)
         {
             return Err(KdError::InvalidHyperparameter {
                 loss: "minillm",
@@ -256,9 +207,7 @@ impl MiniLlm {
         let m = mask.clone().float(); // [b, len]
         let invalid = mask.bool_not();
 
-        let old = old_student_logits
-            .unwrap_or_else(|| student_logits.clone())
-            .detach();
+        let old = old_student_logits.unwrap_or_else(|| student_logits.clone()).detach();
         let logq_old = token_log_prob(scaled_logits(old, tau), tokens.clone()).mul(m.clone());
         let teacher = teacher_logits.detach();
         let lp_reward =
@@ -272,17 +221,9 @@ impl MiniLlm {
                 let a_q = logq_old.clone().add_scalar((1.0 - a).ln());
                 let a_p = lp_tau.clone().add_scalar(a.ln());
                 let hi = a_q.clone().max_pair(a_p.clone());
-                let log_mix = a_q
-                    .sub(hi.clone())
-                    .exp()
-                    .add(a_p.sub(hi.clone()).exp())
-                    .log()
-                    .add(hi);
-                logq_old
-                    .clone()
-                    .sub(log_mix)
-                    .exp()
-                    .mask_fill(invalid.clone(), 1.0)
+                let log_mix =
+                    a_q.sub(hi.clone()).exp().add(a_p.sub(hi.clone()).exp()).log().add(hi);
+                logq_old.clone().sub(log_mix).exp().mask_fill(invalid.clone(), 1.0)
             }
             None => Tensor::<2>::ones([b, len], &device),
         };
@@ -296,40 +237,24 @@ impl MiniLlm {
             reward = reward.clamp(-clip, clip);
         }
         let reward = reward.mul(m.clone());
-        let returns = reward
-            .clone()
-            .matmul(future_sum_matrix(len, c.gamma, &device));
-        let remaining = m
-            .clone()
-            .matmul(future_sum_matrix(len, 1.0, &device))
-            .clamp_min(1.0);
+        let returns = reward.clone().matmul(future_sum_matrix(len, c.gamma, &device));
+        let remaining = m.clone().matmul(future_sum_matrix(len, 1.0, &device)).clamp_min(1.0);
         let adv_raw = returns.clone().div(remaining.clone()).mul(m.clone());
         let count = (b * len) as f64;
         let mean = adv_raw.clone().sum().div_scalar(count);
-        let centred = adv_raw
-            .clone()
-            .sub(mean.unsqueeze_dim::<2>(1).expand([b, len]));
+        let centred = adv_raw.clone().sub(mean.unsqueeze_dim::<2>(1).expand([b, len]));
         let denom = match c.whitening_variance {
             WhiteningVariance::Population => count,
             WhiteningVariance::Unbiased => (count - 1.0).max(1.0),
         };
         let var = centred.clone().powi_scalar(2).sum().div_scalar(denom);
         let advantage = centred
-            .div(
-                var.add_scalar(1e-8)
-                    .sqrt()
-                    .unsqueeze_dim::<2>(1)
-                    .expand([b, len]),
-            )
+            .div(var.add_scalar(1e-8).sqrt().unsqueeze_dim::<2>(1).expand([b, len]))
             .detach();
 
         // Clipped policy-gradient term on the current student.
         let logq_new = token_log_prob(scaled_logits(student_logits.clone(), tau), tokens);
-        let ratio = logq_new
-            .sub(logq_old.clone())
-            .mul(m.clone())
-            .exp()
-            .mul(weight.clone());
+        let ratio = logq_new.sub(logq_old.clone()).mul(m.clone()).exp().mul(weight.clone());
         let clipped = ratio.clone().clamp(1.0 - c.cliprange, 1.0 + c.cliprange);
         let neg_adv = advantage.clone().neg();
         let pg = neg_adv
@@ -354,10 +279,7 @@ impl MiniLlm {
         let pg_loss = pg.clone().sum().div(n.clone());
         let reg_loss = reg.clone().sum().div(n);
         let (loss, per_token_total) = if c.single_step_reg {
-            (
-                pg_loss.clone().add(reg_loss.clone()),
-                pg.clone().add(reg.clone()),
-            )
+            (pg_loss.clone().add(reg_loss.clone()), pg.clone().add(reg.clone()))
         } else {
             (pg_loss.clone(), pg.clone())
         };
@@ -381,10 +303,7 @@ impl MiniLlm {
             reg_loss: reg_loss.detach(),
             per_row: per_token_total.flatten(0, 1),
             n_valid,
-            per_token: per_token
-                .into_iter()
-                .map(|(k, v)| (k, v.detach()))
-                .collect(),
+            per_token: per_token.into_iter().map(|(k, v)| (k, v.detach())).collect(),
         })
     }
 }
@@ -398,11 +317,7 @@ mod tests {
     fn discounted_returns_sum_the_future() {
         let d = Device::flex();
         let r = Tensor::<2>::from_floats([[1.0, 2.0, 4.0]], &d);
-        let got = r
-            .matmul(future_sum_matrix(3, 0.5, &d))
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let got = r.matmul(future_sum_matrix(3, 0.5, &d)).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, vec![1.0 + 1.0 + 1.0, 2.0 + 2.0, 4.0]);
     }
 }

@@ -86,9 +86,7 @@ impl LossConfig {
             "atkd" => Self::Atkd(Default::default()),
             "uld" => Self::Uld(Default::default()),
             other => {
-                return Err(KdError::UnknownLoss {
-                    got: other.to_string(),
-                });
+                return Err(KdError::UnknownLoss { got: other.to_string() });
             }
         })
     }
@@ -134,9 +132,6 @@ mod tests {
                 ),
             }
         }
-        assert!(matches!(
-            LossConfig::by_name("kl"),
-            Err(KdError::UnknownLoss { .. })
-        ));
+        assert!(matches!(LossConfig::by_name("kl"), Err(KdError::UnknownLoss { .. })));
     }
 }

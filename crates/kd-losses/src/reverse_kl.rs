@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_softmax};
 
 /// Config of [`ReverseKl`].
@@ -18,10 +19,7 @@ pub struct ReverseKlConfig {
 
 impl Default for ReverseKlConfig {
     fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            scale_by_t2: false,
-        }
+        Self { temperature: 1.0, scale_by_t2: false }
     }
 }
 
@@ -46,9 +44,7 @@ impl ReverseKlConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0` or not finite.
     pub fn init(&self) -> Result<ReverseKl> {
         check_temperature("reverse_kl", "temperature", self.temperature)?;
-        Ok(ReverseKl {
-            config: self.clone(),
-        })
+        Ok(ReverseKl { config: self.clone() })
     }
 }
 
@@ -85,6 +81,9 @@ impl ReverseKl {
 }
 
 impl Divergence for ReverseKl {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::ReverseKl)
+    }
     fn name(&self) -> &'static str {
         "reverse_kl"
     }
@@ -115,9 +114,6 @@ mod tests {
         let kl = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
         assert!((loss - kl).abs() < 1e-6, "{loss}");
         let g0 = 0.25 * (0.5f64.ln() - kl);
-        assert!(
-            (grad[0] - g0).abs() < 1e-6 && (grad[0] + grad[1]).abs() < 1e-6,
-            "{grad:?}"
-        );
+        assert!((grad[0] - g0).abs() < 1e-6 && (grad[0] + grad[1]).abs() < 1e-6, "{grad:?}");
     }
 }

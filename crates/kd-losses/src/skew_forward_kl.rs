@@ -18,10 +18,7 @@ pub struct SkewForwardKlConfig {
 
 impl Default for SkewForwardKlConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.1,
-            temperature: 1.0,
-        }
+        Self { alpha: 0.1, temperature: 1.0 }
     }
 }
 
@@ -50,9 +47,7 @@ impl SkewForwardKlConfig {
             "a value in [0, 1)",
         )?;
         check_temperature("skew_forward_kl", "temperature", self.temperature)?;
-        Ok(SkewForwardKl {
-            config: self.clone(),
-        })
+        Ok(SkewForwardKl { config: self.clone() })
     }
 }
 

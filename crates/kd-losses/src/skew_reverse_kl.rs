@@ -18,10 +18,7 @@ pub struct SkewReverseKlConfig {
 
 impl Default for SkewReverseKlConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.1,
-            temperature: 1.0,
-        }
+        Self { alpha: 0.1, temperature: 1.0 }
     }
 }
 
@@ -40,18 +37,9 @@ impl SkewReverseKlConfig {
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<SkewReverseKl> {
-        check_range(
-            "skew_reverse_kl",
-            "alpha",
-            self.alpha,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
+        check_range("skew_reverse_kl", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("skew_reverse_kl", "temperature", self.temperature)?;
-        Ok(SkewReverseKl {
-            config: self.clone(),
-        })
+        Ok(SkewReverseKl { config: self.clone() })
     }
 }
 

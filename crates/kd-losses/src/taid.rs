@@ -19,10 +19,7 @@ pub struct TaidConfig {
 
 impl Default for TaidConfig {
     fn default() -> Self {
-        Self {
-            t: 0.4,
-            temperature: 1.0,
-        }
+        Self { t: 0.4, temperature: 1.0 }
     }
 }
 
@@ -43,9 +40,7 @@ impl TaidConfig {
     pub fn init(&self) -> Result<Taid> {
         check_range("taid", "t", self.t, 0.0, 1.0, "a value in [0, 1]")?;
         check_temperature("taid", "temperature", self.temperature)?;
-        Ok(Taid {
-            config: self.clone(),
-        })
+        Ok(Taid { config: self.clone() })
     }
 }
 
@@ -78,11 +73,7 @@ impl Taid {
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `t ∉ [0, 1]`.
     pub fn at(&self, t: f64) -> Result<Taid> {
-        TaidConfig {
-            t,
-            ..self.config.clone()
-        }
-        .init()
+        TaidConfig { t, ..self.config.clone() }.init()
     }
 }
 
@@ -95,12 +86,8 @@ impl Divergence for Taid {
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
         let t = self.config.t;
-        let target = inputs
-            .student
-            .clone()
-            .detach()
-            .mul_scalar(1.0 - t)
-            .add(inputs.teacher.mul_scalar(t));
+        let target =
+            inputs.student.clone().detach().mul_scalar(1.0 - t).add(inputs.teacher.mul_scalar(t));
         let log_pt = log_softmax(target).detach(); // [rows, vocab]
         let log_q = log_softmax(inputs.student);
         let kl = kl_rows(log_pt.clone(), log_q.clone()).detach();
@@ -147,31 +134,10 @@ impl TaidScheduleConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `t_start`, `t_end` or `beta` leave `[0, 1]`,
     /// `t_start > t_end`, `alpha < 0` or `num_train_steps = 0`.
     pub fn init(&self) -> Result<TaidSchedule> {
-        check_range(
-            "taid",
-            "t_start",
-            self.t_start,
-            0.0,
-            1.0,
-            "a value in [0, 1]",
-        )?;
-        check_range(
-            "taid",
-            "t_end",
-            self.t_end,
-            self.t_start,
-            1.0,
-            "a value in [t_start, 1]",
-        )?;
+        check_range("taid", "t_start", self.t_start, 0.0, 1.0, "a value in [0, 1]")?;
+        check_range("taid", "t_end", self.t_end, self.t_start, 1.0, "a value in [t_start, 1]")?;
         check_range("taid", "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
-        check_range(
-            "taid",
-            "alpha",
-            self.alpha,
-            0.0,
-            f64::INFINITY,
-            "a value ≥ 0",
-        )?;
+        check_range("taid", "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
         check_range(
             "taid",
             "num_train_steps",
@@ -180,10 +146,7 @@ impl TaidScheduleConfig {
             f64::INFINITY,
             "≥ 1",
         )?;
-        Ok(TaidSchedule {
-            config: self.clone(),
-            state: TaidScheduleState::start(self.t_start),
-        })
+        Ok(TaidSchedule { config: self.clone(), state: TaidScheduleState::start(self.t_start) })
     }
 }
 
@@ -200,11 +163,7 @@ pub struct TaidScheduleState {
 
 impl TaidScheduleState {
     fn start(t: f64) -> Self {
-        Self {
-            t,
-            prev_loss: None,
-            momentum: 0.0,
-        }
+        Self { t, prev_loss: None, momentum: 0.0 }
     }
 }
 
@@ -307,13 +266,9 @@ mod tests {
 
     #[test]
     fn schedule_is_monotone_and_bounded() {
-        let mut s = TaidScheduleConfig {
-            num_train_steps: 10,
-            alpha: 0.5,
-            ..Default::default()
-        }
-        .init()
-        .unwrap();
+        let mut s = TaidScheduleConfig { num_train_steps: 10, alpha: 0.5, ..Default::default() }
+            .init()
+            .unwrap();
         let mut last = s.t();
         for step in 0..30 {
             s.update(step, 5.0 / (step as f64 + 1.0));

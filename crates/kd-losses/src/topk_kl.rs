@@ -34,21 +34,14 @@ pub struct TopKKlConfig {
 
 impl Default for TopKKlConfig {
     fn default() -> Self {
-        Self {
-            convention: TopKConvention::TailBucket,
-            temperature: 1.0,
-            scale_by_t2: false,
-        }
+        Self { convention: TopKConvention::TailBucket, temperature: 1.0, scale_by_t2: false }
     }
 }
 
 impl TopKKlConfig {
     /// A config with the given convention, `T = 1`.
     pub fn new(convention: TopKConvention) -> Self {
-        Self {
-            convention,
-            ..Self::default()
-        }
+        Self { convention, ..Self::default() }
     }
     /// Validates the config.
     ///
@@ -56,9 +49,7 @@ impl TopKKlConfig {
     /// [`KdError::InvalidHyperparameter`] when `T ≤ 0`.
     pub fn init(&self) -> Result<TopKKl> {
         check_temperature("topk_kl", "temperature", self.temperature)?;
-        Ok(TopKKl {
-            config: self.clone(),
-        })
+        Ok(TopKKl { config: self.clone() })
     }
 }
 
@@ -123,10 +114,7 @@ impl TopKKl {
             mask,
         } = batch;
         let [rows, vocab] = student_logits.dims();
-        for (what, d) in [
-            ("teacher_topk_ids", ids.dims()),
-            ("teacher_topk_logprobs", lp.dims()),
-        ] {
+        for (what, d) in [("teacher_topk_ids", ids.dims()), ("teacher_topk_logprobs", lp.dims())] {
             if d[0] != rows || d != ids.dims() {
                 return Err(KdError::ShapeMismatch {
                     what: format!("{what} vs student rows / top-k ids"),
@@ -158,12 +146,7 @@ impl TopKKl {
             TopKConvention::TailBucket => {
                 // Teacher tail (1 − P)^(1/T) in log space, with P = Σ_k exp(lp).
                 let mass = sum_rows(lp.detach().exp()); // [rows]
-                let log_tail = mass
-                    .neg()
-                    .add_scalar(1.0)
-                    .clamp_min(1e-30)
-                    .log()
-                    .div_scalar(t);
+                let log_tail = mass.neg().add_scalar(1.0).clamp_min(1e-30).log().div_scalar(t);
                 let log_tail = log_tail.unsqueeze_dim::<2>(1); // [rows, 1]
                 let log_z = logsumexp(Tensor::cat(vec![lp_t.clone(), log_tail.clone()], 1));
                 let log_p = lp_t.sub(log_z.clone()); // [rows, k]
@@ -185,11 +168,7 @@ impl TopKKl {
                 head.add(p_tail.mul(log_p_tail.sub(log_q_tail)))
             }
         };
-        let value = if self.config.scale_by_t2 {
-            value.mul_scalar(t * t)
-        } else {
-            value
-        };
+        let value = if self.config.scale_by_t2 { value.mul_scalar(t * t) } else { value };
         Ok(finish(value, &valid, extras, reduction))
     }
 }
@@ -197,11 +176,8 @@ impl TopKKl {
 /// Checks that every teacher id lies in `[0, vocab)`; reads the ids to the host.
 fn check_ids(ids: &Tensor<2, Int>, vocab: usize) -> Result<()> {
     let data = ids.to_data().convert::<i64>();
-    if let Some(bad) = data
-        .as_slice::<i64>()
-        .unwrap_or(&[])
-        .iter()
-        .find(|&&i| i < 0 || i as usize >= vocab)
+    if let Some(bad) =
+        data.as_slice::<i64>().unwrap_or(&[]).iter().find(|&&i| i < 0 || i as usize >= vocab)
     {
         return Err(KdError::InvalidHyperparameter {
             loss: "topk_kl",
@@ -242,10 +218,7 @@ mod tests {
         let fkl = crate::ForwardKlConfig::new().init().unwrap();
         let want =
             crate::Divergence::forward(&fkl, crate::KdBatch::new(s, t), Reduction::Mean).unwrap();
-        let (a, b) = (
-            out.loss.into_scalar::<f32>(),
-            want.loss.into_scalar::<f32>(),
-        );
+        let (a, b) = (out.loss.into_scalar::<f32>(), want.loss.into_scalar::<f32>());
         assert!((a - b).abs() < 1e-6, "{a} {b}");
     }
 
@@ -259,11 +232,8 @@ mod tests {
             labels: None,
             mask: None,
         };
-        let err = TopKKlConfig::default()
-            .init()
-            .unwrap()
-            .forward(batch, Reduction::Mean)
-            .unwrap_err();
+        let err =
+            TopKKlConfig::default().init().unwrap().forward(batch, Reduction::Mean).unwrap_err();
         assert!(err.to_string().contains("teacher_topk_ids"), "{err}");
     }
 }

@@ -36,9 +36,7 @@ impl TvdConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0`.
     pub fn init(&self) -> Result<Tvd> {
         check_temperature("tvd", "temperature", self.temperature)?;
-        Ok(Tvd {
-            config: self.clone(),
-        })
+        Ok(Tvd { config: self.clone() })
     }
 }
 
@@ -78,10 +76,7 @@ impl Divergence for Tvd {
         DriverSettings::at_temperature(self.config.temperature)
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
-        Ok(TokenTerms::new(tvd_rows(
-            log_softmax(inputs.teacher),
-            log_softmax(inputs.student),
-        )))
+        Ok(TokenTerms::new(tvd_rows(log_softmax(inputs.teacher), log_softmax(inputs.student))))
     }
 }
 
@@ -100,9 +95,6 @@ mod tests {
         );
         assert!((l - 0.25).abs() < 1e-6, "{l}");
         // σ = (−1, +1); Σ q σ = 0.5; ∂/∂s_0 = ½·0.25·(−1 − 0.5) = −0.1875.
-        assert!(
-            (g[0] + 0.1875).abs() < 1e-6 && (g[1] - 0.1875).abs() < 1e-6,
-            "{g:?}"
-        );
+        assert!((g[0] + 0.1875).abs() < 1e-6 && (g[1] - 0.1875).abs() < 1e-6, "{g:?}");
     }
 }

@@ -19,10 +19,7 @@ pub struct UniversalLogitDistillationConfig {
 
 impl Default for UniversalLogitDistillationConfig {
     fn default() -> Self {
-        Self {
-            student_temperature: 1.0,
-            teacher_temperature: 1.0,
-        }
+        Self { student_temperature: 1.0, teacher_temperature: 1.0 }
     }
 }
 
@@ -38,9 +35,7 @@ impl UniversalLogitDistillationConfig {
     pub fn init(&self) -> Result<UniversalLogitDistillation> {
         check_temperature("uld", "student_temperature", self.student_temperature)?;
         check_temperature("uld", "teacher_temperature", self.teacher_temperature)?;
-        Ok(UniversalLogitDistillation {
-            config: self.clone(),
-        })
+        Ok(UniversalLogitDistillation { config: self.clone() })
     }
 }
 

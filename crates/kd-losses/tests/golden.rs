@@ -10,6 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_losses::fused::{Path, with_path};
 use kd_losses::{
     DeltaKdConfig, DistillationScalingLaw, KdBatch, LossConfig, MiniLlmBatch, MiniLlmConfig,
     Reduction, ScalingLawCoefficients, SparseKdBatch, TaidScheduleConfig, TopKKlConfig,
@@ -31,20 +32,11 @@ struct Tol {
 /// near-zero KL) inherit, whatever the implementation.
 fn value_tol(case: &str) -> Tol {
     if case.contains("near_identical") {
-        Tol {
-            rel: 1e-3,
-            abs: 1e-4,
-        }
+        Tol { rel: 1e-3, abs: 1e-4 }
     } else if case.contains("peaked") || case.contains("large") {
-        Tol {
-            rel: 1e-4,
-            abs: 1e-4,
-        }
+        Tol { rel: 1e-4, abs: 1e-4 }
     } else {
-        Tol {
-            rel: 1e-4,
-            abs: 1e-5,
-        }
+        Tol { rel: 1e-4, abs: 1e-5 }
     }
 }
 
@@ -52,10 +44,7 @@ fn value_tol(case: &str) -> Tol {
 fn grad_tol(case: &str, want: &[f64]) -> Tol {
     let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
     let base = value_tol(case);
-    Tol {
-        rel: base.rel,
-        abs: base.abs.max(1e-4 * scale).min(base.abs * 10.0).max(1e-6),
-    }
+    Tol { rel: base.rel, abs: base.abs.max(1e-4 * scale).min(base.abs * 10.0).max(1e-6) }
 }
 
 struct Report {
@@ -78,10 +67,8 @@ impl Report {
         }
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             if !g.is_finite() || (g - w).abs() > tol.abs + tol.rel * w.abs() {
-                self.failures.push(format!(
-                    "[{}] {at}[{i}]: got {g:e}, expected {w:e}",
-                    self.backend
-                ));
+                self.failures
+                    .push(format!("[{}] {at}[{i}]: got {g:e}, expected {w:e}", self.backend));
                 return;
             }
         }
@@ -100,9 +87,7 @@ fn golden_dir() -> PathBuf {
 fn num(v: &Value) -> f64 {
     match v {
         Value::Bool(b) => f64::from(u8::from(*b)),
-        _ => v
-            .as_f64()
-            .unwrap_or_else(|| panic!("expected a number, got {v}")),
+        _ => v.as_f64().unwrap_or_else(|| panic!("expected a number, got {v}")),
     }
 }
 
@@ -189,24 +174,16 @@ fn check_outputs(
         tol,
     );
     let want_grad = flat(&outputs["grad_student_logits"]).0;
-    r.check(
-        &format!("{at}: grad_student_logits"),
-        &grad,
-        &want_grad,
-        grad_tol(case, &want_grad),
-    );
+    r.check(&format!("{at}: grad_student_logits"), &grad, &want_grad, grad_tol(case, &want_grad));
     if let Some(Value::Object(extras)) = outputs.get("extras") {
         for (name, want) in extras {
             match out.extra(name) {
-                Some(t) => r.check(
-                    &format!("{at}: extras.{name}"),
-                    &host(t.clone()),
-                    &flat(want).0,
-                    tol,
-                ),
-                None => r
-                    .failures
-                    .push(format!("[{}] {at}: extra `{name}` not reported", r.backend)),
+                Some(t) => {
+                    r.check(&format!("{at}: extras.{name}"), &host(t.clone()), &flat(want).0, tol)
+                }
+                None => {
+                    r.failures.push(format!("[{}] {at}: extra `{name}` not reported", r.backend))
+                }
             }
         }
     }
@@ -239,9 +216,7 @@ fn run_dense(r: &mut Report, file: &str, loss: &str, case: &Value, device: &Devi
     } else {
         let cfg: LossConfig =
             serde_json::from_value(config).unwrap_or_else(|e| panic!("{at}: config: {e}"));
-        cfg.init()
-            .expect("valid config")
-            .forward(batch, Reduction::Mean)
+        cfg.init().expect("valid config").forward(batch, Reduction::Mean)
     };
     match out {
         Ok(out) => check_outputs(r, &at, name, out, &student, &case["outputs"]),
@@ -262,11 +237,7 @@ fn run_topk(r: &mut Report, file: &str, case: &Value, device: &Device) {
         labels: (!inputs["labels"].is_null()).then(|| ints::<1>(&inputs["labels"], device)),
         mask: (!inputs["mask"].is_null()).then(|| mask::<1>(&inputs["mask"], device)),
     };
-    match cfg
-        .init()
-        .expect("valid config")
-        .forward(batch, Reduction::Mean)
-    {
+    match cfg.init().expect("valid config").forward(batch, Reduction::Mean) {
         Ok(out) => check_outputs(r, &at, name, out, &student, &case["outputs"]),
         Err(e) => r.failures.push(format!("[{}] {at}: error {e}", r.backend)),
     }
@@ -285,9 +256,7 @@ fn run_minillm(r: &mut Report, file: &str, case: &Value, device: &Device) {
         teacher_logits: floats::<3>(&inputs["teacher_logits"], device),
         tokens: ints::<2>(&inputs["tokens"], device),
         mask: mask::<2>(&inputs["mask"], device),
-        old_student_logits: inputs
-            .get("old_student_logits")
-            .map(|v| floats::<3>(v, device)),
+        old_student_logits: inputs.get("old_student_logits").map(|v| floats::<3>(v, device)),
     };
     let out = match cfg.init().expect("valid config").forward(batch) {
         Ok(out) => out,
@@ -297,61 +266,27 @@ fn run_minillm(r: &mut Report, file: &str, case: &Value, device: &Device) {
     let grads = out.loss.backward();
     let grad = host(student.grad(&grads).expect("student gradient"));
     let want_grad = flat(&o["grad_student_logits"]).0;
-    r.check(
-        &format!("{at}: grad_student_logits"),
-        &grad,
-        &want_grad,
-        grad_tol(name, &want_grad),
-    );
-    r.check(
-        &format!("{at}: loss_mean"),
-        &host(out.loss.clone()),
-        &scalar(&o["loss_mean"]),
-        tol,
-    );
+    r.check(&format!("{at}: grad_student_logits"), &grad, &want_grad, grad_tol(name, &want_grad));
+    r.check(&format!("{at}: loss_mean"), &host(out.loss.clone()), &scalar(&o["loss_mean"]), tol);
     r.check(
         &format!("{at}: loss_sum"),
         &host(out.per_row.clone().sum()),
         &scalar(&o["loss_sum"]),
         tol,
     );
-    r.check(
-        &format!("{at}: per_row"),
-        &host(out.per_row.clone()),
-        &flat(&o["per_row"]).0,
-        tol,
-    );
-    r.check(
-        &format!("{at}: n_valid"),
-        &host(out.n_valid.clone()),
-        &scalar(&o["n_valid"]),
-        tol,
-    );
-    r.check(
-        &format!("{at}: pg_loss"),
-        &host(out.pg_loss.clone()),
-        &scalar(&o["pg_loss"]),
-        tol,
-    );
-    r.check(
-        &format!("{at}: reg_loss"),
-        &host(out.reg_loss.clone()),
-        &scalar(&o["reg_loss"]),
-        tol,
-    );
+    r.check(&format!("{at}: per_row"), &host(out.per_row.clone()), &flat(&o["per_row"]).0, tol);
+    r.check(&format!("{at}: n_valid"), &host(out.n_valid.clone()), &scalar(&o["n_valid"]), tol);
+    r.check(&format!("{at}: pg_loss"), &host(out.pg_loss.clone()), &scalar(&o["pg_loss"]), tol);
+    r.check(&format!("{at}: reg_loss"), &host(out.reg_loss.clone()), &scalar(&o["reg_loss"]), tol);
     if let Some(Value::Object(tokens)) = o.get("per_token") {
         for (k, want) in tokens {
             match out.token(k) {
-                Some(t) => r.check(
-                    &format!("{at}: per_token.{k}"),
-                    &host(t.clone()),
-                    &flat(want).0,
-                    tol,
-                ),
-                None => r.failures.push(format!(
-                    "[{}] {at}: per-token `{k}` not reported",
-                    r.backend
-                )),
+                Some(t) => {
+                    r.check(&format!("{at}: per_token.{k}"), &host(t.clone()), &flat(want).0, tol)
+                }
+                None => {
+                    r.failures.push(format!("[{}] {at}: per-token `{k}` not reported", r.backend))
+                }
             }
         }
     }
@@ -367,19 +302,11 @@ fn run_taid_schedules(r: &mut Report, file: &str, schedules: &[Value]) {
         let cfg: TaidScheduleConfig =
             serde_json::from_value(s["config"].clone()).expect("schedule config");
         let mut sched = cfg.init().expect("valid schedule");
-        let exact = Tol {
-            rel: 1e-12,
-            abs: 1e-15,
-        };
+        let exact = Tol { rel: 1e-12, abs: 1e-15 };
         for rec in s["records"].as_array().expect("records") {
             let step = rec["global_step"].as_u64().expect("global_step");
             let at = format!("{at}: step {step}");
-            r.check(
-                &format!("{at}: t_used"),
-                &[sched.t()],
-                &[num(&rec["t_used"])],
-                exact,
-            );
+            r.check(&format!("{at}: t_used"), &[sched.t()], &[num(&rec["t_used"])], exact);
             let got = sched.update(step, num(&rec["loss"]));
             for (field, g) in [
                 ("t_after", Some(got.t_after)),
@@ -392,9 +319,9 @@ fn run_taid_schedules(r: &mut Report, file: &str, schedules: &[Value]) {
                 match (g, opt(&rec[field])) {
                     (Some(g), Some(w)) => r.check(&format!("{at}: {field}"), &[g], &[w], exact),
                     (None, None) => {}
-                    (g, w) => r
-                        .failures
-                        .push(format!("[{}] {at}: {field} {g:?} vs {w:?}", r.backend)),
+                    (g, w) => {
+                        r.failures.push(format!("[{}] {at}: {field} {g:?} vs {w:?}", r.backend))
+                    }
                 }
             }
         }
@@ -405,10 +332,7 @@ fn run_scaling_law(r: &mut Report, file: &str, doc: &Value) {
     let c: ScalingLawCoefficients =
         serde_json::from_value(doc["coefficients"].clone()).expect("coefficients");
     let law = DistillationScalingLaw::new(c);
-    let tol = Tol {
-        rel: 1e-9,
-        abs: 1e-12,
-    };
+    let tol = Tol { rel: 1e-9, abs: 1e-12 };
     for (i, p) in doc["points"].as_array().expect("points").iter().enumerate() {
         let (n, d, lt) = (num(&p["N_S"]), num(&p["D_S"]), num(&p["L_T"]));
         r.check(
@@ -435,10 +359,7 @@ fn run_file(r: &mut Report, path: &std::path::Path, device: &Device) {
     if loss == "scaling_law" {
         return run_scaling_law(r, &file, &doc);
     }
-    for case in doc["cases"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{file}: no cases"))
-    {
+    for case in doc["cases"].as_array().unwrap_or_else(|| panic!("{file}: no cases")) {
         match loss.as_str() {
             "topk_kl" => run_topk(r, &file, case, device),
             "minillm" => run_minillm(r, &file, case, device),
@@ -459,19 +380,17 @@ fn golden_all(device: &Device) {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no golden files in {}", dir.display());
-    let backend = if device.is_autodiff() {
-        "device"
-    } else {
-        "device(no autodiff)"
-    };
-    let mut r = Report {
-        backend,
-        failures: Vec::new(),
-        checked: 0,
-    };
+    let mut r = Report { backend: "auto path", failures: Vec::new(), checked: 0 };
     for f in &files {
         run_file(&mut r, f, device);
     }
+    // The op-composed reference path must pass the same files.
+    r.backend = "composed path";
+    with_path(Path::Composed, || {
+        for f in &files {
+            run_file(&mut r, f, device);
+        }
+    });
     assert!(
         r.failures.is_empty(),
         "{} of {} golden checks failed on {device:?}:\n{}",
@@ -479,11 +398,7 @@ fn golden_all(device: &Device) {
         r.checked,
         r.failures.join("\n")
     );
-    eprintln!(
-        "{} golden checks passed in {} files on {device:?}",
-        r.checked,
-        files.len()
-    );
+    eprintln!("{} golden checks passed in {} files on {device:?}", r.checked, files.len());
 }
 
 backend_tests! {

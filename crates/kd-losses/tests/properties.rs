@@ -4,6 +4,7 @@
 mod common;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_losses::fused::{Path, with_path};
 use kd_losses::{
     Divergence, ForwardKlConfig, GeneralizedJsdConfig, KdBatch, LossConfig, Reduction,
     ReverseKlConfig, TaidConfig, TvdConfig,
@@ -93,10 +94,8 @@ fn eval(
     let labels = Tensor::<1, Int>::from_data(TensorData::new(c.labels.clone(), [c.rows]), device);
     let mut batch = KdBatch::new(s.clone(), t).with_labels(labels);
     if let Some(m) = mask {
-        batch = batch.with_mask(Tensor::<1, Bool>::from_data(
-            TensorData::new(m.to_vec(), [c.rows]),
-            device,
-        ));
+        batch = batch
+            .with_mask(Tensor::<1, Bool>::from_data(TensorData::new(m.to_vec(), [c.rows]), device));
     }
     let out = loss.forward(batch, reduction).expect("valid inputs");
     let total = out.loss.clone().sum();
@@ -117,40 +116,28 @@ fn close(a: f32, b: f32, tol: f32) -> bool {
 }
 
 fn runner() -> TestRunner {
-    TestRunner::new(Config {
-        cases: 24,
-        failure_persistence: None,
-        ..Config::default()
-    })
+    TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() })
 }
 
+/// Runs a property on the default path (fused where it applies) and on the composed path.
 fn check(
     device: &Device,
     strategy: impl Strategy<Value = Case>,
     f: impl Fn(&Case, &Device) -> Result<(), TestCaseError>,
 ) {
-    runner().run(&strategy, |c| f(&c, device)).unwrap();
+    for path in [Path::Auto, Path::Composed] {
+        with_path(path, || runner().run(&strategy, |c| f(&c, device)))
+            .unwrap_or_else(|e| panic!("{path:?} path: {e}"));
+    }
 }
 
 /// Divergences are non-negative (up to f32 rounding).
 fn prop_nonnegative(device: &Device) {
     check(device, case(6.0), |c, d| {
         for name in DIVERGENCES {
-            let e = eval(
-                &*dense(name),
-                c,
-                &c.student,
-                &c.teacher,
-                None,
-                Reduction::Mean,
-                d,
-            );
+            let e = eval(&*dense(name), c, &c.student, &c.teacher, None, Reduction::Mean, d);
             prop_assert!(e.loss >= -1e-5, "{name}: {}", e.loss);
-            prop_assert!(
-                e.per_row.iter().all(|x| *x >= -1e-5),
-                "{name}: {:?}",
-                e.per_row
-            );
+            prop_assert!(e.per_row.iter().all(|x| *x >= -1e-5), "{name}: {:?}", e.per_row);
         }
         Ok(())
     });
@@ -160,22 +147,10 @@ fn prop_nonnegative(device: &Device) {
 fn prop_zero_when_equal(device: &Device) {
     check(device, case(6.0), |c, d| {
         for name in DIVERGENCES {
-            let e = eval(
-                &*dense(name),
-                c,
-                &c.student,
-                &c.student,
-                None,
-                Reduction::Mean,
-                d,
-            );
+            let e = eval(&*dense(name), c, &c.student, &c.student, None, Reduction::Mean, d);
             prop_assert!(e.loss.abs() < 1e-5, "{name}: {}", e.loss);
             // TVD and ULD are not differentiable at p = q (|x| at 0); their subgradient there is 0.
-            prop_assert!(
-                e.grad.iter().all(|g| g.abs() < 1e-4),
-                "{name}: {:?}",
-                e.grad
-            );
+            prop_assert!(e.grad.iter().all(|g| g.abs() < 1e-4), "{name}: {:?}", e.grad);
         }
         Ok(())
     });
@@ -216,11 +191,7 @@ fn prop_tvd_bounded(device: &Device) {
             Reduction::None,
             d,
         );
-        prop_assert!(
-            e.per_row.iter().all(|x| (-1e-6..=1.0 + 1e-6).contains(x)),
-            "{:?}",
-            e.per_row
-        );
+        prop_assert!(e.per_row.iter().all(|x| (-1e-6..=1.0 + 1e-6).contains(x)), "{:?}", e.per_row);
         Ok(())
     });
 }
@@ -241,37 +212,13 @@ fn prop_masked_rows_ignored(device: &Device) {
         }
         for name in all_dense() {
             let loss = dense(name);
-            let a = eval(
-                &*loss,
-                c,
-                &c.student,
-                &c.teacher,
-                Some(&mask),
-                Reduction::Mean,
-                d,
-            );
-            let b = eval(
-                &*loss,
-                c,
-                &garbage_s,
-                &garbage_t,
-                Some(&mask),
-                Reduction::Mean,
-                d,
-            );
-            prop_assert!(
-                close(a.loss, b.loss, 1e-5),
-                "{name}: {} vs {}",
-                a.loss,
-                b.loss
-            );
+            let a = eval(&*loss, c, &c.student, &c.teacher, Some(&mask), Reduction::Mean, d);
+            let b = eval(&*loss, c, &garbage_s, &garbage_t, Some(&mask), Reduction::Mean, d);
+            prop_assert!(close(a.loss, b.loss, 1e-5), "{name}: {} vs {}", a.loss, b.loss);
             for (i, keep) in mask.iter().enumerate() {
                 let row = &b.grad[i * c.vocab..(i + 1) * c.vocab];
                 if !keep {
-                    prop_assert!(
-                        row.iter().all(|g| *g == 0.0),
-                        "{name}: masked row grad {row:?}"
-                    );
+                    prop_assert!(row.iter().all(|g| *g == 0.0), "{name}: masked row grad {row:?}");
                     prop_assert!(b.per_row[i] == 0.0);
                 }
             }
@@ -294,19 +241,8 @@ fn prop_shift_invariant(device: &Device) {
             let loss = dense(name);
             let a = eval(&*loss, c, &c.student, &c.teacher, None, Reduction::Mean, d);
             let b = eval(&*loss, c, &shift_s, &shift_t, None, Reduction::Mean, d);
-            prop_assert!(
-                close(a.loss, b.loss, 1e-4),
-                "{name}: {} vs {}",
-                a.loss,
-                b.loss
-            );
-            prop_assert!(
-                a.grad
-                    .iter()
-                    .zip(&b.grad)
-                    .all(|(g, h)| (g - h).abs() < 1e-4),
-                "{name}"
-            );
+            prop_assert!(close(a.loss, b.loss, 1e-4), "{name}: {} vs {}", a.loss, b.loss);
+            prop_assert!(a.grad.iter().zip(&b.grad).all(|(g, h)| (g - h).abs() < 1e-4), "{name}");
         }
         Ok(())
     });
@@ -346,17 +282,9 @@ fn prop_vocab_permutation_invariant(device: &Device) {
                 Reduction::Mean,
                 d,
             );
-            prop_assert!(
-                close(a.loss, b.loss, 1e-4),
-                "{name}: {} vs {}",
-                a.loss,
-                b.loss
-            );
+            prop_assert!(close(a.loss, b.loss, 1e-4), "{name}: {} vs {}", a.loss, b.loss);
             let pg = permute(&a.grad);
-            prop_assert!(
-                pg.iter().zip(&b.grad).all(|(g, h)| (g - h).abs() < 1e-4),
-                "{name}"
-            );
+            prop_assert!(pg.iter().zip(&b.grad).all(|(g, h)| (g - h).abs() < 1e-4), "{name}");
         }
         Ok(())
     });
@@ -366,15 +294,7 @@ fn prop_vocab_permutation_invariant(device: &Device) {
 fn prop_grad_rows_sum_to_zero(device: &Device) {
     check(device, case(6.0), |c, d| {
         for name in all_dense() {
-            let e = eval(
-                &*dense(name),
-                c,
-                &c.student,
-                &c.teacher,
-                None,
-                Reduction::Mean,
-                d,
-            );
+            let e = eval(&*dense(name), c, &c.student, &c.teacher, None, Reduction::Mean, d);
             for r in 0..c.rows {
                 let s: f32 = e.grad[r * c.vocab..(r + 1) * c.vocab].iter().sum();
                 prop_assert!(s.abs() < 1e-4, "{name}: row {r} sums to {s}");
@@ -392,15 +312,7 @@ fn prop_finite_on_extreme_logits(device: &Device) {
             teacher[r * c.vocab + c.vocab - 1] = f32::NEG_INFINITY; // padded vocabulary entry
         }
         for name in all_dense() {
-            let e = eval(
-                &*dense(name),
-                c,
-                &c.student,
-                &teacher,
-                None,
-                Reduction::Mean,
-                d,
-            );
+            let e = eval(&*dense(name), c, &c.student, &teacher, None, Reduction::Mean, d);
             prop_assert!(e.loss.is_finite(), "{name}: loss {}", e.loss);
             prop_assert!(e.grad.iter().all(|g| g.is_finite()), "{name}: {:?}", e.grad);
         }
@@ -413,21 +325,13 @@ fn prop_t2_scaling(device: &Device) {
     check(device, case(5.0), |c, d| {
         for t in [0.5, 2.0, 4.0] {
             let plain = ForwardKlConfig::new().with_temperature(t).init().unwrap();
-            let scaled = ForwardKlConfig::new()
-                .with_temperature(t)
-                .with_scale_by_t2(true)
-                .init()
-                .unwrap();
+            let scaled =
+                ForwardKlConfig::new().with_temperature(t).with_scale_by_t2(true).init().unwrap();
             let a = eval(&plain, c, &c.student, &c.teacher, None, Reduction::Mean, d);
             let b = eval(&scaled, c, &c.student, &c.teacher, None, Reduction::Mean, d);
             let t2 = (t * t) as f32;
             prop_assert!(close(a.loss * t2, b.loss, 1e-5));
-            prop_assert!(
-                a.grad
-                    .iter()
-                    .zip(&b.grad)
-                    .all(|(g, h)| close(g * t2, *h, 1e-5))
-            );
+            prop_assert!(a.grad.iter().zip(&b.grad).all(|(g, h)| close(g * t2, *h, 1e-5)));
         }
         Ok(())
     });
@@ -438,15 +342,7 @@ fn prop_fully_masked_is_zero(device: &Device) {
     check(device, case(5.0), |c, d| {
         let mask = vec![false; c.rows];
         for name in all_dense() {
-            let e = eval(
-                &*dense(name),
-                c,
-                &c.student,
-                &c.teacher,
-                Some(&mask),
-                Reduction::Mean,
-                d,
-            );
+            let e = eval(&*dense(name), c, &c.student, &c.teacher, Some(&mask), Reduction::Mean, d);
             prop_assert!(e.loss == 0.0, "{name}: {}", e.loss);
             prop_assert!(e.grad.iter().all(|g| *g == 0.0), "{name}");
         }
@@ -461,29 +357,10 @@ fn prop_reductions_agree(device: &Device) {
         let n = mask.iter().filter(|m| **m).count() as f32;
         for name in all_dense() {
             let loss = dense(name);
-            let mean = eval(
-                &*loss,
-                c,
-                &c.student,
-                &c.teacher,
-                Some(&mask),
-                Reduction::Mean,
-                d,
-            );
-            let sum = eval(
-                &*loss,
-                c,
-                &c.student,
-                &c.teacher,
-                Some(&mask),
-                Reduction::Sum,
-                d,
-            );
+            let mean = eval(&*loss, c, &c.student, &c.teacher, Some(&mask), Reduction::Mean, d);
+            let sum = eval(&*loss, c, &c.student, &c.teacher, Some(&mask), Reduction::Sum, d);
             prop_assert!(close(mean.loss * n, sum.loss, 1e-5), "{name}");
-            prop_assert!(
-                close(sum.per_row.iter().sum::<f32>(), sum.loss, 1e-5),
-                "{name}"
-            );
+            prop_assert!(close(sum.per_row.iter().sum::<f32>(), sum.loss, 1e-5), "{name}");
         }
         Ok(())
     });
@@ -496,12 +373,7 @@ fn prop_taid_t1_matches_forward_kl_gradient(device: &Device) {
         let fkl = ForwardKlConfig::new().init().unwrap();
         let a = eval(&taid, c, &c.student, &c.teacher, None, Reduction::Mean, d);
         let b = eval(&fkl, c, &c.student, &c.teacher, None, Reduction::Mean, d);
-        prop_assert!(
-            a.grad
-                .iter()
-                .zip(&b.grad)
-                .all(|(g, h)| (g - h).abs() < 1e-5)
-        );
+        prop_assert!(a.grad.iter().zip(&b.grad).all(|(g, h)| (g - h).abs() < 1e-5));
         prop_assert!(a.loss >= b.loss - 1e-5, "cross-entropy ≥ KL");
         Ok(())
     });

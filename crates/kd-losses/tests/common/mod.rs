@@ -14,10 +14,7 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     }
     #[cfg(feature = "wgpu")]
     {
-        v.push((
-            "wgpu",
-            Device::wgpu(burn::tensor::DeviceKind::default()).autodiff(),
-        ));
+        v.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::default()).autodiff()));
     }
     v
 }

@@ -1,0 +1,182 @@
+//! Fused vs op-composed divergences, forward + backward w.r.t. the student logits, on flex f32.
+//!
+//! ```text
+//! cargo bench -p kd-losses --bench divergences
+//! KD_BENCH_JSON=results.jsonl cargo bench -p kd-losses --bench divergences
+//! KD_BENCH_QUICK=1 cargo bench -p kd-losses --bench divergences    # small shapes, few runs
+//! ```
+//!
+//! For each (N, V) and loss (FKL, RKL, JSD β = 0.5) it reports the median and minimum of ≥ 10
+//! timed runs after warm-up, for the fused path and the op-composed reference path of the same
+//! call, the peak heap growth during one call (a counting allocator), and the machine's
+//! memory-bandwidth floor for the shape: reading student and teacher and writing the gradient,
+//! `3·N·V·4` bytes, at the copy speed measured in the same run.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kd_losses::fused::{Path, with_path};
+use kd_losses::{
+    Divergence, ForwardKlConfig, GeneralizedJsdConfig, KdBatch, Reduction, ReverseKlConfig,
+};
+
+/// System allocator that tracks live and peak bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn random(n: usize, v: usize, seed: u64, std: f32) -> Vec<f32> {
+    let mut x = seed;
+    (0..n * v)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sum of two uniforms: a cheap bell shape with the given spread.
+            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
+            let b = ((x >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
+            (a + b - 1.0) * std * 2.45
+        })
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+/// Copy speed in bytes/s over a buffer large enough to leave the caches.
+fn copy_speed() -> f64 {
+    let n = 64 << 20; // 64 Mi floats = 256 MiB
+    let src = vec![1f32; n];
+    let mut dst = vec![0f32; n];
+    dst.copy_from_slice(&src); // first touch
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    // A copy reads and writes n·4 bytes each.
+    (2 * n * 4) as f64 / best
+}
+
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+    peak_mb: f64,
+}
+
+fn time_call(loss: &dyn Divergence, s: &Tensor<2>, t: &Tensor<2>, runs: usize) -> Timing {
+    let call = || {
+        let student = s.clone().require_grad();
+        let out = loss.forward(KdBatch::new(student.clone(), t.clone()), Reduction::Mean).unwrap();
+        let mut grads = out.loss.backward();
+        let g = student.grad_remove(&mut grads).expect("gradient");
+        std::hint::black_box(g);
+    };
+    call();
+    call(); // warm-up
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        call();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    Timing { median_ms: median(times), min_ms: min, peak_mb: peak }
+}
+
+fn main() {
+    let quick = std::env::var_os("KD_BENCH_QUICK").is_some();
+    let shapes: &[(usize, usize)] =
+        if quick { &[(256, 4000), (64, 50257)] } else { &[(2048, 32000), (512, 50257), (4096, 8192)] };
+    let (runs_fused, runs_composed) = if quick { (5, 3) } else { (10, 10) };
+    let mut json = std::env::var_os("KD_BENCH_JSON").map(|p| {
+        std::fs::OpenOptions::new().create(true).append(true).open(p).expect("KD_BENCH_JSON file")
+    });
+    let threads = rayon::current_num_threads();
+    let speed = copy_speed();
+    println!("flex f32, {threads} rayon threads, copy speed {:.1} GB/s", speed / 1e9);
+    println!(
+        "{:<6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "loss", "N×V", "fused ms", "min", "composed", "min", "speed-up", "floor ms"
+    );
+    let device = Device::flex().autodiff();
+    for &(n, v) in shapes {
+        let s = Tensor::<2>::from_data(TensorData::new(random(n, v, 1, 3.0), [n, v]), &device);
+        let t = Tensor::<2>::from_data(TensorData::new(random(n, v, 2, 3.0), [n, v]), &device);
+        let floor_ms = (3 * n * v * 4) as f64 / speed * 1e3;
+        let losses: [(&str, Box<dyn Divergence>); 3] = [
+            ("fkl", Box::new(ForwardKlConfig::new().init().unwrap())),
+            ("rkl", Box::new(ReverseKlConfig::new().init().unwrap())),
+            ("jsd", Box::new(GeneralizedJsdConfig::new().with_beta(0.5).init().unwrap())),
+        ];
+        for (name, loss) in &losses {
+            let fused = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused));
+            let composed = with_path(Path::Composed, || time_call(&**loss, &s, &t, runs_composed));
+            println!(
+                "{:<6} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8.1}× {:>10.1}   peak MB fused {:.0} / composed {:.0}",
+                name,
+                format!("{n}×{v}"),
+                fused.median_ms,
+                fused.min_ms,
+                composed.median_ms,
+                composed.min_ms,
+                composed.median_ms / fused.median_ms,
+                floor_ms,
+                fused.peak_mb,
+                composed.peak_mb,
+            );
+            if let Some(f) = json.as_mut() {
+                for (path, tm) in [("fused", &fused), ("composed", &composed)] {
+                    writeln!(
+                        f,
+                        r#"{{"bench":"divergences","loss":"{name}","n":{n},"v":{v},"path":"{path}","median_ms":{:.3},"min_ms":{:.3},"peak_mb":{:.1}}}"#,
+                        tm.median_ms, tm.min_ms, tm.peak_mb
+                    )
+                    .unwrap();
+                }
+                writeln!(
+                    f,
+                    r#"{{"bench":"divergences","loss":"{name}","n":{n},"v":{v},"path":"floor","median_ms":{floor_ms:.3},"min_ms":{floor_ms:.3},"peak_mb":0}}"#
+                )
+                .unwrap();
+            }
+        }
+    }
+}

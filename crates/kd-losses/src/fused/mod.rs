@@ -1,0 +1,277 @@
+//! Fused CPU path: one forward+backward kernel per loss family, registered as a burn autodiff op.
+//!
+//! The driver asks [`soft_terms`] first; it returns `None` (and the op-composed path runs) unless
+//! the loss has a fused kernel ([`crate::Divergence::fused_kind`]), both tensors are `f32` on the
+//! flex backend (with or without autodiff), the vocabularies match, and the calling thread has
+//! not forced the composed path with [`with_path`]. Results are the same as the composed path
+//! (both are checked against the golden files and each other).
+//!
+//! When the student is tracked, the gradient is computed in the forward pass, already multiplied
+//! by the upstream gradient the driver's reduction will send (`1/n_valid` for a mean, times the
+//! soft weight of a hard-label mix), and kept as the op's state; the backward hands it over as is
+//! when the upstream matches, and rescales rows in place otherwise. A step thus allocates one
+//! `rows × vocab` buffer. An untracked student (teacher-only or evaluation) runs a loss-only
+//! kernel without any gradient buffer.
+
+pub mod kernels;
+
+use std::cell::Cell;
+
+pub use kernels::FusedKind;
+
+/// Which implementation a loss call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Path {
+    /// The fused kernel when one applies, else the op-composed path (the default).
+    #[default]
+    Auto,
+    /// Always the op-composed reference path (tests and benchmarks compare the two).
+    Composed,
+}
+
+thread_local! {
+    static PATH: Cell<Path> = const { Cell::new(Path::Auto) };
+}
+
+/// Runs `f` with the loss path of the current thread set to `path`, restoring it afterwards.
+///
+/// # Example
+/// ```
+/// use kd_losses::fused::{Path, with_path};
+/// let composed = with_path(Path::Composed, || 1 + 1);
+/// assert_eq!(composed, 2);
+/// ```
+pub fn with_path<R>(path: Path, f: impl FnOnce() -> R) -> R {
+    let old = PATH.with(|p| p.replace(path));
+    struct Restore(Path);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PATH.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(old);
+    f()
+}
+
+/// The path the current thread uses.
+pub fn current_path() -> Path {
+    PATH.with(Cell::get)
+}
+
+/// Per-row soft terms from a fused kernel, already scaled (see the module docs).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) struct FusedTerms {
+    /// Scaled divergence per row, 0 on ignored rows; differentiable. Shape `[rows]`.
+    pub values: burn::tensor::Tensor<1>,
+    /// Diagnostics, as the composed path names them.
+    pub extras: Vec<crate::Extra>,
+}
+
+/// Arguments of one fused call.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) struct FusedCall<'a> {
+    pub kind: FusedKind,
+    pub temperature: f64,
+    pub scale: f64,
+    pub student: &'a burn::tensor::Tensor<2>,
+    pub teacher: &'a burn::tensor::Tensor<2>,
+    pub valid: &'a burn::tensor::Tensor<1, burn::tensor::Bool>,
+    /// Upstream gradient each valid row will receive from the driver's reduction.
+    pub expected_upstream: ExpectedUpstream,
+}
+
+/// How the driver will reduce the per-row values, to predict their upstream gradient.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) struct ExpectedUpstream {
+    /// `true` for a mean over valid rows.
+    pub mean: bool,
+    /// Weight of the soft term (`1 − w` under a hard-label mix, else `1`).
+    pub soft_weight: f64,
+}
+
+/// The fused soft terms, or `None` when the composed path must run.
+#[cfg(not(feature = "flex"))]
+pub(crate) fn soft_terms(_call: FusedCall<'_>) -> Option<FusedTerms> {
+    None
+}
+
+#[cfg(feature = "flex")]
+pub(crate) use flex::soft_terms;
+
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::autodiff::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::{DispatchKindConversion, Flex};
+    use burn::tensor::DispatchTensor;
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    use super::kernels::{FusedKind, RowOut, RowSpec, run_rows};
+    use super::{FusedCall, FusedTerms, Path, current_path};
+    use crate::Extra;
+
+    /// The gradient computed in the forward, and the upstream it assumed per row.
+    #[derive(Debug, Clone)]
+    struct GradState {
+        grad: FlexTensor,
+        assumed: Vec<f32>,
+    }
+
+    #[derive(Debug)]
+    struct FusedBackward;
+
+    impl Backward<Flex, 1> for FusedBackward {
+        type State = GradState;
+
+        fn backward(self, ops: Ops<GradState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let GradState { grad, assumed } = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |upstream: FlexTensor| {
+                rescale(grad, &assumed, &upstream)
+            });
+        }
+    }
+
+    /// Hands the stored gradient over, rescaling rows whose upstream differs from the assumed one.
+    fn rescale(mut grad: FlexTensor, assumed: &[f32], upstream: &FlexTensor) -> FlexTensor {
+        let up = upstream.to_contiguous();
+        let up = up.as_slice::<f32>().expect("f32 upstream gradient");
+        let same =
+            up.iter().zip(assumed).all(|(u, a)| *a == 0.0 || (u - a).abs() <= 1e-6 * a.abs());
+        if same {
+            return grad;
+        }
+        let vocab = grad.layout().shape().num_elements() / assumed.len().max(1);
+        let factors: Vec<f32> =
+            up.iter().zip(assumed).map(|(u, a)| if *a == 0.0 { 0.0 } else { u / a }).collect();
+        if grad.try_storage_mut::<f32>().is_none() {
+            grad = grad.to_contiguous();
+        }
+        let g = grad.storage_mut::<f32>();
+        for (row, f) in g.chunks_mut(vocab.max(1)).zip(&factors) {
+            row.iter_mut().for_each(|x| *x *= f);
+        }
+        grad
+    }
+
+    fn host_f32(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        match t.as_slice::<f32>() {
+            Some(s) => Some(std::borrow::Cow::Borrowed(s)),
+            None => Some(std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>()?.to_vec())),
+        }
+    }
+
+    fn flex_vec(values: Vec<f32>, shape: [usize; 1]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    struct Prepared {
+        spec: RowSpec,
+        valid: Vec<bool>,
+        weights: Vec<f32>,
+        rows: usize,
+        vocab: usize,
+    }
+
+    fn prepare(call: &FusedCall<'_>) -> Option<Prepared> {
+        if current_path() == Path::Composed {
+            return None;
+        }
+        if call.student.dtype() != DType::F32 || call.teacher.dtype() != DType::F32 {
+            return None;
+        }
+        let [rows, vocab] = call.student.dims();
+        if call.teacher.dims() != [rows, vocab] {
+            return None;
+        }
+        let valid: Vec<bool> = call.valid.to_data().convert::<bool>().try_into_vec().ok()?;
+        let n_valid = valid.iter().filter(|v| **v).count();
+        let e = &call.expected_upstream;
+        let reduce = if e.mean { 1.0 / (n_valid.max(1) as f32) } else { 1.0 };
+        let per_row = reduce * e.soft_weight as f32;
+        let weights = valid.iter().map(|v| if *v { per_row } else { 0.0 }).collect();
+        let spec = RowSpec { kind: call.kind, temperature: call.temperature, scale: call.scale };
+        Some(Prepared { spec, valid, weights, rows, vocab })
+    }
+
+    fn extras(kind: FusedKind, rows: &[RowOut], device: &burn::tensor::Device) -> Vec<Extra> {
+        let col = |f: fn(&RowOut) -> f64| -> Tensor<1> {
+            let v: Vec<f32> = rows.iter().map(|r| f(r) as f32).collect();
+            Tensor::from_data(TensorData::new(v, [rows.len()]), device)
+        };
+        match kind {
+            FusedKind::ForwardKl => {
+                vec![Extra::row("per_row_cross_entropy_form", col(|r| r.extra_a))]
+            }
+            FusedKind::ReverseKl => Vec::new(),
+            FusedKind::Jsd { .. } => vec![
+                Extra::row("kl_teacher_mix", col(|r| r.extra_a)),
+                Extra::row("kl_student_mix", col(|r| r.extra_b)),
+            ],
+        }
+    }
+
+    fn values_of(rows: &[RowOut]) -> Vec<f32> {
+        rows.iter().map(|r| r.value as f32).collect()
+    }
+
+    /// Autodiff student: tracked → value + gradient state; untracked → value only.
+    fn on_autodiff<C: CheckpointStrategy>(
+        p: &Prepared,
+        student: &Tensor<2>,
+        teacher: &[f32],
+    ) -> Option<(Tensor<1>, Vec<RowOut>)>
+    where
+        DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+    {
+        let ad = student.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+        let tracked = ad.is_tracked();
+        let s = host_f32(ad.primitive())?;
+        let mut grad = tracked.then(|| vec![0f32; p.rows * p.vocab]);
+        let rows =
+            run_rows(&p.spec, &s, teacher, p.vocab, &p.valid, &p.weights, grad.as_deref_mut());
+        drop(s);
+        let out = flex_vec(values_of(&rows), [p.rows]);
+        let node = ad.node();
+        let result = match FusedBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let grad = FlexTensor::from_data(TensorData::new(
+                    grad.unwrap_or_default(),
+                    [p.rows, p.vocab],
+                ));
+                prep.finish(GradState { grad, assumed: p.weights.clone() }, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some((Tensor::from_primitive::<Autodiff<Flex, C>>(result), rows))
+    }
+
+    /// The fused soft terms, or `None` when the composed path must run.
+    pub(crate) fn soft_terms(call: FusedCall<'_>) -> Option<FusedTerms> {
+        let p = prepare(&call)?;
+        let teacher = call.teacher.clone().inner().try_into_primitive::<Flex>().ok()?;
+        let teacher = host_f32(&teacher)?;
+        let (values, rows) = if call.student.is_autodiff() {
+            on_autodiff::<NoCheckpointing>(&p, call.student, &teacher)
+                .or_else(|| on_autodiff::<BalancedCheckpointing>(&p, call.student, &teacher))?
+        } else {
+            let flex = call.student.clone().try_into_primitive::<Flex>().ok()?;
+            let s = host_f32(&flex)?;
+            let rows = run_rows(&p.spec, &s, &teacher, p.vocab, &p.valid, &p.weights, None);
+            let out = flex_vec(values_of(&rows), [p.rows]);
+            (Tensor::from_primitive::<Flex>(out), rows)
+        };
+        let extras = extras(call.kind, &rows, &call.student.device());
+        Some(FusedTerms { values, extras })
+    }
+}
