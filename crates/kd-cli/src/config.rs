@@ -1,0 +1,189 @@
+//! The run config: a TOML file, overridable key by key from the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSource {
+    /// A Hugging Face directory (`config.json` + `model.safetensors`).
+    pub pretrained: Option<PathBuf>,
+    /// A Hugging Face `config.json` body to initialise a fresh model from (`model_type`,
+    /// sizes, ...), as a TOML table.
+    pub init: Option<toml::Table>,
+}
+
+/// Data format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Pick from the extension: `.jsonl` = instruction, else text.
+    #[default]
+    Auto,
+    /// Plain text, documents separated by blank lines, packed into blocks.
+    Text,
+    /// JSONL prompt/response pairs; loss on the response only.
+    Instruction,
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Directory with `tokenizer.json` (and optionally `tokenizer_config.json`), or the file.
+    pub tokenizer: Option<PathBuf>,
+    /// Training file.
+    pub train: Option<PathBuf>,
+    /// Held-out file; without it the last `eval_fraction` of the training blocks is held out.
+    pub eval: Option<PathBuf>,
+    /// Format of the files.
+    pub format: DataFormat,
+    /// Tokens per block.
+    pub seq_len: usize,
+    /// Fraction of the training blocks held out when no `eval` file is given.
+    pub eval_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            tokenizer: None,
+            train: None,
+            eval: None,
+            format: DataFormat::Auto,
+            seq_len: 128,
+            eval_fraction: 0.1,
+        }
+    }
+}
+
+/// The whole run config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// The student.
+    pub student: ModelSource,
+    /// The teacher (`kd distill`).
+    pub teacher: ModelSource,
+    /// Data.
+    pub data: DataConfig,
+    /// Training settings ([`kd_train::TrainConfig`]).
+    pub train: kd_train::TrainConfig,
+}
+
+/// A config as a TOML table, with overrides applied.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    table: toml::Table,
+}
+
+impl ConfigBuilder {
+    /// Starts from a TOML file (or empty).
+    pub fn from_file(path: Option<&Path>) -> Result<Self> {
+        let table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing config {}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        Ok(Self { table })
+    }
+
+    /// Sets `dotted.key` to `value`, a TOML value (`3e-4`, `true`, `"text"`, `{loss = "js"}`);
+    /// text that does not parse as TOML is taken as a string.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        self.set_value(key, parsed)
+    }
+
+    /// Sets `dotted.key` to a TOML value.
+    pub fn set_value(&mut self, key: &str, value: toml::Value) -> Result<()> {
+        let parts: Vec<&str> = key.split('.').collect();
+        let Some((last, path)) = parts.split_last() else {
+            bail!("empty config key");
+        };
+        let mut table = &mut self.table;
+        for p in path {
+            let entry = table
+                .entry((*p).to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => bail!("config key `{key}`: `{p}` is not a table"),
+            };
+        }
+        table.insert((*last).to_string(), value);
+        Ok(())
+    }
+
+    /// Whether `dotted.key` is set.
+    pub fn has(&self, key: &str) -> bool {
+        let mut v: Option<&toml::Value> = None;
+        let mut table = Some(&self.table);
+        for p in key.split('.') {
+            v = table.and_then(|t| t.get(p));
+            table = v.and_then(toml::Value::as_table);
+        }
+        v.is_some()
+    }
+
+    /// The typed config.
+    pub fn build(&self) -> Result<RunConfig> {
+        RunConfig::deserialize(toml::Value::Table(self.table.clone())).context("invalid run config")
+    }
+
+    /// The config as TOML text (written beside every run).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.table).unwrap_or_default()
+    }
+}
+
+/// Converts a TOML table to JSON (for `config.json` bodies).
+pub fn toml_to_json(table: &toml::Table) -> Result<serde_json::Value> {
+    serde_json::to_value(table).context("converting a TOML table to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_reach_typed_fields() {
+        let mut b = ConfigBuilder::default();
+        b.set("train.steps", "7").unwrap();
+        b.set("train.lr", "3e-4").unwrap();
+        b.set("train.divergence", "{loss = \"reverse_kl\", temperature = 2.0}").unwrap();
+        b.set("data.train", "some/file.txt").unwrap();
+        b.set("student.init.model_type", "\"llama\"").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.train.steps, 7);
+        assert_eq!(c.train.lr, 3e-4);
+        assert_eq!(
+            c.train.divergence.unwrap(),
+            serde_json::from_str::<kd_losses::LossConfig>(
+                r#"{"loss":"reverse_kl","temperature":2.0}"#
+            )
+            .unwrap()
+        );
+        assert_eq!(c.data.train.unwrap(), PathBuf::from("some/file.txt"));
+        assert!(b.has("student.init.model_type"));
+        assert!(!b.has("teacher.pretrained"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let mut b = ConfigBuilder::default();
+        b.set("train.stepz", "7").unwrap();
+        assert!(b.build().is_err());
+    }
+}

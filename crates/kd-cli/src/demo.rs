@@ -1,0 +1,315 @@
+//! `kd demo`: on the TinyStories slice shipped in `assets/`, train a small teacher, then the same
+//! small student three ways (no teacher, forward KL, reverse KL), and compare held-out
+//! perplexity in a table and a plot.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::tensor::Device;
+use kd_losses::LossConfig;
+use kd_models::{CausalLm, GenerationConfig, LlamaConfig, ModelConfig, Sampling, Tokenizer};
+use kd_train::plot::{Chart, Series};
+use kd_train::{EvalRecord, TrainConfig};
+
+use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig};
+use crate::run::{JobResult, load_data, load_tokenizer, run_job};
+
+/// The assets directory compiled into the binary's source tree.
+fn default_assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+/// Sizes and budgets of a demo run.
+#[derive(Debug, Clone)]
+struct Settings {
+    seq_len: usize,
+    batch_size: usize,
+    teacher_steps: u64,
+    student_steps: u64,
+    teacher: (usize, usize, usize, usize), // hidden, layers, heads, intermediate
+    student: (usize, usize, usize, usize),
+    teacher_lr: f64,
+    student_lr: f64,
+    eval_every: u64,
+}
+
+impl Settings {
+    fn full() -> Self {
+        Self {
+            seq_len: 64,
+            batch_size: 16,
+            teacher_steps: 400,
+            student_steps: 300,
+            teacher: (128, 4, 4, 384),
+            student: (64, 2, 2, 192),
+            teacher_lr: 3e-3,
+            student_lr: 3e-3,
+            eval_every: 50,
+        }
+    }
+
+    /// Seconds, not minutes: for tests and a smoke check.
+    fn quick() -> Self {
+        Self {
+            seq_len: 32,
+            batch_size: 4,
+            teacher_steps: 6,
+            student_steps: 4,
+            teacher: (32, 2, 2, 64),
+            student: (16, 1, 2, 32),
+            teacher_lr: 3e-3,
+            student_lr: 3e-3,
+            eval_every: 2,
+        }
+    }
+}
+
+fn llama(
+    vocab: usize,
+    seq_len: usize,
+    (hidden, layers, heads, inter): (usize, usize, usize, usize),
+) -> ModelConfig {
+    ModelConfig::Llama(LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim: hidden / heads,
+        max_position_embeddings: seq_len.max(64),
+        bos_token_id: Some(1),
+        eos_token_id: vec![2],
+        tie_word_embeddings: true,
+        ..LlamaConfig::default()
+    })
+}
+
+fn train_config(
+    s: &Settings,
+    steps: u64,
+    lr: f64,
+    out: PathBuf,
+    divergence: Option<LossConfig>,
+) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: s.batch_size,
+        lr,
+        warmup_steps: (steps / 20).max(1),
+        min_lr_ratio: 0.1,
+        eval_every: s.eval_every,
+        log_every: (steps / 10).max(1),
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+        output_dir: Some(out),
+        divergence,
+        seed: 0,
+        ..TrainConfig::default()
+    }
+}
+
+struct Row {
+    name: String,
+    params: usize,
+    eval: EvalRecord,
+    seconds: f64,
+    sample: String,
+}
+
+fn sample(model: &CausalLm, tok: &Tokenizer, prompt: &str) -> Result<String> {
+    let device = Device::flex();
+    let model = model.valid().to_device(&device);
+    let ids = tok.encode_prompt(prompt)?;
+    let config = GenerationConfig {
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+        eos_token_ids: tok.eos_token_id().into_iter().collect(),
+        pad_token_id: 0,
+        seed: 0,
+        output_step_logits: false,
+    };
+    let out = kd_models::generate(&model, &[ids], &config, &device, |_, _| {})?;
+    Ok(tok.decode(&out.sequences[0], true)?.replace('\n', " "))
+}
+
+pub fn cmd_demo(args: &[String]) -> Result<()> {
+    let mut quick = false;
+    let mut out = PathBuf::from("runs/demo");
+    let mut assets = default_assets();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
+            "--assets" => assets = PathBuf::from(it.next().context("--assets needs a value")?),
+            other => anyhow::bail!(
+                "kd demo: unknown argument `{other}` (use --out DIR, --assets DIR, --quick)"
+            ),
+        }
+    }
+    run_demo(&out, &assets, if quick { Settings::quick() } else { Settings::full() })
+}
+
+fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
+    let start = Instant::now();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tok = load_tokenizer(assets)?;
+    let data_config = DataConfig {
+        tokenizer: Some(assets.to_path_buf()),
+        train: Some(assets.join("tinystories.txt")),
+        eval: None,
+        format: DataFormat::Text,
+        seq_len: s.seq_len,
+        eval_fraction: 0.1,
+    };
+    let (train, eval) = load_data(&data_config, &tok)?;
+    let vocab = tok.vocab_size();
+    println!(
+        "kd demo: TinyStories slice, {} train / {} held-out blocks of {} tokens, vocabulary {}",
+        train.len(),
+        eval.len(),
+        s.seq_len,
+        vocab
+    );
+    let base = RunConfig { data: data_config, ..RunConfig::default() };
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+
+    // 1. The teacher, trained from scratch on the training split.
+    device.seed(1);
+    let teacher_init = CausalLm::init(&llama(vocab, s.seq_len, s.teacher), &device)?;
+    let teacher_params = teacher_init.num_params();
+    println!("[1/4] teacher: {teacher_params} parameters, {} steps", s.teacher_steps);
+    let teacher_cfg = RunConfig {
+        train: train_config(&s, s.teacher_steps, s.teacher_lr, out.join("teacher"), None),
+        student: ModelSource::default(),
+        ..base.clone()
+    };
+    let job = run_job(
+        &teacher_cfg,
+        "# kd demo teacher\n",
+        false,
+        false,
+        Some(teacher_init),
+        None,
+        Some((&train, &eval)),
+    )?;
+    let teacher = CausalLm::from_pretrained(&job.model_dir, &plain)?;
+    let mut rows = vec![Row {
+        name: "teacher".into(),
+        params: teacher_params,
+        eval: job.final_eval.clone(),
+        seconds: job.report.seconds,
+        sample: sample(&teacher, &tok, "Once upon a time")?,
+    }];
+    let mut curves = vec![("teacher".to_string(), job)];
+
+    // 2-4. One student initialisation, trained three ways.
+    device.seed(2);
+    let student_init = CausalLm::init(&llama(vocab, s.seq_len, s.student), &device)?;
+    let student_params = student_init.num_params();
+    let runs: [(&str, &str, Option<&str>); 3] = [
+        ("student, no teacher", "student-ce", None),
+        ("student, forward KL", "student-fkl", Some("forward_kl")),
+        ("student, reverse KL", "student-rkl", Some("reverse_kl")),
+    ];
+    for (k, (name, dir, loss)) in runs.iter().enumerate() {
+        println!("[{}/4] {name}: {student_params} parameters, {} steps", k + 2, s.student_steps);
+        let divergence = loss.map(LossConfig::by_name).transpose()?;
+        let cfg = RunConfig {
+            train: train_config(&s, s.student_steps, s.student_lr, out.join(dir), divergence),
+            ..base.clone()
+        };
+        let job = run_job(
+            &cfg,
+            &format!("# kd demo {name}\n"),
+            loss.is_some(),
+            false,
+            Some(student_init.clone()),
+            loss.map(|_| teacher.clone()),
+            Some((&train, &eval)),
+        )?;
+        let model = CausalLm::from_pretrained(&job.model_dir, &plain)?;
+        rows.push(Row {
+            name: (*name).into(),
+            params: student_params,
+            eval: job.final_eval.clone(),
+            seconds: job.report.seconds,
+            sample: sample(&model, &tok, "Once upon a time")?,
+        });
+        curves.push(((*name).to_string(), job));
+    }
+
+    // Table.
+    println!();
+    println!("held-out TinyStories ({} tokens), after training:", rows[0].eval.tokens);
+    println!("{:<22} {:>9} {:>10} {:>11} {:>8}", "model", "params", "loss", "perplexity", "time");
+    for r in &rows {
+        println!(
+            "{:<22} {:>9} {:>10.4} {:>11.3} {:>7.0}s",
+            r.name, r.params, r.eval.loss, r.eval.perplexity, r.seconds
+        );
+    }
+    println!();
+    for r in &rows {
+        println!("{:<22} \"{}\"", r.name, r.sample);
+    }
+
+    // Plot: held-out loss of every run against its step.
+    let chart = Chart {
+        title: "kd demo: held-out loss".into(),
+        x_label: "step".into(),
+        y_label: "held-out loss (nats)".into(),
+        series: curves
+            .iter()
+            .map(|(name, job): &(String, JobResult)| Series {
+                name: name.clone(),
+                points: job.report.evals.iter().map(|e| (e.step as f64, e.loss)).collect(),
+            })
+            .collect(),
+        width: 900,
+        height: 560,
+    };
+    let png = out.join("demo.png");
+    chart.write_png(&png)?;
+    let summary: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "model": r.name, "params": r.params, "loss": r.eval.loss,
+                "perplexity": r.eval.perplexity, "seconds": r.seconds, "sample": r.sample,
+            })
+        })
+        .collect();
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!();
+    println!(
+        "plot {}, per-run metrics/checkpoints/models in {}/ (total {:.0}s)",
+        png.display(),
+        out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_demo_runs_end_to_end() {
+        let out = std::env::temp_dir().join(format!("kd-demo-quick-{}", std::process::id()));
+        run_demo(&out, &default_assets(), Settings::quick()).unwrap();
+        let summary: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary.len(), 4);
+        assert!(summary.iter().all(|r| r["perplexity"].as_f64().unwrap().is_finite()));
+        assert!(out.join("demo.png").is_file());
+        assert!(out.join("student-rkl/model/config.json").is_file());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -1,0 +1,303 @@
+//! `kd`: train, distil, evaluate and sample small language models with kd-rs on the CPU (burn's
+//! flex backend).
+//!
+//! ```text
+//! kd demo                                   # the end-to-end TinyStories demo (< 10 min)
+//! kd train   --config run.toml [--set train.lr=3e-4] [--steps N] [--out DIR] [--resume]
+//! kd distill --config run.toml --teacher DIR [--loss reverse_kl] [--temperature 2]
+//! kd eval    --model DIR --data FILE [--seq-len 128]
+//! kd generate --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
+//! ```
+//!
+//! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]` and `[train]` (see
+//! `crates/kd-cli/configs/`); every key can be overridden with `--set section.key=value`.
+
+mod config;
+mod demo;
+mod run;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use kd_models::{CausalLm, GenerationConfig, Sampling};
+
+use crate::config::ConfigBuilder;
+
+const USAGE: &str = "\
+kd: knowledge distillation for language models (kd-rs, burn, CPU)
+
+USAGE:
+  kd demo     [--out DIR] [--quick]
+  kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
+  kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
+  kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
+  kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
+              [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
+
+OPTIONS (train, distill):
+  --config FILE         TOML run config ([student], [teacher], [data], [train])
+  --set KEY=VALUE       override any config key, e.g. --set train.lr=3e-4 (repeatable)
+  --student DIR         student.pretrained        --teacher DIR      teacher.pretrained
+  --data FILE           data.train                --tokenizer PATH   data.tokenizer
+  --steps N             train.steps               --lr X             train.lr
+  --loss NAME           train.divergence.loss     --temperature T    train.divergence.temperature
+  --seed N              train.seed                --out DIR          train.output_dir
+  --resume              continue from the latest checkpoint in the output directory
+";
+
+/// A minimal logger: `[  12.3s] message` on stderr.
+struct Logger {
+    start: Instant,
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let t = self.start.elapsed().as_secs_f64();
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "[{t:7.1}s] {}", record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn init_logger(quiet: bool) {
+    let level = match std::env::var("KD_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("warn") => log::LevelFilter::Warn,
+        _ if quiet => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    let logger = Box::leak(Box::new(Logger { start: Instant::now(), level }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Parsed command-line options (everything after the subcommand).
+#[derive(Debug, Default)]
+struct Opts {
+    values: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Opts {
+    fn parse(args: &[String], flags: &[&str]) -> Result<Self> {
+        let mut o = Self::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(name) = a.strip_prefix("--") else {
+                bail!("unexpected argument `{a}`\n\n{USAGE}");
+            };
+            if let Some((k, v)) = name.split_once('=') {
+                o.values.push((k.to_string(), v.to_string()));
+            } else if flags.contains(&name) {
+                o.flags.push(name.to_string());
+            } else {
+                let v = it.next().with_context(|| format!("--{name} needs a value"))?;
+                o.values.push((name.to_string(), v.clone()));
+            }
+        }
+        Ok(o)
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.values.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")))
+            .transpose()
+    }
+    fn check_known(&self, known: &[&str]) -> Result<()> {
+        for (k, _) in &self.values {
+            if !known.contains(&k.as_str()) {
+                bail!("unknown option --{k}\n\n{USAGE}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the run config of `kd train` / `kd distill` from `--config` and the overrides.
+fn run_config(o: &Opts) -> Result<ConfigBuilder> {
+    o.check_known(&[
+        "config",
+        "set",
+        "student",
+        "teacher",
+        "data",
+        "tokenizer",
+        "steps",
+        "lr",
+        "loss",
+        "temperature",
+        "seed",
+        "out",
+    ])?;
+    let mut b = ConfigBuilder::from_file(o.get("config").map(PathBuf::from).as_deref())?;
+    for kv in o.all("set") {
+        let (k, v) =
+            kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+        b.set(k.trim(), v.trim())?;
+    }
+    let strings = [
+        ("student", "student.pretrained"),
+        ("teacher", "teacher.pretrained"),
+        ("data", "data.train"),
+        ("tokenizer", "data.tokenizer"),
+        ("out", "train.output_dir"),
+    ];
+    for (flag, key) in strings {
+        if let Some(v) = o.get(flag) {
+            b.set_value(key, toml::Value::String(v.to_string()))?;
+        }
+    }
+    if o.get("student").is_some() && b.has("student.init") {
+        bail!("--student replaces the student: drop [student.init] from the config");
+    }
+    for (flag, key) in [("steps", "train.steps"), ("lr", "train.lr"), ("seed", "train.seed")] {
+        if let Some(v) = o.get(flag) {
+            b.set(key, v)?;
+        }
+    }
+    if let Some(loss) = o.get("loss") {
+        // A new loss starts from its own defaults.
+        let mut t = toml::Table::new();
+        t.insert("loss".into(), toml::Value::String(loss.to_string()));
+        b.set_value("train.divergence", toml::Value::Table(t))?;
+    }
+    if let Some(t) = o.get("temperature") {
+        if !b.has("train.divergence") {
+            b.set("train.divergence.loss", "\"forward_kl\"")?;
+        }
+        b.set("train.divergence.temperature", t)?;
+    }
+    Ok(b)
+}
+
+fn cmd_train(args: &[String], distill: bool) -> Result<()> {
+    let o = Opts::parse(args, &["resume"])?;
+    let b = run_config(&o)?;
+    let config = b.build()?;
+    let job = run::run_job(&config, &b.to_toml(), distill, o.flag("resume"), None, None, None)?;
+    println!(
+        "held-out loss {:.4}, perplexity {:.3} after {} steps ({:.0}s); model in {}",
+        job.final_eval.loss,
+        job.final_eval.perplexity,
+        job.report.history.len(),
+        job.report.seconds,
+        job.model_dir.display()
+    );
+    Ok(())
+}
+
+fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tokenizer> {
+    let path = o.get("tokenizer").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
+    run::load_tokenizer(&path)
+}
+
+fn cmd_eval(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args, &[])?;
+    o.check_known(&["model", "data", "tokenizer", "seq-len", "batch-size", "format"])?;
+    let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
+    let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
+    let format = match o.get("format") {
+        None => config::DataFormat::Auto,
+        Some("text") => config::DataFormat::Text,
+        Some("instruction") => config::DataFormat::Instruction,
+        Some(other) => bail!("--format {other}: expected text or instruction"),
+    };
+    let device = Device::flex();
+    let model = CausalLm::from_pretrained(&model_dir, &device)?;
+    let tok = tokenizer_for(&o, &model_dir)?;
+    let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
+    let set = run::load_blocks(&data, format, &tok, seq_len)?;
+    let batch = o.parsed::<usize>("batch-size")?.unwrap_or(8);
+    let r = kd_train::evaluate(&model, &set, batch, None, &device);
+    println!(
+        "{}: loss {:.4}  perplexity {:.3}  ({} tokens, {} blocks of {})",
+        model_dir.display(),
+        r.loss,
+        r.perplexity,
+        r.tokens,
+        set.len(),
+        seq_len
+    );
+    Ok(())
+}
+
+fn cmd_generate(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args, &[])?;
+    o.check_known(&[
+        "model",
+        "prompt",
+        "max-new-tokens",
+        "temperature",
+        "top-k",
+        "top-p",
+        "seed",
+        "tokenizer",
+    ])?;
+    let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
+    let prompt = o.get("prompt").context("--prompt TEXT is required")?;
+    let device = Device::flex();
+    let model = CausalLm::from_pretrained(&model_dir, &device)?;
+    let tok = tokenizer_for(&o, &model_dir)?;
+    let ids = tok.encode_prompt(prompt)?;
+    let sampling = match o.parsed::<f64>("temperature")? {
+        None | Some(0.0) => Sampling::Greedy,
+        Some(temperature) => {
+            Sampling::Sample { temperature, top_k: o.parsed("top-k")?, top_p: o.parsed("top-p")? }
+        }
+    };
+    let config = GenerationConfig {
+        max_new_tokens: o.parsed("max-new-tokens")?.unwrap_or(64),
+        sampling,
+        eos_token_ids: tok.eos_token_id().into_iter().collect(),
+        pad_token_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
+        seed: o.parsed("seed")?.unwrap_or(0),
+        output_step_logits: false,
+    };
+    let out = kd_models::generate(&model, &[ids], &config, &device, |_, _| {})?;
+    println!("{}", tok.decode(&out.sequences[0], true)?);
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quiet = args.iter().any(|a| a == "--quiet" || a == "-q");
+    let args: Vec<String> = args.into_iter().filter(|a| a != "--quiet" && a != "-q").collect();
+    init_logger(quiet);
+    let result = match args.first().map(String::as_str) {
+        Some("train") => cmd_train(&args[1..], false),
+        Some("distill") => cmd_train(&args[1..], true),
+        Some("eval") => cmd_eval(&args[1..]),
+        Some("generate") => cmd_generate(&args[1..]),
+        Some("demo") => demo::cmd_demo(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

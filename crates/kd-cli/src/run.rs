@@ -1,0 +1,214 @@
+//! Building models, tokenizers and data sets from a [`RunConfig`], and running one training or
+//! distillation job.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use kd_models::{CausalLm, ModelConfig, Tokenizer};
+use kd_train::data::{
+    TokenDataset, instruction_blocks, pack_tokens, read_instruction_jsonl, split_documents,
+    tokenize_documents,
+};
+use kd_train::plot::{Chart, Series};
+use kd_train::{EvalRecord, TrainReport, Trainer, latest_checkpoint};
+
+use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
+
+/// Loads the tokenizer named by the data config (a directory with `tokenizer.json`, or the file).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let tok = if path.is_dir() { Tokenizer::from_dir(path) } else { Tokenizer::from_file(path) };
+    tok.with_context(|| format!("loading tokenizer {}", path.display()))
+}
+
+fn format_of(path: &Path, format: DataFormat) -> DataFormat {
+    match format {
+        DataFormat::Auto if path.extension().is_some_and(|e| e == "jsonl") => {
+            DataFormat::Instruction
+        }
+        DataFormat::Auto => DataFormat::Text,
+        f => f,
+    }
+}
+
+/// Tokenises one data file into blocks.
+pub fn load_blocks(
+    path: &Path,
+    format: DataFormat,
+    tok: &Tokenizer,
+    seq_len: usize,
+) -> Result<TokenDataset> {
+    let blocks = match format_of(path, format) {
+        DataFormat::Instruction => {
+            let ex = read_instruction_jsonl(path)?;
+            instruction_blocks(&ex, tok, seq_len)?
+        }
+        _ => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let docs = split_documents(&text);
+            pack_tokens(&tokenize_documents(&docs, tok)?, seq_len)
+        }
+    };
+    Ok(TokenDataset::new(&path.display().to_string(), blocks)?)
+}
+
+/// Train and held-out sets from the data config.
+pub fn load_data(data: &DataConfig, tok: &Tokenizer) -> Result<(TokenDataset, TokenDataset)> {
+    let Some(train_path) = &data.train else {
+        bail!("no training data: set data.train (or --data FILE)");
+    };
+    let train = load_blocks(train_path, data.format, tok, data.seq_len)?;
+    match &data.eval {
+        Some(p) => Ok((train, load_blocks(p, data.format, tok, data.seq_len)?)),
+        None => Ok(train.split_off_tail(data.eval_fraction)),
+    }
+}
+
+/// Builds a model from its source on `device`.
+pub fn load_model(source: &ModelSource, what: &str, device: &Device) -> Result<CausalLm> {
+    match (&source.pretrained, &source.init) {
+        (Some(dir), None) => CausalLm::from_pretrained(dir, device)
+            .with_context(|| format!("loading {what} from {}", dir.display())),
+        (None, Some(init)) => {
+            let json = toml_to_json(init)?;
+            let config = ModelConfig::from_json(&json)
+                .with_context(|| format!("{what}.init is not a valid config.json body"))?;
+            Ok(CausalLm::init(&config, device)?)
+        }
+        (Some(_), Some(_)) => bail!("{what}: set either `pretrained` or `init`, not both"),
+        (None, None) => bail!("{what}: set `{what}.pretrained = DIR` or a `[{what}.init]` table"),
+    }
+}
+
+/// Copies the tokenizer files next to an exported model so the directory is self-contained.
+pub fn copy_tokenizer(tokenizer: &Path, dir: &Path) -> Result<()> {
+    let files = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+    let src_dir = if tokenizer.is_dir() {
+        tokenizer.to_path_buf()
+    } else {
+        tokenizer.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    for f in files {
+        let src = src_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, dir.join(f))
+                .with_context(|| format!("copying {} to {}", src.display(), dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What one job produced.
+#[derive(Debug)]
+pub struct JobResult {
+    /// The run's report.
+    pub report: TrainReport,
+    /// Final held-out evaluation.
+    pub final_eval: EvalRecord,
+    /// The exported Hugging Face directory of the student.
+    pub model_dir: PathBuf,
+}
+
+/// Runs `kd train` (no teacher) or `kd distill` (with one) from a full config, writing into
+/// `train.output_dir`: `metrics.jsonl`, `checkpoint-*`, `loss.png`, `run.toml` and the final
+/// student as a Hugging Face directory `model/`.
+pub fn run_job(
+    config: &RunConfig,
+    config_text: &str,
+    distill: bool,
+    resume: bool,
+    student: Option<CausalLm>,
+    teacher: Option<CausalLm>,
+    data: Option<(&TokenDataset, &TokenDataset)>,
+) -> Result<JobResult> {
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    device.seed(config.train.seed);
+    let out = config.train.output_dir.clone().context("set train.output_dir (or --out DIR)")?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("run.toml"), config_text)?;
+    let tok_path = config.data.tokenizer.clone();
+
+    let owned;
+    let (train, eval) = match data {
+        Some(d) => d,
+        None => {
+            let tok_path = tok_path.as_ref().context("set data.tokenizer")?;
+            let tok = load_tokenizer(tok_path)?;
+            owned = load_data(&config.data, &tok)?;
+            (&owned.0, &owned.1)
+        }
+    };
+    log::info!(
+        "data: {} train blocks, {} held-out blocks of {} tokens",
+        train.len(),
+        eval.len(),
+        train.seq_len()
+    );
+    let student = match student {
+        Some(s) => s,
+        None => load_model(&config.student, "student", &device)?,
+    };
+    log::info!("student: {} parameters", student.num_params());
+    let mut train_config = config.train.clone();
+    if distill && train_config.divergence.is_none() {
+        train_config.divergence = Some(kd_losses::LossConfig::by_name("forward_kl")?);
+    }
+    let mut trainer = Trainer::new(train_config, student, &device)?;
+    if distill {
+        let teacher = match teacher {
+            Some(t) => t,
+            None => load_model(&config.teacher, "teacher", &plain)?,
+        };
+        log::info!("teacher: {} parameters", teacher.num_params());
+        let teacher_eval =
+            kd_train::evaluate(&teacher, eval, config.train.batch_size, None, &plain);
+        log::info!(
+            "teacher held-out: loss {:.4}  ppl {:.3}",
+            teacher_eval.loss,
+            teacher_eval.perplexity
+        );
+        trainer = trainer.with_teacher(teacher)?;
+    }
+    if resume && let Some(ck) = latest_checkpoint(&out)? {
+        trainer.resume_from(&ck)?;
+    }
+    let report = trainer.fit(train, Some(eval))?;
+    let final_eval = report.evals.last().cloned().unwrap_or_else(|| trainer.evaluate(eval));
+    plot_run(&out.join("loss.png"), &report, "training")?;
+    let model_dir = out.join("model");
+    let student = trainer.into_student();
+    student
+        .save_pretrained(&model_dir)
+        .with_context(|| format!("exporting the student to {}", model_dir.display()))?;
+    if let Some(t) = &tok_path {
+        copy_tokenizer(t, &model_dir)?;
+    }
+    log::info!("student exported to {}", model_dir.display());
+    Ok(JobResult { report, final_eval, model_dir })
+}
+
+/// Train loss and held-out loss of one run.
+pub fn plot_run(path: &Path, report: &TrainReport, title: &str) -> Result<()> {
+    let chart = Chart {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: "loss (nats)".into(),
+        series: vec![
+            Series {
+                name: "train".into(),
+                points: report.history.iter().map(|r| (r.step as f64, r.loss)).collect(),
+            },
+            Series {
+                name: "held-out".into(),
+                points: report.evals.iter().map(|r| (r.step as f64, r.loss)).collect(),
+            },
+        ],
+        width: 800,
+        height: 500,
+    };
+    chart.write_png(path)?;
+    Ok(())
+}

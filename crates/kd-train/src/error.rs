@@ -1,0 +1,112 @@
+//! The one error type of kd-train.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout kd-train.
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Everything that can go wrong when preparing data, training, evaluating or checkpointing.
+///
+/// Each variant names what was expected and what came; its docs say how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// Student and teacher vocabularies differ and the alignment is
+    /// [`VocabAlignment::Strict`](crate::VocabAlignment::Strict). If one vocabulary is the other
+    /// plus padding rows (e.g. 152064 vs 151936), set `vocab_alignment = "slice_to_shared"`;
+    /// otherwise the two models do not share a tokenizer and cannot be distilled token by token.
+    #[error(
+        "student vocabulary {student} != teacher vocabulary {teacher}: set vocab_alignment = \"slice_to_shared\" if one is the other plus padding"
+    )]
+    VocabMismatch {
+        /// Student vocabulary size (last logits dimension).
+        student: usize,
+        /// Teacher vocabulary size.
+        teacher: usize,
+    },
+    /// A training setting is out of range. Fix the config key `name`.
+    #[error("invalid config `{name}`: expected {expected}, got {got}")]
+    InvalidConfig {
+        /// Config key.
+        name: &'static str,
+        /// Valid range, in words.
+        expected: &'static str,
+        /// The value that was passed.
+        got: String,
+    },
+    /// A dataset has no usable example (too short for one block, or empty).
+    #[error("dataset `{what}` is empty: {reason}")]
+    EmptyDataset {
+        /// Which dataset (`train`, `eval`, a path).
+        what: String,
+        /// Why nothing was left.
+        reason: String,
+    },
+    /// The training loss became NaN or infinite. Lower the learning rate, enable
+    /// `max_grad_norm`, or check the data for empty batches.
+    #[error("non-finite training loss {loss} at step {step}")]
+    NonFiniteLoss {
+        /// The step that produced it (1-based).
+        step: u64,
+        /// The loss value.
+        loss: f64,
+    },
+    /// A data file could not be parsed (bad JSON, missing key).
+    #[error("bad data in {path} line {line}: {reason}")]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// One-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint does not fit the model or optimizer it is loaded into (missing tensor, shape
+    /// mismatch, corrupt file). Resume with the same model config that wrote it.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file (state, metrics) could not be read or written.
+    #[error("JSON error on {path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
+    /// A loss could not be built or called (bad hyperparameter, shape mismatch).
+    #[error(transparent)]
+    Loss(#[from] kd_losses::KdError),
+    /// A model, tokenizer or generation call failed.
+    #[error(transparent)]
+    Model(#[from] kd_models::ModelError),
+}
+
+impl TrainError {
+    /// An [`TrainError::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    /// A [`TrainError::Checkpoint`] for `path`.
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Checkpoint { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`TrainError::InvalidConfig`].
+    pub(crate) fn config(name: &'static str, expected: &'static str, got: impl ToString) -> Self {
+        Self::InvalidConfig { name, expected, got: got.to_string() }
+    }
+}

@@ -1,0 +1,213 @@
+//! Metrics records, the JSONL log, held-out evaluation (loss, perplexity) and the masked
+//! cross-entropy both use.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{IGNORE_INDEX, TokenDataset};
+use crate::error::{Result, TrainError};
+use crate::model::LanguageModel;
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Optimizer step, 1-based (the number of updates done after it).
+    pub step: u64,
+    /// Training loss (mean over micro-batches of the per-token mean).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Counted tokens in this step.
+    pub tokens: u64,
+    /// TAID's `t` used in this step, when distilling with `taid`.
+    pub taid_t: Option<f64>,
+    /// Wall-clock throughput of this step (counted tokens per second); not reproducible.
+    pub tokens_per_s: f64,
+}
+
+/// A held-out evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Optimizer step after which it ran.
+    pub step: u64,
+    /// Mean cross-entropy per counted token (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Counted tokens evaluated.
+    pub tokens: u64,
+}
+
+/// One line of the metrics JSONL file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsLine {
+    /// A training step.
+    Train(StepRecord),
+    /// An evaluation.
+    Eval(EvalRecord),
+}
+
+/// Appends lines to a JSONL file.
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::Json`].
+pub fn append_jsonl(path: &Path, lines: &[MetricsLine]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(
+            &serde_json::to_string(l)
+                .map_err(|source| TrainError::Json { path: path.to_path_buf(), source })?,
+        );
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes()).map_err(|e| TrainError::io(path, e))
+}
+
+/// Replaces a JSONL file with `lines` (used on resume to drop lines past the checkpoint).
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::Json`].
+pub fn rewrite_jsonl(path: &Path, lines: &[MetricsLine]) -> Result<()> {
+    if path.exists() {
+        fs::remove_file(path).map_err(|e| TrainError::io(path, e))?;
+    }
+    append_jsonl(path, lines)
+}
+
+/// Reads a metrics JSONL file.
+///
+/// # Errors
+/// [`TrainError::Io`] or [`TrainError::Data`] naming the bad line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<MetricsLine>> {
+    let text = fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Summed cross-entropy of the counted positions and their number.
+///
+/// ```text
+/// CE = Σ_{i: label_i ≠ −100} −log softmax(logits_i)[label_i]
+/// ```
+/// Shapes: logits `[batch, seq, vocab]`, labels `[batch, seq]` → `[1]`, `[1]` (count, float).
+pub fn masked_cross_entropy(logits: Tensor<3>, labels: Tensor<2, Int>) -> (Tensor<1>, Tensor<1>) {
+    let [b, s, v] = logits.dims();
+    let rows = b * s;
+    let logp = log_softmax(logits.reshape([rows, v]), 1); // [rows, vocab]
+    let labels = labels.reshape([rows]);
+    let ignored = labels.clone().equal_elem(IGNORE_INDEX); // [rows]
+    let safe = labels.mask_fill(ignored.clone(), 0);
+    let picked = logp.gather(1, safe.reshape([rows, 1])).reshape([rows]); // [rows]
+    let nll = picked.neg().mask_fill(ignored.clone(), 0.0);
+    let count = ignored.bool_not().float().sum();
+    (nll.sum(), count)
+}
+
+/// Mean cross-entropy over the counted positions (`0` when none counts).
+pub fn masked_cross_entropy_mean(logits: Tensor<3>, labels: Tensor<2, Int>) -> Tensor<1> {
+    let (sum, count) = masked_cross_entropy(logits, labels);
+    sum.div(count.clamp_min(1.0))
+}
+
+/// Held-out loss and perplexity of `model` on `data`, batch by batch in order.
+///
+/// `max_batches` bounds the cost (`None` = the whole set). Pass a model on a plain device (for a
+/// student under training, `student.valid()`), so no graph is recorded.
+pub fn evaluate<M: LanguageModel>(
+    model: &M,
+    data: &TokenDataset,
+    batch_size: usize,
+    max_batches: Option<usize>,
+    device: &Device,
+) -> EvalRecord {
+    let b = batch_size.max(1);
+    let mut total = 0.0f64;
+    let mut tokens = 0u64;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for (k, chunk) in indices.chunks(b).enumerate() {
+        if max_batches.is_some_and(|m| k >= m) {
+            break;
+        }
+        let batch = data.batch(chunk, device);
+        let logits = model.logits(batch.input_ids);
+        let (sum, _) = masked_cross_entropy(logits, batch.labels);
+        total += f64::from(sum.into_scalar::<f32>());
+        tokens += batch.counted as u64;
+    }
+    let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
+    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn cross_entropy_ignores_masked_positions() {
+        let device = Device::flex();
+        // Uniform logits over 4 tokens: CE = ln 4 per counted position.
+        let logits = Tensor::<3>::zeros([1, 3, 4], &device);
+        let labels =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, -100, 3], [1, 3]), &device);
+        let (sum, count) = masked_cross_entropy(logits.clone(), labels.clone());
+        assert!((sum.into_scalar::<f32>() - 2.0 * 4f32.ln()).abs() < 1e-5);
+        assert_eq!(count.into_scalar::<f32>(), 2.0);
+        let mean = masked_cross_entropy_mean(logits, labels).into_scalar::<f32>();
+        assert!((mean - 4f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn masked_positions_get_zero_gradient() {
+        let device = Device::flex().autodiff();
+        let logits = Tensor::<3>::from_floats([[[1.0, 2.0], [3.0, -1.0]]], &device).require_grad();
+        let labels =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, -100], [1, 2]), &device);
+        let grads = masked_cross_entropy_mean(logits.clone(), labels).backward();
+        let g = logits.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(&g[2..], &[0.0, 0.0]);
+        assert!(g[0] < 0.0 && g[1] > 0.0);
+    }
+
+    #[test]
+    fn jsonl_round_trip() {
+        let p = std::env::temp_dir().join(format!("kd-train-metrics-{}.jsonl", std::process::id()));
+        let lines = vec![
+            MetricsLine::Train(StepRecord {
+                step: 1,
+                loss: 2.5,
+                lr: 1e-3,
+                grad_norm: 0.5,
+                tokens: 10,
+                taid_t: None,
+                tokens_per_s: 100.0,
+            }),
+            MetricsLine::Eval(EvalRecord { step: 1, loss: 2.0, perplexity: 2f64.exp(), tokens: 5 }),
+        ];
+        rewrite_jsonl(&p, &lines).unwrap();
+        assert_eq!(read_jsonl(&p).unwrap(), lines);
+        fs::remove_file(&p).unwrap();
+    }
+}

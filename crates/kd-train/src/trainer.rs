@@ -1,0 +1,600 @@
+//! The training loop: [`TrainConfig`] and [`Trainer`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use kd_losses::{
+    Divergence, HardLabelMix, KdBatch, LossConfig, Reduction, TaidSchedule, TaidScheduleConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, TrainState};
+use crate::data::{BatchOrder, DataCursor, TokenDataset};
+use crate::error::{Result, TrainError};
+use crate::metrics::{
+    EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, masked_cross_entropy_mean,
+    rewrite_jsonl,
+};
+use crate::model::{LanguageModel, VocabAlignment, align_vocab};
+use crate::optim::{AdamW, AdamWConfig, clip_factor};
+use crate::params::{GradAccumulator, load_param_values, make_trainable, param_values};
+use crate::schedule::{DecayKind, LrSchedule};
+
+/// Name of the metrics file in the output directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Everything a run needs besides the models and the data. Deserialises from TOML/JSON with
+/// defaults for every missing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps (default `100`).
+    pub steps: u64,
+    /// Blocks per micro-batch (default `8`).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (default `1`).
+    pub grad_accum: usize,
+    /// Peak learning rate (default `1e-3`).
+    pub lr: f64,
+    /// Linear warmup steps (default `10`).
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak (default `0.1`).
+    pub min_lr_ratio: f64,
+    /// Decay after warmup (default cosine).
+    pub decay: DecayKind,
+    /// AdamW settings.
+    pub optimizer: AdamWConfig,
+    /// Clip the global gradient norm to this (default `Some(1.0)`).
+    pub max_grad_norm: Option<f64>,
+    /// Seed of the data order (default `0`); seed model initialisation yourself.
+    pub seed: u64,
+    /// Evaluate every this many steps (and after the last one); `0` = only after the last one.
+    pub eval_every: u64,
+    /// Evaluate on at most this many batches (`None` = the whole held-out set).
+    pub eval_batches: Option<usize>,
+    /// Log a progress line every this many steps (default `10`).
+    pub log_every: u64,
+    /// Write a checkpoint every this many steps (and after the last one, when `output_dir` is
+    /// set); `0` = only after the last one.
+    pub checkpoint_every: u64,
+    /// Keep this many most recent checkpoints (default `2`).
+    pub keep_checkpoints: usize,
+    /// Where `metrics.jsonl`, `checkpoint-<step>/` and plots go (`None` = nowhere).
+    pub output_dir: Option<PathBuf>,
+    /// The distillation divergence (`{"loss": "forward_kl", "temperature": 2.0}`); needed with a
+    /// teacher, ignored without one (plain next-token cross-entropy).
+    pub divergence: Option<LossConfig>,
+    /// Weight of the hard-label cross-entropy mixed into the divergence, in `[0, 1]` (default
+    /// `0`: pure distillation).
+    pub hard_label_weight: f64,
+    /// TAID's adaptive `t` schedule when `divergence` is `taid` (default: the paper's, over
+    /// `steps`).
+    pub taid_schedule: Option<TaidScheduleConfig>,
+    /// What to do when student and teacher vocabularies differ.
+    pub vocab_alignment: VocabAlignment,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 1e-3,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            decay: DecayKind::Cosine,
+            optimizer: AdamWConfig::default(),
+            max_grad_norm: Some(1.0),
+            seed: 0,
+            eval_every: 0,
+            eval_batches: None,
+            log_every: 10,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            output_dir: None,
+            divergence: None,
+            hard_label_weight: 0.0,
+            taid_schedule: None,
+            vocab_alignment: VocabAlignment::Strict,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning-rate schedule of this config.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+            min_lr_ratio: self.min_lr_ratio,
+            decay: self.decay,
+        }
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] naming the first bad key, or the loss's own
+    /// [`kd_losses::KdError`].
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(TrainError::config("batch_size", "≥ 1", 0));
+        }
+        if self.grad_accum == 0 {
+            return Err(TrainError::config("grad_accum", "≥ 1", 0));
+        }
+        if let Some(m) = self.max_grad_norm
+            && !(m > 0.0)
+        {
+            return Err(TrainError::config("max_grad_norm", "a value > 0", m));
+        }
+        if !(0.0..=1.0).contains(&self.hard_label_weight) {
+            return Err(TrainError::config(
+                "hard_label_weight",
+                "a value in [0, 1]",
+                self.hard_label_weight,
+            ));
+        }
+        self.schedule().validate()?;
+        self.optimizer.validate()?;
+        if let Some(d) = &self.divergence {
+            d.init()?;
+        }
+        Ok(())
+    }
+
+    fn taid_schedule_config(&self) -> TaidScheduleConfig {
+        self.taid_schedule.clone().unwrap_or(TaidScheduleConfig {
+            num_train_steps: self.steps.max(1),
+            ..Default::default()
+        })
+    }
+}
+
+/// What a finished [`Trainer::fit`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    /// Every step of the run (including those before a resume).
+    pub history: Vec<StepRecord>,
+    /// Every evaluation.
+    pub evals: Vec<EvalRecord>,
+    /// Wall-clock seconds of this call.
+    pub seconds: f64,
+}
+
+/// Trains a student, alone (next-token cross-entropy) or from a teacher (any kd-losses
+/// divergence), with AdamW, warmup + decay, gradient accumulation and clipping, periodic
+/// evaluation, metrics and checkpoints.
+///
+/// The student must live on an autodiff device (`Device::flex().autodiff()`); the teacher is
+/// moved to the matching plain device and runs without a graph. Both may differ in depth, width
+/// and (with [`VocabAlignment::SliceToShared`]) vocabulary size.
+///
+/// # Example
+/// See `tests/end_to_end.rs`: a few steps of distillation, checkpoint, exact resume.
+#[derive(Debug)]
+pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
+    config: TrainConfig,
+    student: S,
+    teacher: Option<T>,
+    device: Device,
+    optim: AdamW,
+    schedule: LrSchedule,
+    taid: Option<TaidSchedule>,
+    state: TrainState,
+}
+
+impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
+    /// A trainer for `student` on `device` (an autodiff device; the student is moved there).
+    ///
+    /// # Errors
+    /// See [`TrainConfig::validate`].
+    pub fn new(config: TrainConfig, student: S, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let device = device.clone().autodiff();
+        let student = make_trainable(student, &device);
+        let taid = match &config.divergence {
+            Some(LossConfig::Taid(_)) => Some(config.taid_schedule_config().init()?),
+            _ => None,
+        };
+        Ok(Self {
+            optim: AdamW::new(config.optimizer.clone())?,
+            schedule: config.schedule(),
+            state: TrainState {
+                step: 0,
+                optimizer_steps: 0,
+                cursor: DataCursor::default(),
+                seed: config.seed,
+                taid: taid.as_ref().map(|t| t.state().clone()),
+                tokens_seen: 0,
+                history: Vec::new(),
+                evals: Vec::new(),
+            },
+            taid,
+            config,
+            student,
+            teacher: None,
+            device,
+        })
+    }
+
+    /// Adds the teacher (moved to the plain device, no gradients).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the config has no `divergence`;
+    /// [`TrainError::VocabMismatch`] when the vocabularies differ under
+    /// [`VocabAlignment::Strict`].
+    pub fn with_teacher(mut self, teacher: T) -> Result<Self> {
+        if self.config.divergence.is_none() {
+            return Err(TrainError::config(
+                "divergence",
+                "a loss (e.g. {loss = \"forward_kl\"}) when a teacher is given",
+                "none",
+            ));
+        }
+        let (vs, vt) = (self.student.vocab_size(), teacher.vocab_size());
+        if vs != vt && self.config.vocab_alignment == VocabAlignment::Strict {
+            return Err(TrainError::VocabMismatch { student: vs, teacher: vt });
+        }
+        let plain = self.device.clone().inner();
+        self.teacher = Some(teacher.valid().to_device(&plain).no_grad());
+        Ok(self)
+    }
+
+    /// The student as it is now (on the autodiff device).
+    pub fn student(&self) -> &S {
+        &self.student
+    }
+
+    /// The student, consuming the trainer.
+    pub fn into_student(self) -> S {
+        self.student
+    }
+
+    /// Optimizer steps done.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps done so far.
+    pub fn history(&self) -> &[StepRecord] {
+        &self.state.history
+    }
+
+    /// Evaluations done so far.
+    pub fn evals(&self) -> &[EvalRecord] {
+        &self.state.evals
+    }
+
+    /// The current state as a checkpoint.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let (optimizer, optimizer_steps) = self.optim.state();
+        Checkpoint {
+            model: param_values(&self.student),
+            optimizer,
+            state: TrainState {
+                optimizer_steps,
+                taid: self.taid.as_ref().map(|t| t.state().clone()),
+                ..self.state.clone()
+            },
+        }
+    }
+
+    /// Restores a checkpoint: student weights, optimizer moments, schedule, data position, TAID
+    /// state and history. The run then continues exactly as if it had not stopped.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] when the checkpoint does not fit the student.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let student = load_param_values(self.student.clone(), &checkpoint.model)
+            .map_err(|errs| TrainError::checkpoint("model", errs.join("; ")))?;
+        self.optim.restore(
+            &checkpoint.optimizer,
+            checkpoint.state.optimizer_steps,
+            &self.device,
+        )?;
+        if let (Some(t), Some(s)) = (self.taid.as_mut(), checkpoint.state.taid.clone()) {
+            t.restore(s);
+        }
+        self.student = student;
+        self.state = checkpoint.state.clone();
+        if let Some(dir) = &self.config.output_dir {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+            let lines: Vec<MetricsLine> = merged_lines(&self.state.history, &self.state.evals);
+            rewrite_jsonl(&dir.join(METRICS_FILE), &lines)?;
+        }
+        Ok(())
+    }
+
+    /// Loads and restores the checkpoint in `dir`.
+    ///
+    /// # Errors
+    /// See [`Checkpoint::load`] and [`Trainer::restore`].
+    pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
+        let ck = Checkpoint::load(dir)?;
+        self.restore(&ck).map_err(|e| match e {
+            TrainError::Checkpoint { reason, .. } => TrainError::checkpoint(dir, reason),
+            other => other,
+        })?;
+        log::info!("resumed from {} at step {}", dir.display(), self.state.step);
+        Ok(())
+    }
+
+    /// The divergence for the current step (TAID at its scheduled `t`), with the hard-label mix.
+    fn divergence(&self) -> Result<Option<Box<dyn Divergence>>> {
+        let Some(cfg) = &self.config.divergence else {
+            return Ok(None);
+        };
+        let base: Box<dyn Divergence> = match (cfg, &self.taid) {
+            (LossConfig::Taid(c), Some(s)) => Box::new(c.clone().with_t(s.t()).init()?),
+            _ => cfg.init()?,
+        };
+        if self.config.hard_label_weight > 0.0 {
+            Ok(Some(Box::new(HardLabelMix::new(base, self.config.hard_label_weight)?)))
+        } else {
+            Ok(Some(base))
+        }
+    }
+
+    /// One optimizer step (all its micro-batches).
+    fn train_step(&mut self, data: &TokenDataset, order: &mut BatchOrder) -> Result<StepRecord> {
+        let start = Instant::now();
+        let lr = self.schedule.lr(self.state.step);
+        let divergence = match &self.teacher {
+            Some(_) => self.divergence()?,
+            None => None,
+        };
+        let taid_t = self.taid.as_ref().map(TaidSchedule::t);
+        let accum = self.config.grad_accum;
+        let mut acc = GradAccumulator::new();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0u64;
+        for _ in 0..accum {
+            let idx = order.next_batch(self.config.batch_size);
+            let batch = data.batch(&idx, &self.device);
+            let logits = self.student.logits(batch.input_ids.clone()); // [b, s, v]
+            let loss = match (&self.teacher, &divergence) {
+                (Some(teacher), Some(div)) => {
+                    let t_logits = teacher.logits(batch.input_ids.clone().inner()).autodiff();
+                    let (s, t) = align_vocab(logits, t_logits, self.config.vocab_alignment)?;
+                    let kd = KdBatch::from_sequences(s, t).with_labels(batch.labels.flatten(0, 1));
+                    div.forward(kd, Reduction::Mean)?.loss
+                }
+                _ => masked_cross_entropy_mean(logits, batch.labels),
+            };
+            let loss = loss.div_scalar(accum as f64);
+            loss_sum += f64::from(loss.clone().inner().into_scalar::<f32>());
+            let grads = loss.backward();
+            acc.add(&self.student, &grads);
+            tokens += batch.counted as u64;
+        }
+        if !loss_sum.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, loss: loss_sum });
+        }
+        let grad_norm = acc.global_norm();
+        let scale = clip_factor(grad_norm, self.config.max_grad_norm);
+        self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
+        self.state.step += 1;
+        if let Some(t) = self.taid.as_mut() {
+            t.update(self.state.step, loss_sum);
+        }
+        self.state.tokens_seen += tokens;
+        self.state.cursor = order.cursor();
+        let secs = start.elapsed().as_secs_f64();
+        Ok(StepRecord {
+            step: self.state.step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens,
+            taid_t,
+            tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
+        })
+    }
+
+    /// Evaluates the student on `data` now.
+    pub fn evaluate(&self, data: &TokenDataset) -> EvalRecord {
+        let plain = self.device.clone().inner();
+        let model = self.student.valid();
+        let mut r =
+            evaluate(&model, data, self.config.batch_size, self.config.eval_batches, &plain);
+        r.step = self.state.step;
+        r
+    }
+
+    /// Trains until `config.steps`, from wherever the trainer stands (0, or a restored step).
+    ///
+    /// Every `eval_every` steps and after the last one it evaluates on `eval`; every
+    /// `checkpoint_every` steps and after the last one it writes `checkpoint-<step>` into
+    /// `output_dir`; every step goes to `metrics.jsonl`.
+    ///
+    /// # Errors
+    /// Loss errors (e.g. [`TrainError::VocabMismatch`]), [`TrainError::NonFiniteLoss`], or I/O
+    /// errors writing metrics and checkpoints.
+    pub fn fit(
+        &mut self,
+        train: &TokenDataset,
+        eval: Option<&TokenDataset>,
+    ) -> Result<TrainReport> {
+        let start = Instant::now();
+        let total = self.config.steps;
+        let mut order = BatchOrder::new(train.len(), self.config.seed, self.state.cursor);
+        let metrics = match &self.config.output_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+                let p = dir.join(METRICS_FILE);
+                if self.state.step == 0 {
+                    rewrite_jsonl(&p, &[])?;
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let first = self.state.step;
+        let mut window_tokens = 0u64;
+        let mut window_start = Instant::now();
+        while self.state.step < total {
+            let rec = self.train_step(train, &mut order)?;
+            window_tokens += rec.tokens;
+            let step = rec.step;
+            let mut lines = vec![MetricsLine::Train(rec.clone())];
+            self.state.history.push(rec.clone());
+            let last = step == total;
+            if self.config.log_every > 0 && (step % self.config.log_every == 0 || last) {
+                let elapsed = start.elapsed().as_secs_f64();
+                let done = (step - first) as f64;
+                let eta = elapsed / done.max(1.0) * (total - step) as f64;
+                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                log::info!(
+                    "step {step}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s  eta {}",
+                    rec.loss,
+                    rec.lr,
+                    rec.grad_norm,
+                    tps,
+                    format_duration(eta)
+                );
+                window_tokens = 0;
+                window_start = Instant::now();
+            }
+            let eval_now =
+                last || (self.config.eval_every > 0 && step % self.config.eval_every == 0);
+            if let (true, Some(data)) = (eval_now, eval) {
+                let e = self.evaluate(data);
+                log::info!(
+                    "eval step {step}: loss {:.4}  ppl {:.3}  ({} tokens)",
+                    e.loss,
+                    e.perplexity,
+                    e.tokens
+                );
+                lines.push(MetricsLine::Eval(e.clone()));
+                self.state.evals.push(e);
+            }
+            if let Some(p) = &metrics {
+                append_jsonl(p, &lines)?;
+            }
+            let ckpt_now = last
+                || (self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0);
+            if let (true, Some(dir)) = (ckpt_now, self.config.output_dir.clone()) {
+                self.save_checkpoint(&dir)?;
+            }
+        }
+        Ok(TrainReport {
+            history: self.state.history.clone(),
+            evals: self.state.evals.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Writes `checkpoint-<step>` into `dir` and prunes old ones beyond `keep_checkpoints`.
+    ///
+    /// # Errors
+    /// See [`Checkpoint::save`].
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(checkpoint_name(self.state.step));
+        self.checkpoint().save(&path)?;
+        log::info!("checkpoint {}", path.display());
+        let mut all = list_checkpoints(dir)?;
+        let keep = self.config.keep_checkpoints.max(1);
+        while all.len() > keep {
+            let (_, old) = all.remove(0);
+            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+        }
+        Ok(path)
+    }
+}
+
+/// Directory name of the checkpoint after `step`.
+pub fn checkpoint_name(step: u64) -> String {
+    format!("checkpoint-{step:06}")
+}
+
+/// Checkpoints in `dir`, oldest first.
+///
+/// # Errors
+/// [`TrainError::Io`] when `dir` cannot be listed.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("checkpoint-").and_then(|s| s.parse::<u64>().ok())
+            && entry.path().is_dir()
+        {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The most recent checkpoint in `dir`, if any.
+///
+/// # Errors
+/// [`TrainError::Io`] when `dir` cannot be listed.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(list_checkpoints(dir)?.pop().map(|(_, p)| p))
+}
+
+fn merged_lines(history: &[StepRecord], evals: &[EvalRecord]) -> Vec<MetricsLine> {
+    let mut lines = Vec::with_capacity(history.len() + evals.len());
+    let mut e = evals.iter().peekable();
+    for h in history {
+        lines.push(MetricsLine::Train(h.clone()));
+        while let Some(ev) = e.next_if(|ev| ev.step <= h.step) {
+            lines.push(MetricsLine::Eval(ev.clone()));
+        }
+    }
+    lines.extend(e.cloned().map(MetricsLine::Eval));
+    lines
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+pub fn format_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(5.4), "5s");
+        assert_eq!(format_duration(185.0), "3m05s");
+        assert_eq!(format_duration(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn config_from_toml_like_json_and_validation() {
+        let c: TrainConfig = serde_json::from_str(
+            r#"{"steps": 5, "divergence": {"loss": "reverse_kl", "temperature": 2.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.steps, 5);
+        assert!(c.validate().is_ok());
+        let bad = TrainConfig { grad_accum: 0, ..Default::default() };
+        assert!(matches!(
+            bad.validate(),
+            Err(TrainError::InvalidConfig { name: "grad_accum", .. })
+        ));
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"stepz": 5}"#).is_err());
+    }
+}
