@@ -26,14 +26,10 @@ impl ModelConfig {
     /// [`ModelError::Io`], [`ModelError::Json`], or the errors of [`ModelConfig::from_json`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
         Self::from_json(&value)
     }
 
@@ -169,10 +165,7 @@ impl Activation {
             "gelu" => Ok(Self::Gelu),
             "relu" => Ok(Self::Relu),
             "silu" | "swish" => Ok(Self::Silu),
-            _ => Err(ModelError::UnsupportedConfig {
-                key: key.into(),
-                value: name.into(),
-            }),
+            _ => Err(ModelError::UnsupportedConfig { key: key.into(), value: name.into() }),
         }
     }
 
@@ -265,16 +258,13 @@ impl Gpt2Config {
         positive("n_positions", self.n_positions)?;
         positive("n_layer", self.n_layer)?;
         positive("n_head", self.n_head)?;
-        if self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::config(
                 "n_embd",
-                format!(
-                    "{} is not a positive multiple of n_head = {}",
-                    self.n_embd, self.n_head
-                ),
+                format!("{} is not a positive multiple of n_head = {}", self.n_embd, self.n_head),
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(ModelError::config("layer_norm_epsilon", "must be > 0"));
         }
         Ok(())
@@ -450,16 +440,13 @@ impl LlamaConfig {
         positive("num_attention_heads", self.num_attention_heads)?;
         positive("num_key_value_heads", self.num_key_value_heads)?;
         positive("max_position_embeddings", self.max_position_embeddings)?;
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 "head_dim",
-                format!(
-                    "{} must be a positive even number (RoPE rotates pairs)",
-                    self.head_dim
-                ),
+                format!("{} must be a positive even number (RoPE rotates pairs)", self.head_dim),
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ModelError::config(
                 "num_key_value_heads",
                 format!(
@@ -468,10 +455,10 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(ModelError::config("rms_norm_eps", "must be > 0"));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(ModelError::config("rope_theta", "must be > 0"));
         }
         Ok(())
@@ -611,9 +598,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
     };
     let scaling = match rope_type.as_str() {
         "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear {
-            factor: need("factor")?,
-        },
+        "linear" => RopeScaling::Linear { factor: need("factor")? },
         "llama3" => RopeScaling::Llama3 {
             factor: need("factor")?,
             low_freq_factor: need("low_freq_factor")?,
@@ -637,11 +622,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
 }
 
 fn positive(key: &str, v: usize) -> Result<()> {
-    if v == 0 {
-        Err(ModelError::config(key, "must be > 0"))
-    } else {
-        Ok(())
-    }
+    if v == 0 { Err(ModelError::config(key, "must be > 0")) } else { Ok(()) }
 }
 
 fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -651,11 +632,9 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
     present(obj, key)
         .map(|v| {
-            v.as_u64()
-                .and_then(|u| usize::try_from(u).ok())
-                .ok_or_else(|| {
-                    ModelError::config(key, format!("expected an unsigned integer, got {v}"))
-                })
+            v.as_u64().and_then(|u| usize::try_from(u).ok()).ok_or_else(|| {
+                ModelError::config(key, format!("expected an unsigned integer, got {v}"))
+            })
         })
         .transpose()
 }
@@ -663,8 +642,7 @@ fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
 fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
     present(obj, key)
         .map(|v| {
-            v.as_f64()
-                .ok_or_else(|| ModelError::config(key, format!("expected a number, got {v}")))
+            v.as_f64().ok_or_else(|| ModelError::config(key, format!("expected a number, got {v}")))
         })
         .transpose()
 }
@@ -672,8 +650,7 @@ fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
 fn get_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
     present(obj, key)
         .map(|v| {
-            v.as_bool()
-                .ok_or_else(|| ModelError::config(key, format!("expected a bool, got {v}")))
+            v.as_bool().ok_or_else(|| ModelError::config(key, format!("expected a bool, got {v}")))
         })
         .transpose()
 }
@@ -734,36 +711,23 @@ mod tests {
         let a = ModelConfig::from_json(&v4).unwrap();
         let b = ModelConfig::from_json(&v5).unwrap();
         assert_eq!(a, b);
-        let ModelConfig::Llama(c) = a else {
-            panic!("not llama")
-        };
+        let ModelConfig::Llama(c) = a else { panic!("not llama") };
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.num_key_value_heads, 4);
-        assert!(matches!(
-            c.rope_scaling,
-            RopeScaling::Llama3 { factor: 8.0, .. }
-        ));
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor: 8.0, .. }));
         // Round trip through to_json.
-        assert_eq!(
-            ModelConfig::from_json(&c.to_json()).unwrap(),
-            ModelConfig::Llama(c)
-        );
+        assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), ModelConfig::Llama(c));
     }
 
     #[test]
     fn qwen2_has_qkv_bias_and_list_eos() {
         let v = json!({"model_type": "qwen2", "hidden_size": 32, "num_attention_heads": 4,
             "num_key_value_heads": 1, "eos_token_id": [5, 7], "rope_theta": 1e6});
-        let ModelConfig::Llama(c) = ModelConfig::from_json(&v).unwrap() else {
-            panic!()
-        };
+        let ModelConfig::Llama(c) = ModelConfig::from_json(&v).unwrap() else { panic!() };
         assert!(c.qkv_bias && !c.o_bias);
         assert_eq!(c.eos_token_id, vec![5, 7]);
-        assert_eq!(
-            ModelConfig::from_json(&c.to_json()).unwrap(),
-            ModelConfig::Llama(c)
-        );
+        assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), ModelConfig::Llama(c));
     }
 
     #[test]
@@ -786,16 +750,8 @@ mod tests {
 
     #[test]
     fn gpt2_round_trip() {
-        let c = Gpt2Config {
-            n_embd: 32,
-            n_head: 4,
-            n_layer: 2,
-            vocab_size: 50,
-            ..Default::default()
-        };
-        assert_eq!(
-            ModelConfig::from_json(&c.to_json()).unwrap(),
-            ModelConfig::Gpt2(c)
-        );
+        let c =
+            Gpt2Config { n_embd: 32, n_head: 4, n_layer: 2, vocab_size: 50, ..Default::default() };
+        assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), ModelConfig::Gpt2(c));
     }
 }

@@ -148,17 +148,11 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     /// Builds a [`ModelError::Config`].
     pub(crate) fn config(key: &str, reason: impl Into<String>) -> Self {
-        Self::Config {
-            key: key.to_string(),
-            reason: reason.into(),
-        }
+        Self::Config { key: key.to_string(), reason: reason.into() }
     }
 
     /// Builds a [`ModelError::InvalidArgument`].
     pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            name: name.to_string(),
-            reason: reason.into(),
-        }
+        Self::InvalidArgument { name: name.to_string(), reason: reason.into() }
     }
 }

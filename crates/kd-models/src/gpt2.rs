@@ -78,8 +78,7 @@ pub struct Gpt2Mlp {
 impl Gpt2Mlp {
     /// // [b, s, e] -> [b, s, e]
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj
-            .forward(activate(self.act, self.c_fc.forward(x)))
+        self.c_proj.forward(activate(self.act, self.c_fc.forward(x)))
     }
 }
 
@@ -240,11 +239,7 @@ impl Gpt2 {
                 HfLinear::Conv1D,
             ));
             out.extend(block.ln_2.named_tensors(&format!("{p}.ln_2")));
-            out.extend(export_linear(
-                &format!("{p}.mlp.c_fc"),
-                &block.mlp.c_fc,
-                HfLinear::Conv1D,
-            ));
+            out.extend(export_linear(&format!("{p}.mlp.c_fc"), &block.mlp.c_fc, HfLinear::Conv1D));
             out.extend(export_linear(
                 &format!("{p}.mlp.c_proj"),
                 &block.mlp.c_proj,
@@ -286,11 +281,7 @@ impl Gpt2 {
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         let positions = position_ids
             .unwrap_or_else(|| default_position_ids(attention_mask.as_ref(), b, s, past, &device));
-        assert_eq!(
-            positions.dims(),
-            [b, s],
-            "position_ids must be [batch, seq] = [{b}, {s}]"
-        );
+        assert_eq!(positions.dims(), [b, s], "position_ids must be [batch, seq] = [{b}, {s}]");
         let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, &device);
 
         let mut h = self.wte.forward(input_ids) + self.wpe.forward(positions); // [b, s, e]
@@ -309,10 +300,7 @@ impl Gpt2 {
             Some(head) => head.forward(h),
             None => linear(h, self.wte.weight.val().transpose(), None), // [b, s, vocab]
         };
-        ModelOutput {
-            logits,
-            hidden_states: output_hidden_states.then_some(hidden),
-        }
+        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
     }
 }
 

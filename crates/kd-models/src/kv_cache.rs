@@ -30,18 +30,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model with `num_layers` attention layers.
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
+        Self { layers: vec![None; num_layers] }
     }
 
     /// Number of cached positions (0 when empty).
     pub fn seq_len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|l| l.keys.dims()[2])
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|l| l.keys.dims()[2]).unwrap_or(0)
     }
 
     /// Number of layers this cache was made for.
@@ -76,16 +70,12 @@ impl KvCache {
             .get_mut(index)
             .unwrap_or_else(|| panic!("KvCache has {n} layers, asked for layer {index}"));
         let (keys, values) = match slot.take() {
-            Some(old) => (
-                Tensor::cat(vec![old.keys, keys], 2),
-                Tensor::cat(vec![old.values, values], 2),
-            ),
+            Some(old) => {
+                (Tensor::cat(vec![old.keys, keys], 2), Tensor::cat(vec![old.values, values], 2))
+            }
             None => (keys, values),
         };
-        *slot = Some(LayerCache {
-            keys: keys.clone(),
-            values: values.clone(),
-        });
+        *slot = Some(LayerCache { keys: keys.clone(), values: values.clone() });
         (keys, values)
     }
 }

@@ -37,9 +37,7 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let (var, mean) = x.clone().var_mean_bias(D - 1); // [..., 1] each
         let normed = x.sub(mean).div(var.add_scalar(self.eps).sqrt());
-        normed
-            .mul(self.weight.val().unsqueeze())
-            .add(self.bias.val().unsqueeze())
+        normed.mul(self.weight.val().unsqueeze()).add(self.bias.val().unsqueeze())
     }
 }
 
@@ -59,10 +57,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// An RMSNorm with `weight = 1` (the HF initialisation).
     pub fn init(d: usize, eps: f64, device: &Device) -> Self {
-        Self {
-            weight: Initializer::Ones.init([d], device),
-            eps,
-        }
+        Self { weight: Initializer::Ones.init([d], device), eps }
     }
 
     /// Normalises over the last axis. // [..., d] -> [..., d]
@@ -95,9 +90,7 @@ pub fn init_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Dev
 
 /// An embedding table initialised `N(0, std)`, `[n, d]`.
 pub fn init_embedding(n: usize, d: usize, std: f64, device: &Device) -> Embedding {
-    Embedding {
-        weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device),
-    }
+    Embedding { weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device) }
 }
 
 /// Position ids for a batch: `max(cumsum(mask) − 1, 0)` when a mask is given (so a left-padded
@@ -196,9 +189,7 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, kv, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, n_rep, t, d])
-        .reshape([b, kv * n_rep, t, d])
+    x.unsqueeze_dim::<5>(2).expand([b, kv, n_rep, t, d]).reshape([b, kv * n_rep, t, d])
 }
 
 /// Builds an `f32` tensor from a flat vector and a shape.
@@ -248,10 +239,7 @@ mod tests {
         ];
         assert_eq!(got, want);
         let pos = default_position_ids(Some(&pad), 2, 3, 0, &d);
-        assert_eq!(
-            pos.into_data().try_into_vec_as::<i64>().unwrap(),
-            vec![0, 1, 2, 0, 0, 1]
-        );
+        assert_eq!(pos.into_data().try_into_vec_as::<i64>().unwrap(), vec![0, 1, 2, 0, 0, 1]);
         // One new token after two cached ones: sees all three keys.
         let m = attention_mask_4d(None, 1, 1, 2, &d);
         assert!(m.is_none());
@@ -260,13 +248,8 @@ mod tests {
     #[test]
     fn repeat_kv_maps_query_head_to_kv_head_over_n_rep() {
         let d = Device::flex();
-        let x = Tensor::<1, Int>::arange(0..2, &d)
-            .float()
-            .reshape([1, 2, 1, 1]);
+        let x = Tensor::<1, Int>::arange(0..2, &d).float().reshape([1, 2, 1, 1]);
         let r = repeat_kv(x, 2).reshape([4]);
-        assert_eq!(
-            r.into_data().try_into_vec_as::<f32>().unwrap(),
-            vec![0.0, 0.0, 1.0, 1.0]
-        );
+        assert_eq!(r.into_data().try_into_vec_as::<f32>().unwrap(), vec![0.0, 0.0, 1.0, 1.0]);
     }
 }

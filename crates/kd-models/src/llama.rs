@@ -43,9 +43,7 @@ pub struct RotaryEmbedding {
 impl RotaryEmbedding {
     /// Frequencies for `config` (`rope_theta`, `head_dim`, `rope_scaling`).
     pub fn new(config: &LlamaConfig) -> Self {
-        Self {
-            inv_freq: inverse_frequencies(config),
-        }
+        Self { inv_freq: inverse_frequencies(config) }
     }
 
     /// `cos(p·ω)` and `sin(p·ω)` with the half-split layout, ready to broadcast over heads.
@@ -72,9 +70,8 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 /// The inverse RoPE frequencies `ω_i = θ^(−2i/d)`, with `rope_scaling` applied.
 pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
     let d = config.head_dim;
-    let base: Vec<f64> = (0..d / 2)
-        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64))
-        .collect();
+    let base: Vec<f64> =
+        (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
     let scaled: Vec<f64> = match config.rope_scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.iter().map(|w| w / factor).collect(),
@@ -138,21 +135,10 @@ impl LlamaAttention {
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let hd = self.head_dim;
-        let q = self
-            .q_proj
-            .forward(x.clone())
-            .reshape([b, s, self.num_heads, hd])
-            .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
-            .reshape([b, s, self.num_kv_heads, hd])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, s, self.num_kv_heads, hd])
-            .swap_dims(1, 2);
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, self.num_heads, hd]).swap_dims(1, 2);
+        let k =
+            self.k_proj.forward(x.clone()).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
         let (cos, sin) = rope;
         let q = apply_rope(q, cos, sin); // [b, heads, s, hd]
         let k = apply_rope(k, cos, sin); // [b, kv_heads, s, hd]
@@ -164,8 +150,7 @@ impl LlamaAttention {
         let (k, v) = (repeat_kv(k, n_rep), repeat_kv(v, n_rep)); // [b, heads, past + s, hd]
         let scale = 1.0 / (hd as f64).sqrt();
         let out = scaled_dot_product_attention(q, k, v, mask, scale); // [b, heads, s, hd]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, self.num_heads * hd]))
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, self.num_heads * hd]))
     }
 }
 
@@ -371,36 +356,24 @@ impl Llama {
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             let a = &l.self_attn;
-            out.extend(
-                l.input_layernorm
-                    .named_tensors(&format!("{p}.input_layernorm")),
-            );
+            out.extend(l.input_layernorm.named_tensors(&format!("{p}.input_layernorm")));
             for (name, lin) in [
                 ("q_proj", &a.q_proj),
                 ("k_proj", &a.k_proj),
                 ("v_proj", &a.v_proj),
                 ("o_proj", &a.o_proj),
             ] {
-                out.extend(export_linear(
-                    &format!("{p}.self_attn.{name}"),
-                    lin,
-                    HfLinear::Linear,
-                ));
+                out.extend(export_linear(&format!("{p}.self_attn.{name}"), lin, HfLinear::Linear));
             }
             out.extend(
-                l.post_attention_layernorm
-                    .named_tensors(&format!("{p}.post_attention_layernorm")),
+                l.post_attention_layernorm.named_tensors(&format!("{p}.post_attention_layernorm")),
             );
             for (name, lin) in [
                 ("gate_proj", &l.mlp.gate_proj),
                 ("up_proj", &l.mlp.up_proj),
                 ("down_proj", &l.mlp.down_proj),
             ] {
-                out.extend(export_linear(
-                    &format!("{p}.mlp.{name}"),
-                    lin,
-                    HfLinear::Linear,
-                ));
+                out.extend(export_linear(&format!("{p}.mlp.{name}"), lin, HfLinear::Linear));
             }
         }
         out.extend(self.norm.named_tensors("model.norm"));
@@ -433,11 +406,7 @@ impl Llama {
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         let positions = position_ids
             .unwrap_or_else(|| default_position_ids(attention_mask.as_ref(), b, s, past, &device));
-        assert_eq!(
-            positions.dims(),
-            [b, s],
-            "position_ids must be [batch, seq] = [{b}, {s}]"
-        );
+        assert_eq!(positions.dims(), [b, s], "position_ids must be [batch, seq] = [{b}, {s}]");
         let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, &device);
         let (cos, sin) = self.rotary_emb.cos_sin(positions); // [b, 1, s, hd] each
 
@@ -457,10 +426,7 @@ impl Llama {
             Some(head) => head.forward(h),
             None => linear(h, self.embed_tokens.weight.val().transpose(), None), // [b, s, vocab]
         };
-        ModelOutput {
-            logits,
-            hidden_states: output_hidden_states.then_some(hidden),
-        }
+        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
     }
 }
 
@@ -482,10 +448,8 @@ mod tests {
             ..LlamaConfig::default()
         };
         let scaled = inverse_frequencies(&config);
-        let plain = inverse_frequencies(&LlamaConfig {
-            rope_scaling: RopeScaling::Default,
-            ..config
-        });
+        let plain =
+            inverse_frequencies(&LlamaConfig { rope_scaling: RopeScaling::Default, ..config });
         assert_eq!(scaled[0], plain[0]); // wavelength 2π < 2048: kept
         let last = plain.len() - 1; // wavelength ≫ 8192: divided by 8
         assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
@@ -497,16 +461,10 @@ mod tests {
     #[test]
     fn rope_at_position_zero_is_identity() {
         let d = Device::flex();
-        let rope = RotaryEmbedding::new(&LlamaConfig {
-            head_dim: 4,
-            ..LlamaConfig::default()
-        });
+        let rope = RotaryEmbedding::new(&LlamaConfig { head_dim: 4, ..LlamaConfig::default() });
         let (cos, sin) = rope.cos_sin(Tensor::<2, Int>::zeros([1, 1], &d));
         let x = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0], &d).reshape([1, 1, 1, 4]);
         let y = apply_rope(x.clone(), &cos, &sin);
-        assert_eq!(
-            y.into_data().try_into_vec_as::<f32>().unwrap(),
-            vec![1.0, 2.0, 3.0, 4.0]
-        );
+        assert_eq!(y.into_data().try_into_vec_as::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
     }
 }

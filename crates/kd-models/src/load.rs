@@ -50,10 +50,8 @@ pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<CausalL
     let files = weight_files(dir)?;
     let mut weights = Weights::new(&config, device);
     for path in files {
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
         weights.add_file(path, bytes)?;
     }
     load_with_weights(&config, weights)
@@ -80,11 +78,7 @@ fn load_with_weights(config: &ModelConfig, mut weights: Weights) -> Result<Causa
     };
     let unused = weights.unused();
     if !unused.is_empty() {
-        log::warn!(
-            "{} checkpoint tensors were not used: {:?}",
-            unused.len(),
-            unused
-        );
+        log::warn!("{} checkpoint tensors were not used: {:?}", unused.len(), unused);
     }
     Ok(model)
 }
@@ -97,17 +91,13 @@ fn load_with_weights(config: &ModelConfig, mut weights: Weights) -> Result<Causa
 /// [`ModelError::Io`] when the directory or a file cannot be written.
 pub fn save_pretrained(model: &CausalLm, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
     let config = model.config();
     let config_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config.to_json()).expect("a JSON value serializes");
-    std::fs::write(&config_path, text + "\n").map_err(|source| ModelError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    std::fs::write(&config_path, text + "\n")
+        .map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
 
     let tensors = model.named_tensors();
     let mut metadata = HashMap::new();
@@ -119,10 +109,8 @@ pub fn save_pretrained(model: &CausalLm, dir: impl AsRef<Path>) -> Result<()> {
                 path: weights_path.clone(),
                 reason: e.to_string(),
             })?;
-    std::fs::write(&weights_path, bytes).map_err(|source| ModelError::Io {
-        path: weights_path,
-        source,
-    })
+    std::fs::write(&weights_path, bytes)
+        .map_err(|source| ModelError::Io { path: weights_path, source })
 }
 
 /// The safetensors files of a model directory: `model.safetensors`, else the shards listed in
@@ -142,21 +130,13 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         });
     }
-    let text = std::fs::read_to_string(&index_path).map_err(|source| ModelError::Io {
-        path: index_path.clone(),
-        source,
+    let text = std::fs::read_to_string(&index_path)
+        .map_err(|source| ModelError::Io { path: index_path.clone(), source })?;
+    let index: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|source| ModelError::Json { path: index_path.clone(), source })?;
+    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+        ModelError::config("weight_map", format!("missing in {}", index_path.display()))
     })?;
-    let index: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: index_path.clone(),
-            source,
-        })?;
-    let map = index
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| {
-            ModelError::config("weight_map", format!("missing in {}", index_path.display()))
-        })?;
     let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
@@ -207,10 +187,7 @@ impl Weights {
     /// Parses the header of one safetensors file and indexes its tensors.
     fn add_file(&mut self, path: PathBuf, bytes: Vec<u8>) -> Result<()> {
         let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| ModelError::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
         let file = self.files.len();
         for (name, info) in metadata.tensors() {
             // Hub GPT-2 files (and base-model saves) lack the `transformer.` / `model.` prefix.
@@ -219,14 +196,7 @@ impl Weights {
             } else {
                 format!("{}{name}", self.prefix)
             };
-            self.entries.insert(
-                canonical,
-                Entry {
-                    file,
-                    stored_name: name,
-                    info: info.clone(),
-                },
-            );
+            self.entries.insert(canonical, Entry { file, stored_name: name, info: info.clone() });
         }
         self.files.push((path, bytes, 8 + header_len));
         Ok(())
@@ -256,13 +226,10 @@ impl Weights {
 
     /// The tensor `key` as `f32` values, checked against `expected`.
     fn take(&mut self, key: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let entry = self
-            .entries
-            .get(key)
-            .ok_or_else(|| ModelError::MissingTensor {
-                key: key.into(),
-                expected: expected.to_vec(),
-            })?;
+        let entry = self.entries.get(key).ok_or_else(|| ModelError::MissingTensor {
+            key: key.into(),
+            expected: expected.to_vec(),
+        })?;
         if entry.info.shape != expected {
             return Err(ModelError::ShapeMismatch {
                 key: key.into(),
@@ -272,12 +239,10 @@ impl Weights {
         }
         let (path, bytes, start) = &self.files[entry.file];
         let (lo, hi) = entry.info.data_offsets;
-        let raw = bytes
-            .get(start + lo..start + hi)
-            .ok_or_else(|| ModelError::Safetensors {
-                path: path.clone(),
-                reason: format!("data of `{}` lies outside the file", entry.stored_name),
-            })?;
+        let raw = bytes.get(start + lo..start + hi).ok_or_else(|| ModelError::Safetensors {
+            path: path.clone(),
+            reason: format!("data of `{}` lies outside the file", entry.stored_name),
+        })?;
         let n: usize = expected.iter().product();
         let values = to_f32(raw, entry.info.dtype, key)?;
         if values.len() != n {
@@ -296,10 +261,7 @@ impl Weights {
 
     fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
         let values = self.take(key, &shape)?;
-        Ok(Param::from_data(
-            TensorData::new(values, shape),
-            &self.device,
-        ))
+        Ok(Param::from_data(TensorData::new(values, shape), &self.device))
     }
 
     /// A linear layer `{prefix}.weight` (+ `{prefix}.bias`) as burn `[d_in, d_out]`.
@@ -320,19 +282,13 @@ impl Weights {
                 Param::from_data(TensorData::new(values, [d_in, d_out]), &self.device)
             }
         };
-        let bias = if bias {
-            Some(self.param(&format!("{prefix}.bias"), [d_out])?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [d_out])?) } else { None };
         Ok(Linear { weight, bias })
     }
 
     /// An embedding table `{prefix}.weight`, `[n, d]`.
     pub(crate) fn embedding(&mut self, prefix: &str, n: usize, d: usize) -> Result<Embedding> {
-        Ok(Embedding {
-            weight: self.param(&format!("{prefix}.weight"), [n, d])?,
-        })
+        Ok(Embedding { weight: self.param(&format!("{prefix}.weight"), [n, d])? })
     }
 
     /// A layer norm `{prefix}.weight`, `{prefix}.bias`.
@@ -346,20 +302,16 @@ impl Weights {
 
     /// An RMSNorm `{prefix}.weight`.
     pub(crate) fn rms_norm(&mut self, prefix: &str, d: usize, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm {
-            weight: self.param(&format!("{prefix}.weight"), [d])?,
-            eps,
-        })
+        Ok(RmsNorm { weight: self.param(&format!("{prefix}.weight"), [d])?, eps })
     }
 }
 
 /// Little-endian stored values of one tensor as `f32`.
 fn to_f32(raw: &[u8], dtype: Dtype, key: &str) -> Result<Vec<f32>> {
     let values = match dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        Dtype::F32 => {
+            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
         Dtype::F16 => raw
             .chunks_exact(2)
             .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
@@ -404,20 +356,13 @@ pub(crate) struct NamedTensor {
 impl NamedTensor {
     pub(crate) fn from_tensor<const D: usize>(name: &str, tensor: Tensor<D>) -> Self {
         let shape = tensor.dims().to_vec();
-        let values = tensor
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("f32 data");
+        let values = tensor.into_data().try_into_vec_as::<f32>().expect("f32 data");
         Self::from_values(name, shape, &values)
     }
 
     fn from_values(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self {
-            name: name.to_string(),
-            shape,
-            bytes,
-        }
+        Self { name: name.to_string(), shape, bytes }
     }
 }
 
@@ -443,15 +388,9 @@ pub(crate) fn export_linear(prefix: &str, linear: &Linear, layout: HfLinear) -> 
         HfLinear::Conv1D => weight,
         HfLinear::Linear => weight.transpose(), // [d_out, d_in]
     };
-    let mut out = vec![NamedTensor::from_tensor(
-        &format!("{prefix}.weight"),
-        weight,
-    )];
+    let mut out = vec![NamedTensor::from_tensor(&format!("{prefix}.weight"), weight)];
     if let Some(bias) = &linear.bias {
-        out.push(NamedTensor::from_tensor(
-            &format!("{prefix}.bias"),
-            bias.val(),
-        ));
+        out.push(NamedTensor::from_tensor(&format!("{prefix}.bias"), bias.val()));
     }
     out
 }
@@ -467,10 +406,7 @@ impl LayerNorm {
 
 impl RmsNorm {
     pub(crate) fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        vec![NamedTensor::from_tensor(
-            &format!("{prefix}.weight"),
-            self.weight.val(),
-        )]
+        vec![NamedTensor::from_tensor(&format!("{prefix}.weight"), self.weight.val())]
     }
 }
 

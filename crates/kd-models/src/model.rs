@@ -122,8 +122,7 @@ impl CausalLm {
         attention_mask: Option<Tensor<2, Int>>,
         position_ids: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
-        self.forward_with(input_ids, attention_mask, position_ids, None, false)
-            .logits
+        self.forward_with(input_ids, attention_mask, position_ids, None, false).logits
     }
 
     /// The full forward: optional KV cache and hidden states.
@@ -143,20 +142,12 @@ impl CausalLm {
         output_hidden_states: bool,
     ) -> ModelOutput {
         match self {
-            Self::Gpt2(m) => m.forward_with(
-                input_ids,
-                attention_mask,
-                position_ids,
-                cache,
-                output_hidden_states,
-            ),
-            Self::Llama(m) => m.forward_with(
-                input_ids,
-                attention_mask,
-                position_ids,
-                cache,
-                output_hidden_states,
-            ),
+            Self::Gpt2(m) => {
+                m.forward_with(input_ids, attention_mask, position_ids, cache, output_hidden_states)
+            }
+            Self::Llama(m) => {
+                m.forward_with(input_ids, attention_mask, position_ids, cache, output_hidden_states)
+            }
         }
     }
 

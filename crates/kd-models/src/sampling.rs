@@ -34,13 +34,8 @@ impl Sampling {
     /// # Errors
     /// [`ModelError::InvalidArgument`] naming the parameter out of range.
     pub fn validate(&self) -> Result<()> {
-        if let Self::Sample {
-            temperature,
-            top_k,
-            top_p,
-        } = *self
-        {
-            if !(temperature > 0.0 && temperature.is_finite()) {
+        if let Self::Sample { temperature, top_k, top_p } = *self {
+            if !temperature.is_finite() || temperature <= 0.0 {
                 return Err(ModelError::invalid(
                     "temperature",
                     format!("{temperature} must be finite and > 0"),
@@ -49,13 +44,10 @@ impl Sampling {
             if top_k == Some(0) {
                 return Err(ModelError::invalid("top_k", "must be ≥ 1"));
             }
-            if let Some(p) = top_p {
-                if !(p > 0.0 && p <= 1.0) {
-                    return Err(ModelError::invalid(
-                        "top_p",
-                        format!("{p} must be in (0, 1]"),
-                    ));
-                }
+            if let Some(p) = top_p
+                && !(p > 0.0 && p <= 1.0)
+            {
+                return Err(ModelError::invalid("top_p", format!("{p} must be in (0, 1]")));
             }
         }
         Ok(())
@@ -142,11 +134,7 @@ pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
     assert!(!logits.is_empty(), "choose_token: empty logits");
     match *sampling {
         Sampling::Greedy => argmax(logits),
-        Sampling::Sample {
-            temperature,
-            top_k,
-            top_p,
-        } => {
+        Sampling::Sample { temperature, top_k, top_p } => {
             // Candidates sorted by logit, most likely first (stable: lower id first on ties).
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -155,10 +143,8 @@ pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
             }
             // softmax(logits / T) over the candidates, shifted by the max for stability.
             let max = logits[order[0]] as f64 / temperature;
-            let weights: Vec<f64> = order
-                .iter()
-                .map(|&i| (logits[i] as f64 / temperature - max).exp())
-                .collect();
+            let weights: Vec<f64> =
+                order.iter().map(|&i| (logits[i] as f64 / temperature - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             let mut keep = weights.len();
             if let Some(p) = top_p {
@@ -240,10 +226,7 @@ pub fn generate(
     }
     for (row, prompt) in prompts.iter().enumerate() {
         if prompt.is_empty() {
-            return Err(ModelError::invalid(
-                "prompts",
-                format!("prompt {row} is empty"),
-            ));
+            return Err(ModelError::invalid("prompts", format!("prompt {row} is empty")));
         }
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(ModelError::invalid(
@@ -281,9 +264,7 @@ pub fn generate(
         ids.extend(std::iter::repeat_n(config.pad_token_id as i64, pad));
         ids.extend(prompt.iter().map(|&t| t as i64));
         mask.push(
-            std::iter::repeat_n(0, pad)
-                .chain(std::iter::repeat_n(1, prompt.len()))
-                .collect(),
+            std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, prompt.len())).collect(),
         );
     }
     let mut input = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, prompt_len]), device);
@@ -301,15 +282,9 @@ pub fn generate(
             Tensor::<2, Int>::from_data(TensorData::new(flat_mask, [batch, total]), device);
         let seq = input.dims()[1];
         let out = model.forward_with(input, Some(mask_tensor), None, Some(&mut cache), false);
-        let last = out
-            .logits
-            .slice([0..batch, seq - 1..seq, 0..vocab])
-            .reshape([batch, vocab]); // [b, vocab]
-        let values: Vec<f32> = last
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("logits convert to f32");
+        let last = out.logits.slice([0..batch, seq - 1..seq, 0..vocab]).reshape([batch, vocab]); // [b, vocab]
+        let values: Vec<f32> =
+            last.clone().into_data().try_into_vec_as::<f32>().expect("logits convert to f32");
         if config.output_step_logits {
             step_logits.push(last);
         }
@@ -321,11 +296,8 @@ pub fn generate(
                 next.push(config.pad_token_id as i64);
                 continue;
             }
-            let token = choose_token(
-                &values[row * vocab..(row + 1) * vocab],
-                &config.sampling,
-                &mut rng,
-            );
+            let token =
+                choose_token(&values[row * vocab..(row + 1) * vocab], &config.sampling, &mut rng);
             new_tokens[row].push(token);
             chosen[row] = Some(token);
             finished[row] = config.eos_token_ids.contains(&token);
@@ -346,11 +318,7 @@ pub fn generate(
         .collect();
     let step_logits = (config.output_step_logits && !step_logits.is_empty())
         .then(|| Tensor::stack(step_logits, 1));
-    Ok(GenerationOutput {
-        sequences,
-        new_tokens,
-        step_logits,
-    })
+    Ok(GenerationOutput { sequences, new_tokens, step_logits })
 }
 
 #[cfg(test)]
@@ -360,10 +328,7 @@ mod tests {
     #[test]
     fn greedy_takes_first_maximum() {
         let mut rng = Rng::new(0);
-        assert_eq!(
-            choose_token(&[0.0, 3.0, 3.0, -1.0], &Sampling::Greedy, &mut rng),
-            1
-        );
+        assert_eq!(choose_token(&[0.0, 3.0, 3.0, -1.0], &Sampling::Greedy, &mut rng), 1);
     }
 
     #[test]
@@ -371,17 +336,9 @@ mod tests {
         let logits = [0.5, 2.0, 1.9, -3.0];
         let mut rng = Rng::new(42);
         for _ in 0..50 {
-            let k1 = Sampling::Sample {
-                temperature: 2.0,
-                top_k: Some(1),
-                top_p: None,
-            };
+            let k1 = Sampling::Sample { temperature: 2.0, top_k: Some(1), top_p: None };
             assert_eq!(choose_token(&logits, &k1, &mut rng), 1);
-            let p0 = Sampling::Sample {
-                temperature: 1.0,
-                top_k: None,
-                top_p: Some(1e-6),
-            };
+            let p0 = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(1e-6) };
             assert_eq!(choose_token(&logits, &p0, &mut rng), 1);
         }
     }
@@ -389,16 +346,10 @@ mod tests {
     #[test]
     fn sampling_is_seeded_and_follows_probabilities() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
-        let s = Sampling::Sample {
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-        };
+        let s = Sampling::Sample { temperature: 1.0, top_k: None, top_p: None };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..4000)
-                .map(|_| choose_token(&logits, &s, &mut rng))
-                .collect::<Vec<_>>()
+            (0..4000).map(|_| choose_token(&logits, &s, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(9), draw(9));
         assert_ne!(draw(9), draw(10));
@@ -406,38 +357,17 @@ mod tests {
         assert!((ones - 0.75).abs() < 0.03, "{ones}");
         // top_p = 0.5 keeps only the 0.75 token.
         let mut rng = Rng::new(1);
-        let nucleus = Sampling::Sample {
-            temperature: 1.0,
-            top_k: None,
-            top_p: Some(0.5),
-        };
+        let nucleus = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.5) };
         assert!((0..100).all(|_| choose_token(&logits, &nucleus, &mut rng) == 1));
     }
 
     #[test]
     fn invalid_parameters_are_rejected() {
-        let bad = Sampling::Sample {
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-        };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("temperature")
-        );
-        let bad = Sampling::Sample {
-            temperature: 1.0,
-            top_k: Some(0),
-            top_p: None,
-        };
+        let bad = Sampling::Sample { temperature: 0.0, top_k: None, top_p: None };
+        assert!(bad.validate().unwrap_err().to_string().contains("temperature"));
+        let bad = Sampling::Sample { temperature: 1.0, top_k: Some(0), top_p: None };
         assert!(bad.validate().unwrap_err().to_string().contains("top_k"));
-        let bad = Sampling::Sample {
-            temperature: 1.0,
-            top_k: None,
-            top_p: Some(1.5),
-        };
+        let bad = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(1.5) };
         assert!(bad.validate().unwrap_err().to_string().contains("top_p"));
     }
 }

@@ -99,10 +99,7 @@ impl Tokenizer {
     /// # Errors
     /// [`ModelError::Tokenizer`] when the tokenizer fails.
     pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<String>> {
-        Ok(self
-            .encoding(text, add_special_tokens)?
-            .get_tokens()
-            .to_vec())
+        Ok(self.encoding(text, add_special_tokens)?.get_tokens().to_vec())
     }
 
     /// Ids for a generation prompt: the post-processor's special tokens, plus the BOS in front
@@ -112,10 +109,10 @@ impl Tokenizer {
     /// [`ModelError::Tokenizer`] when the tokenizer fails.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(text, true)?;
-        if let (true, Some(bos)) = (self.add_bos_token, self.bos_token_id) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let (true, Some(bos)) = (self.add_bos_token, self.bos_token_id)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
@@ -127,10 +124,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: None,
-                reason: e.to_string(),
-            })
+            .map_err(|e| ModelError::Tokenizer { path: None, reason: e.to_string() })
     }
 
     /// The id of a token string, if it is in the vocabulary.
@@ -171,10 +165,7 @@ impl Tokenizer {
     fn encoding(&self, text: &str, add_special_tokens: bool) -> Result<tokenizers::Encoding> {
         self.inner
             .encode(text, add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: None,
-                reason: e.to_string(),
-            })
+            .map_err(|e| ModelError::Tokenizer { path: None, reason: e.to_string() })
     }
 }
 
@@ -183,14 +174,9 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: PathBuf::from(path),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ModelError::Io { path: PathBuf::from(path), source })?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|source| ModelError::Json {
-            path: PathBuf::from(path),
-            source,
-        })
+        .map_err(|source| ModelError::Json { path: PathBuf::from(path), source })
 }

@@ -25,14 +25,8 @@ fn truncated_safetensors_is_an_error() {
         let dir = copy_fixture(&src, &format!("truncated-{}", case.replace(' ', "-")));
         std::fs::write(dir.join("model.safetensors"), &bytes[..cut]).unwrap();
         let err = load_err(&dir);
-        assert!(
-            matches!(err, ModelError::Safetensors { .. }),
-            "{case}: {err}"
-        );
-        assert!(
-            err.to_string().contains("model.safetensors"),
-            "{case}: {err}"
-        );
+        assert!(matches!(err, ModelError::Safetensors { .. }), "{case}: {err}");
+        assert!(err.to_string().contains("model.safetensors"), "{case}: {err}");
     }
 }
 
@@ -44,11 +38,7 @@ fn garbage_safetensors_is_an_error() {
     garbage.extend(b"{not json");
     std::fs::write(dir.join("model.safetensors"), garbage).unwrap();
     assert!(matches!(load_err(&dir), ModelError::Safetensors { .. }));
-    std::fs::write(
-        dir.join("model.safetensors"),
-        b"\x10\0\0\0\0\0\0\0{\"a\": 1}        ",
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0{\"a\": 1}        ").unwrap();
     assert!(matches!(load_err(&dir), ModelError::Safetensors { .. }));
 }
 
@@ -73,10 +63,8 @@ fn misshapen_tensor_names_key_and_both_shapes() {
     let src = fixture("hf-tiny-llama");
     let dir = copy_fixture(&src, "misshapen");
     let mut tensors = read_raw(&src.join("model.safetensors"));
-    let t = tensors
-        .iter_mut()
-        .find(|t| t.name == "model.layers.0.self_attn.k_proj.weight")
-        .unwrap();
+    let t =
+        tensors.iter_mut().find(|t| t.name == "model.layers.0.self_attn.k_proj.weight").unwrap();
     // [32, 64] stored as [64, 32] (same byte count).
     t.shape = vec![64, 32];
     write_raw(&dir.join("model.safetensors"), &tensors);
@@ -101,10 +89,7 @@ fn unsupported_dtype_names_the_key() {
     let src = fixture("hf-tiny-llama");
     let dir = copy_fixture(&src, "int-weights");
     let mut tensors = read_raw(&src.join("model.safetensors"));
-    let t = tensors
-        .iter_mut()
-        .find(|t| t.name == "model.norm.weight")
-        .unwrap();
+    let t = tensors.iter_mut().find(|t| t.name == "model.norm.weight").unwrap();
     t.dtype = Dtype::I32;
     write_raw(&dir.join("model.safetensors"), &tensors);
     assert!(

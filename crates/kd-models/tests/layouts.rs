@@ -22,30 +22,16 @@ fn gpt2_hub_layout_with_legacy_buffers() {
     let mut tensors: Vec<RawTensor> = read_raw(&src.join("model.safetensors"))
         .into_iter()
         .map(|mut t| {
-            t.name = t
-                .name
-                .strip_prefix("transformer.")
-                .unwrap_or(&t.name)
-                .to_string();
+            t.name = t.name.strip_prefix("transformer.").unwrap_or(&t.name).to_string();
             t
         })
         .collect();
     assert!(tensors.iter().all(|t| !t.name.starts_with("transformer.")));
     let n = 128;
-    let tril: Vec<f32> = (0..n * n)
-        .map(|i| if i % n <= i / n { 1.0 } else { 0.0 })
-        .collect();
+    let tril: Vec<f32> = (0..n * n).map(|i| if i % n <= i / n { 1.0 } else { 0.0 }).collect();
     for layer in 0..2 {
-        tensors.push(RawTensor::f32(
-            &format!("h.{layer}.attn.bias"),
-            vec![1, 1, n, n],
-            &tril,
-        ));
-        tensors.push(RawTensor::f32(
-            &format!("h.{layer}.attn.masked_bias"),
-            vec![],
-            &[-1e4],
-        ));
+        tensors.push(RawTensor::f32(&format!("h.{layer}.attn.bias"), vec![1, 1, n, n], &tril));
+        tensors.push(RawTensor::f32(&format!("h.{layer}.attn.masked_bias"), vec![], &[-1e4]));
     }
     write_raw(&dir.join("model.safetensors"), &tensors);
     assert_parity(&dir);
@@ -60,18 +46,12 @@ fn llama_transformers5_config_and_sharded_weights() {
     let obj = config.as_object_mut().unwrap();
     let theta = obj.remove("rope_theta").unwrap();
     obj.remove("rope_scaling");
-    obj.insert(
-        "rope_parameters".into(),
-        json!({"rope_theta": theta, "rope_type": "default"}),
-    );
+    obj.insert("rope_parameters".into(), json!({"rope_theta": theta, "rope_type": "default"}));
     write_json(&dir.join("config.json"), &config);
 
     let tensors = read_raw(&src.join("model.safetensors"));
     let (first, second) = tensors.split_at(tensors.len() / 2);
-    let shards = [
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ];
+    let shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
     write_raw(&dir.join(shards[0]), first);
     write_raw(&dir.join(shards[1]), second);
     let mut weight_map = serde_json::Map::new();
@@ -135,15 +115,8 @@ fn half_precision_weights_convert_exactly() {
         let b = plain_logits(&rounded_model, &src, &device);
         assert_eq!(a, b, "{name} weights differ from their rounded f32 values");
         let c = plain_logits(&full, &src, &device);
-        let worst = a
-            .iter()
-            .zip(&c)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst < 0.1,
-            "{name}: logits moved by {worst} from the f32 model"
-        );
+        let worst = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 0.1, "{name}: logits moved by {worst} from the f32 model");
     }
 }
 
@@ -159,15 +132,8 @@ fn tied_and_untied_heads_agree() {
     config["tie_word_embeddings"] = json!(false);
     write_json(&dir.join("config.json"), &config);
     let mut tensors = read_raw(&src.join("model.safetensors"));
-    let wte = tensors
-        .iter()
-        .find(|t| t.name == "transformer.wte.weight")
-        .unwrap()
-        .clone();
-    tensors.push(RawTensor {
-        name: "lm_head.weight".into(),
-        ..wte
-    });
+    let wte = tensors.iter().find(|t| t.name == "transformer.wte.weight").unwrap().clone();
+    tensors.push(RawTensor { name: "lm_head.weight".into(), ..wte });
     write_raw(&dir.join("model.safetensors"), &tensors);
     assert_parity(&dir);
 
@@ -176,35 +142,16 @@ fn tied_and_untied_heads_agree() {
     let untied = copy_fixture(&src, "llama-head-is-embedding");
     let tied = copy_fixture(&src, "llama-tied");
     let mut tensors = read_raw(&src.join("model.safetensors"));
-    let embed = tensors
-        .iter()
-        .find(|t| t.name == "model.embed_tokens.weight")
-        .unwrap()
-        .clone();
+    let embed = tensors.iter().find(|t| t.name == "model.embed_tokens.weight").unwrap().clone();
     tensors.retain(|t| t.name != "lm_head.weight");
-    tensors.push(RawTensor {
-        name: "lm_head.weight".into(),
-        ..embed
-    });
+    tensors.push(RawTensor { name: "lm_head.weight".into(), ..embed });
     write_raw(&untied.join("model.safetensors"), &tensors);
     write_raw(&tied.join("model.safetensors"), &tensors);
     let mut config = read_json(&src.join("config.json"));
     config["tie_word_embeddings"] = json!(true);
     write_json(&tied.join("config.json"), &config);
-    let a = plain_logits(
-        &CausalLm::from_pretrained(&untied, &device).unwrap(),
-        &src,
-        &device,
-    );
-    let b = plain_logits(
-        &CausalLm::from_pretrained(&tied, &device).unwrap(),
-        &src,
-        &device,
-    );
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let a = plain_logits(&CausalLm::from_pretrained(&untied, &device).unwrap(), &src, &device);
+    let b = plain_logits(&CausalLm::from_pretrained(&tied, &device).unwrap(), &src, &device);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "tied vs untied-copy logits differ by {worst}");
 }

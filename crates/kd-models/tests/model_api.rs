@@ -16,10 +16,7 @@ fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn ids(rows: &[&[i64]], device: &Device) -> Tensor<2, Int> {
@@ -109,13 +106,8 @@ fn fresh_models_save_reload_and_use_hf_init() {
         );
     }
     // Embedding std ≈ initializer_range; norms start at one.
-    let config = Gpt2Config {
-        vocab_size: 500,
-        n_embd: 64,
-        n_layer: 1,
-        n_head: 2,
-        ..Default::default()
-    };
+    let config =
+        Gpt2Config { vocab_size: 500, n_embd: 64, n_layer: 1, n_head: 2, ..Default::default() };
     let CausalLm::Gpt2(model) = CausalLm::init(&ModelConfig::Gpt2(config), &device).unwrap() else {
         unreachable!()
     };
@@ -123,20 +115,14 @@ fn fresh_models_save_reload_and_use_hf_init() {
     let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
     assert!((std - 0.02).abs() < 0.002, "wte std {std}");
     assert!(flat(model.ln_f.weight.val()).iter().all(|&v| v == 1.0));
-    assert!(
-        flat(model.h[0].attn.c_attn.bias.as_ref().unwrap().val())
-            .iter()
-            .all(|&v| v == 0.0)
-    );
+    assert!(flat(model.h[0].attn.c_attn.bias.as_ref().unwrap().val()).iter().all(|&v| v == 0.0));
 }
 
 #[test]
 fn models_train_with_autodiff() {
     let device = Device::flex().autodiff();
-    let mut models: Vec<CausalLm> = random_configs()
-        .iter()
-        .map(|c| CausalLm::init(c, &device).unwrap())
-        .collect();
+    let mut models: Vec<CausalLm> =
+        random_configs().iter().map(|c| CausalLm::init(c, &device).unwrap()).collect();
     models.push(CausalLm::from_pretrained(fixture("hf-tiny-llama"), &device).unwrap());
     for model in models {
         let input = ids(&[&[1, 2, 3, 4, 5, 6]], &device);
@@ -170,10 +156,8 @@ fn kv_cache_matches_full_recomputation() {
     for config in random_configs() {
         let model = CausalLm::init(&config, &device).unwrap();
         // Row 1 is left-padded by 3.
-        let rows: [&[i64]; 2] = [
-            &[5, 9, 2, 7, 1, 3, 8, 4, 6, 11],
-            &[0, 0, 0, 7, 1, 3, 8, 4, 6, 11],
-        ];
+        let rows: [&[i64]; 2] =
+            [&[5, 9, 2, 7, 1, 3, 8, 4, 6, 11], &[0, 0, 0, 7, 1, 3, 8, 4, 6, 11]];
         let mask_rows: [&[i64]; 2] = [&[1; 10], &[0, 0, 0, 1, 1, 1, 1, 1, 1, 1]];
         let full = model.forward(ids(&rows, &device), Some(ids(&mask_rows, &device)), None); // [2, 10, v]
         let mut cache = model.new_cache();
@@ -209,11 +193,7 @@ fn kv_cache_matches_full_recomputation() {
             let start = if row == 0 { 0 } else { 3 }; // padded positions are not meaningful
             let r = |v: &[f32]| v[(row * 10 + start) * vocab..(row + 1) * 10 * vocab].to_vec();
             let diff = max_diff(&r(&a), &r(&b));
-            assert!(
-                diff < 1e-5,
-                "{} row {row}: cache vs full {diff}",
-                config.model_type()
-            );
+            assert!(diff < 1e-5, "{} row {row}: cache vs full {diff}", config.model_type());
         }
     }
 }
@@ -223,31 +203,20 @@ fn batched_left_padded_generation_matches_single_rows() {
     let device = Device::flex();
     for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
         let model = CausalLm::from_pretrained(fixture(name), &device).unwrap();
-        let prompts = vec![
-            vec![46, 77, 344, 510, 261, 257, 256],
-            vec![300, 270, 83],
-            vec![13],
-        ];
-        let config = GenerationConfig {
-            max_new_tokens: 6,
-            output_step_logits: true,
-            ..Default::default()
-        };
+        let prompts = vec![vec![46, 77, 344, 510, 261, 257, 256], vec![300, 270, 83], vec![13]];
+        let config =
+            GenerationConfig { max_new_tokens: 6, output_step_logits: true, ..Default::default() };
         let batched = generate(&model, &prompts, &config, &device, |_, _| {}).unwrap();
         let logits = flat(batched.step_logits.unwrap()); // [3, 6, vocab]
         let vocab = model.vocab_size();
         for (row, prompt) in prompts.iter().enumerate() {
-            let single = generate(&model, &[prompt.clone()], &config, &device, |_, _| {}).unwrap();
-            assert_eq!(
-                batched.sequences[row], single.sequences[0],
-                "{name} row {row}"
-            );
+            let single =
+                generate(&model, std::slice::from_ref(prompt), &config, &device, |_, _| {})
+                    .unwrap();
+            assert_eq!(batched.sequences[row], single.sequences[0], "{name} row {row}");
             let alone = flat(single.step_logits.unwrap());
             let diff = max_diff(&logits[row * 6 * vocab..(row + 1) * 6 * vocab], &alone);
-            assert!(
-                diff < 1e-4,
-                "{name} row {row}: step logits differ by {diff}"
-            );
+            assert!(diff < 1e-4, "{name} row {row}: step logits differ by {diff}");
         }
     }
 }
@@ -260,33 +229,21 @@ fn sampling_is_reproducible_and_eos_stops_rows() {
     let sample = |seed| {
         let config = GenerationConfig {
             max_new_tokens: 12,
-            sampling: Sampling::Sample {
-                temperature: 1.5,
-                top_k: Some(50),
-                top_p: Some(0.95),
-            },
+            sampling: Sampling::Sample { temperature: 1.5, top_k: Some(50), top_p: Some(0.95) },
             seed,
             ..Default::default()
         };
-        generate(&model, &prompts, &config, &device, |_, _| {})
-            .unwrap()
-            .new_tokens
+        generate(&model, &prompts, &config, &device, |_, _| {}).unwrap().new_tokens
     };
     assert_eq!(sample(3), sample(3));
     assert_ne!(sample(3), sample(4));
 
     // Greedy with the first greedy token of row 0 as EOS: row 0 stops after it, row 1 goes on
     // (unless it happens to emit the same token), and the callback streams exactly the tokens.
-    let greedy = GenerationConfig {
-        max_new_tokens: 5,
-        ..Default::default()
-    };
+    let greedy = GenerationConfig { max_new_tokens: 5, ..Default::default() };
     let free = generate(&model, &prompts, &greedy, &device, |_, _| {}).unwrap();
     let eos = free.new_tokens[0][0];
-    let config = GenerationConfig {
-        eos_token_ids: vec![eos],
-        ..greedy
-    };
+    let config = GenerationConfig { eos_token_ids: vec![eos], ..greedy };
     let mut streamed = vec![Vec::new(); 2];
     let mut calls = 0;
     let out = generate(&model, &prompts, &config, &device, |step, tokens| {
@@ -301,10 +258,7 @@ fn sampling_is_reproducible_and_eos_stops_rows() {
     .unwrap();
     assert_eq!(out.new_tokens[0], vec![eos]);
     assert_eq!(streamed, out.new_tokens);
-    let row1_stop = free.new_tokens[1]
-        .iter()
-        .position(|&t| t == eos)
-        .map_or(5, |p| p + 1);
+    let row1_stop = free.new_tokens[1].iter().position(|&t| t == eos).map_or(5, |p| p + 1);
     assert_eq!(out.new_tokens[1], free.new_tokens[1][..row1_stop]);
     assert_eq!(calls, row1_stop.max(1));
 }
@@ -319,20 +273,7 @@ fn generation_rejects_bad_arguments() {
     };
     assert!(run(&[], &ok).is_err());
     assert!(run(&[vec![]], &ok).is_err());
-    assert!(
-        run(&[vec![512]], &ok)
-            .unwrap_err()
-            .to_string()
-            .contains("512")
-    );
-    let long = GenerationConfig {
-        max_new_tokens: 200,
-        ..Default::default()
-    };
-    assert!(
-        run(&[vec![1]], &long)
-            .unwrap_err()
-            .to_string()
-            .contains("n_positions")
-    );
+    assert!(run(&[vec![512]], &ok).unwrap_err().to_string().contains("512"));
+    let long = GenerationConfig { max_new_tokens: 200, ..Default::default() };
+    assert!(run(&[vec![1]], &long).unwrap_err().to_string().contains("n_positions"));
 }

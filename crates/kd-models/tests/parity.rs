@@ -9,7 +9,7 @@
 //!   against the same row run alone without padding;
 //! - `generate`: greedy KV-cache decoding (tokens exactly, step logits within tolerance);
 //! - `tokenizer_cases` of `expected.json`: ids, tokens and decoded text exactly;
-//! - `greedy_ids_from_bos` (real-weight directories): greedy ids exactly.
+//! - `greedy_ids_from_bos` (real-weight directories, `tests/fixtures-real/`): greedy ids exactly.
 //!
 //! Each check runs only when its expected data is present. Failures are collected and reported
 //! together as `model / case: what`.
@@ -21,6 +21,15 @@ use kd_models::ModelConfig;
 #[test]
 fn parity_with_transformers() {
     common::check_all(&common::fixtures_root());
+}
+
+/// llama2.c `stories260K` converted to `LlamaForCausalLM`: real (trained) weights, tied head,
+/// transformers-5 `rope_parameters`; greedy ids equal llama2.c's reference run.
+#[test]
+fn real_weights_parity() {
+    common::check_all(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-real"),
+    );
 }
 
 #[test]

@@ -86,8 +86,7 @@ impl Report {
     fn check(&mut self, case: &str, ok: bool, detail: impl FnOnce() -> String) {
         self.checks += 1;
         if !ok {
-            self.failures
-                .push(format!("{} / {case}: {}", self.model, detail()));
+            self.failures.push(format!("{} / {case}: {}", self.model, detail()));
         }
     }
 
@@ -113,7 +112,8 @@ impl Report {
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let (row, pos) = (i / (seq * width), (i / width) % seq);
             let diff = (*g as f64 - *w as f64).abs();
-            if keep(row, pos) && !(diff <= worst.0) {
+            let diff = if diff.is_nan() { f64::INFINITY } else { diff }; // NaN fails
+            if keep(row, pos) && diff > worst.0 {
                 worst = (diff, i);
             }
         }
@@ -147,15 +147,8 @@ pub fn model_dirs(root: &Path) -> Vec<PathBuf> {
 }
 
 pub fn check_model(dir: &Path) -> Report {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut r = Report {
-        model: name,
-        failures: Vec::new(),
-        checks: 0,
-    };
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut r = Report { model: name, failures: Vec::new(), checks: 0 };
     let device = Device::flex();
     let model = match CausalLm::from_pretrained(dir, &device) {
         Ok(m) => m,
@@ -183,16 +176,12 @@ pub fn check_model(dir: &Path) -> Report {
         let want: Vec<u32> = ids.iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let n = want.len() - prompt.len();
         let got = greedy(&model, prompt, n, &device);
-        r.check("generate.output_ids", got == want, || {
-            format!("got {got:?}, expected {want:?}")
-        });
+        r.check("generate.output_ids", got == want, || format!("got {got:?}, expected {want:?}"));
     }
     if let Some(want) = json.get("greedy_ids_from_bos").and_then(Value::as_array) {
         let want: Vec<u32> = want.iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = greedy(&model, vec![want[0]], want.len() - 1, &device);
-        r.check("greedy_ids_from_bos", got == want, || {
-            format!("got {got:?}, expected {want:?}")
-        });
+        r.check("greedy_ids_from_bos", got == want, || format!("got {got:?}, expected {want:?}"));
     }
     check_tokenizer(&mut r, dir, &json);
     r
@@ -200,24 +189,13 @@ pub fn check_model(dir: &Path) -> Report {
 
 fn ints(v: &Value) -> Vec<u32> {
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|u| u as u32)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_u64).map(|u| u as u32).collect())
         .unwrap_or_default()
 }
 
 fn greedy(model: &CausalLm, prompt: Vec<u32>, n: usize, device: &Device) -> Vec<u32> {
-    let config = GenerationConfig {
-        max_new_tokens: n,
-        ..Default::default()
-    };
-    generate(model, &[prompt], &config, device, |_, _| {})
-        .unwrap()
-        .sequences
-        .remove(0)
+    let config = GenerationConfig { max_new_tokens: n, ..Default::default() };
+    generate(model, &[prompt], &config, device, |_, _| {}).unwrap().sequences.remove(0)
 }
 
 fn check_plain(
@@ -233,13 +211,7 @@ fn check_plain(
     };
     let out = model.forward_with(ids.int_tensor(device), None, None, None, true);
     if let Some(want) = e.get("plain.logits") {
-        r.close(
-            "plain.logits",
-            &to_f32(out.logits),
-            want,
-            logits_tol,
-            |_, _| true,
-        );
+        r.close("plain.logits", &to_f32(out.logits), want, logits_tol, |_, _| true);
     }
     let hidden = out.hidden_states.expect("hidden states requested");
     let mut i = 0;
@@ -265,13 +237,7 @@ fn check_plain(
     }
     if let Some(want) = e.get("plain.last_hidden_state") {
         let last = hidden.last().expect("at least one hidden state").clone();
-        r.close(
-            "plain.last_hidden_state",
-            &to_f32(last),
-            want,
-            hidden_tol,
-            |_, _| true,
-        );
+        r.close("plain.last_hidden_state", &to_f32(last), want, hidden_tol, |_, _| true);
     }
 }
 
@@ -291,10 +257,7 @@ fn check_padded(
     let mask_values = mask.ints().to_vec();
     let real = |row: usize, pos: usize| mask_values[row * seq + pos] == 1;
     let explicit = e.get("padded.position_ids").map(|p| p.int_tensor(device));
-    for (label, positions) in [
-        ("explicit positions", explicit),
-        ("default positions", None),
-    ] {
+    for (label, positions) in [("explicit positions", explicit), ("default positions", None)] {
         let out = model.forward_with(
             ids.int_tensor(device),
             Some(mask.int_tensor(device)),
@@ -311,8 +274,15 @@ fn check_padded(
                 real,
             );
         }
+        let mut hidden = out.hidden_states.unwrap();
+        for (i, h) in hidden.iter().enumerate() {
+            if let Some(want) = e.get(&format!("padded.hidden_states.{i}")) {
+                let case = format!("padded.hidden_states.{i} ({label})");
+                r.close(&case, &to_f32(h.clone()), want, hidden_tol, real);
+            }
+        }
         if let Some(want) = e.get("padded.last_hidden_state") {
-            let last = out.hidden_states.unwrap().pop().unwrap();
+            let last = hidden.pop().unwrap();
             r.close(
                 &format!("padded.last_hidden_state ({label})"),
                 &to_f32(last),
@@ -370,19 +340,11 @@ fn check_generate(
     };
     let out = generate(model, &[prompt], &config, device, |_, _| {}).unwrap();
     let got = &out.sequences[0];
-    r.check("generate.output_ids", *got == want, || {
-        format!("got {got:?}, expected {want:?}")
-    });
+    r.check("generate.output_ids", *got == want, || format!("got {got:?}, expected {want:?}"));
     if let (Some(want), Some(logits)) = (e.get("generate.step_logits"), out.step_logits) {
         let [steps, vocab] = [want.shape()[0], want.shape()[1]];
         let want = Expected::F32(vec![1, steps, vocab], want.floats().to_vec());
-        r.close(
-            "generate.step_logits",
-            &to_f32(logits),
-            &want,
-            tol,
-            |_, _| true,
-        );
+        r.close("generate.step_logits", &to_f32(logits), &want, tol, |_, _| true);
     }
 }
 
@@ -420,26 +382,17 @@ fn check_tokenizer(r: &mut Report, dir: &Path, json: &Value) {
             });
         }
     }
-    if let (Some(prompt), Some(ids)) = (
-        json["generate"]["prompt"].as_str(),
-        json["generate"]["prompt_ids"].as_array(),
-    ) {
-        let want: Vec<u32> = ids
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|u| u as u32)
-            .collect();
+    if let (Some(prompt), Some(ids)) =
+        (json["generate"]["prompt"].as_str(), json["generate"]["prompt_ids"].as_array())
+    {
+        let want: Vec<u32> = ids.iter().filter_map(Value::as_u64).map(|u| u as u32).collect();
         let got = tok.encode_prompt(prompt).unwrap();
         r.check("generate.prompt encode", got == want, || {
             format!("got {got:?}, expected {want:?}")
         });
         if let Some(want) = json["generate"]["decoded"].as_str() {
-            let got = tok
-                .decode(&ints(&json["generate"]["output_ids"]), false)
-                .unwrap();
-            r.check("generate.decoded", got == want, || {
-                format!("got {got:?}, expected {want:?}")
-            });
+            let got = tok.decode(&ints(&json["generate"]["output_ids"]), false).unwrap();
+            r.check("generate.decoded", got == want, || format!("got {got:?}, expected {want:?}"));
         }
     }
 }
@@ -447,20 +400,11 @@ fn check_tokenizer(r: &mut Report, dir: &Path, json: &Value) {
 /// Runs [`check_model`] on every model directory under `root` and panics with all failures.
 pub fn check_all(root: &Path) {
     let dirs = model_dirs(root);
-    assert!(
-        !dirs.is_empty(),
-        "no model directories (with config.json) under {}",
-        root.display()
-    );
+    assert!(!dirs.is_empty(), "no model directories (with config.json) under {}", root.display());
     let mut failures = Vec::new();
     for dir in &dirs {
         let report = check_model(dir);
-        eprintln!(
-            "{}: {} checks, {} failed",
-            report.model,
-            report.checks,
-            report.failures.len()
-        );
+        eprintln!("{}: {} checks, {} failed", report.model, report.checks, report.failures.len());
         assert!(
             report.checks > 0 || !report.failures.is_empty(),
             "{}: nothing was checked",
@@ -468,12 +412,7 @@ pub fn check_all(root: &Path) {
         );
         failures.extend(report.failures);
     }
-    assert!(
-        failures.is_empty(),
-        "{} parity failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// One stored tensor of a safetensors file, raw bytes included.
@@ -503,19 +442,11 @@ impl safetensors::View for &RawTensor {
 impl RawTensor {
     pub fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self {
-            name: name.into(),
-            dtype: Dtype::F32,
-            shape,
-            data,
-        }
+        Self { name: name.into(), dtype: Dtype::F32, shape, data }
     }
     pub fn values(&self) -> Vec<f32> {
         assert_eq!(self.dtype, Dtype::F32, "{}", self.name);
-        self.data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        self.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
 }
 
@@ -545,9 +476,7 @@ pub fn write_raw(path: &Path, tensors: &[RawTensor]) {
 
 /// A fresh, empty scratch directory under cargo's per-target temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("kd-models")
-        .join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kd-models").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -567,9 +496,7 @@ pub fn copy_fixture(src: &Path, name: &str) -> PathBuf {
 
 /// A checked-in fixture directory by name (`hf-tiny-gpt2`, `hf-tiny-llama`).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// Reads a JSON file.
@@ -591,11 +518,6 @@ pub fn plain_logits(model: &CausalLm, fixture_dir: &Path, device: &Device) -> Ve
 /// Fails the test when a model directory fails any parity check.
 pub fn assert_parity(dir: &Path) {
     let report = check_model(dir);
-    assert!(
-        report.checks > 20,
-        "{}: only {} checks ran",
-        report.model,
-        report.checks
-    );
+    assert!(report.checks > 20, "{}: only {} checks ran", report.model, report.checks);
     assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
 }
