@@ -507,8 +507,17 @@ impl LlamaConfig {
             pad_token_id: get_token(obj, "pad_token_id")?,
             model_type,
         };
-        if !is_qwen2 && get_bool(obj, "use_sliding_window")? == Some(true) {
-            log::warn!("sliding-window attention is not implemented; attending to the full past");
+        // Mistral sets `sliding_window`; Qwen2 only uses it with `use_sliding_window: true`.
+        let window = get_usize(obj, "sliding_window")?;
+        let windowed =
+            if is_qwen2 { get_bool(obj, "use_sliding_window")? == Some(true) } else { true };
+        if let (true, Some(window)) = (windowed, window)
+            && window < config.max_position_embeddings
+        {
+            log::warn!(
+                "sliding-window attention ({window}) is not implemented: sequences longer than \
+                 {window} tokens attend to the full past and differ from transformers"
+            );
         }
         config.validate()?;
         Ok(config)

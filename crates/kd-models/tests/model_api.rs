@@ -277,3 +277,19 @@ fn generation_rejects_bad_arguments() {
     let long = GenerationConfig { max_new_tokens: 200, ..Default::default() };
     assert!(run(&[vec![1]], &long).unwrap_err().to_string().contains("n_positions"));
 }
+
+/// Every checkpoint tensor is a burn parameter (so an optimizer sees it) and nothing else is.
+#[test]
+fn module_parameters_are_exactly_the_checkpoint_tensors() {
+    use burn::module::Module;
+    let device = Device::flex();
+    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+        let src = fixture(name);
+        let model = CausalLm::from_pretrained(&src, &device).unwrap();
+        let stored: usize = common::read_raw(&src.join("model.safetensors"))
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        assert_eq!(model.num_params(), stored, "{name}");
+    }
+}
