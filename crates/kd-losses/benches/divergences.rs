@@ -123,8 +123,11 @@ fn time_call(loss: &dyn Divergence, s: &Tensor<2>, t: &Tensor<2>, runs: usize) -
 
 fn main() {
     let quick = std::env::var_os("KD_BENCH_QUICK").is_some();
-    let shapes: &[(usize, usize)] =
-        if quick { &[(256, 4000), (64, 50257)] } else { &[(2048, 32000), (512, 50257), (4096, 8192)] };
+    let shapes: &[(usize, usize)] = if quick {
+        &[(256, 4000), (64, 50257)]
+    } else {
+        &[(2048, 32000), (512, 50257), (4096, 8192)]
+    };
     let (runs_fused, runs_composed) = if quick { (5, 3) } else { (10, 10) };
     let mut json = std::env::var_os("KD_BENCH_JSON").map(|p| {
         std::fs::OpenOptions::new().create(true).append(true).open(p).expect("KD_BENCH_JSON file")

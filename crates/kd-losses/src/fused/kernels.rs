@@ -59,71 +59,57 @@ fn row_max(x: &[f32], inv_t: f32) -> f32 {
 }
 
 /// Computes one row; writes `weight ×` the gradient into `grad` when given.
+///
+/// Everything is computed in the max-shifted space `a_v = s'_v − max s'`, `b_v = t'_v − max t'`
+/// (both `≤ 0`), so `log q_v = a_v − ln Z_s` never subtracts two large, separately rounded
+/// numbers.
 fn row(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
     let inv_t = (1.0 / spec.temperature) as f32;
     let ms = row_max(s, inv_t);
     let mt = row_max(t, inv_t);
-    let (mut zs, mut zt, mut a, mut b) = (0f64, 0f64, 0f64, 0f64);
-    match spec.kind {
-        FusedKind::ForwardKl => {
-            // a = Σ e_t (t' − s'), b = Σ e_t s'.
-            for (&sv, &tv) in s.iter().zip(t) {
-                let (sv, tv) = (scaled(sv, inv_t), scaled(tv, inv_t));
-                let es = (sv - ms).exp();
-                let et = (tv - mt).exp();
-                zs += es as f64;
-                zt += et as f64;
-                a += et as f64 * (tv - sv) as f64;
-                b += et as f64 * sv as f64;
+    let shifted = |sv: f32, tv: f32| (scaled(sv, inv_t) - ms, scaled(tv, inv_t) - mt);
+    let (mut zs, mut zt, mut acc_a, mut acc_b) = (0f64, 0f64, 0f64, 0f64);
+    for (&sv, &tv) in s.iter().zip(t) {
+        let (a, b) = shifted(sv, tv);
+        let (es, et) = (a.exp(), b.exp());
+        zs += es as f64;
+        zt += et as f64;
+        match spec.kind {
+            FusedKind::ForwardKl => {
+                // Σ e_t (b − a) and Σ e_t a.
+                acc_a += et as f64 * (b - a) as f64;
+                acc_b += et as f64 * a as f64;
             }
-        }
-        FusedKind::ReverseKl => {
-            // a = Σ e_s (s' − t').
-            for (&sv, &tv) in s.iter().zip(t) {
-                let (sv, tv) = (scaled(sv, inv_t), scaled(tv, inv_t));
-                let es = (sv - ms).exp();
-                zs += es as f64;
-                zt += (tv - mt).exp() as f64;
-                a += es as f64 * (sv - tv) as f64;
-            }
-        }
-        FusedKind::Jsd { .. } => {
-            for (&sv, &tv) in s.iter().zip(t) {
-                zs += (scaled(sv, inv_t) - ms).exp() as f64;
-                zt += (scaled(tv, inv_t) - mt).exp() as f64;
-            }
+            FusedKind::ReverseKl => acc_a += es as f64 * (a - b) as f64,
+            FusedKind::Jsd { .. } => {}
         }
     }
-    // log-normalisers: log q = s' − cs, log p = t' − ct.
-    let cs = ms as f64 + zs.ln();
-    let ct = mt as f64 + zt.ln();
-    let inv_temp = 1.0 / spec.temperature;
-    let gscale = (weight as f64 * spec.scale * inv_temp) as f32;
+    let (lzs, lzt) = (zs.ln(), zt.ln());
+    let (lzs32, lzt32) = (lzs as f32, lzt as f32);
+    let gscale = (weight as f64 * spec.scale / spec.temperature) as f32;
     match spec.kind {
         FusedKind::ForwardKl => {
-            let kl = a / zt - ct + cs;
-            let ce = -(b / zt) + cs;
+            // KL(p‖q) = Σ p (b − a) − ln Z_t + ln Z_s;  CE = −Σ p a + ln Z_s.
+            let kl = acc_a / zt - lzt + lzs;
+            let ce = -(acc_b / zt) + lzs;
             if let Some(g) = grad {
                 // ∂KL(p‖q)/∂s_v = (q_v − p_v)/T.
-                let (cs, ct) = (cs as f32, ct as f32);
                 for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                    let q = (scaled(sv, inv_t) - cs).exp();
-                    let p = (scaled(tv, inv_t) - ct).exp();
-                    *gv = gscale * (q - p);
+                    let (a, b) = shifted(sv, tv);
+                    *gv = gscale * ((a - lzs32).exp() - (b - lzt32).exp());
                 }
             }
             RowOut { value: spec.scale * kl, extra_a: spec.scale * ce, extra_b: 0.0 }
         }
         FusedKind::ReverseKl => {
-            let kl = a / zs - cs + ct;
+            // KL(q‖p) = Σ q (a − b) − ln Z_s + ln Z_t.
+            let kl = acc_a / zs - lzs + lzt;
             if let Some(g) = grad {
-                // ∂KL(q‖p)/∂s_v = q_v ((s'_v − t'_v) − (cs − ct) − KL)/T.
-                let shift = (cs - ct + kl) as f32;
-                let cs = cs as f32;
+                // ∂KL(q‖p)/∂s_v = q_v ((a_v − b_v) − (ln Z_s − ln Z_t + KL))/T.
+                let shift = (lzs - lzt + kl) as f32;
                 for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                    let (sv, tv) = (scaled(sv, inv_t), scaled(tv, inv_t));
-                    let q = (sv - cs).exp();
-                    *gv = gscale * q * ((sv - tv) - shift);
+                    let (a, b) = shifted(sv, tv);
+                    *gv = gscale * (a - lzs32).exp() * ((a - b) - shift);
                 }
             }
             RowOut { value: spec.scale * kl, extra_a: 0.0, extra_b: 0.0 }
@@ -131,20 +117,20 @@ fn row(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32
         FusedKind::Jsd { beta } => {
             let (lb, l1b) = ((beta as f32).ln(), ((1.0 - beta) as f32).ln());
             let (wb, w1b) = (beta as f32, (1.0 - beta) as f32);
-            let (cs32, ct32) = (cs as f32, ct as f32);
             let (mut kl_pm, mut kl_qm) = (0f64, 0f64);
-            // log m, clamped below by its exact bound max(log β + log p, log(1 − β) + log q).
-            let log_m = |lp: f32, lq: f32, p: f32, q: f32| -> f32 {
-                let bound = (lb + lp).max(l1b + lq);
-                (wb * p + w1b * q).ln().max(bound)
+            // Per element: log q, log p, and log m clamped below by its exact bound
+            // max(log β + log p, log(1 − β) + log q), so underflow cannot give −inf.
+            let terms = |sv: f32, tv: f32| -> (f32, f32, f32, f32, f32) {
+                let (a, b) = shifted(sv, tv);
+                let (lq, lp) = (a - lzs32, b - lzt32);
+                let (q, p) = (lq.exp(), lp.exp());
+                let lm = (wb * p + w1b * q).ln().max((lb + lp).max(l1b + lq));
+                (lq, lp, q, p, lm)
             };
             match grad {
                 Some(g) => {
                     for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                        let lq = scaled(sv, inv_t) - cs32;
-                        let lp = scaled(tv, inv_t) - ct32;
-                        let (q, p) = (lq.exp(), lp.exp());
-                        let lm = log_m(lp, lq, p, q);
+                        let (lq, lp, q, p, lm) = terms(sv, tv);
                         kl_pm += (p * (lp - lm)) as f64;
                         let qterm = q * (lq - lm);
                         kl_qm += qterm as f64;
@@ -154,16 +140,13 @@ fn row(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32
                     let k = kl_qm as f32;
                     let gs = gscale * w1b;
                     for (gv, &sv) in g.iter_mut().zip(s) {
-                        let q = (scaled(sv, inv_t) - cs32).exp();
+                        let q = (scaled(sv, inv_t) - ms - lzs32).exp();
                         *gv = gs * (*gv - q * k);
                     }
                 }
                 None => {
                     for (&sv, &tv) in s.iter().zip(t) {
-                        let lq = scaled(sv, inv_t) - cs32;
-                        let lp = scaled(tv, inv_t) - ct32;
-                        let (q, p) = (lq.exp(), lp.exp());
-                        let lm = log_m(lp, lq, p, q);
+                        let (lq, lp, q, p, lm) = terms(sv, tv);
                         kl_pm += (p * (lp - lm)) as f64;
                         kl_qm += (q * (lq - lm)) as f64;
                     }

@@ -31,6 +31,12 @@ pub enum Path {
 
 thread_local! {
     static PATH: Cell<Path> = const { Cell::new(Path::Auto) };
+    static FUSED_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many loss calls on the current thread have run a fused kernel (to check the routing).
+pub fn fused_calls() -> u64 {
+    FUSED_CALLS.with(Cell::get)
 }
 
 /// Runs `f` with the loss path of the current thread set to `path`, restoring it afterwards.
@@ -272,6 +278,7 @@ mod flex {
             (Tensor::from_primitive::<Flex>(out), rows)
         };
         let extras = extras(call.kind, &rows, &call.student.device());
+        super::FUSED_CALLS.with(|c| c.set(c.get() + 1));
         Some(FusedTerms { values, extras })
     }
 }
