@@ -12,7 +12,6 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::config::{Activation, Gpt2Config};
@@ -20,7 +19,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::layers::{
     LayerNorm, activate, attention_mask_4d, default_position_ids, init_embedding, init_linear,
-    scaled_dot_product_attention,
+    scaled_dot_product_attention, tied_logits,
 };
 use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
 use crate::model::ModelOutput;
@@ -298,7 +297,7 @@ impl Gpt2 {
         }
         let logits = match &self.lm_head {
             Some(head) => head.forward(h),
-            None => linear(h, self.wte.weight.val().transpose(), None), // [b, s, vocab]
+            None => tied_logits(h, self.wte.weight.val()), // [b, s, vocab]
         };
         ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
     }

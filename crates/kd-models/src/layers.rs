@@ -192,6 +192,20 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2).expand([b, kv, n_rep, t, d]).reshape([b, kv * n_rep, t, d])
 }
 
+/// Logits of an output head tied to an embedding table `[vocab, hidden]`: `h · Eᵀ`.
+///
+/// Computed as `(E · hᵀ)ᵀ`, which keeps the large table in its stored layout (multiplying by a
+/// transposed view of it is an order of magnitude slower on CPU backends).
+/// // h [b, s, hidden], embedding [vocab, hidden] -> [b, s, vocab]
+pub fn tied_logits(h: Tensor<3>, embedding: Tensor<2>) -> Tensor<3> {
+    let [b, s, hidden] = h.dims();
+    let vocab = embedding.dims()[0];
+    embedding
+        .matmul(h.reshape([b * s, hidden]).transpose()) // [vocab, b * s]
+        .transpose()
+        .reshape([b, s, vocab])
+}
+
 /// Builds an `f32` tensor from a flat vector and a shape.
 pub(crate) fn tensor_from_vec<const D: usize>(
     values: Vec<f32>,

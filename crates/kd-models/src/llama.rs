@@ -19,7 +19,6 @@ use std::f64::consts::PI;
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::config::{Activation, LlamaConfig, RopeScaling};
@@ -27,7 +26,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::layers::{
     RmsNorm, activate, attention_mask_4d, default_position_ids, init_embedding, init_linear,
-    repeat_kv, scaled_dot_product_attention, tensor_from_vec,
+    repeat_kv, scaled_dot_product_attention, tensor_from_vec, tied_logits,
 };
 use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
 use crate::model::ModelOutput;
@@ -424,7 +423,7 @@ impl Llama {
         }
         let logits = match &self.lm_head {
             Some(head) => head.forward(h),
-            None => linear(h, self.embed_tokens.weight.val().transpose(), None), // [b, s, vocab]
+            None => tied_logits(h, self.embed_tokens.weight.val()), // [b, s, vocab]
         };
         ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
     }
