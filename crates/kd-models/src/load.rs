@@ -20,7 +20,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
-use safetensors::{SafeTensors, View};
+use safetensors::{SafeTensorError, SafeTensors, View};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -103,14 +103,12 @@ pub fn save_pretrained(model: &CausalLm, dir: impl AsRef<Path>) -> Result<()> {
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes =
-        safetensors::serialize(tensors.iter().map(|t| (t.name.as_str(), t)), Some(metadata))
-            .map_err(|e| ModelError::Safetensors {
-                path: weights_path.clone(),
-                reason: e.to_string(),
-            })?;
-    std::fs::write(&weights_path, bytes)
-        .map_err(|source| ModelError::Io { path: weights_path, source })
+    // Streamed to the file: no second in-memory copy of the weights.
+    let named = tensors.iter().map(|t| (t.name.as_str(), t));
+    safetensors::serialize_to_file(named, Some(metadata), &weights_path).map_err(|e| match e {
+        SafeTensorError::IoError(source) => ModelError::Io { path: weights_path.clone(), source },
+        other => ModelError::Safetensors { path: weights_path.clone(), reason: other.to_string() },
+    })
 }
 
 /// The safetensors files of a model directory: `model.safetensors`, else the shards listed in
@@ -356,12 +354,20 @@ pub(crate) struct NamedTensor {
 impl NamedTensor {
     pub(crate) fn from_tensor<const D: usize>(name: &str, tensor: Tensor<D>) -> Self {
         let shape = tensor.dims().to_vec();
-        let values = tensor.into_data().try_into_vec_as::<f32>().expect("f32 data");
-        Self::from_values(name, shape, &values)
-    }
-
-    fn from_values(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n: usize = shape.iter().product();
+        let data = tensor.into_data().try_cast_as::<f32>().expect("float data casts to f32");
+        // TensorData holds contiguous native-endian values: on little-endian targets its bytes
+        // are already the safetensors encoding.
+        let bytes = if cfg!(target_endian = "little") && data.as_bytes().len() == 4 * n {
+            data.as_bytes().to_vec()
+        } else {
+            let values = data.try_into_vec_as::<f32>().expect("f32 data");
+            let mut bytes = Vec::with_capacity(4 * n);
+            for v in values {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            bytes
+        };
         Self { name: name.to_string(), shape, bytes }
     }
 }

@@ -142,3 +142,13 @@ fn unused_stored_tensors_are_not_an_error() {
     write_raw(&dir.join("model.safetensors"), &tensors);
     CausalLm::from_pretrained(&dir, &Device::flex()).unwrap();
 }
+
+#[test]
+fn saving_into_a_file_path_is_an_io_error() {
+    let device = Device::flex();
+    let model = CausalLm::from_pretrained(fixture("hf-tiny-gpt2"), &device).unwrap();
+    let dir = common::scratch_dir("save-onto-file");
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(model.save_pretrained(&file), Err(ModelError::Io { .. })));
+}
