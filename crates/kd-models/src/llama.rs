@@ -397,9 +397,34 @@ impl Llama {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
         position_ids: Option<Tensor<2, Int>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         output_hidden_states: bool,
     ) -> ModelOutput {
+        let (h, hidden) =
+            self.trunk(input_ids, attention_mask, position_ids, cache, output_hidden_states);
+        let logits = self.lm_head_forward(h); // [b, s, vocab]
+        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
+    }
+
+    /// The output head: logits from final hidden states (after the final norm).
+    /// // [b, s, hidden] -> [b, s, vocab]
+    pub fn lm_head_forward(&self, h: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => tied_logits(h, self.embed_tokens.weight.val()),
+        }
+    }
+
+    /// Runs the embedding and all blocks; returns the final (normed) hidden state and, when
+    /// asked, every hidden state.
+    pub(crate) fn trunk(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        position_ids: Option<Tensor<2, Int>>,
+        mut cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+    ) -> (Tensor<3>, Vec<Tensor<3>>) {
         let [b, s] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
@@ -421,11 +446,7 @@ impl Llama {
         if output_hidden_states {
             hidden.push(h.clone());
         }
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => tied_logits(h, self.embed_tokens.weight.val()), // [b, s, vocab]
-        };
-        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
+        (h, hidden)
     }
 }
 

@@ -151,6 +151,33 @@ impl CausalLm {
         }
     }
 
+    /// The final hidden states `[batch, seq, hidden]` (after the final norm) without the output
+    /// head: for losses that apply the head chunk by chunk ([`CausalLm::logits_from_hidden`]).
+    /// Arguments as [`CausalLm::forward`].
+    ///
+    /// # Panics
+    /// As [`CausalLm::forward`].
+    pub fn last_hidden_state(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        position_ids: Option<Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        match self {
+            Self::Gpt2(m) => m.trunk(input_ids, attention_mask, position_ids, None, false).0,
+            Self::Llama(m) => m.trunk(input_ids, attention_mask, position_ids, None, false).0,
+        }
+    }
+
+    /// Applies the output head (tied or not) to final hidden states.
+    /// // [batch, seq, hidden] -> [batch, seq, vocab]
+    pub fn logits_from_hidden(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Gpt2(m) => m.lm_head_forward(hidden),
+            Self::Llama(m) => m.lm_head_forward(hidden),
+        }
+    }
+
     /// Every parameter under its `save_pretrained` key in the HF storage layout.
     pub(crate) fn named_tensors(&self) -> Vec<NamedTensor> {
         match self {

@@ -293,3 +293,17 @@ fn module_parameters_are_exactly_the_checkpoint_tensors() {
         assert_eq!(model.num_params(), stored, "{name}");
     }
 }
+
+#[test]
+fn hidden_state_then_head_equals_forward() {
+    let device = Device::flex();
+    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+        let model = CausalLm::from_pretrained(fixture(name), &device).unwrap();
+        let input = ids(&[&[5, 9, 2, 7], &[0, 0, 3, 8]], &device);
+        let mask = ids(&[&[1, 1, 1, 1], &[0, 0, 1, 1]], &device);
+        let full = model.forward(input.clone(), Some(mask.clone()), None);
+        let h = model.last_hidden_state(input, Some(mask), None);
+        assert_eq!(h.dims()[2], model.config().hidden_size());
+        assert_eq!(flat(model.logits_from_hidden(h)), flat(full), "{name}");
+    }
+}
