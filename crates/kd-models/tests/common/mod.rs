@@ -146,10 +146,11 @@ pub fn model_dirs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-pub fn check_model(dir: &Path) -> Report {
+pub fn check_model(dir: &Path, device: &Device, backend: &str) -> Report {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = format!("{name} [{backend}]");
     let mut r = Report { model: name, failures: Vec::new(), checks: 0 };
-    let device = Device::flex();
+    let device = device.clone();
     let model = match CausalLm::from_pretrained(dir, &device) {
         Ok(m) => m,
         Err(e) => {
@@ -397,20 +398,38 @@ fn check_tokenizer(r: &mut Report, dir: &Path, json: &Value) {
     }
 }
 
-/// Runs [`check_model`] on every model directory under `root` and panics with all failures.
+/// The devices the parity tests run on: flex always, the others with their cargo features.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    #[allow(unused_mut)]
+    let mut v = vec![("flex", Device::flex())];
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    v.push(("ndarray", Device::ndarray()));
+    #[cfg(feature = "wgpu")]
+    v.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::default())));
+    #[cfg(feature = "cuda")]
+    v.push(("cuda", Device::cuda(0)));
+    v
+}
+
+/// Runs [`check_model`] on every model directory under `root`, on every device of
+/// [`devices`], and panics with all failures.
 pub fn check_all(root: &Path) {
     let dirs = model_dirs(root);
     assert!(!dirs.is_empty(), "no model directories (with config.json) under {}", root.display());
     let mut failures = Vec::new();
-    for dir in &dirs {
-        let report = check_model(dir);
-        eprintln!("{}: {} checks, {} failed", report.model, report.checks, report.failures.len());
-        assert!(
-            report.checks > 0 || !report.failures.is_empty(),
-            "{}: nothing was checked",
-            report.model
-        );
-        failures.extend(report.failures);
+    for (backend, device) in devices() {
+        for dir in &dirs {
+            let report = check_model(dir, &device, backend);
+            eprintln!(
+                "{}: {} checks, {} failed",
+                report.model,
+                report.checks,
+                report.failures.len()
+            );
+            assert!(report.checks > 0, "{}: nothing was checked", report.model);
+            failures.extend(report.failures);
+        }
     }
     assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
 }
@@ -517,7 +536,7 @@ pub fn plain_logits(model: &CausalLm, fixture_dir: &Path, device: &Device) -> Ve
 
 /// Fails the test when a model directory fails any parity check.
 pub fn assert_parity(dir: &Path) {
-    let report = check_model(dir);
+    let report = check_model(dir, &Device::flex(), "flex");
     assert!(report.checks > 20, "{}: only {} checks ran", report.model, report.checks);
     assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
 }
