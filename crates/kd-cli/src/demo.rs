@@ -135,6 +135,7 @@ fn sample(model: &CausalLm, tok: &Tokenizer, prompt: &str) -> Result<String> {
     Ok(tok.decode(&out.sequences[0], true)?.replace('\n', " "))
 }
 
+/// `kd demo [--out DIR] [--assets DIR] [--quick]`.
 pub fn cmd_demo(args: &[String]) -> Result<()> {
     let mut quick = false;
     let mut out = PathBuf::from("runs/demo");

@@ -34,6 +34,7 @@ USAGE:
   kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
   kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
+  kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
               [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
 
@@ -242,6 +243,20 @@ fn cmd_eval(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn cmd_export(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args, &[])?;
+    o.check_known(&["checkpoint", "out", "config", "tokenizer"])?;
+    let ck = PathBuf::from(o.get("checkpoint").context("--checkpoint DIR is required")?);
+    let out = PathBuf::from(o.get("out").context("--out DIR is required")?);
+    let config = o.get("config").map(PathBuf::from);
+    run::export_checkpoint(&ck, config.as_deref(), &out)?;
+    if let Some(t) = o.get("tokenizer") {
+        run::copy_tokenizer(std::path::Path::new(t), &out)?;
+    }
+    println!("exported {} to {}", ck.display(), out.display());
+    Ok(())
+}
+
 fn cmd_generate(args: &[String]) -> Result<()> {
     let o = Opts::parse(args, &[])?;
     o.check_known(&[
@@ -289,6 +304,7 @@ fn main() {
         Some("distill") => cmd_train(&args[1..], true),
         Some("eval") => cmd_eval(&args[1..]),
         Some("generate") => cmd_generate(&args[1..]),
+        Some("export") => cmd_export(&args[1..]),
         Some("demo") => demo::cmd_demo(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

@@ -100,6 +100,37 @@ pub fn copy_tokenizer(tokenizer: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The student's `config.json`, written into the output directory so that `kd export` can turn
+/// any checkpoint there into a Hugging Face directory.
+pub const STUDENT_CONFIG: &str = "student_config.json";
+
+/// Turns a checkpoint directory (`<out>/checkpoint-N`) into a Hugging Face directory, using
+/// `<out>/student_config.json` (or `config`) for the architecture.
+pub fn export_checkpoint(checkpoint: &Path, config: Option<&Path>, out: &Path) -> Result<()> {
+    let config_path = match config {
+        Some(c) => c.to_path_buf(),
+        None => checkpoint
+            .parent()
+            .map(|p| p.join(STUDENT_CONFIG))
+            .context("checkpoint has no parent directory")?,
+    };
+    let model_config = ModelConfig::from_file(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let device = Device::flex();
+    let model = CausalLm::init(&model_config, &device)?;
+    let ck = kd_train::Checkpoint::load(checkpoint)?;
+    let model = kd_train::params::load_param_values(model, &ck.model).map_err(|errs| {
+        anyhow::anyhow!(
+            "checkpoint {} does not fit {}: {}",
+            checkpoint.display(),
+            config_path.display(),
+            errs.join("; ")
+        )
+    })?;
+    model.save_pretrained(out)?;
+    Ok(())
+}
+
 /// What one job produced.
 #[derive(Debug)]
 pub struct JobResult {
@@ -151,7 +182,9 @@ pub fn run_job(
         Some(s) => s,
         None => load_model(&config.student, "student", &device)?,
     };
-    log::info!("student: {} parameters", student.num_params());
+    log::info!("model to train: {} parameters", student.num_params());
+    let config_json = serde_json::to_string_pretty(&student.config().to_json())?;
+    std::fs::write(out.join(STUDENT_CONFIG), config_json)?;
     let mut train_config = config.train.clone();
     if distill && train_config.divergence.is_none() {
         train_config.divergence = Some(kd_losses::LossConfig::by_name("forward_kl")?);

@@ -55,10 +55,10 @@ impl AdamWConfig {
                 return Err(TrainError::config(name, "a value in [0, 1)", v));
             }
         }
-        if !(self.epsilon > 0.0) {
+        if self.epsilon.is_nan() || self.epsilon <= 0.0 {
             return Err(TrainError::config("epsilon", "a value > 0", self.epsilon));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(TrainError::config("weight_decay", "a value ≥ 0", self.weight_decay));
         }
         Ok(())
@@ -259,14 +259,14 @@ mod tests {
         // With bias correction the first Adam step is lr · g/|g| (up to ε).
         let device = Device::flex().autodiff();
         let layer: Linear = LinearConfig::new(2, 1).init(&device);
-        let before = layer.weight.val().inner().into_data().to_vec::<f32>().unwrap();
+        let before = layer.weight.val().inner().into_data().try_to_vec::<f32>().unwrap();
         let x = Tensor::<2>::from_floats([[1.0, -2.0]], &device);
         let loss = layer.forward(x).sum();
         let mut acc = GradAccumulator::new();
         acc.add(&layer, &loss.backward());
         let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.5, ..Default::default() }).unwrap();
         let layer = opt.step(layer, &acc, 0.1, 1.0);
-        let after = layer.weight.val().inner().into_data().to_vec::<f32>().unwrap();
+        let after = layer.weight.val().inner().into_data().try_to_vec::<f32>().unwrap();
         // d loss / d w = x = [1, -2]; decayed by (1 − 0.1·0.5) first.
         let expect = [before[0] * 0.95 - 0.1, before[1] * 0.95 + 0.1];
         for (a, e) in after.iter().zip(expect) {

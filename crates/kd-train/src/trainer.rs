@@ -127,7 +127,7 @@ impl TrainConfig {
             return Err(TrainError::config("grad_accum", "≥ 1", 0));
         }
         if let Some(m) = self.max_grad_norm
-            && !(m > 0.0)
+            && (m.is_nan() || m <= 0.0)
         {
             return Err(TrainError::config("max_grad_norm", "a value > 0", m));
         }

@@ -1,0 +1,132 @@
+//! The `kd` binary end to end on tiny models: train, resume, distil, export, eval, generate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("the kd binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kd {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let a = assets();
+    let text = format!(
+        r#"
+[student.init]
+model_type = "llama"
+vocab_size = 512
+hidden_size = 16
+intermediate_size = 32
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 1
+max_position_embeddings = 64
+bos_token_id = 1
+eos_token_id = 2
+
+[data]
+tokenizer = "{tok}"
+train = "{train}"
+seq_len = 32
+eval_fraction = 0.05
+
+[train]
+steps = 4
+batch_size = 2
+eval_every = 2
+eval_batches = 2
+checkpoint_every = 2
+log_every = 1
+"#,
+        tok = a.display(),
+        train = a.join("tinystories.txt").display(),
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn train_resume_distill_export_eval_generate() {
+    let dir = std::env::temp_dir().join(format!("kd-cli-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = write_config(&dir);
+    let cfg = cfg.to_str().unwrap();
+    let teacher_out = dir.join("teacher");
+    let t = teacher_out.to_str().unwrap();
+
+    // Train alone, then continue to 6 steps from the latest checkpoint.
+    let out = kd(&["train", "--config", cfg, "--out", t]);
+    assert!(out.contains("after 4 steps"), "{out}");
+    let out = kd(&["train", "--config", cfg, "--out", t, "--steps", "6", "--resume"]);
+    assert!(out.contains("after 6 steps"), "{out}");
+    assert!(teacher_out.join("model/config.json").is_file());
+    assert!(teacher_out.join("loss.png").is_file());
+    let metrics = std::fs::read_to_string(teacher_out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"train\"")).count(), 6);
+
+    // Distil it into a student with a padded vocabulary slice and TAID, by flags.
+    let student_out = dir.join("student");
+    let s = student_out.to_str().unwrap();
+    let teacher_model = teacher_out.join("model");
+    let out = kd(&[
+        "distill",
+        "--config",
+        cfg,
+        "--teacher",
+        teacher_model.to_str().unwrap(),
+        "--loss",
+        "taid",
+        "--set",
+        "train.hard_label_weight=0.2",
+        "--out",
+        s,
+    ]);
+    assert!(out.contains("held-out loss"), "{out}");
+
+    // Export a checkpoint, evaluate it and generate from it.
+    let exported = dir.join("exported");
+    let e = exported.to_str().unwrap();
+    let ck = student_out.join("checkpoint-000004");
+    let tok = assets();
+    kd(&[
+        "export",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        e,
+        "--tokenizer",
+        tok.to_str().unwrap(),
+    ]);
+    let data = tok.join("tinystories.txt");
+    let out = kd(&["eval", "--model", e, "--data", data.to_str().unwrap(), "--seq-len", "32"]);
+    assert!(out.contains("perplexity"), "{out}");
+    let out =
+        kd(&["generate", "--model", e, "--prompt", "Once upon a time", "--max-new-tokens", "5"]);
+    assert!(out.starts_with("Once upon a time"), "{out}");
+
+    // Bad input is a clear error, not a panic.
+    let bad = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(["train", "--config", cfg, "--set", "train.stepz=3"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("stepz"));
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
