@@ -48,7 +48,7 @@ impl SkewReverseKlConfig {
 ///
 /// ```text
 /// per token:  KL(q‖m) = Σ_v q_v (log q_v − log m_v),   m = (1 − α)·p + α·q
-/// gradient:   by autodiff through q and m (no short closed form)
+/// gradient:   ∂/∂s_v = q_v (g_v − Σ_u q_u g_u) / T,   g_u = log q_u − log m_u − α q_u / m_u
 /// ```
 ///
 /// # Shapes

@@ -49,112 +49,180 @@ pub struct RowOut {
     pub extra_b: f64,
 }
 
-#[inline]
+use super::vexp::{self, Isa, exp};
+
+#[inline(always)]
 fn scaled(x: f32, inv_t: f32) -> f32 {
     x.max(LOGIT_FLOOR as f32) * inv_t
 }
 
+/// Lanes of the f32 accumulators; they are flushed to f64 every [`BLOCK`] elements.
+const LANES: usize = 8;
+const BLOCK: usize = 1024;
+
+#[inline(always)]
 fn row_max(x: &[f32], inv_t: f32) -> f32 {
-    x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scaled(v, inv_t)))
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            m[l] = m[l].max(scaled(c[l], inv_t));
+        }
+    }
+    let m = m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    rest.iter().fold(m, |a, &v| a.max(scaled(v, inv_t)))
+}
+
+/// `Σ_v f(s_v, t_v)` for `K` quantities at once: f32 lane accumulators, flushed to f64.
+#[inline(always)]
+fn sums<const K: usize>(s: &[f32], t: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+    let mut total = [0f64; K];
+    for (bs, bt) in s.chunks(BLOCK).zip(t.chunks(BLOCK)) {
+        let mut acc = [[0f32; LANES]; K];
+        let (cs, ct) = (bs.chunks_exact(LANES), bt.chunks_exact(LANES));
+        let (rs, rt) = (cs.remainder(), ct.remainder());
+        for (xs, xt) in cs.zip(ct) {
+            for l in 0..LANES {
+                let v = f(xs[l], xt[l]);
+                for k in 0..K {
+                    acc[k][l] += v[k];
+                }
+            }
+        }
+        for k in 0..K {
+            total[k] += acc[k].iter().map(|x| *x as f64).sum::<f64>();
+        }
+        for (&a, &b) in rs.iter().zip(rt) {
+            let v = f(a, b);
+            for k in 0..K {
+                total[k] += v[k] as f64;
+            }
+        }
+    }
+    total
 }
 
 /// Computes one row; writes `weight ×` the gradient into `grad` when given.
 ///
 /// Everything is computed in the max-shifted space `a_v = s'_v − max s'`, `b_v = t'_v − max t'`
 /// (both `≤ 0`), so `log q_v = a_v − ln Z_s` never subtracts two large, separately rounded
-/// numbers.
-fn row(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
+/// numbers. Written so that the element loops vectorise (see [`vexp`]).
+#[inline(always)]
+fn row_impl(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
     let inv_t = (1.0 / spec.temperature) as f32;
     let ms = row_max(s, inv_t);
     let mt = row_max(t, inv_t);
     let shifted = |sv: f32, tv: f32| (scaled(sv, inv_t) - ms, scaled(tv, inv_t) - mt);
-    let (mut zs, mut zt, mut acc_a, mut acc_b) = (0f64, 0f64, 0f64, 0f64);
-    for (&sv, &tv) in s.iter().zip(t) {
-        let (a, b) = shifted(sv, tv);
-        let (es, et) = (a.exp(), b.exp());
-        zs += es as f64;
-        zt += et as f64;
-        match spec.kind {
-            FusedKind::ForwardKl => {
-                // Σ e_t (b − a) and Σ e_t a.
-                acc_a += et as f64 * (b - a) as f64;
-                acc_b += et as f64 * a as f64;
-            }
-            FusedKind::ReverseKl => acc_a += es as f64 * (a - b) as f64,
-            FusedKind::Jsd { .. } => {}
-        }
-    }
-    let (lzs, lzt) = (zs.ln(), zt.ln());
-    let (lzs32, lzt32) = (lzs as f32, lzt as f32);
     let gscale = (weight as f64 * spec.scale / spec.temperature) as f32;
     match spec.kind {
         FusedKind::ForwardKl => {
+            // Z_s, Z_t, Σ e_t (b − a), Σ e_t a.
+            let [zs, zt, acc_a, acc_b] = sums(s, t, |sv, tv| {
+                let (a, b) = shifted(sv, tv);
+                let et = exp(b);
+                [exp(a), et, et * (b - a), et * a]
+            });
+            let (lzs, lzt) = (zs.ln(), zt.ln());
             // KL(p‖q) = Σ p (b − a) − ln Z_t + ln Z_s;  CE = −Σ p a + ln Z_s.
             let kl = acc_a / zt - lzt + lzs;
             let ce = -(acc_b / zt) + lzs;
             if let Some(g) = grad {
                 // ∂KL(p‖q)/∂s_v = (q_v − p_v)/T.
+                let (lzs, lzt) = (lzs as f32, lzt as f32);
                 for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
                     let (a, b) = shifted(sv, tv);
-                    *gv = gscale * ((a - lzs32).exp() - (b - lzt32).exp());
+                    *gv = gscale * (exp(a - lzs) - exp(b - lzt));
                 }
             }
             RowOut { value: spec.scale * kl, extra_a: spec.scale * ce, extra_b: 0.0 }
         }
         FusedKind::ReverseKl => {
+            let [zs, zt, acc_a] = sums(s, t, |sv, tv| {
+                let (a, b) = shifted(sv, tv);
+                let es = exp(a);
+                [es, exp(b), es * (a - b)]
+            });
+            let (lzs, lzt) = (zs.ln(), zt.ln());
             // KL(q‖p) = Σ q (a − b) − ln Z_s + ln Z_t.
             let kl = acc_a / zs - lzs + lzt;
             if let Some(g) = grad {
                 // ∂KL(q‖p)/∂s_v = q_v ((a_v − b_v) − (ln Z_s − ln Z_t + KL))/T.
                 let shift = (lzs - lzt + kl) as f32;
+                let lzs = lzs as f32;
                 for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
                     let (a, b) = shifted(sv, tv);
-                    *gv = gscale * (a - lzs32).exp() * ((a - b) - shift);
+                    *gv = gscale * exp(a - lzs) * ((a - b) - shift);
                 }
             }
             RowOut { value: spec.scale * kl, extra_a: 0.0, extra_b: 0.0 }
         }
         FusedKind::Jsd { beta } => {
+            let [zs, zt] = sums(s, t, |sv, tv| {
+                let (a, b) = shifted(sv, tv);
+                [exp(a), exp(b)]
+            });
+            let (lzs, lzt) = (zs.ln() as f32, zt.ln() as f32);
             let (lb, l1b) = ((beta as f32).ln(), ((1.0 - beta) as f32).ln());
             let (wb, w1b) = (beta as f32, (1.0 - beta) as f32);
-            let (mut kl_pm, mut kl_qm) = (0f64, 0f64);
             // Per element: log q, log p, and log m clamped below by its exact bound
             // max(log β + log p, log(1 − β) + log q), so underflow cannot give −inf.
             let terms = |sv: f32, tv: f32| -> (f32, f32, f32, f32, f32) {
                 let (a, b) = shifted(sv, tv);
-                let (lq, lp) = (a - lzs32, b - lzt32);
-                let (q, p) = (lq.exp(), lp.exp());
+                let (lq, lp) = (a - lzs, b - lzt);
+                let (q, p) = (exp(lq), exp(lp));
                 let lm = (wb * p + w1b * q).ln().max((lb + lp).max(l1b + lq));
                 (lq, lp, q, p, lm)
             };
-            match grad {
-                Some(g) => {
-                    for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                        let (lq, lp, q, p, lm) = terms(sv, tv);
-                        kl_pm += (p * (lp - lm)) as f64;
-                        let qterm = q * (lq - lm);
-                        kl_qm += qterm as f64;
-                        *gv = qterm;
-                    }
-                    // ∂/∂s_v = (1 − β) q_v (log q_v − log m_v − KL(q‖m))/T.
-                    let k = kl_qm as f32;
-                    let gs = gscale * w1b;
-                    for (gv, &sv) in g.iter_mut().zip(s) {
-                        let q = (scaled(sv, inv_t) - ms - lzs32).exp();
-                        *gv = gs * (*gv - q * k);
-                    }
-                }
-                None => {
-                    for (&sv, &tv) in s.iter().zip(t) {
-                        let (lq, lp, q, p, lm) = terms(sv, tv);
-                        kl_pm += (p * (lp - lm)) as f64;
-                        kl_qm += (q * (lq - lm)) as f64;
-                    }
+            let [kl_pm, kl_qm] = sums(s, t, |sv, tv| {
+                let (lq, lp, q, p, lm) = terms(sv, tv);
+                [p * (lp - lm), q * (lq - lm)]
+            });
+            if let Some(g) = grad {
+                // ∂/∂s_v = (1 − β) q_v (log q_v − log m_v − KL(q‖m))/T.
+                let k = kl_qm as f32;
+                let gs = gscale * w1b;
+                for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
+                    let (lq, _, q, _, lm) = terms(sv, tv);
+                    *gv = gs * q * ((lq - lm) - k);
                 }
             }
             let value = beta * kl_pm + (1.0 - beta) * kl_qm;
             RowOut { value: spec.scale * value, extra_a: kl_pm, extra_b: kl_qm }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_avx2(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
+    row_impl(spec, s, t, weight, grad)
+}
+
+fn row_portable(
+    spec: &RowSpec,
+    s: &[f32],
+    t: &[f32],
+    weight: f32,
+    grad: Option<&mut [f32]>,
+) -> RowOut {
+    row_impl(spec, s, t, weight, grad)
+}
+
+/// One row on the given instruction set.
+fn row(
+    isa: Isa,
+    spec: &RowSpec,
+    s: &[f32],
+    t: &[f32],
+    weight: f32,
+    grad: Option<&mut [f32]>,
+) -> RowOut {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced by `vexp::detect` after run-time detection.
+        Isa::Avx2Fma => unsafe { row_avx2(spec, s, t, weight, grad) },
+        _ => row_portable(spec, s, t, weight, grad),
     }
 }
 
@@ -164,6 +232,21 @@ fn row(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32
 /// # Panics
 /// When slice lengths disagree with `rows × vocab`.
 pub fn run_rows(
+    spec: &RowSpec,
+    student: &[f32],
+    teacher: &[f32],
+    vocab: usize,
+    valid: &[bool],
+    weights: &[f32],
+    grad: Option<&mut [f32]>,
+) -> Vec<RowOut> {
+    run_rows_on(vexp::detect(), spec, student, teacher, vocab, valid, weights, grad)
+}
+
+/// [`run_rows`] on an explicit instruction set (tests run every variant this machine has).
+#[allow(clippy::too_many_arguments)]
+pub fn run_rows_on(
+    isa: Isa,
     spec: &RowSpec,
     student: &[f32],
     teacher: &[f32],
@@ -187,7 +270,7 @@ pub fn run_rows(
             return RowOut::default();
         }
         let r = i * vocab..(i + 1) * vocab;
-        row(spec, &student[r.clone()], &teacher[r], weights[i], g)
+        row(isa, spec, &student[r.clone()], &teacher[r], weights[i], g)
     };
     match grad {
         Some(g) => {
@@ -231,6 +314,15 @@ mod tests {
         }
     }
 
+    /// The portable variant always, plus the detected one.
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if vexp::detect() != Isa::Portable {
+            v.push(vexp::detect());
+        }
+        v
+    }
+
     #[test]
     fn rows_match_f64_reference_including_odd_vocab_and_masking() {
         let vocab = 37; // not a multiple of 8 or 16
@@ -243,25 +335,32 @@ mod tests {
         for kind in [FusedKind::ForwardKl, FusedKind::ReverseKl, FusedKind::Jsd { beta: 0.3 }] {
             for temp in [1.0, 2.0] {
                 let spec = RowSpec { kind, temperature: temp, scale: 1.0 };
-                let mut g = vec![f32::NAN; rows * vocab];
-                let out = run_rows(&spec, &s, &t, vocab, &valid, &[0.5; 3], Some(&mut g));
-                for i in 0..rows {
-                    let r = i * vocab..(i + 1) * vocab;
-                    if !valid[i] {
-                        assert_eq!(out[i].value, 0.0);
-                        assert!(g[r].iter().all(|x| *x == 0.0));
-                        continue;
-                    }
-                    let sd: Vec<f64> = s[r.clone()].iter().map(|x| *x as f64).collect();
-                    let td: Vec<f64> = t[r.clone()].iter().map(|x| *x as f64).collect();
-                    let (v, gr) = reference(kind, &sd, &td, temp);
-                    assert!(
-                        (out[i].value - v).abs() < 1e-6 * (1.0 + v),
-                        "{kind:?} {v} {}",
-                        out[i].value
-                    );
-                    for (a, b) in g[r].iter().zip(&gr) {
-                        assert!((*a as f64 - 0.5 * b).abs() < 1e-6, "{kind:?}: {a} vs {}", 0.5 * b);
+                for isa in isas() {
+                    let mut g = vec![f32::NAN; rows * vocab];
+                    let out =
+                        run_rows_on(isa, &spec, &s, &t, vocab, &valid, &[0.5; 3], Some(&mut g));
+                    for i in 0..rows {
+                        let r = i * vocab..(i + 1) * vocab;
+                        if !valid[i] {
+                            assert_eq!(out[i].value, 0.0);
+                            assert!(g[r].iter().all(|x| *x == 0.0));
+                            continue;
+                        }
+                        let sd: Vec<f64> = s[r.clone()].iter().map(|x| *x as f64).collect();
+                        let td: Vec<f64> = t[r.clone()].iter().map(|x| *x as f64).collect();
+                        let (v, gr) = reference(kind, &sd, &td, temp);
+                        assert!(
+                            (out[i].value - v).abs() < 1e-6 * (1.0 + v),
+                            "{kind:?} {v} {}",
+                            out[i].value
+                        );
+                        for (a, b) in g[r].iter().zip(&gr) {
+                            assert!(
+                                (*a as f64 - 0.5 * b).abs() < 1e-6,
+                                "{kind:?} {isa:?}: {a} vs {}",
+                                0.5 * b
+                            );
+                        }
                     }
                 }
             }

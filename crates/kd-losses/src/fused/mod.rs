@@ -14,6 +14,7 @@
 //! kernel without any gradient buffer.
 
 pub mod kernels;
+pub mod vexp;
 
 use std::cell::Cell;
 
