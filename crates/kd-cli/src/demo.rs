@@ -254,7 +254,18 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
             r.name, r.params, r.eval.loss, r.eval.perplexity, r.seconds
         );
     }
+    let ppl = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.eval.perplexity);
+    if let (Some(ce), Some(rkl)) = (ppl("student, no teacher"), ppl("student, reverse KL"))
+        && rkl > ce
+    {
+        println!(
+            "(reverse KL is mode-seeking: from a random initialisation the student puts its mass \
+             on the teacher's most likely tokens and is not pushed to cover the rest, so its \
+             perplexity on real text can stay high; MiniLLM applies it after supervised tuning.)"
+        );
+    }
     println!();
+    println!("greedy continuations of \"Once upon a time\":");
     for r in &rows {
         println!("{:<22} \"{}\"", r.name, r.sample);
     }

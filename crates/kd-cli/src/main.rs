@@ -34,6 +34,7 @@ USAGE:
   kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
   kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
+              [--rouge N [--max-new-tokens M]]   (instruction JSONL: ROUGE-L of N greedy answers)
   kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
               [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
@@ -215,7 +216,16 @@ fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tok
 
 fn cmd_eval(args: &[String]) -> Result<()> {
     let o = Opts::parse(args, &[])?;
-    o.check_known(&["model", "data", "tokenizer", "seq-len", "batch-size", "format"])?;
+    o.check_known(&[
+        "model",
+        "data",
+        "tokenizer",
+        "seq-len",
+        "batch-size",
+        "format",
+        "rouge",
+        "max-new-tokens",
+    ])?;
     let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
     let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
     let format = match o.get("format") {
@@ -240,6 +250,12 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         set.len(),
         seq_len
     );
+    if let Some(n) = o.parsed::<usize>("rouge")? {
+        let examples = kd_train::data::read_instruction_jsonl(&data)?;
+        let max_new = o.parsed::<usize>("max-new-tokens")?.unwrap_or(64);
+        let (score, count) = run::rouge_eval(&model, &tok, &examples, n, max_new, &device)?;
+        println!("ROUGE-L F1 of greedy responses: {score:.4} (mean of {count} examples)");
+    }
     Ok(())
 }
 

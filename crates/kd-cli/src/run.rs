@@ -223,6 +223,35 @@ pub fn run_job(
     Ok(JobResult { report, final_eval, model_dir })
 }
 
+/// Mean ROUGE-L F1 of greedy answers to the first `n` prompts against their references.
+pub fn rouge_eval(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    examples: &[kd_train::data::InstructionExample],
+    n: usize,
+    max_new_tokens: usize,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let config = kd_models::GenerationConfig {
+        max_new_tokens,
+        sampling: kd_models::Sampling::Greedy,
+        eos_token_ids: tok.eos_token_id().into_iter().collect(),
+        pad_token_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
+        seed: 0,
+        output_step_logits: false,
+    };
+    let mut total = 0.0;
+    let mut count = 0;
+    for ex in examples.iter().take(n) {
+        let ids = tok.encode_prompt(&ex.prompt)?;
+        let out = kd_models::generate(model, &[ids], &config, device, |_, _| {})?;
+        let answer = tok.decode(&out.new_tokens[0], true)?;
+        total += kd_train::metrics::rouge_l(&answer, &ex.response);
+        count += 1;
+    }
+    Ok((if count == 0 { 0.0 } else { total / count as f64 }, count))
+}
+
 /// Train loss and held-out loss of one run.
 pub fn plot_run(path: &Path, report: &TrainReport, title: &str) -> Result<()> {
     let chart = Chart {

@@ -120,6 +120,29 @@ fn train_resume_distill_export_eval_generate() {
         kd(&["generate", "--model", e, "--prompt", "Once upon a time", "--max-new-tokens", "5"]);
     assert!(out.starts_with("Once upon a time"), "{out}");
 
+    // Instruction data: loss on responses, ROUGE-L of greedy answers.
+    let jsonl = dir.join("sft.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"prompt\": \"Who is Lily?\", \"response\": \"Lily is a girl.\"}\n\
+         {\"prompt\": \"What did Tom see?\", \"answer\": \"Tom saw a dog.\"}\n",
+    )
+    .unwrap();
+    let out = kd(&[
+        "eval",
+        "--model",
+        e,
+        "--data",
+        jsonl.to_str().unwrap(),
+        "--seq-len",
+        "32",
+        "--rouge",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(out.contains("ROUGE-L F1"), "{out}");
+
     // Bad input is a clear error, not a panic.
     let bad = Command::new(env!("CARGO_BIN_EXE_kd"))
         .args(["train", "--config", cfg, "--set", "train.stepz=3"])

@@ -160,6 +160,43 @@ pub fn evaluate<M: LanguageModel>(
     EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens }
 }
 
+/// ROUGE-L F1 between a generated text and a reference: the longest common subsequence of
+/// their lower-cased whitespace tokens, as F = 2·P·R / (P + R) with P = LCS/|candidate| and
+/// R = LCS/|reference| (Lin 2004; the sentence-level score MiniLLM and DistiLLM report).
+///
+/// # Example
+/// ```
+/// use kd_train::metrics::rouge_l;
+/// assert_eq!(rouge_l("the cat sat", "the cat sat"), 1.0);
+/// assert_eq!(rouge_l("a b", "c d"), 0.0);
+/// // LCS("the cat sat on the mat", "the cat on a mat") = "the cat on mat" = 4
+/// let f = rouge_l("the cat sat on the mat", "the cat on a mat");
+/// assert!((f - 2.0 * (4.0 / 6.0) * (4.0 / 5.0) / (4.0 / 6.0 + 4.0 / 5.0)).abs() < 1e-12);
+/// ```
+pub fn rouge_l(candidate: &str, reference: &str) -> f64 {
+    let tokens = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_lowercase).collect() };
+    let (c, r) = (tokens(candidate), tokens(reference));
+    if c.is_empty() || r.is_empty() {
+        return 0.0;
+    }
+    // LCS by dynamic programming over one row.
+    let mut row = vec![0usize; r.len() + 1];
+    for ci in &c {
+        let mut diag = 0;
+        for (j, rj) in r.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = if ci == rj { diag + 1 } else { up.max(row[j]) };
+            diag = up;
+        }
+    }
+    let lcs = row[r.len()] as f64;
+    if lcs == 0.0 {
+        return 0.0;
+    }
+    let (p, rec) = (lcs / c.len() as f64, lcs / r.len() as f64);
+    2.0 * p * rec / (p + rec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +226,14 @@ mod tests {
         let g = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(&g[2..], &[0.0, 0.0]);
         assert!(g[0] < 0.0 && g[1] > 0.0);
+    }
+
+    #[test]
+    fn rouge_l_edge_cases() {
+        assert_eq!(rouge_l("", "a"), 0.0);
+        assert_eq!(rouge_l("A B C", "a b c"), 1.0);
+        // LCS 2 of 4 candidate and 2 reference tokens: P = 0.5, R = 1, F = 2/3.
+        assert!((rouge_l("a x b y", "a b") - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -412,7 +412,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
 
     /// Trains until `config.steps`, from wherever the trainer stands (0, or a restored step).
     ///
-    /// Every `eval_every` steps and after the last one it evaluates on `eval`; every
+    /// Before the first step (when `eval_every > 0`), every `eval_every` steps and after the last
+    /// one it evaluates on `eval`; every
     /// `checkpoint_every` steps and after the last one it writes `checkpoint-<step>` into
     /// `output_dir`; every step goes to `metrics.jsonl`.
     ///
@@ -438,6 +439,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             }
             None => None,
         };
+        if let (0, true, Some(data)) = (self.state.step, self.config.eval_every > 0, eval) {
+            // The starting point of the held-out curve.
+            let e = self.evaluate(data);
+            log::info!("eval step 0: loss {:.4}  ppl {:.3}", e.loss, e.perplexity);
+            if let Some(p) = &metrics {
+                append_jsonl(p, &[MetricsLine::Eval(e.clone())])?;
+            }
+            self.state.evals.push(e);
+        }
         let first = self.state.step;
         let mut window_tokens = 0u64;
         let mut window_start = Instant::now();
@@ -550,8 +560,11 @@ fn merged_lines(history: &[StepRecord], evals: &[EvalRecord]) -> Vec<MetricsLine
     let mut lines = Vec::with_capacity(history.len() + evals.len());
     let mut e = evals.iter().peekable();
     for h in history {
+        while let Some(ev) = e.next_if(|ev| ev.step < h.step) {
+            lines.push(MetricsLine::Eval(ev.clone()));
+        }
         lines.push(MetricsLine::Train(h.clone()));
-        while let Some(ev) = e.next_if(|ev| ev.step <= h.step) {
+        while let Some(ev) = e.next_if(|ev| ev.step == h.step) {
             lines.push(MetricsLine::Eval(ev.clone()));
         }
     }

@@ -158,7 +158,7 @@ fn resume_reproduces_the_uninterrupted_run_exactly_and_export_reloads() {
     assert_eq!(ra.evals, rb.evals);
     assert_eq!(param_values(a.student()), param_values(b.student()));
     let lines = kd_train::metrics::read_jsonl(&b_dir.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.len(), 6 + 3, "6 steps and 3 evaluations in the resumed metrics");
+    assert_eq!(lines.len(), 6 + 4, "6 steps and 4 evaluations (0, 2, 4, 6) in the metrics");
 
     // Export as a Hugging Face directory and reload: same logits.
     let export = a_dir.join("export");
