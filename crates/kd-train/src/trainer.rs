@@ -33,7 +33,8 @@ pub struct TrainConfig {
     pub steps: u64,
     /// Blocks per micro-batch (default `8`).
     pub batch_size: usize,
-    /// Micro-batches per optimizer step (default `1`).
+    /// Micro-batches per optimizer step (default `1`); each micro-batch's mean loss is divided
+    /// by this count, so the step sees the mean of micro-batch means.
     pub grad_accum: usize,
     /// Peak learning rate (default `1e-3`).
     pub lr: f64,

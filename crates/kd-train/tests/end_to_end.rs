@@ -248,3 +248,21 @@ fn a_custom_model_trains_on_response_tokens_only() {
     // Counted tokens per step: 4 blocks × 3 response targets.
     assert_eq!(r.history[0].tokens, 12);
 }
+
+#[test]
+fn weight_decay_groups_on_a_real_model() {
+    let infos = kd_train::params::param_infos(&gpt2(1, 8, VOCAB, &Device::flex()));
+    let decayed: Vec<&str> =
+        infos.iter().filter(|i| i.decays(false)).map(|i| i.path.as_str()).collect();
+    // Only the block matrices decay: no embeddings (wte, wpe), biases or layer-norm gains.
+    assert_eq!(
+        decayed,
+        [
+            "Gpt2.h.0.attn.c_attn.weight",
+            "Gpt2.h.0.attn.c_proj.weight",
+            "Gpt2.h.0.mlp.c_fc.weight",
+            "Gpt2.h.0.mlp.c_proj.weight",
+        ]
+    );
+    assert!(infos.iter().any(|i| i.path == "Gpt2.wte.weight" && i.in_embedding));
+}
