@@ -35,6 +35,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 /// File name of the config in a model directory.
 pub const CONFIG_FILE: &str = "config.json";
+/// File name of the generation defaults in a model directory.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 /// Loads a model from a Hugging Face directory (`config.json` + `model.safetensors` or a sharded
 /// checkpoint) onto `device`.
@@ -83,8 +85,8 @@ fn load_with_weights(config: &ModelConfig, mut weights: Weights) -> Result<Causa
     Ok(model)
 }
 
-/// Writes `config.json` and `model.safetensors` (`f32`, `save_pretrained` key layout) into `dir`,
-/// creating it if needed. The result loads back with [`load_pretrained`] and with
+/// Writes `config.json`, `generation_config.json` and `model.safetensors` (`f32`,
+/// `save_pretrained` key layout) into `dir`, creating it if needed. The result loads back with [`load_pretrained`] and with
 /// `transformers`' `from_pretrained`.
 ///
 /// # Errors
@@ -98,6 +100,22 @@ pub fn save_pretrained(model: &CausalLm, dir: impl AsRef<Path>) -> Result<()> {
     let text = serde_json::to_string_pretty(&config.to_json()).expect("a JSON value serializes");
     std::fs::write(&config_path, text + "\n")
         .map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
+
+    // generation_config.json as `save_pretrained` writes it for a model config.
+    let generation = serde_json::json!({
+        "_from_model_config": true,
+        "bos_token_id": config.bos_token_id(),
+        "eos_token_id": match config.eos_token_ids() {
+            [] => serde_json::Value::Null,
+            [one] => serde_json::json!(one),
+            many => serde_json::json!(many),
+        },
+        "pad_token_id": config.pad_token_id(),
+    });
+    let generation_path = dir.join(GENERATION_CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&generation).expect("a JSON value serializes");
+    std::fs::write(&generation_path, text + "\n")
+        .map_err(|source| ModelError::Io { path: generation_path, source })?;
 
     let tensors = model.named_tensors();
     let mut metadata = HashMap::new();

@@ -79,6 +79,11 @@ fn save_and_reload_gives_identical_logits() {
             "{name}"
         );
         assert_eq!(reloaded.config(), model.config());
+        let generation = common::read_json(&dir.join("generation_config.json"));
+        assert_eq!(
+            generation["bos_token_id"],
+            common::read_json(&src.join("generation_config.json"))["bos_token_id"]
+        );
         // Same tensor names and shapes as the original checkpoint.
         let names = |p: &std::path::Path| {
             common::read_raw(&p.join("model.safetensors"))
