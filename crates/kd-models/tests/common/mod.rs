@@ -64,6 +64,36 @@ fn read_expected(path: &Path) -> HashMap<String, Expected> {
                         .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
                         .collect(),
                 ),
+                Dtype::I32 => Expected::I64(
+                    shape,
+                    view.data()
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+                        .collect(),
+                ),
+                Dtype::F64 => Expected::F32(
+                    shape,
+                    view.data()
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                        .collect(),
+                ),
+                Dtype::F16 | Dtype::BF16 => {
+                    let f16 = view.dtype() == Dtype::F16;
+                    let values = view
+                        .data()
+                        .chunks_exact(2)
+                        .map(|b| {
+                            let bits = u16::from_le_bytes([b[0], b[1]]);
+                            if f16 {
+                                half::f16::from_bits(bits).to_f32()
+                            } else {
+                                half::bf16::from_bits(bits).to_f32()
+                            }
+                        })
+                        .collect();
+                    Expected::F32(shape, values)
+                }
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
             (name, t)
@@ -133,17 +163,29 @@ pub fn fixtures_root() -> PathBuf {
     }
 }
 
+/// Model directories (with a `config.json`) at or below `root`, at most three levels deep.
 pub fn model_dirs(root: &Path) -> Vec<PathBuf> {
-    if root.join("config.json").is_file() {
-        return vec![root.to_path_buf()];
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap_or_else(|e| panic!("fixtures dir {}: {e}", root.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
+    assert!(root.is_dir(), "fixtures dir {} does not exist", root.display());
+    let mut dirs = Vec::new();
+    collect_model_dirs(root, 0, &mut dirs);
     dirs.sort();
     dirs
+}
+
+fn collect_model_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if dir.join("config.json").is_file() {
+        out.push(dir.to_path_buf());
+        return;
+    }
+    if depth >= 3 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.is_dir() {
+            collect_model_dirs(&path, depth + 1, out);
+        }
+    }
 }
 
 pub fn check_model(dir: &Path, device: &Device, backend: &str) -> Report {
