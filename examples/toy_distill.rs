@@ -37,12 +37,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        loss: "forward_kl".into(),
-        config: None,
-        steps: 200,
-        lr: 0.1,
-    };
+    let mut args = Args { loss: "forward_kl".into(), config: None, steps: 200, lr: 0.1 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -107,16 +102,8 @@ impl Adam {
     fn step(&mut self, param: Tensor<2>, grad: Tensor<2>) -> Tensor<2> {
         let (b1, b2, eps): (f64, f64, f64) = (0.9, 0.999, 1e-8);
         self.t += 1;
-        self.m = self
-            .m
-            .clone()
-            .mul_scalar(b1)
-            .add(grad.clone().mul_scalar(1.0 - b1));
-        self.v = self
-            .v
-            .clone()
-            .mul_scalar(b2)
-            .add(grad.powi_scalar(2).mul_scalar(1.0 - b2));
+        self.m = self.m.clone().mul_scalar(b1).add(grad.clone().mul_scalar(1.0 - b1));
+        self.v = self.v.clone().mul_scalar(b2).add(grad.powi_scalar(2).mul_scalar(1.0 - b2));
         let m_hat = self.m.clone().div_scalar(1.0 - b1.powi(self.t));
         let v_hat = self.v.clone().div_scalar(1.0 - b2.powi(self.t));
         param.sub(m_hat.div(v_hat.sqrt().add_scalar(eps)).mul_scalar(self.lr))
@@ -143,23 +130,14 @@ fn run(name: &str, config_json: Option<&str>, args: &Args) -> Result<(f64, f64)>
     let mut loss: Box<dyn Divergence> = config.init()?;
     let mut schedule = (name == "taid")
         .then(|| {
-            TaidScheduleConfig {
-                num_train_steps: args.steps as u64,
-                ..Default::default()
-            }
-            .init()
+            TaidScheduleConfig { num_train_steps: args.steps as u64, ..Default::default() }.init()
         })
         .transpose()?;
     let fkl = ForwardKlConfig::new().init()?;
     let tvd = TvdConfig::new().init()?;
 
     let mut student = Tensor::<2>::zeros([CONTEXTS, VOCAB], &device);
-    let mut adam = Adam {
-        m: student.clone(),
-        v: student.clone(),
-        t: 0,
-        lr: args.lr,
-    };
+    let mut adam = Adam { m: student.clone(), v: student.clone(), t: 0, lr: args.lr };
     let yardsticks = |s: &Tensor<2>| -> Result<(f64, f64)> {
         let b = || KdBatch::new(s.clone().detach(), teacher.clone());
         Ok((
@@ -172,13 +150,7 @@ fn run(name: &str, config_json: Option<&str>, args: &Args) -> Result<(f64, f64)>
     let start = Instant::now();
     for step in 1..=args.steps {
         if let Some(s) = &schedule {
-            loss = Box::new(
-                TaidConfig {
-                    t: s.t(),
-                    ..TaidConfig::new()
-                }
-                .init()?,
-            );
+            loss = Box::new(TaidConfig { t: s.t(), ..TaidConfig::new() }.init()?);
         }
         let s = student.clone().require_grad();
         let out = loss.forward(
