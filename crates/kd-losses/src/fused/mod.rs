@@ -1,6 +1,6 @@
 //! Fused CPU path: one forward+backward kernel per loss family, registered as a burn autodiff op.
 //!
-//! The driver asks [`soft_terms`] first; it returns `None` (and the op-composed path runs) unless
+//! The driver tries the fused path first; the op-composed path runs instead unless
 //! the loss has a fused kernel ([`crate::Divergence::fused_kind`]), both tensors are `f32` on the
 //! flex backend (with or without autodiff), the vocabularies match, and the calling thread has
 //! not forced the composed path with [`with_path`]. Results are the same as the composed path
