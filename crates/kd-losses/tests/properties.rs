@@ -115,8 +115,10 @@ fn close(a: f32, b: f32, tol: f32) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
 }
 
+/// 24 cases per property, or `KD_PROPTEST_CASES` (the slow wgpu-on-llvmpipe lane uses fewer).
 fn runner() -> TestRunner {
-    TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() })
+    let cases = std::env::var("KD_PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24);
+    TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
 }
 
 /// Runs a property on the default path (fused where it applies) and on the composed path.
