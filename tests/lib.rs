@@ -1,0 +1,1 @@
+//! Workspace-level integration tests of kd-rs (see `tests/`); this library is empty.
