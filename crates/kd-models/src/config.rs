@@ -378,6 +378,14 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     /// RoPE frequency scaling.
     pub rope_scaling: RopeScaling,
+    /// Sliding-window attention: on the windowed layers a query at index `i` attends only to
+    /// keys `j` with `i − window < j ≤ i` (itself and the `window − 1` tokens before it), as
+    /// `transformers` masks it. `None`: full causal attention on every layer (LLaMA; Qwen2
+    /// without `use_sliding_window`; Mistral with `sliding_window: null`).
+    pub sliding_window: Option<usize>,
+    /// With a window, layers `i ≥ max_window_layers` use it and the ones below attend fully
+    /// (Qwen2's `max_window_layers`; `0`, every layer windowed, for Mistral).
+    pub max_window_layers: usize,
     /// Output head tied to `embed_tokens`.
     pub tie_word_embeddings: bool,
     /// MLP activation (`hidden_act`, `silu` for all of these families).
@@ -414,6 +422,8 @@ impl Default for LlamaConfig {
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
             rope_scaling: RopeScaling::Default,
+            sliding_window: None,
+            max_window_layers: 0,
             tie_word_embeddings: false,
             hidden_act: Activation::Silu,
             qkv_bias: false,
@@ -461,7 +471,15 @@ impl LlamaConfig {
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(ModelError::config("rope_theta", "must be > 0"));
         }
+        if self.sliding_window == Some(0) {
+            return Err(ModelError::config("sliding_window", "must be > 0 (or null)"));
+        }
         Ok(())
+    }
+
+    /// The attention window of layer `layer` (`None`: full causal attention).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| layer >= self.max_window_layers)
     }
 
     fn from_json_map(obj: &Map<String, Value>) -> Result<Self> {
@@ -482,11 +500,14 @@ impl LlamaConfig {
         };
         let attention_bias = get_bool(obj, "attention_bias")?.unwrap_or(false);
         let (rope_theta, rope_scaling) = parse_rope(obj)?;
+        let num_hidden_layers = get_usize(obj, "num_hidden_layers")?.unwrap_or(d.num_hidden_layers);
+        let (sliding_window, max_window_layers) =
+            parse_sliding_window(obj, &model_type, num_hidden_layers)?;
         let config = Self {
             vocab_size: get_usize(obj, "vocab_size")?.unwrap_or(d.vocab_size),
             hidden_size,
             intermediate_size: get_usize(obj, "intermediate_size")?.unwrap_or(d.intermediate_size),
-            num_hidden_layers: get_usize(obj, "num_hidden_layers")?.unwrap_or(d.num_hidden_layers),
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: get_usize(obj, "num_key_value_heads")?
                 .unwrap_or(num_attention_heads),
@@ -496,6 +517,8 @@ impl LlamaConfig {
             rms_norm_eps: get_f64(obj, "rms_norm_eps")?.unwrap_or(d.rms_norm_eps),
             rope_theta,
             rope_scaling,
+            sliding_window,
+            max_window_layers,
             tie_word_embeddings: get_bool(obj, "tie_word_embeddings")?.unwrap_or(false),
             hidden_act,
             qkv_bias: is_qwen2 || attention_bias,
@@ -507,18 +530,6 @@ impl LlamaConfig {
             pad_token_id: get_token(obj, "pad_token_id")?,
             model_type,
         };
-        // Mistral sets `sliding_window`; Qwen2 only uses it with `use_sliding_window: true`.
-        let window = get_usize(obj, "sliding_window")?;
-        let windowed =
-            if is_qwen2 { get_bool(obj, "use_sliding_window")? == Some(true) } else { true };
-        if let (true, Some(window)) = (windowed, window)
-            && window < config.max_position_embeddings
-        {
-            log::warn!(
-                "sliding-window attention ({window}) is not implemented: sequences longer than \
-                 {window} tokens attend to the full past and differ from transformers"
-            );
-        }
         config.validate()?;
         Ok(config)
     }
@@ -574,7 +585,86 @@ impl LlamaConfig {
         if self.model_type != "qwen2" {
             value["attention_bias"] = json!(self.qkv_bias);
         }
+        match self.model_type.as_str() {
+            "mistral" => value["sliding_window"] = json!(self.sliding_window),
+            "qwen2" => {
+                value["use_sliding_window"] = json!(self.sliding_window.is_some());
+                value["sliding_window"] = json!(self.sliding_window);
+                value["max_window_layers"] = json!(self.max_window_layers);
+                let layer_types: Vec<&str> = (0..self.num_hidden_layers)
+                    .map(|i| match self.layer_window(i) {
+                        Some(_) => "sliding_attention",
+                        None => "full_attention",
+                    })
+                    .collect();
+                value["layer_types"] = json!(layer_types);
+            }
+            _ => {}
+        }
         value
+    }
+}
+
+/// Reads the sliding window as `transformers` configs define it; returns the window and the
+/// first windowed layer.
+///
+/// - `llama`: no window (`LlamaConfig` has none).
+/// - `mistral`: `sliding_window` (default 4096; `null` = none) on every layer.
+/// - `qwen2`: `sliding_window` (default 4096) only with `use_sliding_window: true`, on layers
+///   `i ≥ max_window_layers` (default 28). A transformers-5 `layer_types` list, when present,
+///   decides which layers are windowed instead; it must be full layers then windowed ones.
+fn parse_sliding_window(
+    obj: &Map<String, Value>,
+    model_type: &str,
+    num_hidden_layers: usize,
+) -> Result<(Option<usize>, usize)> {
+    let window = || -> Result<Option<usize>> {
+        match obj.get("sliding_window") {
+            Some(Value::Null) => Ok(None),
+            None => Ok(Some(4096)),
+            Some(_) => get_usize(obj, "sliding_window"),
+        }
+    };
+    match model_type {
+        "mistral" => Ok((window()?, 0)),
+        "qwen2" => {
+            if get_bool(obj, "use_sliding_window")? != Some(true) {
+                let max = get_usize(obj, "max_window_layers")?.unwrap_or(28);
+                return Ok((None, max));
+            }
+            let window = window()?;
+            let Some(types) = obj.get("layer_types").filter(|v| !v.is_null()) else {
+                return Ok((window, get_usize(obj, "max_window_layers")?.unwrap_or(28)));
+            };
+            let bad = |reason: String| ModelError::config("layer_types", reason);
+            let types = types.as_array().ok_or_else(|| bad("expected a list".into()))?;
+            let sliding = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(ModelError::UnsupportedConfig {
+                        key: "layer_types".into(),
+                        value: t.to_string(),
+                    }),
+                })
+                .collect::<Result<Vec<bool>>>()?;
+            if sliding.len() != num_hidden_layers {
+                return Err(bad(format!(
+                    "{} entries for num_hidden_layers = {num_hidden_layers}",
+                    sliding.len()
+                )));
+            }
+            let first = sliding.iter().position(|&s| s).unwrap_or(num_hidden_layers);
+            if sliding[first..].iter().any(|&s| !s) {
+                return Err(ModelError::UnsupportedConfig {
+                    key: "layer_types".into(),
+                    value: "full-attention layers after sliding-window ones".into(),
+                });
+            }
+            Ok((window, first))
+        }
+        _ => Ok((None, 0)),
     }
 }
 
@@ -755,6 +845,67 @@ mod tests {
         let err = ModelConfig::from_json(&json!({"model_type": "gpt2", "n_embd": 10, "n_head": 3}))
             .unwrap_err();
         assert!(err.to_string().contains("n_head"), "{err}");
+    }
+
+    fn llama_of(v: Value) -> LlamaConfig {
+        match ModelConfig::from_json(&v).unwrap() {
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Gpt2(_) => panic!("not llama"),
+        }
+    }
+
+    #[test]
+    fn sliding_window_semantics_per_model_type() {
+        let base = json!({"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 4,
+            "intermediate_size": 64, "vocab_size": 50});
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            llama_of(v)
+        };
+        // LLaMA has no window even if the key is present.
+        let c = with(json!({"model_type": "llama", "sliding_window": 8}));
+        assert_eq!(c.sliding_window, None);
+        // Mistral: every layer, default 4096, null disables it.
+        let c = with(json!({"model_type": "mistral", "sliding_window": 8}));
+        assert_eq!((0..4).map(|i| c.layer_window(i)).collect::<Vec<_>>(), [Some(8); 4]);
+        assert_eq!(with(json!({"model_type": "mistral"})).sliding_window, Some(4096));
+        let c = with(json!({"model_type": "mistral", "sliding_window": null}));
+        assert_eq!(c.layer_window(0), None);
+        // Qwen2: only with use_sliding_window, only on layers >= max_window_layers.
+        let c = with(json!({"model_type": "qwen2", "sliding_window": 8, "max_window_layers": 2}));
+        assert_eq!(c.sliding_window, None);
+        let c = with(json!({"model_type": "qwen2", "use_sliding_window": true,
+            "sliding_window": 8, "max_window_layers": 2}));
+        let windows: Vec<_> = (0..4).map(|i| c.layer_window(i)).collect();
+        assert_eq!(windows, [None, None, Some(8), Some(8)]);
+        // transformers-5 `layer_types` decide the layers when present.
+        let c = with(json!({"model_type": "qwen2", "use_sliding_window": true,
+            "sliding_window": 8, "max_window_layers": 2, "layer_types": ["full_attention",
+            "sliding_attention", "sliding_attention", "sliding_attention"]}));
+        assert_eq!(c.max_window_layers, 1);
+        let err = ModelConfig::from_json(&{
+            let mut v = base.clone();
+            v["model_type"] = json!("qwen2");
+            v["use_sliding_window"] = json!(true);
+            v["layer_types"] =
+                json!(["sliding_attention", "full_attention", "full_attention", "full_attention"]);
+            v
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("layer_types"), "{err}");
+        // Round trips keep the window and the windowed layers.
+        for c in [c, with(json!({"model_type": "mistral", "sliding_window": 8}))] {
+            assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), ModelConfig::Llama(c));
+        }
+        let err = ModelConfig::from_json(&{
+            let mut v = base.clone();
+            v["model_type"] = json!("mistral");
+            v["sliding_window"] = json!(0);
+            v
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("sliding_window"), "{err}");
     }
 
     #[test]

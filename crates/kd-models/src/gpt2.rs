@@ -306,7 +306,7 @@ impl Gpt2 {
         let positions = position_ids
             .unwrap_or_else(|| default_position_ids(attention_mask.as_ref(), b, s, past, &device));
         assert_eq!(positions.dims(), [b, s], "position_ids must be [batch, seq] = [{b}, {s}]");
-        let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, &device);
+        let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, None, &device);
 
         let mut h = self.wte.forward(input_ids) + self.wpe.forward(positions); // [b, s, e]
         let mut hidden = Vec::new();

@@ -119,9 +119,11 @@ pub fn default_position_ids(
 
 /// The boolean attention mask `[batch, 1, seq, past + seq]`, `true` = masked out.
 ///
-/// Query `i` sits at cache index `past + i` and may attend to key `j` only when `j ≤ past + i`
-/// (causality, by cache index so padding does not shift it) and `attention_mask[b, j] = 1`.
-/// Returns `None` when nothing is masked (a single new token and no padding mask).
+/// Query `i` sits at cache index `q = past + i` and may attend to key `j` only when `j ≤ q`
+/// (causality, by cache index so padding does not shift it), `attention_mask[b, j] = 1`, and,
+/// with a sliding `window`, `j > q − window` (the query and the `window − 1` keys before it, as
+/// `transformers`' `sliding_window_overlay`). Returns `None` when nothing is masked (a single
+/// new token, no padding mask, and no window or all keys inside it).
 ///
 /// # Panics
 /// When `attention_mask` is not `[batch, past + seq]`.
@@ -130,6 +132,7 @@ pub fn attention_mask_4d(
     batch: usize,
     seq: usize,
     past: usize,
+    window: Option<usize>,
     device: &Device,
 ) -> Option<Tensor<4, Bool>> {
     let total = past + seq;
@@ -141,22 +144,27 @@ pub fn attention_mask_4d(
             mask.dims()
         );
     }
-    if attention_mask.is_none() && seq == 1 {
+    let window = window.filter(|&w| w < total); // a window covering every key changes nothing
+    if attention_mask.is_none() && seq == 1 && window.is_none() {
         return None;
     }
-    let query = Tensor::<1, Int>::arange(past as i64..total as i64, device).reshape([seq, 1]);
-    let key = Tensor::<1, Int>::arange(0..total as i64, device).reshape([1, total]);
-    let causal = key
-        .expand([seq, total])
-        .greater(query.expand([seq, total])) // [seq, total]
-        .reshape([1, 1, seq, total])
-        .expand([batch, 1, seq, total]);
+    let query = Tensor::<1, Int>::arange(past as i64..total as i64, device)
+        .reshape([seq, 1])
+        .expand([seq, total]);
+    let key =
+        Tensor::<1, Int>::arange(0..total as i64, device).reshape([1, total]).expand([seq, total]);
+    let mut masked = key.clone().greater(query.clone()); // [seq, total]: future keys
+    if let Some(w) = window {
+        // keys at j ≤ q − w have slid out of the window
+        masked = masked.bool_or(key.add_scalar(w as i64).lower_equal(query));
+    }
+    let masked = masked.reshape([1, 1, seq, total]).expand([batch, 1, seq, total]);
     Some(match attention_mask {
         Some(mask) => {
             let padding = mask.clone().equal_elem(0).reshape([batch, 1, 1, total]);
-            causal.bool_or(padding.expand([batch, 1, seq, total]))
+            masked.bool_or(padding.expand([batch, 1, seq, total]))
         }
-        None => causal,
+        None => masked,
     })
 }
 
@@ -244,7 +252,7 @@ mod tests {
     fn mask_is_causal_and_hides_padding() {
         let d = Device::flex();
         let pad = Tensor::<2, Int>::from_ints([[1, 1, 1], [0, 1, 1]], &d);
-        let m = attention_mask_4d(Some(&pad), 2, 3, 0, &d).unwrap();
+        let m = attention_mask_4d(Some(&pad), 2, 3, 0, None, &d).unwrap();
         let got: Vec<bool> = m.into_data().try_into_vec_as::<bool>().unwrap();
         #[rustfmt::skip]
         let want = [
@@ -255,8 +263,39 @@ mod tests {
         let pos = default_position_ids(Some(&pad), 2, 3, 0, &d);
         assert_eq!(pos.into_data().try_into_vec_as::<i64>().unwrap(), vec![0, 1, 2, 0, 0, 1]);
         // One new token after two cached ones: sees all three keys.
-        let m = attention_mask_4d(None, 1, 1, 2, &d);
+        let m = attention_mask_4d(None, 1, 1, 2, None, &d);
         assert!(m.is_none());
+    }
+
+    fn mask_rows(m: Tensor<4, Bool>) -> Vec<String> {
+        let [b, _, s, t] = m.dims();
+        let v = m.into_data().try_into_vec_as::<bool>().unwrap();
+        (0..b * s)
+            .map(|r| v[r * t..(r + 1) * t].iter().map(|&x| if x { '.' } else { 'x' }).collect())
+            .collect()
+    }
+
+    #[test]
+    fn sliding_window_keeps_the_query_and_the_window_minus_one_keys_before_it() {
+        let d = Device::flex();
+        // Window 2 over 5 tokens: each query sees itself and its predecessor.
+        let m = attention_mask_4d(None, 1, 5, 0, Some(2), &d).unwrap();
+        assert_eq!(mask_rows(m), ["x....", "xx...", ".xx..", "..xx.", "...xx"]);
+        // Decoding: 2 new tokens after 3 cached, window 3; rows are cache indices 3 and 4.
+        let m = attention_mask_4d(None, 1, 2, 3, Some(3), &d).unwrap();
+        assert_eq!(mask_rows(m), [".xxx.", "..xxx"]);
+        // One new token after 4 cached, window 2: a mask is needed even without padding.
+        let m = attention_mask_4d(None, 1, 1, 4, Some(2), &d).unwrap();
+        assert_eq!(mask_rows(m), ["...xx"]);
+        // A window at least as long as the keys is plain causal masking.
+        let m = attention_mask_4d(None, 1, 1, 3, Some(4), &d);
+        assert!(m.is_none());
+        let wide = attention_mask_4d(None, 1, 4, 0, Some(4), &d).unwrap();
+        assert_eq!(mask_rows(wide), ["x...", "xx..", "xxx.", "xxxx"]);
+        // Window and left padding together, by cache index (padding occupies window slots).
+        let pad = Tensor::<2, Int>::from_ints([[0, 1, 1, 1]], &d);
+        let m = attention_mask_4d(Some(&pad), 1, 4, 0, Some(2), &d).unwrap();
+        assert_eq!(mask_rows(m), ["....", ".x..", ".xx.", "..xx"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | [`CausalLm`] | any supported model behind one `forward` (a burn [`Module`](burn::module::Module), trainable) |
 //! | [`gpt2`] | GPT-2: learned positions, `gelu_new`, `Conv1D` weights, tied head |
-//! | [`llama`] | LLaMA/Mistral/Qwen2: RMSNorm, SwiGLU, rotate-half RoPE (+ llama3/linear scaling), GQA/MQA, tied or untied head, Qwen2 q/k/v biases |
+//! | [`llama`] | LLaMA/Mistral/Qwen2: RMSNorm, SwiGLU, rotate-half RoPE (+ llama3/linear scaling), GQA/MQA, tied or untied head, Qwen2 q/k/v biases, sliding-window attention |
 //! | [`config`] | `config.json` parsing (transformers 4 `rope_theta`/`rope_scaling` and 5 `rope_parameters`) |
 //! | [`load`] | `config.json` + `model.safetensors` (f32/f16/bf16, sharded or not, `save_pretrained` or hub layout); saving back |
 //! | [`kv_cache`], [`sampling`] | incremental decoding; greedy / temperature / top-k / top-p generation, batched, seeded, streaming |

@@ -12,8 +12,10 @@
 //! ```
 //!
 //! Grouped-query attention: `num_key_value_heads` key/value heads, query head `h` reads kv head
-//! `h / (num_attention_heads / num_key_value_heads)`. Qwen2 adds biases to q/k/v. Mistral's
-//! sliding window is not applied (identical results up to `sliding_window` tokens).
+//! `h / (num_attention_heads / num_key_value_heads)`. Qwen2 adds biases to q/k/v. Mistral and
+//! Qwen2 may use sliding-window attention (`sliding_window`; Qwen2 on layers
+//! `≥ max_window_layers`): a query at cache index `i` sees keys `j` with `i − window < j ≤ i`.
+//! The KV cache keeps every key; the mask hides the ones outside the window.
 
 use std::f64::consts::PI;
 
@@ -431,7 +433,13 @@ impl Llama {
         let positions = position_ids
             .unwrap_or_else(|| default_position_ids(attention_mask.as_ref(), b, s, past, &device));
         assert_eq!(positions.dims(), [b, s], "position_ids must be [batch, seq] = [{b}, {s}]");
-        let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, &device);
+        let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, None, &device);
+        let window = self.config.sliding_window;
+        let windowed = (0..self.layers.len()).any(|i| self.config.layer_window(i).is_some());
+        let window_mask = match windowed {
+            true => attention_mask_4d(attention_mask.as_ref(), b, s, past, window, &device),
+            false => None,
+        };
         let (cos, sin) = self.rotary_emb.cos_sin(positions); // [b, 1, s, hd] each
 
         let mut h = self.embed_tokens.forward(input_ids); // [b, s, hidden]
@@ -440,7 +448,11 @@ impl Llama {
             if output_hidden_states {
                 hidden.push(h.clone());
             }
-            h = layer.forward(h, (&cos, &sin), mask.as_ref(), cache.as_deref_mut(), i);
+            let mask = match self.config.layer_window(i) {
+                Some(_) => window_mask.as_ref(),
+                None => mask.as_ref(),
+            };
+            h = layer.forward(h, (&cos, &sin), mask, cache.as_deref_mut(), i);
         }
         let h = self.norm.forward(h);
         if output_hidden_states {
@@ -486,5 +498,96 @@ mod tests {
         let x = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0], &d).reshape([1, 1, 1, 4]);
         let y = apply_rope(x.clone(), &cos, &sin);
         assert_eq!(y.into_data().try_into_vec_as::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    fn ints(values: &[i64], device: &Device) -> Tensor<2, Int> {
+        Tensor::<1, Int>::from_ints(values, device).reshape([1, values.len()])
+    }
+
+    fn logits(model: &Llama, ids: &[i64], positions: Option<&[i64]>, d: &Device) -> Vec<f32> {
+        let positions = positions.map(|p| ints(p, d));
+        let out = model.forward_with(ints(ids, d), None, positions, None, false);
+        out.logits.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn windowed_config(layers: usize, window: Option<usize>) -> LlamaConfig {
+        LlamaConfig {
+            model_type: "mistral".into(),
+            vocab_size: 24,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: layers,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            sliding_window: window,
+            initializer_range: 0.5,
+            ..LlamaConfig::default()
+        }
+    }
+
+    #[test]
+    fn window_two_equals_running_each_pair_alone() {
+        // One layer with window 2: position i sees tokens i − 1 and i only, so its logits equal
+        // those of the two-token input [t(i−1), t(i)] at positions [i − 1, i].
+        let d = Device::flex();
+        let ids = [3, 17, 5, 9, 22, 1, 12];
+        let model = Llama::init(&windowed_config(1, Some(2)), &d).unwrap();
+        let vocab = 24;
+        let full = logits(&model, &ids, None, &d);
+        for i in 1..ids.len() {
+            let pos = [i as i64 - 1, i as i64];
+            let pair = logits(&model, &ids[i - 1..=i], Some(&pos), &d);
+            let diff = max_diff(&full[i * vocab..(i + 1) * vocab], &pair[vocab..]);
+            assert!(diff < 1e-5, "position {i}: {diff}");
+        }
+        // And the window matters: full attention gives different logits from position 2 on.
+        let mut unwindowed = Llama::init(&windowed_config(1, None), &d).unwrap();
+        unwindowed.layers = model.layers.clone();
+        unwindowed.embed_tokens = model.embed_tokens.clone();
+        unwindowed.lm_head = model.lm_head.clone();
+        let plain = logits(&unwindowed, &ids, None, &d);
+        assert!(max_diff(&full[..2 * vocab], &plain[..2 * vocab]) < 1e-6);
+        assert!(max_diff(&full[2 * vocab..], &plain[2 * vocab..]) > 1e-2);
+    }
+
+    #[test]
+    fn windowed_cache_decoding_matches_the_full_forward() {
+        // Two layers, window 3, Qwen2-style (only layer 1 windowed): the prompt then one token
+        // at a time through the KV cache gives the logits of the whole sequence at once.
+        let d = Device::flex();
+        let config = LlamaConfig {
+            model_type: "qwen2".into(),
+            max_window_layers: 1,
+            qkv_bias: true,
+            ..windowed_config(2, Some(3))
+        };
+        let model = Llama::init(&config, &d).unwrap();
+        let ids = [3, 17, 5, 9, 22, 1, 12, 7];
+        let vocab = 24;
+        let full = logits(&model, &ids, None, &d);
+        let mut cache = KvCache::new(2);
+        let prompt = model.forward_with(ints(&ids[..2], &d), None, None, Some(&mut cache), false);
+        let prompt = prompt.logits.into_data().try_into_vec_as::<f32>().unwrap();
+        assert!(max_diff(&full[..2 * vocab], &prompt) < 1e-5);
+        for i in 2..ids.len() {
+            let step =
+                model.forward_with(ints(&ids[i..=i], &d), None, None, Some(&mut cache), false);
+            let step = step.logits.into_data().try_into_vec_as::<f32>().unwrap();
+            let diff = max_diff(&full[i * vocab..(i + 1) * vocab], &step);
+            assert!(diff < 1e-5, "step {i}: {diff}");
+        }
+        // Layer 0 attends fully: windowing every layer changes the logits.
+        let mut all = Llama::init(&LlamaConfig { max_window_layers: 0, ..config }, &d).unwrap();
+        all.layers = model.layers.clone();
+        all.embed_tokens = model.embed_tokens.clone();
+        all.lm_head = model.lm_head.clone();
+        let windowed_everywhere = logits(&all, &ids, None, &d);
+        assert!(max_diff(&full[4 * vocab..], &windowed_everywhere[4 * vocab..]) > 1e-2);
     }
 }
