@@ -61,13 +61,31 @@ fn random_configs() -> Vec<ModelConfig> {
             initializer_range: 0.2,
             ..Default::default()
         }),
+        // Sliding window 3 on every layer, shorter than the 10-token test sequences.
+        ModelConfig::Llama(LlamaConfig {
+            model_type: "mistral".into(),
+            vocab_size: 40,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            max_position_embeddings: 32,
+            sliding_window: Some(3),
+            initializer_range: 0.2,
+            ..Default::default()
+        }),
     ]
 }
+
+/// Every checked-in tiny checkpoint.
+const FIXTURES: [&str; 4] = ["hf-tiny-gpt2", "hf-tiny-llama", "hf-tiny-mistral", "hf-tiny-qwen2"];
 
 #[test]
 fn save_and_reload_gives_identical_logits() {
     let device = Device::flex();
-    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+    for name in FIXTURES {
         let src = fixture(name);
         let model = CausalLm::from_pretrained(&src, &device).unwrap();
         let dir = scratch_dir(&format!("roundtrip-{name}"));
@@ -206,7 +224,7 @@ fn kv_cache_matches_full_recomputation() {
 #[test]
 fn batched_left_padded_generation_matches_single_rows() {
     let device = Device::flex();
-    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+    for name in FIXTURES {
         let model = CausalLm::from_pretrained(fixture(name), &device).unwrap();
         let prompts = vec![vec![46, 77, 344, 510, 261, 257, 256], vec![300, 270, 83], vec![13]];
         let config =
@@ -288,7 +306,7 @@ fn generation_rejects_bad_arguments() {
 fn module_parameters_are_exactly_the_checkpoint_tensors() {
     use burn::module::Module;
     let device = Device::flex();
-    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+    for name in FIXTURES {
         let src = fixture(name);
         let model = CausalLm::from_pretrained(&src, &device).unwrap();
         let stored: usize = common::read_raw(&src.join("model.safetensors"))
@@ -302,7 +320,7 @@ fn module_parameters_are_exactly_the_checkpoint_tensors() {
 #[test]
 fn hidden_state_then_head_equals_forward() {
     let device = Device::flex();
-    for name in ["hf-tiny-gpt2", "hf-tiny-llama"] {
+    for name in FIXTURES {
         let model = CausalLm::from_pretrained(fixture(name), &device).unwrap();
         let input = ids(&[&[5, 9, 2, 7], &[0, 0, 3, 8]], &device);
         let mask = ids(&[&[1, 1, 1, 1], &[0, 0, 1, 1]], &device);
