@@ -34,7 +34,8 @@ USAGE:
   kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
   kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
-              [--rouge N [--max-new-tokens M]]   (instruction JSONL: ROUGE-L of N greedy answers)
+              [--rouge N [--max-new-tokens M]]   (instruction JSONL: ROUGE-L of N greedy answers;
+              training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
   kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
               [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
@@ -198,8 +199,9 @@ fn cmd_train(args: &[String], distill: bool) -> Result<()> {
     let b = run_config(&o)?;
     let config = b.build()?;
     let job = run::run_job(&config, &b.to_toml(), distill, o.flag("resume"), None, None, None)?;
+    let rouge = job.final_eval.rouge_l.map(|r| format!(", ROUGE-L {r:.4}")).unwrap_or_default();
     println!(
-        "held-out loss {:.4}, perplexity {:.3} after {} steps ({:.0}s); model in {}",
+        "held-out loss {:.4}, perplexity {:.3}{rouge} after {} steps ({:.0}s); model in {}",
         job.final_eval.loss,
         job.final_eval.perplexity,
         job.report.history.len(),
@@ -253,7 +255,8 @@ fn cmd_eval(args: &[String]) -> Result<()> {
     if let Some(n) = o.parsed::<usize>("rouge")? {
         let examples = kd_train::data::read_instruction_jsonl(&data)?;
         let max_new = o.parsed::<usize>("max-new-tokens")?.unwrap_or(64);
-        let (score, count) = run::rouge_eval(&model, &tok, &examples, n, max_new, &device)?;
+        let (score, count) =
+            run::rouge_eval(&model, &tok, &examples, n, max_new, seq_len, &device)?;
         println!("ROUGE-L F1 of greedy responses: {score:.4} (mean of {count} examples)");
     }
     Ok(())

@@ -8,11 +8,11 @@ use burn::module::Module;
 use burn::tensor::Device;
 use kd_models::{CausalLm, ModelConfig, Tokenizer};
 use kd_train::data::{
-    TokenDataset, instruction_blocks, pack_tokens, read_instruction_jsonl, split_documents,
-    tokenize_documents,
+    InstructionExample, TokenDataset, instruction_blocks, pack_tokens, read_instruction_jsonl,
+    split_documents, tokenize_documents,
 };
-use kd_train::plot::{Chart, Series};
-use kd_train::{EvalRecord, TrainReport, Trainer, latest_checkpoint};
+use kd_train::plot::{Chart, Series, write_png_stack};
+use kd_train::{EvalRecord, RougeEval, TrainReport, Trainer, latest_checkpoint};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
 
@@ -64,6 +64,26 @@ pub fn load_data(data: &DataConfig, tok: &Tokenizer) -> Result<(TokenDataset, To
         Some(p) => Ok((train, load_blocks(p, data.format, tok, data.seq_len)?)),
         None => Ok(train.split_off_tail(data.eval_fraction)),
     }
+}
+
+/// The instruction examples behind the held-out blocks of [`load_data`] (one block per example):
+/// all of `data.eval`, or the last `eval_blocks` of `data.train`. `None` for text data.
+pub fn held_out_examples(
+    data: &DataConfig,
+    eval_blocks: usize,
+) -> Result<Option<Vec<InstructionExample>>> {
+    let Some(train) = &data.train else {
+        return Ok(None);
+    };
+    let path = data.eval.as_ref().unwrap_or(train);
+    if format_of(path, data.format) != DataFormat::Instruction {
+        return Ok(None);
+    }
+    let mut examples = read_instruction_jsonl(path)?;
+    if data.eval.is_none() {
+        examples = examples.split_off(examples.len().saturating_sub(eval_blocks));
+    }
+    Ok(Some(examples))
 }
 
 /// Builds a model from its source on `device`.
@@ -163,12 +183,19 @@ pub fn run_job(
     let tok_path = config.data.tokenizer.clone();
 
     let owned;
+    let mut rouge = None;
     let (train, eval) = match data {
         Some(d) => d,
         None => {
             let tok_path = tok_path.as_ref().context("set data.tokenizer")?;
             let tok = load_tokenizer(tok_path)?;
             owned = load_data(&config.data, &tok)?;
+            // Instruction data: ROUGE-L of greedy answers at every evaluation.
+            if config.train.eval_rouge_prompts > 0
+                && let Some(examples) = held_out_examples(&config.data, owned.1.len())?
+            {
+                rouge = Some(RougeEval::new(&examples, tok)?);
+            }
             (&owned.0, &owned.1)
         }
     };
@@ -205,11 +232,22 @@ pub fn run_job(
         );
         trainer = trainer.with_teacher(teacher)?;
     }
+    if let Some(r) = rouge {
+        log::info!(
+            "every evaluation: ROUGE-L of greedy answers (≤ {} new tokens) to {} held-out prompts",
+            config.train.eval_max_new_tokens,
+            config.train.eval_rouge_prompts.min(r.len())
+        );
+        trainer = trainer.with_rouge_eval(r);
+    }
     if resume && let Some(ck) = latest_checkpoint(&out)? {
         trainer.resume_from(&ck)?;
     }
     let report = trainer.fit(train, Some(eval))?;
-    let final_eval = report.evals.last().cloned().unwrap_or_else(|| trainer.evaluate(eval));
+    let final_eval = match report.evals.last() {
+        Some(e) => e.clone(),
+        None => trainer.evaluate(eval)?,
+    };
     plot_run(&out.join("loss.png"), &report, "training")?;
     let model_dir = out.join("model");
     let student = trainer.into_student();
@@ -223,38 +261,26 @@ pub fn run_job(
     Ok(JobResult { report, final_eval, model_dir })
 }
 
-/// Mean ROUGE-L F1 of greedy answers to the first `n` prompts against their references.
+/// Mean ROUGE-L F1 of greedy answers to the first `n` prompts against their references, the
+/// same measurement as the training loop's ([`RougeEval`]): prompt and answer within `max_len`
+/// tokens. Returns the score and the number of examples scored.
 pub fn rouge_eval(
     model: &CausalLm,
     tok: &Tokenizer,
-    examples: &[kd_train::data::InstructionExample],
+    examples: &[InstructionExample],
     n: usize,
     max_new_tokens: usize,
+    max_len: usize,
     device: &Device,
 ) -> Result<(f64, usize)> {
-    let config = kd_models::GenerationConfig {
-        max_new_tokens,
-        sampling: kd_models::Sampling::Greedy,
-        eos_token_ids: tok.eos_token_id().into_iter().collect(),
-        pad_token_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
-        seed: 0,
-        output_step_logits: false,
-    };
-    let mut total = 0.0;
-    let mut count = 0;
-    for ex in examples.iter().take(n) {
-        let ids = tok.encode_prompt(&ex.prompt)?;
-        let out = kd_models::generate(model, &[ids], &config, device, |_, _| {})?;
-        let answer = tok.decode(&out.new_tokens[0], true)?;
-        total += kd_train::metrics::rouge_l(&answer, &ex.response);
-        count += 1;
-    }
-    Ok((if count == 0 { 0.0 } else { total / count as f64 }, count))
+    let set = RougeEval::new(examples, tok.clone())?;
+    let score = set.score(model, n, max_new_tokens, max_len, 8, device)?;
+    Ok((score.unwrap_or(0.0), if score.is_some() { n.min(set.len()) } else { 0 }))
 }
 
-/// Train loss and held-out loss of one run.
+/// Train loss and held-out loss of one run, with a ROUGE-L panel below when it was measured.
 pub fn plot_run(path: &Path, report: &TrainReport, title: &str) -> Result<()> {
-    let chart = Chart {
+    let loss = Chart {
         title: title.into(),
         x_label: "step".into(),
         y_label: "loss (nats)".into(),
@@ -271,6 +297,20 @@ pub fn plot_run(path: &Path, report: &TrainReport, title: &str) -> Result<()> {
         width: 800,
         height: 500,
     };
-    chart.write_png(path)?;
+    let rouge: Vec<(f64, f64)> =
+        report.evals.iter().filter_map(|r| Some((r.step as f64, r.rouge_l?))).collect();
+    if rouge.is_empty() {
+        loss.write_png(path)?;
+    } else {
+        let rouge = Chart {
+            title: "held-out ROUGE-L".into(),
+            x_label: "step".into(),
+            y_label: "ROUGE-L F1".into(),
+            series: vec![Series { name: "greedy answers".into(), points: rouge }],
+            width: 800,
+            height: 300,
+        };
+        write_png_stack(&[loss, rouge], path)?;
+    }
     Ok(())
 }

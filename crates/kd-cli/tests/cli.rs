@@ -143,6 +143,43 @@ fn train_resume_distill_export_eval_generate() {
     ]);
     assert!(out.contains("ROUGE-L F1"), "{out}");
 
+    // Training on instruction data reports ROUGE-L at every evaluation: metrics, output, plot.
+    let sft: String = (0..8)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"Who is friend {i}?\", \"response\": \"Friend {i} is Lily.\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&jsonl, sft).unwrap();
+    let sft_out = dir.join("sft");
+    let out = kd(&[
+        "train",
+        "--config",
+        cfg,
+        "--data",
+        jsonl.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--set",
+        "data.eval_fraction=0.25",
+        "--set",
+        "train.eval_rouge_prompts=2",
+        "--set",
+        "train.eval_max_new_tokens=4",
+        "--out",
+        sft_out.to_str().unwrap(),
+    ]);
+    assert!(out.contains("ROUGE-L"), "{out}");
+    let metrics = std::fs::read_to_string(sft_out.join("metrics.jsonl")).unwrap();
+    let evals: Vec<&str> = metrics.lines().filter(|l| l.contains("\"eval\"")).collect();
+    assert_eq!(evals.len(), 2, "{metrics}");
+    assert!(evals.iter().all(|l| l.contains("\"rouge_l\":")), "{metrics}");
+    // loss.png: the 800 × 500 loss chart with the 800 × 300 ROUGE-L chart below.
+    let png = std::fs::read(sft_out.join("loss.png")).unwrap();
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    assert_eq!((be(16), be(20)), (800, 800));
+
     // Bad input is a clear error, not a panic.
     let bad = Command::new(env!("CARGO_BIN_EXE_kd"))
         .args(["train", "--config", cfg, "--set", "train.stepz=3"])

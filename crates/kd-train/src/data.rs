@@ -110,6 +110,21 @@ pub trait TextEncoder {
     fn eos_id(&self) -> Option<u32>;
 }
 
+/// Turns generated ids back into text (for scoring generations against references).
+pub trait TextDecoder {
+    /// Text of `ids`, special tokens (EOS, BOS, padding) left out.
+    ///
+    /// # Errors
+    /// When an id is unknown to the tokenizer.
+    fn decode_text(&self, ids: &[u32]) -> Result<String>;
+}
+
+impl TextDecoder for kd_models::Tokenizer {
+    fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.decode(ids, true)?)
+    }
+}
+
 impl TextEncoder for kd_models::Tokenizer {
     fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.encode(text, false)?)
@@ -179,6 +194,17 @@ pub fn read_instruction_jsonl(path: &Path) -> Result<Vec<InstructionExample>> {
     Ok(out)
 }
 
+/// The ids of an instruction prompt as training sees them: `BOS prompt` (BOS when the tokenizer
+/// has one). Generation evaluation starts from the same ids.
+///
+/// # Errors
+/// When the tokenizer fails.
+pub fn prompt_ids(prompt: &str, tok: &dyn TextEncoder) -> Result<Vec<u32>> {
+    let mut ids: Vec<u32> = tok.bos_id().into_iter().collect();
+    ids.extend(tok.encode_text(prompt)?);
+    Ok(ids)
+}
+
 /// Instruction examples as blocks: `BOS prompt` / `response EOS`.
 ///
 /// # Errors
@@ -192,8 +218,7 @@ pub fn instruction_blocks(
     examples
         .iter()
         .map(|ex| {
-            let mut prompt: Vec<u32> = tok.bos_id().into_iter().collect();
-            prompt.extend(tok.encode_text(&ex.prompt)?);
+            let prompt = prompt_ids(&ex.prompt, tok)?;
             let mut response = tok.encode_text(&ex.response)?;
             response.extend(tok.eos_id());
             Ok(instruction_block(&prompt, &response, seq_len, pad))

@@ -14,7 +14,8 @@
 //!   cosine [`LrSchedule`], gradient accumulation, global-norm clipping.
 //! - [`data`]: plain text packed into blocks, instruction JSONL with the loss on response tokens
 //!   only, deterministic seeded shuffling with a resumable cursor.
-//! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`plot`]: loss curves as PNG.
+//! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L of greedy
+//!   answers to held-out instruction prompts at every evaluation; [`plot`]: curves as PNG.
 //! - [`checkpoint`]: weights, optimizer moments, schedule, data position and TAID state, written
 //!   atomically; a resumed run reproduces the uninterrupted one exactly.
 //!
@@ -56,6 +57,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod rouge;
 pub mod schedule;
 pub mod trainer;
 
@@ -65,5 +67,6 @@ pub use kd_losses;
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate};
 pub use model::{LanguageModel, VocabAlignment, align_vocab};
 pub use optim::{AdamW, AdamWConfig};
+pub use rouge::RougeEval;
 pub use schedule::{DecayKind, LrSchedule};
 pub use trainer::{TrainConfig, TrainReport, Trainer, latest_checkpoint};

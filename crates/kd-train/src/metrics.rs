@@ -43,6 +43,10 @@ pub struct EvalRecord {
     pub perplexity: f64,
     /// Counted tokens evaluated.
     pub tokens: u64,
+    /// Mean ROUGE-L F1 of greedy answers to held-out instruction prompts, when the trainer has
+    /// them ([`crate::rouge::RougeEval`]); absent from the JSON otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rouge_l: Option<f64>,
 }
 
 /// One line of the metrics JSONL file.
@@ -157,7 +161,7 @@ pub fn evaluate<M: LanguageModel>(
         tokens += batch.counted as u64;
     }
     let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
-    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens }
+    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None }
 }
 
 /// ROUGE-L F1 between a generated text and a reference: the longest common subsequence of
@@ -229,6 +233,21 @@ mod tests {
     }
 
     #[test]
+    fn rouge_l_lin_2004_examples() {
+        // Lin (2004), section 3.1: reference S1 against candidates S2 and S3.
+        let s1 = "police killed the gunman";
+        // LCS(S2, S1) = "police the gunman" = 3 of 4 each way: F = 3/4.
+        assert!((rouge_l("police kill the gunman", s1) - 0.75).abs() < 1e-12);
+        // LCS(S3, S1) = "the gunman" = 2 of 4: F = 1/2.
+        assert!((rouge_l("the gunman kill police", s1) - 0.5).abs() < 1e-12);
+        // Repeated words count once per match: LCS("a a a", "a") = 1, P = 1/3, R = 1, F = 1/2.
+        assert!((rouge_l("a a a", "a") - 0.5).abs() < 1e-12);
+        // Symmetric in its arguments (F1 swaps P and R).
+        let (x, y) = ("the cat sat on the mat", "a cat on the mat sat");
+        assert_eq!(rouge_l(x, y), rouge_l(y, x));
+    }
+
+    #[test]
     fn rouge_l_edge_cases() {
         assert_eq!(rouge_l("", "a"), 0.0);
         assert_eq!(rouge_l("A B C", "a b c"), 1.0);
@@ -249,10 +268,27 @@ mod tests {
                 taid_t: None,
                 tokens_per_s: 100.0,
             }),
-            MetricsLine::Eval(EvalRecord { step: 1, loss: 2.0, perplexity: 2f64.exp(), tokens: 5 }),
+            MetricsLine::Eval(EvalRecord {
+                step: 1,
+                loss: 2.0,
+                perplexity: 2f64.exp(),
+                tokens: 5,
+                rouge_l: None,
+            }),
+            MetricsLine::Eval(EvalRecord {
+                step: 2,
+                loss: 1.5,
+                perplexity: 1.5f64.exp(),
+                tokens: 5,
+                rouge_l: Some(0.25),
+            }),
         ];
         rewrite_jsonl(&p, &lines).unwrap();
         assert_eq!(read_jsonl(&p).unwrap(), lines);
+        // ROUGE-L is written only when measured.
+        let text = fs::read_to_string(&p).unwrap();
+        let evals: Vec<&str> = text.lines().filter(|l| l.contains("\"eval\"")).collect();
+        assert!(!evals[0].contains("rouge_l") && evals[1].contains("\"rouge_l\":0.25"));
         fs::remove_file(&p).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! [`LanguageModel`], what the loop needs of a student or a teacher, and vocabulary alignment.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kd_models::sampling::{Rng, Sampling, choose_token};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -46,6 +47,25 @@ pub trait LanguageModel: Module {
 
     /// Size of the output vocabulary (last dimension of [`logits`](Self::logits)).
     fn vocab_size(&self) -> usize;
+
+    /// Greedy continuation of every prompt: at most `max_new_tokens` tokens each, a row stopping
+    /// after it emits one of `eos_ids` (kept in its output). Used by the ROUGE-L evaluation.
+    ///
+    /// The default is [`greedy_by_recompute`]: one prompt at a time, the logits of the whole
+    /// sequence at every step. [`kd_models::CausalLm`] overrides it with its batched KV-cache
+    /// decoder.
+    ///
+    /// # Errors
+    /// When the model rejects a prompt (empty, an id out of the vocabulary, too long).
+    fn generate_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        eos_ids: &[u32],
+        device: &Device,
+    ) -> Result<Vec<Vec<u32>>> {
+        greedy_by_recompute(self, prompts, max_new_tokens, eos_ids, device)
+    }
 }
 
 impl LanguageModel for kd_models::CausalLm {
@@ -56,6 +76,70 @@ impl LanguageModel for kd_models::CausalLm {
     fn vocab_size(&self) -> usize {
         kd_models::CausalLm::vocab_size(self)
     }
+
+    fn generate_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        eos_ids: &[u32],
+        device: &Device,
+    ) -> Result<Vec<Vec<u32>>> {
+        if prompts.is_empty() || max_new_tokens == 0 {
+            return Ok(vec![Vec::new(); prompts.len()]);
+        }
+        let config = kd_models::GenerationConfig {
+            max_new_tokens,
+            sampling: kd_models::Sampling::Greedy,
+            eos_token_ids: eos_ids.to_vec(),
+            // Left padding is masked out, so any id in the vocabulary serves.
+            pad_token_id: 0,
+            seed: 0,
+            output_step_logits: false,
+        };
+        Ok(kd_models::generate(self, prompts, &config, device, |_, _| {})?.new_tokens)
+    }
+}
+
+/// Greedy decoding through [`LanguageModel::logits`] alone, for any model: one prompt at a time,
+/// recomputing the whole sequence at every step (no cache, no padding); the same token choice
+/// as [`kd_models::generate`] (the first maximum on ties).
+///
+/// # Errors
+/// [`TrainError::InvalidConfig`] for an empty prompt or an id outside the vocabulary.
+pub fn greedy_by_recompute<M: LanguageModel>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    eos_ids: &[u32],
+    device: &Device,
+) -> Result<Vec<Vec<u32>>> {
+    let vocab = model.vocab_size();
+    let mut rng = Rng::new(0); // unused by greedy choice
+    let mut out = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(TrainError::config("prompts", "non-empty prompts", "an empty one"));
+        }
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(TrainError::config("prompts", "ids below the vocabulary size", bad));
+        }
+        let mut seq: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        let mut new = Vec::new();
+        for _ in 0..max_new_tokens {
+            let len = seq.len();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(seq.clone(), [1, len]), device);
+            let last = model.logits(ids).slice([0..1, len - 1..len, 0..vocab]); // [1, 1, vocab]
+            let row: Vec<f32> = last.into_data().try_into_vec_as::<f32>().expect("f32 logits");
+            let token = choose_token(&row, &Sampling::Greedy, &mut rng);
+            new.push(token);
+            seq.push(i64::from(token));
+            if eos_ids.contains(&token) {
+                break;
+            }
+        }
+        out.push(new);
+    }
+    Ok(out)
 }
 
 /// What to do when student and teacher vocabularies differ in size.

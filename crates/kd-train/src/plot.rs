@@ -1,5 +1,6 @@
-//! Loss curves as a PNG: a dependency-light line chart (own rasteriser and 5×7 font, the `png`
-//! crate for encoding) so that it builds offline and anywhere.
+//! Loss (and ROUGE-L) curves as a PNG: a dependency-light line chart (own rasteriser and 5×7
+//! font, the `png` crate for encoding) so that it builds offline and anywhere; several charts
+//! stack into one image.
 
 use std::path::Path;
 
@@ -253,22 +254,58 @@ impl Chart {
         cv.px
     }
 
+    /// Rendered size in pixels (`width`, `height`, at least 200 × 150).
+    pub fn size(&self) -> (usize, usize) {
+        (self.width.max(200), self.height.max(150))
+    }
+
     /// Writes the chart as a PNG file.
     ///
     /// # Errors
     /// [`TrainError::Io`] when the file cannot be written.
     pub fn write_png(&self, path: &Path) -> Result<()> {
-        let (w, h) = (self.width.max(200), self.height.max(150));
-        let pixels = self.render();
-        let file = std::fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let io = |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
-        let mut writer = enc.write_header().map_err(io)?;
-        writer.write_image_data(&pixels).map_err(io)?;
-        writer.finish().map_err(io)
+        let (w, h) = self.size();
+        write_rgb_png(path, w, h, &self.render())
     }
+}
+
+/// Renders `charts` one below the other into one image, as wide as the widest (narrower ones
+/// padded with white on the right): `(width, height, rgb pixels)`.
+pub fn render_stack(charts: &[Chart]) -> (usize, usize, Vec<u8>) {
+    let w = charts.iter().map(|c| c.size().0).max().unwrap_or(200);
+    let h: usize = charts.iter().map(|c| c.size().1).sum();
+    let mut px = vec![255u8; w * h * 3];
+    let mut top = 0;
+    for c in charts {
+        let (cw, ch) = c.size();
+        let img = c.render();
+        for y in 0..ch {
+            let dst = ((top + y) * w) * 3;
+            px[dst..dst + cw * 3].copy_from_slice(&img[y * cw * 3..(y + 1) * cw * 3]);
+        }
+        top += ch;
+    }
+    (w, h, px)
+}
+
+/// Writes `charts` one below the other as one PNG file (see [`render_stack`]).
+///
+/// # Errors
+/// [`TrainError::Io`] when the file cannot be written.
+pub fn write_png_stack(charts: &[Chart], path: &Path) -> Result<()> {
+    let (w, h, px) = render_stack(charts);
+    write_rgb_png(path, w, h, &px)
+}
+
+fn write_rgb_png(path: &Path, w: usize, h: usize, pixels: &[u8]) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let io = |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
+    let mut writer = enc.write_header().map_err(io)?;
+    writer.write_image_data(pixels).map_err(io)?;
+    writer.finish().map_err(io)
 }
 
 #[cfg(test)]
@@ -306,6 +343,33 @@ mod tests {
         chart.write_png(&p).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn stacks_charts_top_to_bottom() {
+        let chart = |w, h, name: &str| Chart {
+            title: name.into(),
+            x_label: "step".into(),
+            y_label: String::new(),
+            series: vec![Series { name: name.into(), points: vec![(0.0, 1.0), (1.0, 0.5)] }],
+            width: w,
+            height: h,
+        };
+        let (a, b) = (chart(320, 200, "loss"), chart(240, 160, "rouge-l"));
+        let (w, h, px) = render_stack(&[a.clone(), b.clone()]);
+        assert_eq!((w, h, px.len()), (320, 360, 320 * 360 * 3));
+        // The top 200 rows are the first chart; the second starts below, padded with white.
+        assert_eq!(px[..320 * 200 * 3], a.render()[..]);
+        let rb = b.render();
+        for y in 0..160 {
+            let row = &px[((200 + y) * 320) * 3..((200 + y + 1) * 320) * 3];
+            assert_eq!(row[..240 * 3], rb[y * 240 * 3..(y + 1) * 240 * 3]);
+            assert!(row[240 * 3..].iter().all(|&v| v == 255));
+        }
+        let p = std::env::temp_dir().join(format!("kd-train-stack-{}.png", std::process::id()));
+        write_png_stack(&[a, b], &p).unwrap();
+        assert_eq!(&std::fs::read(&p).unwrap()[1..4], b"PNG");
         std::fs::remove_file(&p).unwrap();
     }
 }

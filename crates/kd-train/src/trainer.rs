@@ -19,6 +19,7 @@ use crate::metrics::{
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::params::{GradAccumulator, load_param_values, make_trainable, param_values};
+use crate::rouge::RougeEval;
 use crate::schedule::{DecayKind, LrSchedule};
 
 /// Name of the metrics file in the output directory.
@@ -54,6 +55,13 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Evaluate on at most this many batches (`None` = the whole held-out set).
     pub eval_batches: Option<usize>,
+    /// At every evaluation, answer this many held-out instruction prompts greedily and report
+    /// their mean ROUGE-L against the reference responses (default `32`; `0` = off). Needs the
+    /// prompts: [`Trainer::with_rouge_eval`] (`kd` does it for instruction data).
+    pub eval_rouge_prompts: usize,
+    /// Most new tokens per answer in that evaluation (default `64`; prompt and answer stay
+    /// within the held-out block length, see [`crate::rouge`]).
+    pub eval_max_new_tokens: usize,
     /// Log a progress line every this many steps (default `10`).
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and after the last one, when `output_dir` is
@@ -91,6 +99,8 @@ impl Default for TrainConfig {
             seed: 0,
             eval_every: 0,
             eval_batches: None,
+            eval_rouge_prompts: 32,
+            eval_max_new_tokens: 64,
             log_every: 10,
             checkpoint_every: 0,
             keep_checkpoints: 2,
@@ -131,6 +141,13 @@ impl TrainConfig {
             && (m.is_nan() || m <= 0.0)
         {
             return Err(TrainError::config("max_grad_norm", "a value > 0", m));
+        }
+        if self.eval_rouge_prompts > 0 && self.eval_max_new_tokens == 0 {
+            return Err(TrainError::config(
+                "eval_max_new_tokens",
+                "≥ 1 (or eval_rouge_prompts = 0)",
+                0,
+            ));
         }
         if !(0.0..=1.0).contains(&self.hard_label_weight) {
             return Err(TrainError::config(
@@ -186,6 +203,7 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     schedule: LrSchedule,
     taid: Option<TaidSchedule>,
     state: TrainState,
+    rouge: Option<RougeEval>,
 }
 
 impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
@@ -219,6 +237,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             student,
             teacher: None,
             device,
+            rouge: None,
         })
     }
 
@@ -243,6 +262,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         let plain = self.device.clone().inner();
         self.teacher = Some(teacher.valid().to_device(&plain).no_grad());
         Ok(self)
+    }
+
+    /// Adds held-out instruction prompts: every evaluation then also reports the mean ROUGE-L of
+    /// the student's greedy answers to the first `eval_rouge_prompts` of them.
+    pub fn with_rouge_eval(mut self, prompts: RougeEval) -> Self {
+        self.rouge = Some(prompts);
+        self
     }
 
     /// The student as it is now (on the autodiff device).
@@ -401,22 +427,31 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         })
     }
 
-    /// Evaluates the student on `data` now.
-    pub fn evaluate(&self, data: &TokenDataset) -> EvalRecord {
+    /// Evaluates the student on `data` now: held-out loss and perplexity, and ROUGE-L of greedy
+    /// answers when the trainer has a [`RougeEval`] (prompt and answer within `data`'s block
+    /// length).
+    ///
+    /// # Errors
+    /// When generating or decoding the answers fails.
+    pub fn evaluate(&self, data: &TokenDataset) -> Result<EvalRecord> {
         let plain = self.device.clone().inner();
         let model = self.student.valid();
-        let mut r =
-            evaluate(&model, data, self.config.batch_size, self.config.eval_batches, &plain);
+        let batch = self.config.batch_size;
+        let mut r = evaluate(&model, data, batch, self.config.eval_batches, &plain);
         r.step = self.state.step;
-        r
+        if let Some(rouge) = &self.rouge {
+            let (n, max_new) = (self.config.eval_rouge_prompts, self.config.eval_max_new_tokens);
+            r.rouge_l = rouge.score(&model, n, max_new, data.seq_len(), batch, &plain)?;
+        }
+        Ok(r)
     }
 
     /// Trains until `config.steps`, from wherever the trainer stands (0, or a restored step).
     ///
     /// Before the first step (when `eval_every > 0`), every `eval_every` steps and after the last
-    /// one it evaluates on `eval`; every
-    /// `checkpoint_every` steps and after the last one it writes `checkpoint-<step>` into
-    /// `output_dir`; every step goes to `metrics.jsonl`.
+    /// one it evaluates on `eval` ([`Trainer::evaluate`]: loss, perplexity and, with a
+    /// [`RougeEval`], ROUGE-L); every `checkpoint_every` steps and after the last one it writes
+    /// `checkpoint-<step>` into `output_dir`; every step and evaluation goes to `metrics.jsonl`.
     ///
     /// # Errors
     /// Loss errors (e.g. [`TrainError::VocabMismatch`]), [`TrainError::NonFiniteLoss`], or I/O
@@ -442,8 +477,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         };
         if let (0, true, Some(data)) = (self.state.step, self.config.eval_every > 0, eval) {
             // The starting point of the held-out curve.
-            let e = self.evaluate(data);
-            log::info!("eval step 0: loss {:.4}  ppl {:.3}", e.loss, e.perplexity);
+            let e = self.evaluate(data)?;
+            log::info!("eval step 0: {}", eval_summary(&e));
             if let Some(p) = &metrics {
                 append_jsonl(p, &[MetricsLine::Eval(e.clone())])?;
             }
@@ -478,13 +513,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             let eval_now =
                 last || (self.config.eval_every > 0 && step % self.config.eval_every == 0);
             if let (true, Some(data)) = (eval_now, eval) {
-                let e = self.evaluate(data);
-                log::info!(
-                    "eval step {step}: loss {:.4}  ppl {:.3}  ({} tokens)",
-                    e.loss,
-                    e.perplexity,
-                    e.tokens
-                );
+                let e = self.evaluate(data)?;
+                log::info!("eval step {step}: {}  ({} tokens)", eval_summary(&e), e.tokens);
                 lines.push(MetricsLine::Eval(e.clone()));
                 self.state.evals.push(e);
             }
@@ -573,6 +603,15 @@ fn merged_lines(history: &[StepRecord], evals: &[EvalRecord]) -> Vec<MetricsLine
     lines
 }
 
+/// `loss 2.1234  ppl 8.362` and, when measured, `  rouge-L 0.1875`.
+pub fn eval_summary(e: &EvalRecord) -> String {
+    let mut s = format!("loss {:.4}  ppl {:.3}", e.loss, e.perplexity);
+    if let Some(r) = e.rouge_l {
+        s.push_str(&format!("  rouge-L {r:.4}"));
+    }
+    s
+}
+
 /// `1h02m`, `3m05s`, `12s`.
 pub fn format_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -588,6 +627,15 @@ pub fn format_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_summaries() {
+        let mut e =
+            EvalRecord { step: 3, loss: 2.0, perplexity: 2f64.exp(), tokens: 9, rouge_l: None };
+        assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389");
+        e.rouge_l = Some(0.1875);
+        assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389  rouge-L 0.1875");
+    }
 
     #[test]
     fn durations() {
@@ -610,5 +658,17 @@ mod tests {
             Err(TrainError::InvalidConfig { name: "grad_accum", .. })
         ));
         assert!(serde_json::from_str::<TrainConfig>(r#"{"stepz": 5}"#).is_err());
+        let c: TrainConfig =
+            serde_json::from_str(r#"{"eval_rouge_prompts": 4, "eval_max_new_tokens": 16}"#)
+                .unwrap();
+        assert_eq!((c.eval_rouge_prompts, c.eval_max_new_tokens), (4, 16));
+        let no_tokens = TrainConfig { eval_max_new_tokens: 0, ..Default::default() };
+        assert!(matches!(
+            no_tokens.validate(),
+            Err(TrainError::InvalidConfig { name: "eval_max_new_tokens", .. })
+        ));
+        let off =
+            TrainConfig { eval_rouge_prompts: 0, eval_max_new_tokens: 0, ..Default::default() };
+        assert!(off.validate().is_ok());
     }
 }

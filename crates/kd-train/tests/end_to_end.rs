@@ -1,6 +1,7 @@
 //! End to end on tiny models (seconds in debug): the loss falls, a resumed run reproduces the
 //! uninterrupted one exactly, the exported student reloads, vocabulary mismatches are typed
-//! errors, and a user's own burn model trains through the trait.
+//! errors, a user's own burn model trains through the trait, and evaluation on instruction data
+//! reports ROUGE-L of greedy answers.
 
 use std::path::{Path, PathBuf};
 
@@ -8,11 +9,17 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Int, Tensor};
 use kd_losses::LossConfig;
-use kd_models::{CausalLm, Gpt2Config, ModelConfig};
-use kd_train::data::{TokenDataset, instruction_block, pack_tokens};
+use kd_models::{CausalLm, Gpt2Config, ModelConfig, Tokenizer};
+use kd_train::data::{
+    InstructionExample, TokenDataset, instruction_block, instruction_blocks, pack_tokens,
+    prompt_ids,
+};
+use kd_train::metrics::{MetricsLine, read_jsonl, rouge_l};
+use kd_train::model::greedy_by_recompute;
 use kd_train::params::param_values;
 use kd_train::{
-    Checkpoint, LanguageModel, StepRecord, TrainConfig, TrainError, Trainer, VocabAlignment,
+    Checkpoint, LanguageModel, RougeEval, StepRecord, TrainConfig, TrainError, Trainer,
+    VocabAlignment,
 };
 
 const VOCAB: usize = 16;
@@ -71,7 +78,7 @@ fn loss_falls_without_and_with_a_teacher() {
     };
     let mut t =
         Trainer::<CausalLm>::new(config.clone(), gpt2(2, 16, VOCAB, &device), &device).unwrap();
-    let before = t.evaluate(&eval);
+    let before = t.evaluate(&eval).unwrap();
     let report = t.fit(&train, Some(&eval)).unwrap();
     let after = report.evals.last().unwrap();
     assert!(
@@ -92,7 +99,7 @@ fn loss_falls_without_and_with_a_teacher() {
         .unwrap()
         .with_teacher(teacher)
         .unwrap();
-    let before = s.evaluate(&eval);
+    let before = s.evaluate(&eval).unwrap();
     let report = s.fit(&train, Some(&eval)).unwrap();
     let first = report.history.first().unwrap().loss;
     let last = report.history.last().unwrap().loss;
@@ -241,7 +248,7 @@ fn a_custom_model_trains_on_response_tokens_only() {
         ..Default::default()
     };
     let mut t = Trainer::<Bigram>::new(config, model, &device).unwrap();
-    let before = t.evaluate(&data).loss;
+    let before = t.evaluate(&data).unwrap().loss;
     let r = t.fit(&data, Some(&data)).unwrap();
     let after = r.evals.last().unwrap().loss;
     assert!(after < 0.3 * before, "{before} -> {after}");
@@ -265,4 +272,152 @@ fn weight_decay_groups_on_a_real_model() {
         ]
     );
     assert!(infos.iter().any(|i| i.path == "Gpt2.wte.weight" && i.in_embedding));
+}
+
+/// The tiny GPT-2 checkpoint and tokenizer of kd-models' tests (vocabulary 512, 128 positions).
+fn tiny_gpt2_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kd-models/tests/fixtures/hf-tiny-gpt2")
+}
+
+/// Dolly-style prompt/response pairs.
+fn arithmetic(n: usize) -> Vec<InstructionExample> {
+    (0..n)
+        .map(|i| {
+            let (a, b) = (i % 5, i / 5 + 1);
+            InstructionExample {
+                prompt: format!("### Instruction:\nWhat is {a} plus {b}?\n\n### Response:\n"),
+                response: format!("{a} plus {b} is {}.", a + b),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn instruction_evaluation_reports_rouge_l_of_greedy_answers() {
+    let plain = Device::flex();
+    let device = plain.clone().autodiff();
+    device.seed(7);
+    let dir = tiny_gpt2_dir();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let teacher = CausalLm::from_pretrained(&dir, &plain).unwrap();
+    let student = CausalLm::init(
+        &ModelConfig::Gpt2(Gpt2Config {
+            vocab_size: 512,
+            n_positions: 128,
+            n_embd: 16,
+            n_layer: 1,
+            n_head: 2,
+            ..Default::default()
+        }),
+        &device,
+    )
+    .unwrap();
+    let examples = arithmetic(12);
+    let (seq_len, split) = (40, 9);
+    let blocks = instruction_blocks(&examples, &tok, seq_len).unwrap();
+    let train = TokenDataset::new("train", blocks[..split].to_vec()).unwrap();
+    let eval = TokenDataset::new("eval", blocks[split..].to_vec()).unwrap();
+    let held_out = &examples[split..];
+
+    let out = tmp("rouge");
+    let config = TrainConfig {
+        steps: 4,
+        batch_size: 3,
+        lr: 1e-2,
+        warmup_steps: 1,
+        eval_every: 2,
+        eval_rouge_prompts: 2,
+        eval_max_new_tokens: 6,
+        log_every: 0,
+        output_dir: Some(out.clone()),
+        divergence: Some(LossConfig::by_name("forward_kl").unwrap()),
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(config, student, &device)
+        .unwrap()
+        .with_teacher(teacher)
+        .unwrap()
+        .with_rouge_eval(RougeEval::new(held_out, tok.clone()).unwrap());
+    let report = trainer.fit(&train, Some(&eval)).unwrap();
+
+    // Evaluations at steps 0, 2 and 4, each with a ROUGE-L in [0, 1], in the report and the log.
+    let logged: Vec<_> = read_jsonl(&out.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| match l {
+            MetricsLine::Eval(e) => Some(e),
+            MetricsLine::Train(_) => None,
+        })
+        .collect();
+    assert_eq!(logged, report.evals);
+    assert_eq!(logged.iter().map(|e| e.step).collect::<Vec<_>>(), [0, 2, 4]);
+    for e in &logged {
+        let r = e.rouge_l.unwrap_or_else(|| panic!("no rouge_l at step {}", e.step));
+        assert!((0.0..=1.0).contains(&r), "rouge_l {r} at step {}", e.step);
+    }
+    let raw = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(raw.matches("\"rouge_l\":").count(), 3);
+
+    // The last score is the mean ROUGE-L of the final student's greedy answers to the first two
+    // held-out prompts, recomputed here from kd-models' generate.
+    let student = trainer.into_student().valid();
+    let prompts: Vec<Vec<u32>> =
+        held_out[..2].iter().map(|ex| prompt_ids(&ex.prompt, &tok).unwrap()).collect();
+    let settings = kd_models::GenerationConfig {
+        max_new_tokens: 6,
+        eos_token_ids: tok.eos_token_id().into_iter().collect(),
+        ..Default::default()
+    };
+    let generated = kd_models::generate(&student, &prompts, &settings, &plain, |_, _| {}).unwrap();
+    let answers: Vec<String> =
+        generated.new_tokens.iter().map(|ids| tok.decode(ids, true).unwrap()).collect();
+    let expected = (rouge_l(&answers[0], &held_out[0].response)
+        + rouge_l(&answers[1], &held_out[1].response))
+        / 2.0;
+    let last = logged.last().unwrap().rouge_l.unwrap();
+    assert!((last - expected).abs() < 1e-12, "logged {last}, recomputed {expected}");
+    // Against its own answers as references the student scores 1 (0 for an empty answer).
+    let own: Vec<InstructionExample> = held_out[..2]
+        .iter()
+        .zip(&answers)
+        .map(|(ex, a)| InstructionExample { prompt: ex.prompt.clone(), response: a.clone() })
+        .collect();
+    let own_score = RougeEval::new(&own, tok.clone())
+        .unwrap()
+        .score(&student, 2, 6, seq_len, 3, &plain)
+        .unwrap()
+        .unwrap();
+    let nonempty = answers.iter().filter(|a| !a.trim().is_empty()).count() as f64;
+    assert!((own_score - nonempty / 2.0).abs() < 1e-12, "{own_score} for {answers:?}");
+
+    // Without prompts no ROUGE-L is measured.
+    let plain_eval = Trainer::<CausalLm>::new(TrainConfig::default(), student.clone(), &device)
+        .unwrap()
+        .evaluate(&eval)
+        .unwrap();
+    assert_eq!(plain_eval.rouge_l, None);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn greedy_by_recompute_matches_the_kv_cache_decoder() {
+    let plain = Device::flex();
+    let dir = tiny_gpt2_dir();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let model = CausalLm::from_pretrained(&dir, &plain).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Once upon a time", "The cat", "A"]
+        .iter()
+        .map(|p| tok.encode(p, false).unwrap())
+        .collect();
+    // Batched and left-padded with a KV cache vs one by one, recomputed: the same tokens.
+    let cached = model.generate_greedy(&prompts, 5, &[], &plain).unwrap();
+    let recomputed = greedy_by_recompute(&model, &prompts, 5, &[], &plain).unwrap();
+    assert_eq!(cached, recomputed);
+    assert!(cached.iter().all(|row| row.len() == 5));
+    // Stopping at an EOS id keeps it and ends the row.
+    let stop = cached[0][2];
+    let stopped = greedy_by_recompute(&model, &prompts[..1], 5, &[stop], &plain).unwrap();
+    let first = cached[0].iter().position(|&t| t == stop).unwrap();
+    assert_eq!(stopped[0], cached[0][..=first]);
+    assert_eq!(model.generate_greedy(&prompts[..1], 5, &[stop], &plain).unwrap(), stopped);
 }
