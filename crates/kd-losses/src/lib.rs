@@ -77,6 +77,8 @@ pub mod ab_divergence;
 pub mod akl;
 pub mod alpha_divergence;
 pub mod atkd;
+#[cfg(any(feature = "autodiff", feature = "flex"))]
+pub mod chunked;
 pub mod delta_kd;
 pub mod divergence;
 pub mod dkd;
@@ -104,6 +106,8 @@ pub use ab_divergence::{AbDivergence, AbDivergenceConfig};
 pub use akl::{AdaptiveKl, AdaptiveKlConfig};
 pub use alpha_divergence::{AlphaDivergence, AlphaDivergenceConfig};
 pub use atkd::{AdaptiveTeachingKd, AdaptiveTeachingKdConfig};
+#[cfg(any(feature = "autodiff", feature = "flex"))]
+pub use chunked::{ChunkedHeadBatch, ChunkedHeadLoss, ChunkedHeadOutput, ChunkedTeacher};
 pub use delta_kd::{DeltaKd, DeltaKdConfig};
 pub use divergence::{
     Divergence, DriverSettings, Extra, HardLabelMix, KdBatch, KdOutput, Reduction, TokenInputs,
