@@ -4,6 +4,7 @@
 //! cargo bench -p kd-losses --bench divergences
 //! KD_BENCH_JSON=results.jsonl cargo bench -p kd-losses --bench divergences
 //! KD_BENCH_QUICK=1 cargo bench -p kd-losses --bench divergences    # small shapes, few runs
+//! KD_BENCH_SKIP_COMPOSED=1 cargo bench -p kd-losses --bench divergences  # fused only
 //! ```
 //!
 //! For each (N, V) and loss (FKL, RKL, JSD β = 0.5) it reports the median and minimum of ≥ 10
@@ -123,6 +124,7 @@ fn time_call(loss: &dyn Divergence, s: &Tensor<2>, t: &Tensor<2>, runs: usize) -
 
 fn main() {
     let quick = std::env::var_os("KD_BENCH_QUICK").is_some();
+    let skip_composed = std::env::var_os("KD_BENCH_SKIP_COMPOSED").is_some();
     let shapes: &[(usize, usize)] = if quick {
         &[(256, 4000), (64, 50257)]
     } else {
@@ -151,7 +153,11 @@ fn main() {
         ];
         for (name, loss) in &losses {
             let fused = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused));
-            let composed = with_path(Path::Composed, || time_call(&**loss, &s, &t, runs_composed));
+            let composed = if skip_composed {
+                Timing { median_ms: f64::NAN, min_ms: f64::NAN, peak_mb: f64::NAN }
+            } else {
+                with_path(Path::Composed, || time_call(&**loss, &s, &t, runs_composed))
+            };
             println!(
                 "{:<6} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8.1}× {:>10.1}   peak MB fused {:.0} / composed {:.0}",
                 name,
@@ -167,6 +173,9 @@ fn main() {
             );
             if let Some(f) = json.as_mut() {
                 for (path, tm) in [("fused", &fused), ("composed", &composed)] {
+                    if tm.median_ms.is_nan() {
+                        continue;
+                    }
                     writeln!(
                         f,
                         r#"{{"bench":"divergences","loss":"{name}","n":{n},"v":{v},"path":"{path}","median_ms":{:.3},"min_ms":{:.3},"peak_mb":{:.1}}}"#,

@@ -404,30 +404,24 @@ pub(crate) fn run<L: Divergence + ?Sized>(
                 student: &student_logits,
                 teacher: &teacher_logits,
                 valid: &valid,
-                expected_upstream: ExpectedUpstream {
-                    mean: reduction == Reduction::Mean,
-                    soft_weight: settings.hard_label_weight.map_or(1.0, |w| 1.0 - w),
-                },
+                labels: safe_labels.as_ref(),
+                hard_weight: settings.hard_label_weight,
+                expected_upstream: ExpectedUpstream { mean: reduction == Reduction::Mean },
             })
         });
-    let (soft, mut extras) = match fused {
-        Some(f) => (f.values, f.extras),
-        None => {
-            let inputs = TokenInputs {
-                student: scaled_logits(student_logits.clone(), settings.student_temperature),
-                teacher: scaled_logits(teacher_logits, settings.teacher_temperature).detach(),
-                labels: safe_labels.clone(),
-                valid: valid.clone().float(),
-            };
-            let TokenTerms { values, extras } = loss.per_token(inputs)?;
-            let soft = if settings.soft_scale == 1.0 {
-                values
-            } else {
-                values.mul_scalar(settings.soft_scale)
-            };
-            (soft, extras)
-        }
+    if let Some(f) = fused {
+        // The kernel already mixed in the hard-label term (and reports both parts).
+        return Ok(finish(f.values, &valid, f.extras, reduction));
+    }
+    let inputs = TokenInputs {
+        student: scaled_logits(student_logits.clone(), settings.student_temperature),
+        teacher: scaled_logits(teacher_logits, settings.teacher_temperature).detach(),
+        labels: safe_labels.clone(),
+        valid: valid.clone().float(),
     };
+    let TokenTerms { values, mut extras } = loss.per_token(inputs)?;
+    let soft =
+        if settings.soft_scale == 1.0 { values } else { values.mul_scalar(settings.soft_scale) };
 
     let per_row = match (settings.hard_label_weight, safe_labels) {
         (Some(w), Some(labels)) => {

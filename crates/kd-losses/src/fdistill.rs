@@ -87,6 +87,7 @@ impl Divergence for FDistill {
             FDivergenceKind::Js if self.config.beta > 0.0 && self.config.beta < 1.0 => {
                 Some(FusedKind::Jsd { beta: 1.0 - self.config.beta })
             }
+            FDivergenceKind::Tvd => Some(FusedKind::Tvd),
             _ => None,
         }
     }

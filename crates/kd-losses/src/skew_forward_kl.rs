@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_mix, log_softmax};
 
 /// Config of [`SkewForwardKl`].
@@ -75,6 +76,9 @@ pub struct SkewForwardKl {
 }
 
 impl Divergence for SkewForwardKl {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::SkewForwardKl { alpha: self.config.alpha })
+    }
     fn name(&self) -> &'static str {
         "skew_forward_kl"
     }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_mix, log_softmax};
 
 /// Config of [`SkewReverseKl`].
@@ -65,6 +66,9 @@ pub struct SkewReverseKl {
 }
 
 impl Divergence for SkewReverseKl {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::SkewReverseKl { alpha: self.config.alpha })
+    }
     fn name(&self) -> &'static str {
         "skew_reverse_kl"
     }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_softmax};
 
 /// Config of [`Taid`] at a fixed interpolation `t`.
@@ -78,6 +79,9 @@ impl Taid {
 }
 
 impl Divergence for Taid {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::Taid { t: self.config.t })
+    }
     fn name(&self) -> &'static str {
         "taid"
     }

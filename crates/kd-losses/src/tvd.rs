@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{log_softmax, sum_rows};
 
 /// Config of [`Tvd`].
@@ -69,6 +70,9 @@ pub(crate) fn tvd_rows(
 }
 
 impl Divergence for Tvd {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::Tvd)
+    }
     fn name(&self) -> &'static str {
         "tvd"
     }

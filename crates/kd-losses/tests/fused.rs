@@ -7,6 +7,7 @@ use kd_losses::fused::{FusedKind, Path, fused_calls, with_path};
 use kd_losses::{
     Divergence, FDistillConfig, FDivergenceKind, ForwardKlConfig, GeneralizedJsdConfig,
     HardLabelMix, HintonKdConfig, JensenShannonConfig, KdBatch, Reduction, ReverseKlConfig,
+    SkewForwardKlConfig, SkewReverseKlConfig, TaidConfig, TvdConfig,
 };
 
 fn losses() -> Vec<Box<dyn Divergence>> {
@@ -26,6 +27,12 @@ fn losses() -> Vec<Box<dyn Divergence>> {
                 .unwrap(),
         ),
         Box::new(HardLabelMix::new(ReverseKlConfig::new().init().unwrap(), 0.25).unwrap()),
+        Box::new(SkewForwardKlConfig::new().with_alpha(0.1).init().unwrap()),
+        Box::new(SkewReverseKlConfig::new().with_alpha(0.1).init().unwrap()),
+        Box::new(TvdConfig::new().with_temperature(1.5).init().unwrap()),
+        Box::new(TaidConfig { temperature: 2.0, ..TaidConfig::new().with_t(0.4) }.init().unwrap()),
+        Box::new(FDistillConfig::new(FDivergenceKind::Tvd).init().unwrap()),
+        Box::new(HardLabelMix::new(TvdConfig::new().init().unwrap(), 0.5).unwrap()),
     ]
 }
 
@@ -98,8 +105,9 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     }
 }
 
-/// f64 reference of the per-row value of each loss in [`losses`], from the definitions.
-fn reference_row(i: usize, s: &[f64], t: &[f64], label: usize) -> f64 {
+/// f64 reference of the per-row value of each loss in [`losses`], from the definitions; `s0`
+/// is the unperturbed student row (TAID's target stops the gradient).
+fn reference_row(i: usize, s: &[f64], s0: &[f64], t: &[f64], label: usize) -> f64 {
     let log_softmax = |x: &[f64], temp: f64| -> Vec<f64> {
         let y: Vec<f64> = x.iter().map(|v| v.max(-1e4) / temp).collect();
         let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -118,6 +126,16 @@ fn reference_row(i: usize, s: &[f64], t: &[f64], label: usize) -> f64 {
         beta * kl(&lp, &lm) + (1.0 - beta) * kl(&lq, &lm)
     };
     let ce = || -log_softmax(s, 1.0)[label];
+    let mix_kl = |wp: f64, teacher_first: bool| {
+        let (lq, lp) = (log_softmax(s, 1.0), log_softmax(t, 1.0));
+        let lm: Vec<f64> =
+            lp.iter().zip(&lq).map(|(p, q)| (wp * p.exp() + (1.0 - wp) * q.exp()).ln()).collect();
+        if teacher_first { kl(&lp, &lm) } else { kl(&lq, &lm) }
+    };
+    let tvd = |temp: f64| {
+        let (lq, lp) = (log_softmax(s, temp), log_softmax(t, temp));
+        0.5 * lq.iter().zip(&lp).map(|(q, p)| (q.exp() - p.exp()).abs()).sum::<f64>()
+    };
     match i {
         0 => 4.0 * kl(&log_softmax(t, 2.0), &log_softmax(s, 2.0)),
         1 => kl(&log_softmax(s, 0.7), &log_softmax(t, 0.7)),
@@ -127,7 +145,19 @@ fn reference_row(i: usize, s: &[f64], t: &[f64], label: usize) -> f64 {
         5 => jsd(0.5, 1.0),
         6 => 0.6 * 9.0 * kl(&log_softmax(t, 3.0), &log_softmax(s, 3.0)) + 0.4 * ce(),
         7 => jsd(0.8, 1.0),
-        _ => 0.75 * kl(&log_softmax(s, 1.0), &log_softmax(t, 1.0)) + 0.25 * ce(),
+        8 => 0.75 * kl(&log_softmax(s, 1.0), &log_softmax(t, 1.0)) + 0.25 * ce(),
+        9 => mix_kl(0.1, true),
+        10 => mix_kl(0.9, false),
+        11 => tvd(1.5),
+        12 => {
+            // −Σ p_t log q,  p_t = softmax((0.6 s0 + 0.4 t)/2) with s0 held fixed.
+            let target: Vec<f64> =
+                s0.iter().zip(t).map(|(a, b)| 0.6 * a.max(-1e4) + 0.4 * b.max(-1e4)).collect();
+            let (lpt, lq) = (log_softmax(&target, 2.0), log_softmax(s, 2.0));
+            -lpt.iter().zip(&lq).map(|(p, q)| p.exp() * q).sum::<f64>()
+        }
+        13 => tvd(1.0),
+        _ => 0.5 * tvd(1.0) + 0.5 * ce(),
     }
 }
 
@@ -155,15 +185,16 @@ fn reference(
         };
         let range = r * vocab..(r + 1) * vocab;
         let mut sd: Vec<f64> = s[range.clone()].iter().map(|x| *x as f64).collect();
+        let s0 = sd.clone();
         let label = r * 7 % vocab;
-        loss += w * reference_row(i, &sd, &td[range.clone()], label);
+        loss += w * reference_row(i, &sd, &s0, &td[range.clone()], label);
         for v in 0..vocab {
             let h = 1e-5 * (1.0 + sd[v].abs());
             let x = sd[v];
             sd[v] = x + h;
-            let up = reference_row(i, &sd, &td[range.clone()], label);
+            let up = reference_row(i, &sd, &s0, &td[range.clone()], label);
             sd[v] = x - h;
-            let down = reference_row(i, &sd, &td[range.clone()], label);
+            let down = reference_row(i, &sd, &s0, &td[range.clone()], label);
             sd[v] = x;
             grad[r * vocab + v] = w * (up - down) / (2.0 * h);
         }
@@ -274,5 +305,28 @@ fn fully_masked_batch_is_zero_on_both_paths() {
         let f = run(&*loss, &s, &t, rows, vocab, &[false; 3], Reduction::Mean, Path::Auto);
         assert_eq!(f.loss, vec![0.0], "{}", loss.name());
         assert!(f.grad.iter().all(|g| *g == 0.0), "{}", loss.name());
+    }
+}
+
+#[test]
+fn pooled_gradient_buffers_carry_nothing_over() {
+    // The fused op reuses its gradient buffer from the previous call once burn drops the
+    // gradient; stale values must never leak into masked rows or the next gradient.
+    let (rows, vocab) = (4, 53);
+    let mask = [true, false, true, false];
+    for loss in losses() {
+        let a = (pseudo(rows * vocab, 21, 50.0), pseudo(rows * vocab, 22, 50.0));
+        let b = (pseudo(rows * vocab, 23, 3.0), pseudo(rows * vocab, 24, 3.0));
+        run(&*loss, &a.0, &a.1, rows, vocab, &[true; 4], Reduction::Sum, Path::Auto);
+        let f = run(&*loss, &b.0, &b.1, rows, vocab, &mask, Reduction::Mean, Path::Auto);
+        let c = run(&*loss, &b.0, &b.1, rows, vocab, &mask, Reduction::Mean, Path::Composed);
+        assert_close(&format!("{} reused grad", loss.name()), &f.grad, &c.grad);
+        for r in [1, 3] {
+            assert!(
+                f.grad[r * vocab..(r + 1) * vocab].iter().all(|g| *g == 0.0),
+                "{}",
+                loss.name()
+            );
+        }
     }
 }

@@ -25,6 +25,24 @@ pub enum FusedKind {
         /// Teacher weight of the mixture.
         beta: f64,
     },
+    /// `KL(p‖m)`, `m = αp + (1 − α)q`, `0 ≤ α < 1`; extra: the cross-entropy form `−Σ p log m`.
+    SkewForwardKl {
+        /// Teacher weight of the mixture.
+        alpha: f64,
+    },
+    /// `KL(q‖m)`, `m = (1 − α)p + αq`, `0 ≤ α < 1`.
+    SkewReverseKl {
+        /// Student weight of the mixture.
+        alpha: f64,
+    },
+    /// `½ Σ |p − q|`.
+    Tvd,
+    /// TAID at interpolation `t`: `−Σ p_t log q`, `p_t = softmax((1 − t)·sg(s') + t·t')`;
+    /// extra: `KL(p_t‖q)`.
+    Taid {
+        /// Interpolation weight of the teacher, `0 ≤ t ≤ 1`.
+        t: f64,
+    },
 }
 
 /// Shared parameters of one kernel call.
@@ -34,231 +52,495 @@ pub struct RowSpec {
     pub kind: FusedKind,
     /// Temperature of both sides.
     pub temperature: f64,
-    /// Factor on value and gradient (`T²` or `1`).
+    /// Factor on the divergence's value and gradient (`T²` or `1`).
     pub scale: f64,
+    /// Weight `w` of a hard-label cross-entropy at `T = 1` mixed in as
+    /// `(1 − w)·scale·divergence + w·CE(label)` (the labels come with the call).
+    pub hard_weight: Option<f64>,
 }
 
-/// One row's results: the scaled value and two diagnostics (meaning depends on the kind).
+impl RowSpec {
+    /// A spec without a hard-label term.
+    pub fn new(kind: FusedKind, temperature: f64, scale: f64) -> Self {
+        Self { kind, temperature, scale, hard_weight: None }
+    }
+}
+
+/// One row's results: the value and diagnostics (meaning depends on the kind).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RowOut {
-    /// `scale ×` the divergence.
+    /// The row's loss: `scale ×` the divergence, mixed with the hard-label term when asked.
     pub value: f64,
-    /// First diagnostic (cross-entropy form for forward KL, `KL(p‖m)` for JSD).
+    /// `scale ×` the divergence alone.
+    pub soft: f64,
+    /// The hard-label cross-entropy `−log softmax(s)[label]` at `T = 1` (0 without a label).
+    pub hard: f64,
+    /// First diagnostic (cross-entropy form for forward KL, `KL(p‖m)` for JSD, `KL(p_t‖q)`
+    /// for TAID).
     pub extra_a: f64,
     /// Second diagnostic (`KL(q‖m)` for JSD).
     pub extra_b: f64,
 }
 
-use super::vexp::{self, Isa, exp};
+use super::simd::{self, Isa, Lanes, Portable, exp, ln};
 
-#[inline(always)]
-fn scaled(x: f32, inv_t: f32) -> f32 {
-    x.max(LOGIT_FLOOR as f32) * inv_t
-}
-
-/// Lanes of the f32 accumulators; they are flushed to f64 every [`BLOCK`] elements.
-const LANES: usize = 8;
+/// Elements per f32 accumulation block; each block's lane sums are flushed to f64.
 const BLOCK: usize = 1024;
 
+/// The largest lane count of any [`Lanes`] type (tail buffers are this long).
+const MAX_LANES: usize = 16;
+
+/// Floors a logit at [`LOGIT_FLOOR`] (so `-inf` teacher entries stay finite) and divides by T.
 #[inline(always)]
-fn row_max(x: &[f32], inv_t: f32) -> f32 {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            m[l] = m[l].max(scaled(c[l], inv_t));
-        }
-    }
-    let m = m.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-    rest.iter().fold(m, |a, &v| a.max(scaled(v, inv_t)))
+fn scaled<V: Lanes>(x: V, inv_t: V) -> V {
+    x.max(V::splat(LOGIT_FLOOR as f32)).mul(inv_t)
 }
 
-/// `Σ_v f(s_v, t_v)` for `K` quantities at once: f32 lane accumulators, flushed to f64.
+/// Loads the `n < V::N` elements of a tail, padding with `pad`.
 #[inline(always)]
-fn sums<const K: usize>(s: &[f32], t: &[f32], f: impl Fn(f32, f32) -> [f32; K]) -> [f64; K] {
+fn load_tail<V: Lanes>(x: &[f32], pad: f32) -> V {
+    let mut buf = [pad; MAX_LANES];
+    buf[..x.len()].copy_from_slice(x);
+    V::load(&buf)
+}
+
+/// The teacher side's scaled logits: `t'`, or TAID's `(1 − τ)·s' + τ·t'` when `mix = Some(τ)`.
+#[inline(always)]
+fn teacher_side<V: Lanes>(s: V, t: V, mix: Option<f32>) -> V {
+    match mix {
+        Some(tau) => s.mul(V::splat(1.0 - tau)).add(t.mul(V::splat(tau))),
+        None => t,
+    }
+}
+
+/// Maxima of `s/T` and of the teacher side (both floored) in one pass.
+#[inline(always)]
+fn maxima<V: Lanes>(s: &[f32], t: &[f32], inv_t: f32, mix: Option<f32>) -> (f32, f32) {
+    let it = V::splat(inv_t);
+    let teacher = |sv: V, tv: V| teacher_side(scaled(sv, it), scaled(tv, it), mix);
+    let (mut ms, mut mt) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let full = s.len() / V::N * V::N;
+    let mut i = 0;
+    while i < full {
+        let sv = V::load(&s[i..]);
+        ms = ms.max(scaled(sv, it));
+        mt = mt.max(teacher(sv, V::load(&t[i..])));
+        i += V::N;
+    }
+    if full < s.len() {
+        let sv = load_tail(&s[full..], f32::NEG_INFINITY);
+        ms = ms.max(scaled(sv, it));
+        mt = mt.max(teacher(sv, load_tail(&t[full..], f32::NEG_INFINITY)));
+    }
+    (ms.hmax(), mt.hmax())
+}
+
+/// What a pass needs to shift a row: `1/T`, both maxima and TAID's mixing weight.
+struct Shift {
+    inv_t: f32,
+    ms: f32,
+    mt: f32,
+    mix: Option<f32>,
+}
+
+/// One pass over a row: for every element, `f(a, b, g)` with the max-shifted scaled logits
+/// `a = s/T − max`, `b = t/T − max` and the gradient buffer's current lanes `g` (zeros when
+/// there is no buffer). `f` returns `K` terms to sum and the new value of `g` (written back when
+/// there is a buffer). Sums run in f32 lanes flushed to f64 every [`BLOCK`] elements; tail lanes
+/// beyond the row are masked out of the sums and never written.
+#[inline(always)]
+fn pass<V: Lanes, const K: usize>(
+    s: &[f32],
+    t: &[f32],
+    shift: &Shift,
+    mut g: Option<&mut [f32]>,
+    f: impl Fn(V, V, V) -> ([V; K], V),
+) -> [f64; K] {
+    let (inv_t, ms, mt) = (V::splat(shift.inv_t), V::splat(shift.ms), V::splat(shift.mt));
+    let ab = |sv: V, tv: V| {
+        let sc = scaled(sv, inv_t);
+        (sc.sub(ms), teacher_side(sc, scaled(tv, inv_t), shift.mix).sub(mt))
+    };
     let mut total = [0f64; K];
-    for (bs, bt) in s.chunks(BLOCK).zip(t.chunks(BLOCK)) {
-        let mut acc = [[0f32; LANES]; K];
-        let (cs, ct) = (bs.chunks_exact(LANES), bt.chunks_exact(LANES));
-        let (rs, rt) = (cs.remainder(), ct.remainder());
-        for (xs, xt) in cs.zip(ct) {
-            for l in 0..LANES {
-                let v = f(xs[l], xt[l]);
-                for k in 0..K {
-                    acc[k][l] += v[k];
-                }
+    let full = s.len() / V::N * V::N;
+    let mut start = 0;
+    while start < full {
+        let end = (start + BLOCK).min(full);
+        let mut acc = [V::splat(0.0); K];
+        let mut i = start;
+        while i < end {
+            let (a, b) = ab(V::load(&s[i..]), V::load(&t[i..]));
+            let old = g.as_deref().map_or(V::splat(0.0), |g| V::load(&g[i..]));
+            let (terms, new) = f(a, b, old);
+            for k in 0..K {
+                acc[k] = acc[k].add(terms[k]);
             }
+            if let Some(g) = g.as_deref_mut() {
+                new.store(&mut g[i..]);
+            }
+            i += V::N;
         }
         for k in 0..K {
-            total[k] += acc[k].iter().map(|x| *x as f64).sum::<f64>();
+            total[k] += acc[k].sum() as f64;
         }
-        for (&a, &b) in rs.iter().zip(rt) {
-            let v = f(a, b);
-            for k in 0..K {
-                total[k] += v[k] as f64;
-            }
+        start = end;
+    }
+    let n = s.len() - full;
+    if n > 0 {
+        let (a, b) = ab(load_tail(&s[full..], 0.0), load_tail(&t[full..], 0.0));
+        let old = g.as_deref().map_or(V::splat(0.0), |g| load_tail(&g[full..], 0.0));
+        let (terms, new) = f(a, b, old);
+        for k in 0..K {
+            total[k] += terms[k].keep_first(n).sum() as f64;
+        }
+        if let Some(g) = g {
+            let mut buf = [0f32; MAX_LANES];
+            new.store(&mut buf);
+            g[full..].copy_from_slice(&buf[..n]);
         }
     }
     total
+}
+
+/// Per-row constants of the element terms of the mixture family.
+struct Consts<V> {
+    /// `ln Z_s`, `ln Z_t`.
+    lzs: V,
+    lzt: V,
+    /// Mixture weights of teacher and student and their logs (JSD, skew KLs).
+    wp: V,
+    wq: V,
+    lwp: V,
+    lwq: V,
+}
+
+/// Element terms of the kinds whose gradient is `q ⊙ (h − Σ q h)/T`: two summed value terms
+/// and `h = ∂value/∂q` up to a constant. `log m` is clamped below by its exact bound
+/// `max(log wp + log p, log wq + log q)`, so underflow cannot give −inf.
+#[inline(always)]
+fn mixture_terms<V: Lanes>(kind: FusedKind, c: &Consts<V>, a: V, b: V, q: V) -> ([V; 2], V) {
+    let (lq, lp) = (a.sub(c.lzs), b.sub(c.lzt));
+    let p = exp(lp);
+    let log_m = || ln(c.wp.mul_add(p, c.wq.mul(q))).max(c.lwp.add(lp).max(c.lwq.add(lq)));
+    match kind {
+        FusedKind::Jsd { .. } => {
+            // β KL(p‖m) + (1 − β) KL(q‖m);  h = (1 − β)(log q − log m).
+            let lm = log_m();
+            let rq = lq.sub(lm);
+            ([p.mul(lp.sub(lm)), q.mul(rq)], c.wq.mul(rq))
+        }
+        FusedKind::SkewForwardKl { .. } => {
+            // KL(p‖m);  h = −(1 − α) p/m.
+            let lm = log_m();
+            ([p.mul(lp.sub(lm)), p.mul(lm)], c.wq.mul(exp(lp.sub(lm))).mul(V::splat(-1.0)))
+        }
+        FusedKind::SkewReverseKl { .. } => {
+            // KL(q‖m);  h = log q − log m − α q/m  (the +1 cancels against Σ q h).
+            let lm = log_m();
+            let r = lq.sub(lm);
+            ([q.mul(r), V::splat(0.0)], r.sub(c.wq.mul(exp(r))))
+        }
+        FusedKind::Tvd => {
+            // ½ Σ |p − q|;  h = ½ sign(q − p), taken as 0 when q and p agree to rounding (the
+            // subgradient the composed path takes at equal distributions).
+            let d = q.sub(p);
+            let (half, zero) = (V::splat(0.5), V::splat(0.0));
+            let abs = d.max(zero.sub(d));
+            let sign = d.select_lt(zero, V::splat(-0.5), half);
+            let h = V::splat(1e-6).mul(p.add(q)).select_lt(abs, sign, zero);
+            ([abs.mul(half), zero], h)
+        }
+        FusedKind::ForwardKl | FusedKind::ReverseKl | FusedKind::Taid { .. } => {
+            unreachable!("not a mixture-family kind")
+        }
+    }
+}
+
+/// The hard-label term of one row: its label and the weight `w`.
+#[derive(Clone, Copy)]
+struct Hard {
+    label: usize,
+    weight: f32,
 }
 
 /// Computes one row; writes `weight ×` the gradient into `grad` when given.
 ///
 /// Everything is computed in the max-shifted space `a_v = s'_v − max s'`, `b_v = t'_v − max t'`
 /// (both `≤ 0`), so `log q_v = a_v − ln Z_s` never subtracts two large, separately rounded
-/// numbers. Written so that the element loops vectorise (see [`vexp`]).
+/// numbers. The gradient buffer doubles as scratch: the first pass stores `e^a` there and a
+/// later pass the element factor `h`, so that the gradient pass needs fewer `exp`s.
 #[inline(always)]
-fn row_impl(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
+fn row_impl<V: Lanes>(
+    spec: &RowSpec,
+    s: &[f32],
+    t: &[f32],
+    weight: f32,
+    label: Option<usize>,
+    mut grad: Option<&mut [f32]>,
+) -> RowOut {
+    let temp = spec.temperature as f32;
     let inv_t = (1.0 / spec.temperature) as f32;
-    let ms = row_max(s, inv_t);
-    let mt = row_max(t, inv_t);
-    let shifted = |sv: f32, tv: f32| (scaled(sv, inv_t) - ms, scaled(tv, inv_t) - mt);
-    let gscale = (weight as f64 * spec.scale / spec.temperature) as f32;
-    match spec.kind {
-        FusedKind::ForwardKl => {
-            // Z_s, Z_t, Σ e_t (b − a), Σ e_t a.
-            let [zs, zt, acc_a, acc_b] = sums(s, t, |sv, tv| {
-                let (a, b) = shifted(sv, tv);
-                let et = exp(b);
-                [exp(a), et, et * (b - a), et * a]
-            });
+    let mix = match spec.kind {
+        FusedKind::Taid { t } => Some(t as f32),
+        _ => None,
+    };
+    let (ms, mt) = maxima::<V>(s, t, inv_t, mix);
+    let shift = Shift { inv_t, ms, mt, mix };
+    let tracked = grad.is_some();
+    let hard = label.zip(spec.hard_weight).map(|(label, w)| Hard { label, weight: w as f32 });
+    // The divergence's share of the gradient: weight · (1 − w) · scale / T.
+    let soft_weight = 1.0 - hard.map_or(0.0, |h| h.weight as f64);
+    let gscale = (weight as f64 * soft_weight * spec.scale / spec.temperature) as f32;
+    let (soft, extra_a, extra_b, lzs) = match spec.kind {
+        FusedKind::ForwardKl | FusedKind::Taid { .. } => {
+            // Z_s, Z_t, Σ e_t (b − a), Σ e_t a; scratch ← e_s.
+            let [zs, zt, acc_a, acc_b] = pass::<V, 4>(
+                s,
+                t,
+                &shift,
+                grad.as_deref_mut(),
+                #[inline(always)]
+                |a, b, _| {
+                    let (es, et) = (exp(a), exp(b));
+                    ([es, et, et.mul(b.sub(a)), et.mul(a)], es)
+                },
+            );
             let (lzs, lzt) = (zs.ln(), zt.ln());
             // KL(p‖q) = Σ p (b − a) − ln Z_t + ln Z_s;  CE = −Σ p a + ln Z_s.
             let kl = acc_a / zt - lzt + lzs;
             let ce = -(acc_b / zt) + lzs;
-            if let Some(g) = grad {
-                // ∂KL(p‖q)/∂s_v = (q_v − p_v)/T.
-                let (lzs, lzt) = (lzs as f32, lzt as f32);
-                for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                    let (a, b) = shifted(sv, tv);
-                    *gv = gscale * (exp(a - lzs) - exp(b - lzt));
-                }
+            if tracked {
+                // ∂KL(p‖q)/∂s_v = ∂CE/∂s_v = (q_v − p_v)/T,  q_v = e_s/Z_s,  p_v = e^(b − ln Z_t).
+                let (qs, lzt) = (V::splat(gscale / zs as f32), V::splat(lzt as f32));
+                let gs = V::splat(gscale);
+                pass::<V, 0>(
+                    s,
+                    t,
+                    &shift,
+                    grad.as_deref_mut(),
+                    #[inline(always)]
+                    |_, b, es| ([], es.mul(qs).sub(gs.mul(exp(b.sub(lzt))))),
+                );
             }
-            RowOut { value: spec.scale * kl, extra_a: spec.scale * ce, extra_b: 0.0 }
+            match spec.kind {
+                FusedKind::Taid { .. } => (ce, kl, 0.0, lzs),
+                _ => (kl, ce, 0.0, lzs),
+            }
         }
         FusedKind::ReverseKl => {
-            let [zs, zt, acc_a] = sums(s, t, |sv, tv| {
-                let (a, b) = shifted(sv, tv);
-                let es = exp(a);
-                [es, exp(b), es * (a - b)]
-            });
+            // Z_s, Z_t, Σ e_s (a − b); scratch ← e_s.
+            let [zs, zt, acc_a] = pass::<V, 3>(
+                s,
+                t,
+                &shift,
+                grad.as_deref_mut(),
+                #[inline(always)]
+                |a, b, _| {
+                    let (es, et) = (exp(a), exp(b));
+                    ([es, et, es.mul(a.sub(b))], es)
+                },
+            );
             let (lzs, lzt) = (zs.ln(), zt.ln());
             // KL(q‖p) = Σ q (a − b) − ln Z_s + ln Z_t.
             let kl = acc_a / zs - lzs + lzt;
-            if let Some(g) = grad {
+            if tracked {
                 // ∂KL(q‖p)/∂s_v = q_v ((a_v − b_v) − (ln Z_s − ln Z_t + KL))/T.
-                let shift = (lzs - lzt + kl) as f32;
-                let lzs = lzs as f32;
-                for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                    let (a, b) = shifted(sv, tv);
-                    *gv = gscale * exp(a - lzs) * ((a - b) - shift);
-                }
+                let c = V::splat((lzs - lzt + kl) as f32);
+                let qs = V::splat(gscale / zs as f32);
+                pass::<V, 0>(
+                    s,
+                    t,
+                    &shift,
+                    grad.as_deref_mut(),
+                    #[inline(always)]
+                    |a, b, es| ([], es.mul(qs).mul(a.sub(b).sub(c))),
+                );
             }
-            RowOut { value: spec.scale * kl, extra_a: 0.0, extra_b: 0.0 }
+            (kl, 0.0, 0.0, lzs)
         }
-        FusedKind::Jsd { beta } => {
-            let [zs, zt] = sums(s, t, |sv, tv| {
-                let (a, b) = shifted(sv, tv);
-                [exp(a), exp(b)]
-            });
-            let (lzs, lzt) = (zs.ln() as f32, zt.ln() as f32);
-            let (lb, l1b) = ((beta as f32).ln(), ((1.0 - beta) as f32).ln());
-            let (wb, w1b) = (beta as f32, (1.0 - beta) as f32);
-            // Per element: log q, log p, and log m clamped below by its exact bound
-            // max(log β + log p, log(1 − β) + log q), so underflow cannot give −inf.
-            let terms = |sv: f32, tv: f32| -> (f32, f32, f32, f32, f32) {
-                let (a, b) = shifted(sv, tv);
-                let (lq, lp) = (a - lzs, b - lzt);
-                let (q, p) = (exp(lq), exp(lp));
-                let lm = (wb * p + w1b * q).ln().max((lb + lp).max(l1b + lq));
-                (lq, lp, q, p, lm)
+        FusedKind::Jsd { .. }
+        | FusedKind::SkewForwardKl { .. }
+        | FusedKind::SkewReverseKl { .. }
+        | FusedKind::Tvd => {
+            let [zs, zt] = pass::<V, 2>(
+                s,
+                t,
+                &shift,
+                grad.as_deref_mut(),
+                #[inline(always)]
+                |a, b, _| {
+                    let es = exp(a);
+                    ([es, exp(b)], es)
+                },
+            );
+            let (lzs, lzt) = (zs.ln(), zt.ln());
+            let inv_zs = V::splat(1.0 / zs as f32);
+            // Mixture weights (teacher, student) of m.
+            let (wp, wq) = match spec.kind {
+                FusedKind::Jsd { beta } => (beta, 1.0 - beta),
+                FusedKind::SkewForwardKl { alpha } => (alpha, 1.0 - alpha),
+                FusedKind::SkewReverseKl { alpha } => (1.0 - alpha, alpha),
+                _ => (0.5, 0.5),
             };
-            let [kl_pm, kl_qm] = sums(s, t, |sv, tv| {
-                let (lq, lp, q, p, lm) = terms(sv, tv);
-                [p * (lp - lm), q * (lq - lm)]
-            });
-            if let Some(g) = grad {
-                // ∂/∂s_v = (1 − β) q_v (log q_v − log m_v − KL(q‖m))/T.
-                let k = kl_qm as f32;
-                let gs = gscale * w1b;
-                for ((gv, &sv), &tv) in g.iter_mut().zip(s).zip(t) {
-                    let (lq, _, q, _, lm) = terms(sv, tv);
-                    *gv = gs * q * ((lq - lm) - k);
-                }
+            let (wp, wq) = (wp as f32, wq as f32);
+            let c = Consts {
+                lzs: V::splat(lzs as f32),
+                lzt: V::splat(lzt as f32),
+                wp: V::splat(wp),
+                wq: V::splat(wq),
+                lwp: V::splat(wp.ln()),
+                lwq: V::splat(wq.ln()),
+            };
+            let kind = spec.kind;
+            // Σ term0, Σ term1, Σ q h; scratch: e_s → h.
+            let [v0, v1, qh] = if tracked {
+                pass::<V, 3>(
+                    s,
+                    t,
+                    &shift,
+                    grad.as_deref_mut(),
+                    #[inline(always)]
+                    |a, b, es| {
+                        let q = es.mul(inv_zs);
+                        let ([x, y], h) = mixture_terms(kind, &c, a, b, q);
+                        ([x, y, q.mul(h)], h)
+                    },
+                )
+            } else {
+                let [x, y] = pass::<V, 2>(
+                    s,
+                    t,
+                    &shift,
+                    None,
+                    #[inline(always)]
+                    |a, b, _| {
+                        let q = exp(a.sub(c.lzs));
+                        (mixture_terms(kind, &c, a, b, q).0, q)
+                    },
+                );
+                [x, y, 0.0]
+            };
+            if tracked {
+                // ∂/∂s_v = q_v (h_v − Σ_u q_u h_u)/T.
+                let k = V::splat(qh as f32);
+                let gs = V::splat(gscale);
+                pass::<V, 0>(
+                    s,
+                    t,
+                    &shift,
+                    grad.as_deref_mut(),
+                    #[inline(always)]
+                    |a, _, h| ([], gs.mul(exp(a.sub(c.lzs))).mul(h.sub(k))),
+                );
             }
-            let value = beta * kl_pm + (1.0 - beta) * kl_qm;
-            RowOut { value: spec.scale * value, extra_a: kl_pm, extra_b: kl_qm }
+            match spec.kind {
+                FusedKind::Jsd { beta } => (beta * v0 + (1.0 - beta) * v1, v0, v1, lzs),
+                FusedKind::SkewForwardKl { .. } => (v0, -v1, 0.0, lzs),
+                _ => (v0, 0.0, 0.0, lzs),
+            }
         }
+    };
+    let soft = spec.scale * soft;
+    let (extra_a, extra_b) = match spec.kind {
+        FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } | FusedKind::Taid { .. } => {
+            (spec.scale * extra_a, extra_b)
+        }
+        _ => (extra_a, extra_b),
+    };
+    let Some(hard) = hard else {
+        return RowOut { value: soft, soft, hard: 0.0, extra_a, extra_b };
+    };
+    // Hard-label CE at T = 1 on the floored logits s_f = T (a + max s'):
+    // CE = ln Σ e^(T a) − T a_y;  ∂CE/∂s_v = softmax(s_f)_v − [v = y].
+    let tv = V::splat(temp);
+    let lz1 = if temp == 1.0 {
+        lzs
+    } else {
+        let [z1] = pass::<V, 1>(
+            s,
+            t,
+            &shift,
+            None,
+            #[inline(always)]
+            |a, _, _| ([exp(a.mul(tv))], a),
+        )
+        .map(f64::ln);
+        z1
+    };
+    let a_y = ((s[hard.label] as f64).max(LOGIT_FLOOR) * inv_t as f64 - ms as f64) * temp as f64;
+    let ce = lz1 - a_y;
+    if let Some(g) = grad {
+        let hw = V::splat(weight * hard.weight);
+        let l1 = V::splat(lz1 as f32);
+        pass::<V, 0>(
+            s,
+            t,
+            &shift,
+            Some(&mut *g),
+            #[inline(always)]
+            |a, _, old| ([], hw.mul_add(exp(a.mul(tv).sub(l1)), old)),
+        );
+        g[hard.label] -= weight * hard.weight;
     }
+    let w = hard.weight as f64;
+    RowOut { value: (1.0 - w) * soft + w * ce, soft, hard: ce, extra_a, extra_b }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_avx2(spec: &RowSpec, s: &[f32], t: &[f32], weight: f32, grad: Option<&mut [f32]>) -> RowOut {
-    row_impl(spec, s, t, weight, grad)
+fn row_avx2(spec: &RowSpec, s: &[f32], t: &[f32], w: f32, y: Option<usize>, g: Grad) -> RowOut {
+    row_impl::<simd::Avx2>(spec, s, t, w, y, g)
 }
 
-fn row_portable(
-    spec: &RowSpec,
-    s: &[f32],
-    t: &[f32],
-    weight: f32,
-    grad: Option<&mut [f32]>,
-) -> RowOut {
-    row_impl(spec, s, t, weight, grad)
+fn row_portable(spec: &RowSpec, s: &[f32], t: &[f32], w: f32, y: Option<usize>, g: Grad) -> RowOut {
+    row_impl::<Portable>(spec, s, t, w, y, g)
 }
 
-/// One row on the given instruction set.
-fn row(
-    isa: Isa,
-    spec: &RowSpec,
-    s: &[f32],
-    t: &[f32],
-    weight: f32,
-    grad: Option<&mut [f32]>,
-) -> RowOut {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced by `vexp::detect` after run-time detection.
-        Isa::Avx2Fma => unsafe { row_avx2(spec, s, t, weight, grad) },
-        _ => row_portable(spec, s, t, weight, grad),
-    }
+type Grad<'a> = Option<&'a mut [f32]>;
+
+/// The rows of one kernel call, flattened row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct RowBatch<'a> {
+    /// Student logits, `rows × vocab`.
+    pub student: &'a [f32],
+    /// Teacher logits, `rows × vocab`.
+    pub teacher: &'a [f32],
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Which rows count (`rows` entries).
+    pub valid: &'a [bool],
+    /// Per-row factor on the gradient: the upstream gradient the caller expects (`rows`).
+    pub weights: &'a [f32],
+    /// Hard labels (`rows`, each `< vocab` on valid rows), needed with a hard-label term.
+    pub labels: Option<&'a [usize]>,
 }
 
-/// Runs every row. `weights[i]` multiplies row i's gradient (the upstream gradient the caller
-/// expects); a row of weight 0 is ignored: its value is 0 and its gradient row is zeroed.
+/// Runs every row. `weights[i]` multiplies row i's gradient; an invalid row is ignored: its
+/// value is 0 and its gradient row is zeroed. The gradient buffer's previous contents do not
+/// matter (every element is written).
 ///
 /// # Panics
-/// When slice lengths disagree with `rows × vocab`.
-pub fn run_rows(
-    spec: &RowSpec,
-    student: &[f32],
-    teacher: &[f32],
-    vocab: usize,
-    valid: &[bool],
-    weights: &[f32],
-    grad: Option<&mut [f32]>,
-) -> Vec<RowOut> {
-    run_rows_on(vexp::detect(), spec, student, teacher, vocab, valid, weights, grad)
+/// When slice lengths disagree with `rows × vocab`, or a valid row's label is out of range.
+pub fn run_rows(spec: &RowSpec, batch: &RowBatch<'_>, grad: Option<&mut [f32]>) -> Vec<RowOut> {
+    run_rows_on(simd::detect(), spec, batch, grad)
 }
 
 /// [`run_rows`] on an explicit instruction set (tests run every variant this machine has).
-#[allow(clippy::too_many_arguments)]
 pub fn run_rows_on(
     isa: Isa,
     spec: &RowSpec,
-    student: &[f32],
-    teacher: &[f32],
-    vocab: usize,
-    valid: &[bool],
-    weights: &[f32],
+    batch: &RowBatch<'_>,
     grad: Option<&mut [f32]>,
 ) -> Vec<RowOut> {
+    let RowBatch { student, teacher, vocab, valid, weights, labels } = *batch;
     let rows = valid.len();
     assert_eq!(student.len(), rows * vocab, "student length");
     assert_eq!(teacher.len(), rows * vocab, "teacher length");
     assert_eq!(weights.len(), rows, "weights length");
+    if let Some(l) = labels {
+        assert_eq!(l.len(), rows, "labels length");
+    }
+    assert!(spec.hard_weight.is_none() || labels.is_some(), "a hard-label term needs labels");
     if vocab == 0 {
         return vec![RowOut::default(); rows];
     }
@@ -269,8 +551,16 @@ pub fn run_rows_on(
             }
             return RowOut::default();
         }
+        let label = labels.map(|l| l[i]);
+        assert!(label.is_none_or(|y| y < vocab), "label out of range");
         let r = i * vocab..(i + 1) * vocab;
-        row(isa, spec, &student[r.clone()], &teacher[r], weights[i], g)
+        let (s, t) = (&student[r.clone()], &teacher[r]);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2Fma` is only produced by `simd::detect` after run-time detection.
+            Isa::Avx2Fma => unsafe { row_avx2(spec, s, t, weights[i], label, g) },
+            _ => row_portable(spec, s, t, weights[i], label, g),
+        }
     };
     match grad {
         Some(g) => {
@@ -285,46 +575,87 @@ pub fn run_rows_on(
 mod tests {
     use super::*;
 
-    /// f64 reference of the three divergences and their gradients, straight from the definitions.
-    fn reference(kind: FusedKind, s: &[f64], t: &[f64], temp: f64) -> (f64, Vec<f64>) {
-        let softmax = |x: &[f64]| -> Vec<f64> {
-            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = x.iter().map(|v| (v / temp - m / temp).exp()).collect();
-            let z: f64 = e.iter().sum();
-            e.into_iter().map(|v| v / z).collect()
+    fn softmax(x: &[f64], temp: f64) -> Vec<f64> {
+        let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = x.iter().map(|v| (v / temp - m / temp).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.into_iter().map(|v| v / z).collect()
+    }
+
+    fn kl(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| if *x == 0.0 { 0.0 } else { x * (x / y).ln() }).sum()
+    }
+
+    /// f64 value of every kind straight from its definition; `sg` is the stop-gradient copy of
+    /// the student that TAID's target uses.
+    fn value(spec: &RowSpec, s: &[f64], sg: &[f64], t: &[f64], label: usize) -> f64 {
+        let temp = spec.temperature;
+        let (q, p) = (softmax(s, temp), softmax(t, temp));
+        let mix = |wp: f64| -> Vec<f64> {
+            p.iter().zip(&q).map(|(p, q)| wp * p + (1.0 - wp) * q).collect()
         };
-        let (q, p) = (softmax(s), softmax(t));
-        let kl = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * (x / y).ln()).sum::<f64>();
-        match kind {
-            FusedKind::ForwardKl => {
-                (kl(&p, &q), q.iter().zip(&p).map(|(q, p)| (q - p) / temp).collect())
-            }
-            FusedKind::ReverseKl => {
-                let k = kl(&q, &p);
-                (k, q.iter().zip(&p).map(|(q, p)| q * ((q / p).ln() - k) / temp).collect())
-            }
+        let soft = match spec.kind {
+            FusedKind::ForwardKl => kl(&p, &q),
+            FusedKind::ReverseKl => kl(&q, &p),
             FusedKind::Jsd { beta } => {
-                let m: Vec<f64> =
-                    p.iter().zip(&q).map(|(p, q)| beta * p + (1.0 - beta) * q).collect();
-                let (kpm, kqm) = (kl(&p, &m), kl(&q, &m));
-                let g =
-                    q.iter().zip(&m).map(|(q, m)| (1.0 - beta) * q * ((q / m).ln() - kqm) / temp);
-                (beta * kpm + (1.0 - beta) * kqm, g.collect())
+                let m = mix(beta);
+                beta * kl(&p, &m) + (1.0 - beta) * kl(&q, &m)
             }
-        }
+            FusedKind::SkewForwardKl { alpha } => kl(&p, &mix(alpha)),
+            FusedKind::SkewReverseKl { alpha } => kl(&q, &mix(1.0 - alpha)),
+            FusedKind::Tvd => 0.5 * p.iter().zip(&q).map(|(p, q)| (p - q).abs()).sum::<f64>(),
+            FusedKind::Taid { t: tau } => {
+                let target: Vec<f64> =
+                    sg.iter().zip(t).map(|(s, t)| (1.0 - tau) * s + tau * t).collect();
+                let pt = softmax(&target, temp);
+                -pt.iter().zip(&q).map(|(p, q)| p * q.ln()).sum::<f64>()
+            }
+        } * spec.scale;
+        let Some(w) = spec.hard_weight else {
+            return soft;
+        };
+        let ce = -softmax(s, 1.0)[label].ln();
+        (1.0 - w) * soft + w * ce
+    }
+
+    /// Value and central-difference gradient w.r.t. the student.
+    fn reference(spec: &RowSpec, s: &[f64], t: &[f64], label: usize) -> (f64, Vec<f64>) {
+        let v = value(spec, s, s, t, label);
+        let h = 1e-5;
+        let g = (0..s.len())
+            .map(|k| {
+                let (mut up, mut down) = (s.to_vec(), s.to_vec());
+                up[k] += h;
+                down[k] -= h;
+                (value(spec, &up, s, t, label) - value(spec, &down, s, t, label)) / (2.0 * h)
+            })
+            .collect();
+        (v, g)
     }
 
     /// The portable variant always, plus the detected one.
     fn isas() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];
-        if vexp::detect() != Isa::Portable {
-            v.push(vexp::detect());
+        if simd::detect() != Isa::Portable {
+            v.push(simd::detect());
         }
         v
     }
 
+    const KINDS: [FusedKind; 9] = [
+        FusedKind::ForwardKl,
+        FusedKind::ReverseKl,
+        FusedKind::Jsd { beta: 0.3 },
+        FusedKind::SkewForwardKl { alpha: 0.1 },
+        FusedKind::SkewForwardKl { alpha: 0.0 },
+        FusedKind::SkewReverseKl { alpha: 0.25 },
+        FusedKind::Tvd,
+        FusedKind::Taid { t: 0.4 },
+        FusedKind::Taid { t: 1.0 },
+    ];
+
     #[test]
-    fn rows_match_f64_reference_including_odd_vocab_and_masking() {
+    fn rows_match_f64_reference_including_odd_vocab_masking_and_hard_labels() {
         let vocab = 37; // not a multiple of 8 or 16
         let rows = 3;
         let s: Vec<f32> =
@@ -332,13 +663,24 @@ mod tests {
         let t: Vec<f32> =
             (0..rows * vocab).map(|i| ((i * 104729 % 97) as f32 / 11.0) - 4.0).collect();
         let valid = [true, false, true];
-        for kind in [FusedKind::ForwardKl, FusedKind::ReverseKl, FusedKind::Jsd { beta: 0.3 }] {
-            for temp in [1.0, 2.0] {
-                let spec = RowSpec { kind, temperature: temp, scale: 1.0 };
+        let labels = [5usize, 0, 36];
+        for kind in KINDS {
+            for (temp, scale, hard_weight) in
+                [(1.0, 1.0, None), (2.0, 4.0, None), (2.0, 4.0, Some(0.3)), (1.0, 1.0, Some(0.0))]
+            {
+                let spec = RowSpec { kind, temperature: temp, scale, hard_weight };
                 for isa in isas() {
                     let mut g = vec![f32::NAN; rows * vocab];
-                    let out =
-                        run_rows_on(isa, &spec, &s, &t, vocab, &valid, &[0.5; 3], Some(&mut g));
+                    let batch = RowBatch {
+                        student: &s,
+                        teacher: &t,
+                        vocab,
+                        valid: &valid,
+                        weights: &[0.5; 3],
+                        labels: Some(&labels),
+                    };
+                    let out = run_rows_on(isa, &spec, &batch, Some(&mut g));
+                    let loss_only = run_rows_on(isa, &spec, &batch, None);
                     for i in 0..rows {
                         let r = i * vocab..(i + 1) * vocab;
                         if !valid[i] {
@@ -348,17 +690,19 @@ mod tests {
                         }
                         let sd: Vec<f64> = s[r.clone()].iter().map(|x| *x as f64).collect();
                         let td: Vec<f64> = t[r.clone()].iter().map(|x| *x as f64).collect();
-                        let (v, gr) = reference(kind, &sd, &td, temp);
+                        let (v, gr) = reference(&spec, &sd, &td, labels[i]);
+                        let what = format!("{kind:?} T={temp} w={hard_weight:?} {isa:?}");
+                        assert!((out[i].value - v).abs() < 2e-6 * (1.0 + v.abs()), "{what}: {v}");
+                        let lo = loss_only[i].value;
                         assert!(
-                            (out[i].value - v).abs() < 1e-6 * (1.0 + v),
-                            "{kind:?} {v} {}",
-                            out[i].value
+                            (out[i].value - lo).abs() < 1e-6 * (1.0 + lo.abs()),
+                            "{what}: {lo}"
                         );
                         for (a, b) in g[r].iter().zip(&gr) {
+                            let want = 0.5 * b;
                             assert!(
-                                (*a as f64 - 0.5 * b).abs() < 1e-6,
-                                "{kind:?} {isa:?}: {a} vs {}",
-                                0.5 * b
+                                (*a as f64 - want).abs() < 2e-6 * scale,
+                                "{what}: {a} vs {want}"
                             );
                         }
                     }
@@ -375,10 +719,18 @@ mod tests {
         t[4] = 0.0; // one live teacher entry
         s[0] = 200.0;
         s[1] = -200.0;
-        for kind in [FusedKind::ForwardKl, FusedKind::ReverseKl, FusedKind::Jsd { beta: 0.5 }] {
-            let spec = RowSpec { kind, temperature: 1.0, scale: 1.0 };
+        for kind in KINDS {
+            let spec = RowSpec { kind, temperature: 1.0, scale: 1.0, hard_weight: Some(0.5) };
             let mut g = vec![0f32; vocab];
-            let out = run_rows(&spec, &s, &t, vocab, &[true], &[1.0], Some(&mut g));
+            let batch = RowBatch {
+                student: &s,
+                teacher: &t,
+                vocab,
+                valid: &[true],
+                weights: &[1.0],
+                labels: Some(&[1]),
+            };
+            let out = run_rows(&spec, &batch, Some(&mut g));
             assert!(out[0].value.is_finite(), "{kind:?}");
             assert!(g.iter().all(|x| x.is_finite()), "{kind:?}: {g:?}");
         }

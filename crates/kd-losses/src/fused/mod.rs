@@ -14,7 +14,12 @@
 //! kernel without any gradient buffer.
 
 pub mod kernels;
-pub mod vexp;
+#[cfg(feature = "flex")]
+mod pool;
+pub mod simd;
+
+#[cfg(feature = "flex")]
+pub use pool::{MAX_BUFFERS, pooled_bytes, release_buffers};
 
 use std::cell::Cell;
 
@@ -69,7 +74,9 @@ pub fn current_path() -> Path {
 #[derive(Debug)]
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 pub(crate) struct FusedTerms {
-    /// Scaled divergence per row, 0 on ignored rows; differentiable. Shape `[rows]`.
+    /// Per-row loss, 0 on ignored rows; differentiable. Shape `[rows]`. Includes the
+    /// hard-label term when the call asked for one (then `extras` has `soft_term` and
+    /// `hard_term`).
     pub values: burn::tensor::Tensor<1>,
     /// Diagnostics, as the composed path names them.
     pub extras: Vec<crate::Extra>,
@@ -84,6 +91,10 @@ pub(crate) struct FusedCall<'a> {
     pub student: &'a burn::tensor::Tensor<2>,
     pub teacher: &'a burn::tensor::Tensor<2>,
     pub valid: &'a burn::tensor::Tensor<1, burn::tensor::Bool>,
+    /// Labels (ignored rows already replaced by a valid id), when the loss has them.
+    pub labels: Option<&'a burn::tensor::Tensor<1, burn::tensor::Int>>,
+    /// Weight of the hard-label cross-entropy mixed in, if any.
+    pub hard_weight: Option<f64>,
     /// Upstream gradient each valid row will receive from the driver's reduction.
     pub expected_upstream: ExpectedUpstream,
 }
@@ -94,8 +105,6 @@ pub(crate) struct FusedCall<'a> {
 pub(crate) struct ExpectedUpstream {
     /// `true` for a mean over valid rows.
     pub mean: bool,
-    /// Weight of the soft term (`1 − w` under a hard-label mix, else `1`).
-    pub soft_weight: f64,
 }
 
 /// The fused soft terms, or `None` when the composed path must run.
@@ -119,9 +128,9 @@ mod flex {
     use burn::backend::flex::FlexTensor;
     use burn::backend::{DispatchKindConversion, Flex};
     use burn::tensor::DispatchTensor;
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::tensor::{DType, Int, Tensor, TensorData};
 
-    use super::kernels::{FusedKind, RowOut, RowSpec, run_rows};
+    use super::kernels::{FusedKind, RowBatch, RowOut, RowSpec, run_rows};
     use super::{FusedCall, FusedTerms, Path, current_path};
     use crate::Extra;
 
@@ -186,8 +195,29 @@ mod flex {
         spec: RowSpec,
         valid: Vec<bool>,
         weights: Vec<f32>,
+        labels: Option<Vec<usize>>,
         rows: usize,
         vocab: usize,
+    }
+
+    impl Prepared {
+        fn run(&self, student: &[f32], teacher: &[f32], grad: Option<&mut [f32]>) -> Vec<RowOut> {
+            let batch = RowBatch {
+                student,
+                teacher,
+                vocab: self.vocab,
+                valid: &self.valid,
+                weights: &self.weights,
+                labels: self.labels.as_deref(),
+            };
+            run_rows(&self.spec, &batch, grad)
+        }
+    }
+
+    fn host_labels(labels: &Tensor<1, Int>, vocab: usize) -> Option<Vec<usize>> {
+        let ids: Vec<i64> = labels.to_data().convert::<i64>().try_into_vec().ok()?;
+        // The driver has validated the labels of valid rows; anything else routes to composed.
+        ids.into_iter().map(|y| usize::try_from(y).ok().filter(|y| *y < vocab)).collect()
     }
 
     fn prepare(call: &FusedCall<'_>) -> Option<Prepared> {
@@ -205,27 +235,42 @@ mod flex {
         let n_valid = valid.iter().filter(|v| **v).count();
         let e = &call.expected_upstream;
         let reduce = if e.mean { 1.0 / (n_valid.max(1) as f32) } else { 1.0 };
-        let per_row = reduce * e.soft_weight as f32;
-        let weights = valid.iter().map(|v| if *v { per_row } else { 0.0 }).collect();
-        let spec = RowSpec { kind: call.kind, temperature: call.temperature, scale: call.scale };
-        Some(Prepared { spec, valid, weights, rows, vocab })
+        let weights = valid.iter().map(|v| if *v { reduce } else { 0.0 }).collect();
+        let labels = match (call.hard_weight, call.labels) {
+            (None, _) => None,
+            (Some(_), Some(l)) => Some(host_labels(l, vocab)?),
+            (Some(_), None) => return None,
+        };
+        let spec = RowSpec {
+            kind: call.kind,
+            temperature: call.temperature,
+            scale: call.scale,
+            hard_weight: call.hard_weight,
+        };
+        Some(Prepared { spec, valid, weights, labels, rows, vocab })
     }
 
-    fn extras(kind: FusedKind, rows: &[RowOut], device: &burn::tensor::Device) -> Vec<Extra> {
+    fn extras(spec: &RowSpec, rows: &[RowOut], device: &burn::tensor::Device) -> Vec<Extra> {
         let col = |f: fn(&RowOut) -> f64| -> Tensor<1> {
             let v: Vec<f32> = rows.iter().map(|r| f(r) as f32).collect();
             Tensor::from_data(TensorData::new(v, [rows.len()]), device)
         };
-        match kind {
-            FusedKind::ForwardKl => {
+        let mut extras = match spec.kind {
+            FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } => {
                 vec![Extra::row("per_row_cross_entropy_form", col(|r| r.extra_a))]
             }
-            FusedKind::ReverseKl => Vec::new(),
+            FusedKind::Taid { .. } => vec![Extra::row("per_row_kl_form", col(|r| r.extra_a))],
+            FusedKind::ReverseKl | FusedKind::SkewReverseKl { .. } | FusedKind::Tvd => Vec::new(),
             FusedKind::Jsd { .. } => vec![
                 Extra::row("kl_teacher_mix", col(|r| r.extra_a)),
                 Extra::row("kl_student_mix", col(|r| r.extra_b)),
             ],
+        };
+        if spec.hard_weight.is_some() {
+            extras.push(Extra::row("soft_term", col(|r| r.soft)));
+            extras.push(Extra::row("hard_term", col(|r| r.hard)));
         }
+        extras
     }
 
     fn values_of(rows: &[RowOut]) -> Vec<f32> {
@@ -244,18 +289,15 @@ mod flex {
         let ad = student.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
         let tracked = ad.is_tracked();
         let s = host_f32(ad.primitive())?;
-        let mut grad = tracked.then(|| vec![0f32; p.rows * p.vocab]);
-        let rows =
-            run_rows(&p.spec, &s, teacher, p.vocab, &p.valid, &p.weights, grad.as_deref_mut());
+        let mut grad = tracked.then(|| super::pool::take(p.rows * p.vocab));
+        let rows = p.run(&s, teacher, grad.as_deref_mut());
         drop(s);
         let out = flex_vec(values_of(&rows), [p.rows]);
         let node = ad.node();
         let result = match FusedBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let grad = FlexTensor::from_data(TensorData::new(
-                    grad.unwrap_or_default(),
-                    [p.rows, p.vocab],
-                ));
+                let grad = grad.unwrap_or_else(|| vec![0f32; p.rows * p.vocab]);
+                let grad = super::pool::into_tensor(grad, &[p.rows, p.vocab]);
                 prep.finish(GradState { grad, assumed: p.weights.clone() }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
@@ -274,11 +316,11 @@ mod flex {
         } else {
             let flex = call.student.clone().try_into_primitive::<Flex>().ok()?;
             let s = host_f32(&flex)?;
-            let rows = run_rows(&p.spec, &s, &teacher, p.vocab, &p.valid, &p.weights, None);
+            let rows = p.run(&s, &teacher, None);
             let out = flex_vec(values_of(&rows), [p.rows]);
             (Tensor::from_primitive::<Flex>(out), rows)
         };
-        let extras = extras(call.kind, &rows, &call.student.device());
+        let extras = extras(&p.spec, &rows, &call.student.device());
         super::FUSED_CALLS.with(|c| c.set(c.get() + 1));
         Some(FusedTerms { values, extras })
     }
