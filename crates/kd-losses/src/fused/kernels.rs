@@ -1,13 +1,18 @@
 //! Burn-free row kernels: value (and, when asked, the student gradient) of a divergence for every
-//! row in one pass family per row. Slices in, slices out; rows run in parallel with rayon.
+//! row. Slices in, slices out; rows run in parallel with rayon; each row runs on the widest
+//! instruction set the machine has ([`super::simd`]).
 //!
 //! Per row, with `s' = max(s, −1e4)/T`, `t' = max(t, −1e4)/T` (the same floor as
-//! [`crate::logspace::LOGIT_FLOOR`]):
-//! 1. maxima of `s'` and `t'`;
-//! 2. partition sums `Z_s = Σ exp(s' − max s')`, `Z_t` likewise, plus the moment the loss needs,
-//!    accumulated in `f64`;
-//! 3. (tracked only) the gradient, written straight into the caller's buffer, already multiplied
-//!    by the row's weight (the upstream gradient the caller expects) and by `T²` when scaled.
+//! [`crate::logspace::LOGIT_FLOOR`]; TAID's teacher side is `(1 − τ)s' + τt'`):
+//! 1. one pass for both maxima (the only pass that streams the row from memory);
+//! 2. one pass for the partition sums `Z_s`, `Z_t` and the moments the loss needs, storing
+//!    `e^(s' − max s')` in the gradient buffer as scratch;
+//! 3. for JSD, skew KL/RKL and TVD, one pass for the element terms (one `ln` and one `exp` per
+//!    element), storing the factor `h = ∂value/∂q` in the scratch;
+//! 4. (tracked only) the gradient pass, writing `weight × ∂loss/∂s` over the scratch; with a
+//!    hard-label term, one more pass adds `w (softmax(s) − onehot(y))`.
+//!
+//! Sums run in f32 vector lanes flushed to f64 every 1024 elements.
 
 use rayon::prelude::*;
 

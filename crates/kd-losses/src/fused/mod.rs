@@ -10,8 +10,15 @@
 //! by the upstream gradient the driver's reduction will send (`1/n_valid` for a mean, times the
 //! soft weight of a hard-label mix), and kept as the op's state; the backward hands it over as is
 //! when the upstream matches, and rescales rows in place otherwise. A step thus allocates one
-//! `rows × vocab` buffer. An untracked student (teacher-only or evaluation) runs a loss-only
-//! kernel without any gradient buffer.
+//! `rows × vocab` buffer, taken from a small pool (`release_buffers` empties it) so that it is already
+//! mapped: the buffer returns to the pool when burn drops the gradient. An untracked student
+//! (teacher-only or evaluation) runs a loss-only kernel without any gradient buffer.
+//!
+//! Fused kinds: forward KL (also Hinton KD and f-DISTILL `kl`), reverse KL (f-DISTILL `rkl`),
+//! generalized JSD (also `js` and f-DISTILL `js`), skew forward/reverse KL, TVD (also f-DISTILL
+//! `tvd`) and TAID at a given `t`, each with or without the hard-label cross-entropy mix
+//! ([`crate::HardLabelMix`], Hinton's `α`). The kernels use AVX2+FMA when the CPU has them
+//! (detected at run time) and a portable build otherwise; both are tested on every machine.
 
 pub mod kernels;
 #[cfg(feature = "flex")]

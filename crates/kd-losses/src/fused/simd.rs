@@ -10,7 +10,7 @@
 //! and `e·ln 2` added in two parts. Inputs are clamped below to the smallest normal float.
 //! Relative error ≈ 1e−7.
 //!
-//! The kernels are written once, generic over [`Lanes`], and compiled once per instruction set:
+//! The kernels are written once, generic over a small `Lanes` trait, and compiled once per instruction set:
 //! every trait method is `#[inline(always)]`, so inside a `#[target_feature]` function the whole
 //! kernel becomes straight AVX2 code.
 
@@ -18,7 +18,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     /// Whatever the build's baseline target allows (SSE2 on x86-64, NEON on aarch64); the
-    /// compiler vectorises the lane loops of [`Portable`].
+    /// compiler vectorises the lane loops of its plain arrays.
     Portable,
     /// x86-64 with AVX2 and FMA, detected at run time (8 lanes of `__m256`).
     Avx2Fma,
