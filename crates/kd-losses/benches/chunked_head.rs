@@ -119,7 +119,7 @@ fn main() {
         None => (8192, 768, 50257),
     };
     let chunk = env_usizes("KD_CHUNK_ROWS").map_or(if quick { 128 } else { 1024 }, |c| c[0]);
-    let runs = if quick { 3 } else { 3 };
+    let runs = if quick { 5 } else { 3 };
     let mut json = std::env::var_os("KD_BENCH_JSON").map(|p| {
         std::fs::OpenOptions::new().create(true).append(true).open(p).expect("KD_BENCH_JSON file")
     });
