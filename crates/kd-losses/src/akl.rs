@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
+use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_softmax, sum_rows};
 
 /// Config of [`AdaptiveKl`].
@@ -74,6 +75,9 @@ pub struct AdaptiveKl {
 }
 
 impl Divergence for AdaptiveKl {
+    fn fused_kind(&self) -> Option<FusedKind> {
+        Some(FusedKind::Akl { mu: self.config.mu })
+    }
     fn name(&self) -> &'static str {
         "akl"
     }

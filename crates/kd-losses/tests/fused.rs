@@ -5,9 +5,9 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use kd_losses::fused::{FusedKind, Path, fused_calls, with_path};
 use kd_losses::{
-    Divergence, FDistillConfig, FDivergenceKind, ForwardKlConfig, GeneralizedJsdConfig,
-    HardLabelMix, HintonKdConfig, JensenShannonConfig, KdBatch, Reduction, ReverseKlConfig,
-    SkewForwardKlConfig, SkewReverseKlConfig, TaidConfig, TvdConfig,
+    AdaptiveKlConfig, Divergence, FDistillConfig, FDivergenceKind, ForwardKlConfig,
+    GeneralizedJsdConfig, HardLabelMix, HintonKdConfig, JensenShannonConfig, KdBatch, Reduction,
+    ReverseKlConfig, SkewForwardKlConfig, SkewReverseKlConfig, TaidConfig, TvdConfig,
 };
 
 fn losses() -> Vec<Box<dyn Divergence>> {
@@ -33,6 +33,7 @@ fn losses() -> Vec<Box<dyn Divergence>> {
         Box::new(TaidConfig { temperature: 2.0, ..TaidConfig::new().with_t(0.4) }.init().unwrap()),
         Box::new(FDistillConfig::new(FDivergenceKind::Tvd).init().unwrap()),
         Box::new(HardLabelMix::new(TvdConfig::new().init().unwrap(), 0.5).unwrap()),
+        Box::new(AdaptiveKlConfig { mu: 0.3, temperature: 1.0 }.init().unwrap()),
     ]
 }
 
@@ -157,7 +158,21 @@ fn reference_row(i: usize, s: &[f64], s0: &[f64], t: &[f64], label: usize) -> f6
             -lpt.iter().zip(&lq).map(|(p, q)| p.exp() * q).sum::<f64>()
         }
         13 => tvd(1.0),
-        _ => 0.5 * tvd(1.0) + 0.5 * ce(),
+        14 => 0.5 * tvd(1.0) + 0.5 * ce(),
+        _ => {
+            // AKL, μ = 0.3: head/tail split and weights from the stop-gradient student s0.
+            let (lq, lp, lq0) = (log_softmax(s, 1.0), log_softmax(t, 1.0), log_softmax(s0, 1.0));
+            let mut order: Vec<usize> = (0..lp.len()).collect();
+            order.sort_by(|a, b| lp[*b].total_cmp(&lp[*a]).then(a.cmp(b)));
+            let (mut cum, mut gh, mut gt) = (0.0, 0.0, 0.0);
+            for (k, v) in order.into_iter().enumerate() {
+                cum += lp[v].exp();
+                let gap = (lp[v].exp() - lq0[v].exp()).abs();
+                if k == 0 || cum <= 0.3 { gh += gap } else { gt += gap }
+            }
+            let wh = gh / (gh + gt).max(1e-30);
+            wh * kl(&lp, &lq) + (1.0 - wh) * kl(&lq, &lp)
+        }
     }
 }
 

@@ -42,6 +42,13 @@ pub enum FusedKind {
     },
     /// `½ Σ |p − q|`.
     Tvd,
+    /// AKL: `w_head KL(p‖q) + w_tail KL(q‖p)`, head = the teacher's most likely tokens up to
+    /// cumulative mass `μ` (always the top-1), weights from the stop-gradient gaps `|p − q|`;
+    /// extras `head_weight`, `tail_weight`, `fkl`, `rkl`, `head_size`.
+    Akl {
+        /// Head mass threshold.
+        mu: f64,
+    },
     /// TAID at interpolation `t`: `−Σ p_t log q`, `p_t = softmax((1 − t)·sg(s') + t·t')`;
     /// extra: `KL(p_t‖q)`.
     Taid {
@@ -80,11 +87,10 @@ pub struct RowOut {
     pub soft: f64,
     /// The hard-label cross-entropy `−log softmax(s)[label]` at `T = 1` (0 without a label).
     pub hard: f64,
-    /// First diagnostic (cross-entropy form for forward KL, `KL(p‖m)` for JSD, `KL(p_t‖q)`
-    /// for TAID).
-    pub extra_a: f64,
-    /// Second diagnostic (`KL(q‖m)` for JSD).
-    pub extra_b: f64,
+    /// Diagnostics, by kind: the cross-entropy form for forward and skew forward KL;
+    /// `KL(p‖m)`, `KL(q‖m)` for JSD; `KL(p_t‖q)` for TAID; head weight, tail weight, forward
+    /// KL, reverse KL and head size for AKL.
+    pub extras: [f64; 5],
 }
 
 use super::simd::{self, Isa, Lanes, Portable, exp, ln};
@@ -255,10 +261,76 @@ fn mixture_terms<V: Lanes>(kind: FusedKind, c: &Consts<V>, a: V, b: V, q: V) -> 
             let h = V::splat(1e-6).mul(p.add(q)).select_lt(abs, sign, zero);
             ([abs.mul(half), zero], h)
         }
-        FusedKind::ForwardKl | FusedKind::ReverseKl | FusedKind::Taid { .. } => {
-            unreachable!("not a mixture-family kind")
+        FusedKind::ForwardKl
+        | FusedKind::ReverseKl
+        | FusedKind::Taid { .. }
+        | FusedKind::Akl { .. } => unreachable!("not a mixture-family kind"),
+    }
+}
+
+thread_local! {
+    /// Per-thread row of teacher probabilities for AKL's head split.
+    static P_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// AKL's head: the teacher's tokens in descending probability (ties by index) while the
+/// running sum stays `≤ μ`, and always the top-1. Returns `Σ_head |p − q|` (with `q(v)` giving
+/// the student's probability) and the head size.
+///
+/// A radix select on the bit patterns of `p` (non-negative floats order like their bits):
+/// 2048 buckets by the top bits; whole buckets above the boundary are head, and only the
+/// boundary bucket is sorted. O(V) per row plus the boundary bucket's sort.
+fn head_gap(p: &[f32], mu: f64, q: impl Fn(usize) -> f64) -> (f64, usize) {
+    const SHIFT: u32 = 20;
+    const BUCKETS: usize = 1 << (32 - SHIFT - 1); // sign bit is 0
+    let mut mass = vec![0f64; BUCKETS];
+    for &x in p {
+        mass[(x.to_bits() >> SHIFT) as usize] += x as f64;
+    }
+    let mut cum = 0f64;
+    let mut boundary = None;
+    for b in (0..BUCKETS).rev() {
+        if mass[b] == 0.0 {
+            // Empty, or only zeros: they never change the running sum.
+            continue;
+        }
+        if cum + mass[b] <= mu {
+            cum += mass[b];
+        } else {
+            boundary = Some(b);
+            break;
         }
     }
+    // Head: every token above the boundary bucket, plus a prefix of the boundary bucket.
+    let boundary_bucket = boundary.unwrap_or(0);
+    let mut inside: Vec<(f32, usize)> = Vec::new();
+    let mut gap = 0f64;
+    let mut size = 0usize;
+    for (v, &x) in p.iter().enumerate() {
+        let b = (x.to_bits() >> SHIFT) as usize;
+        if boundary.is_some() && b == boundary_bucket {
+            inside.push((x, v));
+        } else if boundary.is_none() || b > boundary_bucket {
+            // Above the boundary, or every token when the whole mass fits in μ.
+            gap += (x as f64 - q(v)).abs();
+            size += 1;
+        }
+    }
+    if boundary.is_some() {
+        inside.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (i, &(x, v)) in inside.iter().enumerate() {
+            // The top-1 overall is head even when it alone exceeds μ.
+            let first_overall = size == 0 && i == 0;
+            if cum + x as f64 <= mu || first_overall {
+                cum += x as f64;
+                gap += (x as f64 - q(v)).abs();
+                size += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    (gap, size)
 }
 
 /// The hard-label term of one row: its label and the weight `w`.
@@ -296,7 +368,7 @@ fn row_impl<V: Lanes>(
     // The divergence's share of the gradient: weight · (1 − w) · scale / T.
     let soft_weight = 1.0 - hard.map_or(0.0, |h| h.weight as f64);
     let gscale = (weight as f64 * soft_weight * spec.scale / spec.temperature) as f32;
-    let (soft, extra_a, extra_b, lzs) = match spec.kind {
+    let (soft, extras, lzs) = match spec.kind {
         FusedKind::ForwardKl | FusedKind::Taid { .. } => {
             // Z_s, Z_t, Σ e_t (b − a), Σ e_t a; scratch ← e_s.
             let [zs, zt, acc_a, acc_b] = pass::<V, 4>(
@@ -328,8 +400,8 @@ fn row_impl<V: Lanes>(
                 );
             }
             match spec.kind {
-                FusedKind::Taid { .. } => (ce, kl, 0.0, lzs),
-                _ => (kl, ce, 0.0, lzs),
+                FusedKind::Taid { .. } => (ce, [kl, 0.0, 0.0, 0.0, 0.0], lzs),
+                _ => (kl, [spec.scale * ce, 0.0, 0.0, 0.0, 0.0], lzs),
             }
         }
         FusedKind::ReverseKl => {
@@ -361,7 +433,73 @@ fn row_impl<V: Lanes>(
                     |a, b, es| ([], es.mul(qs).mul(a.sub(b).sub(c))),
                 );
             }
-            (kl, 0.0, 0.0, lzs)
+            (kl, [0.0; 5], lzs)
+        }
+        FusedKind::Akl { mu } => {
+            // Z_s, Z_t, Σ e_t (b − a), Σ e_s (a − b), and the total gap Σ |p − q| needs Z first.
+            let [zs, zt, acc_f, acc_r] = pass::<V, 4>(
+                s,
+                t,
+                &shift,
+                grad.as_deref_mut(),
+                #[inline(always)]
+                |a, b, _| {
+                    let (es, et) = (exp(a), exp(b));
+                    ([es, et, et.mul(b.sub(a)), es.mul(a.sub(b))], es)
+                },
+            );
+            let (lzs, lzt) = (zs.ln(), zt.ln());
+            let fkl = acc_f / zt - lzt + lzs;
+            let rkl = acc_r / zs - lzs + lzt;
+            let (lzs_v, lzt_v) = (V::splat(lzs as f32), V::splat(lzt as f32));
+            // The teacher's probabilities, for the head split; Σ |p − q| on the way.
+            let (head_gap, total_gap, head_size) = P_SCRATCH.with(|cell| {
+                let mut pbuf = cell.borrow_mut();
+                pbuf.clear();
+                pbuf.resize(s.len(), 0.0);
+                let [total] = pass::<V, 1>(
+                    s,
+                    t,
+                    &shift,
+                    Some(&mut pbuf[..]),
+                    #[inline(always)]
+                    |a, b, _| {
+                        let (q, p) = (exp(a.sub(lzs_v)), exp(b.sub(lzt_v)));
+                        let d = p.sub(q);
+                        ([d.max(V::splat(0.0).sub(d))], p)
+                    },
+                );
+                let (gap, size) = head_gap(&pbuf, mu, |v| {
+                    let a = (s[v] as f64).max(LOGIT_FLOOR) * inv_t as f64 - ms as f64;
+                    (a - lzs).exp()
+                });
+                (gap, total, size)
+            });
+            // The head's gap (f64) and the total (f32 lanes) round differently: take the tail
+            // as the non-negative remainder so the weights stay in [0, 1].
+            let tail_gap = (total_gap - head_gap).max(0.0);
+            let w_head = head_gap / (head_gap + tail_gap).max(1e-30);
+            let w_tail = 1.0 - w_head;
+            if tracked {
+                // w_head (q − p)/T + w_tail q ((a − b) − (ln Z_s − ln Z_t + KL(q‖p)))/T.
+                let qs = V::splat(gscale / zs as f32);
+                let (wh, wt) = (V::splat(w_head as f32), V::splat(w_tail as f32));
+                let c = V::splat((lzs - lzt + rkl) as f32);
+                pass::<V, 0>(
+                    s,
+                    t,
+                    &shift,
+                    grad.as_deref_mut(),
+                    #[inline(always)]
+                    |a, b, es| {
+                        let q = es.mul(qs);
+                        let p = V::splat(gscale).mul(exp(b.sub(lzt_v)));
+                        ([], wh.mul(q.sub(p)).add(wt.mul(q).mul(a.sub(b).sub(c))))
+                    },
+                );
+            }
+            let value = w_head * fkl + w_tail * rkl;
+            (value, [w_head, w_tail, fkl, rkl, head_size as f64], lzs)
         }
         FusedKind::Jsd { .. }
         | FusedKind::SkewForwardKl { .. }
@@ -439,21 +577,17 @@ fn row_impl<V: Lanes>(
                 );
             }
             match spec.kind {
-                FusedKind::Jsd { beta } => (beta * v0 + (1.0 - beta) * v1, v0, v1, lzs),
-                FusedKind::SkewForwardKl { .. } => (v0, -v1, 0.0, lzs),
-                _ => (v0, 0.0, 0.0, lzs),
+                FusedKind::Jsd { beta } => {
+                    (beta * v0 + (1.0 - beta) * v1, [v0, v1, 0.0, 0.0, 0.0], lzs)
+                }
+                FusedKind::SkewForwardKl { .. } => (v0, [-v1, 0.0, 0.0, 0.0, 0.0], lzs),
+                _ => (v0, [0.0; 5], lzs),
             }
         }
     };
     let soft = spec.scale * soft;
-    let (extra_a, extra_b) = match spec.kind {
-        FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } | FusedKind::Taid { .. } => {
-            (spec.scale * extra_a, extra_b)
-        }
-        _ => (extra_a, extra_b),
-    };
     let Some(hard) = hard else {
-        return RowOut { value: soft, soft, hard: 0.0, extra_a, extra_b };
+        return RowOut { value: soft, soft, hard: 0.0, extras };
     };
     // Hard-label CE at T = 1 on the floored logits s_f = T (a + max s'):
     // CE = ln Σ e^(T a) − T a_y;  ∂CE/∂s_v = softmax(s_f)_v − [v = y].
@@ -488,7 +622,7 @@ fn row_impl<V: Lanes>(
         g[hard.label] -= weight * hard.weight;
     }
     let w = hard.weight as f64;
-    RowOut { value: (1.0 - w) * soft + w * ce, soft, hard: ce, extra_a, extra_b }
+    RowOut { value: (1.0 - w) * soft + w * ce, soft, hard: ce, extras }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -609,6 +743,20 @@ mod tests {
             FusedKind::SkewForwardKl { alpha } => kl(&p, &mix(alpha)),
             FusedKind::SkewReverseKl { alpha } => kl(&q, &mix(1.0 - alpha)),
             FusedKind::Tvd => 0.5 * p.iter().zip(&q).map(|(p, q)| (p - q).abs()).sum::<f64>(),
+            FusedKind::Akl { mu } => {
+                // Head split and weights from the stop-gradient student.
+                let q0 = softmax(sg, temp);
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
+                let (mut cum, mut gh, mut gt) = (0.0, 0.0, 0.0);
+                for (i, v) in order.into_iter().enumerate() {
+                    cum += p[v];
+                    let gap = (p[v] - q0[v]).abs();
+                    if i == 0 || cum <= mu { gh += gap } else { gt += gap }
+                }
+                let wh = gh / (gh + gt);
+                wh * kl(&p, &q) + (1.0 - wh) * kl(&q, &p)
+            }
             FusedKind::Taid { t: tau } => {
                 let target: Vec<f64> =
                     sg.iter().zip(t).map(|(s, t)| (1.0 - tau) * s + tau * t).collect();
@@ -647,7 +795,9 @@ mod tests {
         v
     }
 
-    const KINDS: [FusedKind; 9] = [
+    const KINDS: [FusedKind; 11] = [
+        FusedKind::Akl { mu: 0.5 },
+        FusedKind::Akl { mu: 0.05 },
         FusedKind::ForwardKl,
         FusedKind::ReverseKl,
         FusedKind::Jsd { beta: 0.3 },
@@ -714,6 +864,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn akl_head_is_the_top_mass_up_to_mu_and_always_the_top_1() {
+        let p = [0.1f32, 0.4, 0.05, 0.3, 0.15];
+        // Descending: 0.4 (cum .4), 0.3 (.7), 0.15 (.85), 0.1 (.95), 0.05 (1.0).
+        for (mu, size) in [(0.5, 1), (0.71, 2), (0.1, 1), (0.9, 3), (1.01, 5)] {
+            let (gap, n) = head_gap(&p, mu, |_| 0.0);
+            assert_eq!(n, size, "mu {mu}");
+            let mut sorted = p.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let want: f64 = sorted[..size].iter().map(|x| *x as f64).sum();
+            assert!((gap - want).abs() < 1e-7, "mu {mu}: {gap} vs {want}");
+        }
+        // Values spread over many buckets and ties inside one bucket.
+        let mut p: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 7) as f32).collect();
+        let z: f32 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= z);
+        let mut sorted: Vec<(f32, usize)> = p.iter().cloned().zip(0..).collect();
+        sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut cum = 0f64;
+        let want = sorted.iter().take_while(|(x, _)| {
+            cum += *x as f64;
+            cum <= 0.3
+        });
+        assert_eq!(head_gap(&p, 0.3, |_| 0.0).1, want.count());
     }
 
     #[test]

@@ -264,13 +264,20 @@ mod flex {
         };
         let mut extras = match spec.kind {
             FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } => {
-                vec![Extra::row("per_row_cross_entropy_form", col(|r| r.extra_a))]
+                vec![Extra::row("per_row_cross_entropy_form", col(|r| r.extras[0]))]
             }
-            FusedKind::Taid { .. } => vec![Extra::row("per_row_kl_form", col(|r| r.extra_a))],
+            FusedKind::Taid { .. } => vec![Extra::row("per_row_kl_form", col(|r| r.extras[0]))],
             FusedKind::ReverseKl | FusedKind::SkewReverseKl { .. } | FusedKind::Tvd => Vec::new(),
             FusedKind::Jsd { .. } => vec![
-                Extra::row("kl_teacher_mix", col(|r| r.extra_a)),
-                Extra::row("kl_student_mix", col(|r| r.extra_b)),
+                Extra::row("kl_teacher_mix", col(|r| r.extras[0])),
+                Extra::row("kl_student_mix", col(|r| r.extras[1])),
+            ],
+            FusedKind::Akl { .. } => vec![
+                Extra::row("head_weight", col(|r| r.extras[0])),
+                Extra::row("tail_weight", col(|r| r.extras[1])),
+                Extra::row("fkl", col(|r| r.extras[2])),
+                Extra::row("rkl", col(|r| r.extras[3])),
+                Extra::row("head_size", col(|r| r.extras[4])),
             ],
         };
         if spec.hard_weight.is_some() {
