@@ -26,6 +26,12 @@ use kd_models::{CausalLm, GenerationConfig, Sampling};
 
 use crate::config::ConfigBuilder;
 
+/// mimalloc keeps freed memory for reuse (feature `mimalloc`, on by default); see
+/// `docs/performance.md`, "Distillation step", for what it changes.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 kd: knowledge distillation for language models (kd-rs, burn, CPU)
 
