@@ -1,12 +1,12 @@
 //! KL against a sparse teacher given only by its top-k token ids and log-probabilities
 //! (offline distillation from stored teacher outputs).
 
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Extra, KdOutput, Reduction, finish, valid_rows};
 use crate::error::{KdError, Result, check_temperature};
-use crate::logspace::{log_softmax, logsumexp, scaled_logits, sum_rows};
+use crate::logspace::{logsumexp, scaled_logits, sum_rows};
 
 /// How the missing teacher mass outside the top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ pub struct SparseKdBatch {
 /// KL from a top-k teacher, in the three conventions used by offline distillation pipelines.
 ///
 /// ```text
-/// log q = log_softmax(s/T) over the full vocabulary; q_i gathered at the teacher ids
+/// log q_i = s_i/T − logsumexp(s/T)    at the teacher ids only (one full-vocabulary pass: the lse)
 /// teacher at T:  lp'_i = lp_i/T − log Z
 /// renorm_teacher: Z = Σ_k exp(lp_i/T);  Σ_k p'_i (lp'_i − log q_i)
 /// renorm_both:    as above with log q̃_i = log q_i − log Σ_k q_j;  KL(p'‖q̃)
@@ -81,26 +81,63 @@ pub struct SparseKdBatch {
 /// gradient (renorm_teacher):  ∂/∂s_v = (q_v·Σ_k p'_i − p'_v) / T   (p'_v = 0 off the ids)
 /// ```
 ///
-/// `log Q_tail` is a log-sum-exp over the non-top-k student entries, not `log(1 − Σ q)`, so it
-/// stays accurate when the tail is tiny. Times `T²` when `scale_by_t2`. Diagnostics
-/// (`tail_bucket`): `teacher_tail_mass`, `student_tail_mass`.
+/// Apart from the student's log-normaliser (a log-sum-exp over the full vocabulary, which any
+/// student distribution needs), time and memory are `O(rows · k)`: nothing of size
+/// `rows × vocab` is formed for the teacher, the ids or the tail. `Q_tail = 1 − Σ_k q_i` is
+/// computed from the `k` gathered probabilities; in `f32` its absolute error is about `1e-7`,
+/// so rows whose student tail falls below [`TopKKl::EXACT_TAIL_BELOW`] take instead an exact
+/// log-sum-exp over their non-top-k entries (an `O(vocab)` pass for those rows only), which
+/// keeps `log Q_tail` and its gradient accurate down to tails far below `f32` resolution.
+/// Times `T²` when `scale_by_t2`. Diagnostics (`tail_bucket`): `teacher_tail_mass`,
+/// `student_tail_mass`.
 ///
 /// # Shapes
 /// `student_logits` `[rows, vocab]`; `teacher_topk_ids`, `teacher_topk_logprobs` `[rows, k]`.
 ///
 /// # Errors
 /// [`KdError::ShapeMismatch`] when ids, log-probs, labels or mask disagree with the student rows,
-/// [`KdError::InvalidHyperparameter`] (`teacher_topk_ids`) when an id leaves `[0, vocab)`.
+/// [`KdError::InvalidHyperparameter`] (`teacher_topk_ids`) when an id leaves `[0, vocab)` or a
+/// counted row repeats an id (the ids of a top-k list are distinct; ignored rows, e.g. padding
+/// filled with id 0, are not checked for repeats).
 ///
 /// References: sparse logit sampling / top-k KD, e.g. Anshumann et al., *Sparse Logit Sampling:
 /// Accelerating Knowledge Distillation in LLMs* (ACL 2025), <https://arxiv.org/abs/2503.16870>;
 /// DistillKit's offline top-k distillation, <https://github.com/arcee-ai/DistillKit>.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use kd_losses::{Reduction, SparseKdBatch, TopKConvention, TopKKlConfig};
+///
+/// let device = Device::flex().autodiff();
+/// let student = Tensor::<2>::from_floats([[2.0, 0.5, -1.0, 0.0, 0.3]], &device).require_grad();
+/// // The teacher's two most likely ids and their full-vocabulary log-probabilities.
+/// let ids = Tensor::<2, Int>::from_ints([[0, 4]], &device);
+/// let logprobs = Tensor::<2>::from_floats([[-0.4, -1.6]], &device);
+/// let batch = SparseKdBatch {
+///     student_logits: student.clone(),
+///     teacher_topk_ids: ids,
+///     teacher_topk_logprobs: logprobs,
+///     labels: None,
+///     mask: None,
+/// };
+/// let loss = TopKKlConfig::new(TopKConvention::TailBucket).init()?;
+/// let out = loss.forward(batch, Reduction::Mean)?;
+/// let grads = out.loss.backward();
+/// assert_eq!(student.grad(&grads).unwrap().dims(), [1, 5]);
+/// # Ok::<(), kd_losses::KdError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct TopKKl {
     config: TopKKlConfig,
 }
 
 impl TopKKl {
+    /// Student tail masses `Q_tail` below this value are recomputed exactly (see the type docs).
+    ///
+    /// Above it, the `f32` error of `1 − Σ_k q_i` (about `1e-7`) is at most `1e-4` relative.
+    pub const EXACT_TAIL_BELOW: f64 = 1e-3;
+
     /// Computes the loss of a sparse batch.
     ///
     /// # Errors
@@ -125,11 +162,14 @@ impl TopKKl {
         }
         let device = student_logits.device();
         let valid = valid_rows(rows, labels.as_ref(), mask.as_ref(), &device)?;
-        check_ids(&ids, vocab)?;
+        let valid_host: Vec<bool> =
+            valid.to_data().convert::<bool>().try_into_vec().unwrap_or_default();
+        check_ids(&ids, vocab, &valid_host)?;
 
         let t = self.config.temperature;
-        let log_q = log_softmax(scaled_logits(student_logits, t)); // [rows, vocab]
-        let log_q_k = log_q.clone().gather(1, ids.clone()); // [rows, k]
+        let s = scaled_logits(student_logits, t); // [rows, vocab]
+        let log_norm = logsumexp(s.clone()); // [rows, 1], the one full-vocabulary pass
+        let log_q_k = s.clone().gather(1, ids.clone()).sub(log_norm.clone()); // [rows, k]
         let lp_t = lp.clone().detach().div_scalar(t); // [rows, k]
 
         let mut extras = Vec::new();
@@ -151,16 +191,7 @@ impl TopKKl {
                 let log_z = logsumexp(Tensor::cat(vec![lp_t.clone(), log_tail.clone()], 1));
                 let log_p = lp_t.sub(log_z.clone()); // [rows, k]
                 let log_p_tail = log_tail.sub(log_z).squeeze_dim::<1>(1); // [rows]
-                // Student tail: log-sum-exp over the entries outside the teacher's ids.
-                let in_topk = Tensor::<2>::zeros([rows, vocab], &device)
-                    .scatter(
-                        1,
-                        ids.clone(),
-                        Tensor::ones(ids.dims(), &device),
-                        IndexingUpdateOp::Add,
-                    )
-                    .greater_elem(0.5);
-                let log_q_tail = logsumexp(log_q.mask_fill(in_topk, -1e30)).squeeze_dim::<1>(1);
+                let log_q_tail = student_log_tail(&s, &log_norm, &log_q_k, &ids, &valid_host);
                 let head = sum_rows(log_p.clone().exp().mul(log_p.sub(log_q_k)));
                 let p_tail = log_p_tail.clone().exp();
                 extras.push(Extra::row("teacher_tail_mass", p_tail.clone()));
@@ -173,18 +204,78 @@ impl TopKKl {
     }
 }
 
-/// Checks that every teacher id lies in `[0, vocab)`; reads the ids to the host.
-fn check_ids(ids: &Tensor<2, Int>, vocab: usize) -> Result<()> {
+/// `log Q_tail = log(1 − Σ_k q_i)` per row, differentiable. Shape: `[rows]`.
+///
+/// From the gathered `log q` (`O(rows · k)`); counted rows whose tail is below
+/// [`TopKKl::EXACT_TAIL_BELOW`] are recomputed as a log-sum-exp over their entries outside the
+/// ids, minus the log-normaliser, so that neither the value nor the gradient suffers the
+/// cancellation in `1 − Σ_k q_i`.
+fn student_log_tail(
+    s: &Tensor<2>,        // [rows, vocab], scaled logits
+    log_norm: &Tensor<2>, // [rows, 1]
+    log_q_k: &Tensor<2>,  // [rows, k]
+    ids: &Tensor<2, Int>, // [rows, k]
+    valid: &[bool],       // [rows]
+) -> Tensor<1> {
+    let [rows, vocab] = s.dims();
+    let device = s.device();
+    let head_mass = sum_rows(log_q_k.clone().exp()); // [rows], Σ_k q_i
+    // Ignored rows may hold anything: keep their value finite, their gradient is zero anyway.
+    let fast = head_mass.clone().neg().add_scalar(1.0).clamp_min(1e-30).log(); // [rows]
+    let mass_host: Vec<f32> =
+        head_mass.detach().into_data().convert::<f32>().try_into_vec().unwrap_or_default();
+    let exact_rows: Vec<i64> = (0..rows)
+        .filter(|&i| valid[i] && 1.0 - f64::from(mass_host[i]) < TopKKl::EXACT_TAIL_BELOW)
+        .map(|i| i as i64)
+        .collect();
+    if exact_rows.is_empty() {
+        return fast;
+    }
+    let m = exact_rows.len();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(exact_rows, [m]), &device);
+    let s_sel = s.clone().select(0, index.clone()); // [m, vocab]
+    let ids_sel = ids.clone().select(0, index.clone()); // [m, k]
+    let in_topk = Tensor::<2>::zeros([m, vocab], &device)
+        .scatter(1, ids_sel.clone(), Tensor::ones(ids_sel.dims(), &device), IndexingUpdateOp::Add)
+        .greater_elem(0.5); // [m, vocab]
+    // log Σ_{v ∉ ids} exp(s_v) − log Σ_v exp(s_v)
+    let exact = logsumexp(s_sel.mask_fill(in_topk, -1e30))
+        .sub(log_norm.clone().select(0, index.clone()))
+        .squeeze_dim::<1>(1); // [m]
+    let is_exact = Tensor::<1>::zeros([rows], &device)
+        .select_assign(0, index.clone(), Tensor::ones([m], &device), IndexingUpdateOp::Add)
+        .greater_elem(0.5); // [rows]
+    let exact_full =
+        Tensor::<1>::zeros([rows], &device).select_assign(0, index, exact, IndexingUpdateOp::Add); // [rows]
+    fast.mask_where(is_exact, exact_full)
+}
+
+/// Checks that every teacher id lies in `[0, vocab)` and that no counted row repeats an id;
+/// reads the ids to the host.
+fn check_ids(ids: &Tensor<2, Int>, vocab: usize, valid: &[bool]) -> Result<()> {
+    let k = ids.dims()[1];
     let data = ids.to_data().convert::<i64>();
-    if let Some(bad) =
-        data.as_slice::<i64>().unwrap_or(&[]).iter().find(|&&i| i < 0 || i as usize >= vocab)
-    {
-        return Err(KdError::InvalidHyperparameter {
-            loss: "topk_kl",
-            name: "teacher_topk_ids",
-            expected: "ids in [0, vocab)",
-            got: *bad as f64,
-        });
+    let flat = data.as_slice::<i64>().unwrap_or(&[]);
+    let invalid = |got: i64, expected: &'static str| KdError::InvalidHyperparameter {
+        loss: "topk_kl",
+        name: "teacher_topk_ids",
+        expected,
+        got: got as f64,
+    };
+    if let Some(bad) = flat.iter().find(|&&i| i < 0 || i as usize >= vocab) {
+        return Err(invalid(*bad, "ids in [0, vocab)"));
+    }
+    let mut row = Vec::with_capacity(k);
+    for (r, ids) in flat.chunks(k.max(1)).enumerate() {
+        if !valid.get(r).copied().unwrap_or(true) {
+            continue;
+        }
+        row.clear();
+        row.extend_from_slice(ids);
+        row.sort_unstable();
+        if let Some(w) = row.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(w[0], "distinct ids in every counted row"));
+        }
     }
     Ok(())
 }
@@ -192,6 +283,7 @@ fn check_ids(ids: &Tensor<2, Int>, vocab: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logspace::log_softmax;
     use crate::test_util::rows;
     use burn::tensor::Device;
 
