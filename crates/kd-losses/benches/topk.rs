@@ -211,8 +211,11 @@ fn main() {
         if let Some(f) = json.as_mut() {
             writeln!(
                 f,
-                r#"{{"bench":"topk","loss":"{path}","n":{n},"v":{v},"k":{k},"path":"{path}","median_ms":{:.3},"min_ms":{:.3},"peak_mb":{:.1}}}"#,
-                t.median_ms, t.min_ms, t.peak_mb
+                r#"{{"bench":"topk","loss":"{loss}","n":{n},"v":{v},"k":{k},"path":"{path}","median_ms":{:.3},"min_ms":{:.3},"peak_mb":{:.1}}}"#,
+                t.median_ms,
+                t.min_ms,
+                t.peak_mb,
+                loss = if path.starts_with("dense") { "forward_kl" } else { "topk_kl" }
             )
             .unwrap();
         }
