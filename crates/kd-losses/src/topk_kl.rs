@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Extra, KdOutput, Reduction, finish, valid_rows};
 use crate::error::{KdError, Result, check_temperature};
+use crate::fused;
 use crate::logspace::{logsumexp, scaled_logits, sum_rows};
 
 /// How the missing teacher mass outside the top-k is treated.
@@ -91,6 +92,11 @@ pub struct SparseKdBatch {
 /// Times `T²` when `scale_by_t2`. Diagnostics (`tail_bucket`): `teacher_tail_mass`,
 /// `student_tail_mass`.
 ///
+/// On `f32` flex tensors (with or without autodiff) the call runs one fused kernel instead
+/// ([`crate::fused::topk`], same results): value and gradient in one call, and a single
+/// `rows × vocab` allocation, the student gradient, taken from the fused path's buffer pool
+/// (none when the student is untracked); [`crate::fused::with_path`] forces the composed path.
+///
 /// # Shapes
 /// `student_logits` `[rows, vocab]`; `teacher_topk_ids`, `teacher_topk_logprobs` `[rows, k]`.
 ///
@@ -164,9 +170,26 @@ impl TopKKl {
         let valid = valid_rows(rows, labels.as_ref(), mask.as_ref(), &device)?;
         let valid_host: Vec<bool> =
             valid.to_data().convert::<bool>().try_into_vec().unwrap_or_default();
-        check_ids(&ids, vocab, &valid_host)?;
+        let ids_host = check_ids(&ids, vocab, &valid_host)?;
 
         let t = self.config.temperature;
+        let scale = if self.config.scale_by_t2 { t * t } else { 1.0 };
+        // f32 on flex: one fused kernel, one `rows × vocab` buffer (the student gradient).
+        let fused = fused::topk_terms(fused::TopKCall {
+            spec: fused::topk::TopKSpec {
+                convention: self.config.convention,
+                temperature: t,
+                scale,
+            },
+            student: &student_logits,
+            ids: &ids_host,
+            logprobs: &lp,
+            valid: &valid_host,
+            expected_upstream: fused::ExpectedUpstream { mean: reduction == Reduction::Mean },
+        });
+        if let Some(f) = fused {
+            return Ok(finish(f.values, &valid, f.extras, reduction));
+        }
         let s = scaled_logits(student_logits, t); // [rows, vocab]
         let log_norm = logsumexp(s.clone()); // [rows, 1], the one full-vocabulary pass
         let log_q_k = s.clone().gather(1, ids.clone()).sub(log_norm.clone()); // [rows, k]
@@ -199,7 +222,7 @@ impl TopKKl {
                 head.add(p_tail.mul(log_p_tail.sub(log_q_tail)))
             }
         };
-        let value = if self.config.scale_by_t2 { value.mul_scalar(t * t) } else { value };
+        let value = if self.config.scale_by_t2 { value.mul_scalar(scale) } else { value };
         Ok(finish(value, &valid, extras, reduction))
     }
 }
@@ -251,8 +274,8 @@ fn student_log_tail(
 }
 
 /// Checks that every teacher id lies in `[0, vocab)` and that no counted row repeats an id;
-/// reads the ids to the host.
-fn check_ids(ids: &Tensor<2, Int>, vocab: usize, valid: &[bool]) -> Result<()> {
+/// returns the ids, read to the host.
+fn check_ids(ids: &Tensor<2, Int>, vocab: usize, valid: &[bool]) -> Result<Vec<usize>> {
     let k = ids.dims()[1];
     let data = ids.to_data().convert::<i64>();
     let flat = data.as_slice::<i64>().unwrap_or(&[]);
@@ -277,7 +300,7 @@ fn check_ids(ids: &Tensor<2, Int>, vocab: usize, valid: &[bool]) -> Result<()> {
             return Err(invalid(w[0], "distinct ids in every counted row"));
         }
     }
-    Ok(())
+    Ok(flat.iter().map(|&i| i as usize).collect())
 }
 
 #[cfg(test)]

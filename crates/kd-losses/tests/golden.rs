@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kd_losses::fused::{Path, with_path};
+use kd_losses::fused::{Path, fused_calls, with_path};
 use kd_losses::{
     DeltaKdConfig, DistillationScalingLaw, KdBatch, LossConfig, MiniLlmBatch, MiniLlmConfig,
     Reduction, ScalingLawCoefficients, SparseKdBatch, TaidScheduleConfig, TopKKlConfig,
@@ -237,9 +237,15 @@ fn run_topk(r: &mut Report, file: &str, case: &Value, device: &Device) {
         labels: (!inputs["labels"].is_null()).then(|| ints::<1>(&inputs["labels"], device)),
         mask: (!inputs["mask"].is_null()).then(|| mask::<1>(&inputs["mask"], device)),
     };
+    let before = fused_calls();
     match cfg.init().expect("valid config").forward(batch, Reduction::Mean) {
         Ok(out) => check_outputs(r, &at, name, out, &student, &case["outputs"]),
         Err(e) => r.failures.push(format!("[{}] {at}: error {e}", r.backend)),
+    }
+    // On flex, the auto path must have taken the fused top-k kernel (so both paths are checked).
+    let flex = *device == Device::flex().autodiff();
+    if flex && r.backend == "auto path" && fused_calls() == before {
+        r.failures.push(format!("[{}] {at}: not routed to the fused kernel", r.backend));
     }
 }
 

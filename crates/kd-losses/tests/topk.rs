@@ -1,10 +1,12 @@
 //! `TopKKl` against an `f64` host reference (values and gradients w.r.t. the student logits),
 //! across student tail masses from large down to far below `f32` resolution, and its input
-//! checks. The golden files cover the conventions on their own cases; these tests add tails
-//! that the `O(rows · k)` path must hand to its exact fallback.
+//! checks, on both the fused flex kernel (the default route for `f32` on flex) and the composed
+//! path, with every reduction. The golden files cover the conventions on their own cases; these
+//! tests add tails that need the exact tail computation.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kd_losses::{KdError, Reduction, SparseKdBatch, TopKConvention, TopKKlConfig};
+use kd_losses::fused::{Path, fused_calls, with_path};
+use kd_losses::{KdError, Reduction, SparseKdBatch, TopKConvention, TopKKl, TopKKlConfig};
 
 const VOCAB: usize = 50;
 const K: usize = 5;
@@ -115,92 +117,139 @@ fn case() -> Case {
     Case { student, ids, lp, rows }
 }
 
+/// One call on `path` with `reduction`: (loss, per-row values, student gradient). The
+/// gradient is of `Σ_i w_i loss_i` with `w_i = 1 + i` for `Reduction::None` (exercising the fused
+/// backward's row rescaling), of the loss otherwise.
+#[allow(clippy::too_many_arguments)]
 fn run(
     c: &Case,
     convention: TopKConvention,
     t: f64,
     scale: bool,
     valid: &[bool],
-) -> (f64, Vec<f64>, Vec<f64>) {
-    let device = Device::flex().autodiff();
-    let to_f32 = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<_>>();
-    let student =
-        Tensor::<2>::from_data(TensorData::new(to_f32(&c.student), [c.rows, VOCAB]), &device)
-            .require_grad();
-    let ids = c.ids.iter().map(|i| *i as i64).collect::<Vec<_>>();
-    let batch = SparseKdBatch {
-        student_logits: student.clone(),
-        teacher_topk_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [c.rows, K]), &device),
-        teacher_topk_logprobs: Tensor::<2>::from_data(
-            TensorData::new(to_f32(&c.lp), [c.rows, K]),
-            &device,
-        ),
-        labels: None,
-        mask: Some(Tensor::<1, Bool>::from_data(
-            TensorData::new(valid.to_vec(), [c.rows]),
-            &device,
-        )),
-    };
-    let cfg = TopKKlConfig { convention, temperature: t, scale_by_t2: scale };
-    let out = cfg.init().unwrap().forward(batch, Reduction::Mean).unwrap();
-    let grads = out.loss.backward();
-    let f = |t: Tensor<2>| -> Vec<f64> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    };
-    let per_row = out
-        .per_row
-        .into_data()
+    path: Path,
+    reduction: Reduction,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    with_path(path, || {
+        let device = Device::flex().autodiff();
+        let student =
+            Tensor::<2>::from_data(TensorData::new(to_f32(&c.student), [c.rows, VOCAB]), &device)
+                .require_grad();
+        let before = fused_calls();
+        let out = cfg(convention, t, scale)
+            .forward(batch(c, student.clone(), valid, &device), reduction)
+            .unwrap();
+        let routed = if path == Path::Auto { 1 } else { 0 };
+        assert_eq!(fused_calls(), before + routed, "{path:?}: fused route");
+        let total = match reduction {
+            Reduction::None => {
+                let w: Vec<f32> = (0..c.rows).map(|i| 1.0 + i as f32).collect();
+                out.loss.clone().mul(Tensor::from_data(TensorData::new(w, [c.rows]), &device)).sum()
+            }
+            _ => out.loss.clone().sum(),
+        };
+        let grads = total.backward();
+        (host(out.loss), host(out.per_row), host(student.grad(&grads).unwrap()))
+    })
+}
+
+fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|v| *v as f32).collect()
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap()
         .into_iter()
         .map(f64::from)
-        .collect();
-    (f64::from(out.loss.into_scalar::<f32>()), per_row, f(student.grad(&grads).unwrap()))
+        .collect()
 }
 
+fn cfg(convention: TopKConvention, t: f64, scale: bool) -> TopKKl {
+    TopKKlConfig { convention, temperature: t, scale_by_t2: scale }.init().unwrap()
+}
+
+fn batch(c: &Case, student: Tensor<2>, valid: &[bool], device: &Device) -> SparseKdBatch {
+    let ids = c.ids.iter().map(|i| *i as i64).collect::<Vec<_>>();
+    SparseKdBatch {
+        student_logits: student,
+        teacher_topk_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [c.rows, K]), device),
+        teacher_topk_logprobs: Tensor::<2>::from_data(
+            TensorData::new(to_f32(&c.lp), [c.rows, K]),
+            device,
+        ),
+        labels: None,
+        mask: Some(Tensor::<1, Bool>::from_data(TensorData::new(valid.to_vec(), [c.rows]), device)),
+    }
+}
+
+/// Both paths and every reduction against the f64 reference.
 fn check(convention: TopKConvention, t: f64, scale: bool, valid: &[bool]) {
     let c = case();
-    let (loss, per_row, grad) = run(&c, convention, t, scale, valid);
     let n_valid = valid.iter().filter(|v| **v).count() as f64;
     let factor = if scale { t * t } else { 1.0 };
-    let mut want_loss = 0.0;
-    for r in 0..c.rows {
-        let (v, g) = reference_row(
-            &c.student[r * VOCAB..(r + 1) * VOCAB],
-            &c.ids[r * K..(r + 1) * K],
-            &c.lp[r * K..(r + 1) * K],
-            convention,
-            t,
-        );
-        let (v, g) = if valid[r] { (v * factor, g) } else { (0.0, vec![0.0; VOCAB]) };
-        want_loss += v / n_valid;
-        let at = format!("{convention:?} T={t} row {r}");
-        assert!(
-            (per_row[r] - v).abs() <= 1e-4 * v.abs() + 2e-6,
-            "{at}: value {} vs {v}",
-            per_row[r]
-        );
-        let scale_max = g.iter().fold(0f64, |m, x| m.max(x.abs())) * factor / n_valid;
-        for (j, want) in g.iter().enumerate() {
-            let want = want * factor / n_valid;
-            let got = grad[r * VOCAB + j];
-            assert!(
-                (got - want).abs() <= 1e-4 * want.abs() + 1e-5 * scale_max + 1e-9,
-                "{at}: grad[{j}] {got} vs {want}"
+    let reference: Vec<(f64, Vec<f64>)> = (0..c.rows)
+        .map(|r| {
+            let (v, g) = reference_row(
+                &c.student[r * VOCAB..(r + 1) * VOCAB],
+                &c.ids[r * K..(r + 1) * K],
+                &c.lp[r * K..(r + 1) * K],
+                convention,
+                t,
             );
+            if valid[r] {
+                (v * factor, g.into_iter().map(|x| x * factor).collect())
+            } else {
+                (0.0, vec![0.0; VOCAB])
+            }
+        })
+        .collect();
+    for path in [Path::Auto, Path::Composed] {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let (loss, per_row, grad) = run(&c, convention, t, scale, valid, path, reduction);
+            let at = format!("{convention:?} T={t} {path:?} {reduction:?}");
+            // Upstream of row r: 1/n_valid (mean), 1 (sum) or 1 + r (none).
+            let upstream = |r: usize| match reduction {
+                Reduction::Mean => 1.0 / n_valid,
+                Reduction::Sum => 1.0,
+                Reduction::None => 1.0 + r as f64,
+            };
+            let mut want_loss = 0.0;
+            for (r, (v, g)) in reference.iter().enumerate() {
+                want_loss += v * upstream(r).min(1.0);
+                let v = *v;
+                assert!(
+                    (per_row[r] - v).abs() <= 1e-4 * v.abs() + 2e-6,
+                    "{at} row {r}: value {} vs {v}",
+                    per_row[r]
+                );
+                let u = upstream(r);
+                // The composed path's fast tail 1 − Σ_k q carries ~1e-7 absolute error, up to
+                // ~1e-4 relative on Q_tail just above the exact threshold (row 2), which the
+                // tail term's P'_tail/Q_tail passes on to the gradient.
+                let rel = if path == Path::Composed { 3e-4 } else { 1e-4 };
+                let scale_max = g.iter().fold(0f64, |m, x| m.max(x.abs())) * u;
+                for (j, want) in g.iter().enumerate() {
+                    let want = want * u;
+                    let got = grad[r * VOCAB + j];
+                    assert!(
+                        (got - want).abs() <= rel * want.abs() + 1e-5 * scale_max + 1e-9,
+                        "{at} row {r}: grad[{j}] {got} vs {want}"
+                    );
+                }
+            }
+            if reduction == Reduction::None {
+                assert_eq!(loss, per_row, "{at}");
+            } else {
+                assert!(
+                    (loss[0] - want_loss).abs() <= 1e-4 * want_loss.abs(),
+                    "{at}: {loss:?} vs {want_loss}"
+                );
+            }
         }
     }
-    assert!(
-        (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
-        "{convention:?}: {loss} vs {want_loss}"
-    );
 }
 
 #[test]
@@ -209,6 +258,7 @@ fn tail_bucket_matches_f64_for_large_and_vanishing_student_tails() {
     check(TopKConvention::TailBucket, 1.0, false, &all);
     check(TopKConvention::TailBucket, 2.0, true, &all);
     check(TopKConvention::TailBucket, 0.5, false, &[true, false, true, true, false, true]);
+    check(TopKConvention::TailBucket, 0.5, true, &all);
 }
 
 #[test]
@@ -216,16 +266,16 @@ fn renorm_conventions_match_f64() {
     for convention in [TopKConvention::RenormTeacher, TopKConvention::RenormBoth] {
         check(convention, 1.0, false, &[true; 6]);
         check(convention, 2.0, true, &[true, true, false, true, true, true]);
+        check(convention, 0.5, false, &[false, true, true, true, true, false]);
     }
 }
 
 #[test]
 fn vanishing_tail_is_finite_and_exact() {
-    // Row 5's student tail (~4e-17) is 0 in f32 as 1 − Σ q; the exact fallback still gives
+    // Row 5's student tail (~4e-17) is 0 in f32 as 1 − Σ q; the exact tail (the composed
+    // path's fallback, the fused kernel's sum over the entries outside the ids) still gives
     // log Q_tail ≈ −37.7 and a tail term of the right size.
     let c = case();
-    let (_, per_row, grad) = run(&c, TopKConvention::TailBucket, 1.0, false, &[true; 6]);
-    assert!(per_row.iter().chain(&grad).all(|x| x.is_finite()));
     let (want, _) = reference_row(
         &c.student[5 * VOCAB..],
         &c.ids[5 * K..],
@@ -234,7 +284,51 @@ fn vanishing_tail_is_finite_and_exact() {
         1.0,
     );
     assert!(want > 3.0, "the tail term dominates: {want}");
-    assert!((per_row[5] - want).abs() < 1e-4 * want, "{} vs {want}", per_row[5]);
+    for path in [Path::Auto, Path::Composed] {
+        let (_, per_row, grad) =
+            run(&c, TopKConvention::TailBucket, 1.0, false, &[true; 6], path, Reduction::Mean);
+        assert!(per_row.iter().chain(&grad).all(|x| x.is_finite()), "{path:?}");
+        assert!((per_row[5] - want).abs() < 1e-4 * want, "{path:?}: {} vs {want}", per_row[5]);
+    }
+}
+
+#[test]
+fn routing_untracked_students_and_extras_agree_with_the_composed_path() {
+    let c = case();
+    let valid = [true, true, false, true, true, true];
+    for convention in
+        [TopKConvention::RenormTeacher, TopKConvention::RenormBoth, TopKConvention::TailBucket]
+    {
+        // Untracked student (no autodiff): the loss-only kernel, still counted as fused.
+        let device = Device::flex();
+        let student =
+            Tensor::<2>::from_data(TensorData::new(to_f32(&c.student), [c.rows, VOCAB]), &device);
+        let loss = cfg(convention, 2.0, true);
+        let before = fused_calls();
+        let fused =
+            loss.forward(batch(&c, student.clone(), &valid, &device), Reduction::Mean).unwrap();
+        assert_eq!(fused_calls(), before + 1, "{convention:?}: untracked flex f32 is fused");
+        let composed = with_path(Path::Composed, || {
+            loss.forward(batch(&c, student, &valid, &device), Reduction::Mean).unwrap()
+        });
+        assert_eq!(fused_calls(), before + 1, "{convention:?}: Path::Composed is not");
+        let close = |what: &str, a: Vec<f64>, b: Vec<f64>| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * y.abs() + 1e-6,
+                    "{convention:?} {what}: {x} vs {y}"
+                );
+            }
+        };
+        close("loss", host(fused.loss), host(composed.loss));
+        close("per_row", host(fused.per_row), host(composed.per_row));
+        assert_eq!(fused.extras.len(), composed.extras.len(), "{convention:?}");
+        for (a, b) in fused.extras.into_iter().zip(composed.extras) {
+            assert_eq!(a.name, b.name);
+            close(a.name, host(a.value), host(b.value));
+        }
+    }
 }
 
 fn sparse(ids: [[i64; 3]; 2], mask: [bool; 2]) -> SparseKdBatch {

@@ -99,17 +99,17 @@ use super::simd::{self, Isa, Lanes, Portable, exp, ln};
 const BLOCK: usize = 1024;
 
 /// The largest lane count of any [`Lanes`] type (tail buffers are this long).
-const MAX_LANES: usize = 16;
+pub(super) const MAX_LANES: usize = 16;
 
 /// Floors a logit at [`LOGIT_FLOOR`] (so `-inf` teacher entries stay finite) and divides by T.
 #[inline(always)]
-fn scaled<V: Lanes>(x: V, inv_t: V) -> V {
+pub(super) fn scaled<V: Lanes>(x: V, inv_t: V) -> V {
     x.max(V::splat(LOGIT_FLOOR as f32)).mul(inv_t)
 }
 
 /// Loads the `n < V::N` elements of a tail, padding with `pad`.
 #[inline(always)]
-fn load_tail<V: Lanes>(x: &[f32], pad: f32) -> V {
+pub(super) fn load_tail<V: Lanes>(x: &[f32], pad: f32) -> V {
     let mut buf = [pad; MAX_LANES];
     buf[..x.len()].copy_from_slice(x);
     V::load(&buf)
@@ -147,11 +147,11 @@ fn maxima<V: Lanes>(s: &[f32], t: &[f32], inv_t: f32, mix: Option<f32>) -> (f32,
 }
 
 /// What a pass needs to shift a row: `1/T`, both maxima and TAID's mixing weight.
-struct Shift {
-    inv_t: f32,
-    ms: f32,
-    mt: f32,
-    mix: Option<f32>,
+pub(super) struct Shift {
+    pub(super) inv_t: f32,
+    pub(super) ms: f32,
+    pub(super) mt: f32,
+    pub(super) mix: Option<f32>,
 }
 
 /// One pass over a row: for every element, `f(a, b, g)` with the max-shifted scaled logits
@@ -160,7 +160,7 @@ struct Shift {
 /// there is a buffer). Sums run in f32 lanes flushed to f64 every [`BLOCK`] elements; tail lanes
 /// beyond the row are masked out of the sums and never written.
 #[inline(always)]
-fn pass<V: Lanes, const K: usize>(
+pub(super) fn pass<V: Lanes, const K: usize>(
     s: &[f32],
     t: &[f32],
     shift: &Shift,

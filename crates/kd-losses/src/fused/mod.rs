@@ -17,13 +17,16 @@
 //! Fused kinds: forward KL (also Hinton KD and f-DISTILL `kl`), reverse KL (f-DISTILL `rkl`),
 //! generalized JSD (also `js` and f-DISTILL `js`), skew forward/reverse KL, TVD (also f-DISTILL
 //! `tvd`) and TAID at a given `t`, each with or without the hard-label cross-entropy mix
-//! ([`crate::HardLabelMix`], Hinton's `α`). The kernels use AVX2+FMA when the CPU has them
-//! (detected at run time) and a portable build otherwise; both are tested on every machine.
+//! ([`crate::HardLabelMix`], Hinton's `α`). [`crate::TopKKl`] (sparse top-k teacher, all three
+//! conventions) routes the same way to its own kernel ([`topk`]), through the same autodiff op
+//! and buffer pool. The kernels use AVX2+FMA when the CPU has them (detected at run time) and a
+//! portable build otherwise; both are tested on every machine.
 
 pub mod kernels;
 #[cfg(feature = "flex")]
 mod pool;
 pub mod simd;
+pub mod topk;
 
 #[cfg(feature = "flex")]
 pub use pool::{MAX_BUFFERS, pooled_bytes, release_buffers};
@@ -114,14 +117,32 @@ pub(crate) struct ExpectedUpstream {
     pub mean: bool,
 }
 
+/// Arguments of one fused [`crate::TopKKl`] call (ids already checked on the host).
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) struct TopKCall<'a> {
+    pub spec: topk::TopKSpec,
+    pub student: &'a burn::tensor::Tensor<2>,
+    /// Teacher ids, `rows × k`, in `[0, vocab)`, distinct on valid rows.
+    pub ids: &'a [usize],
+    pub logprobs: &'a burn::tensor::Tensor<2>,
+    pub valid: &'a [bool],
+    pub expected_upstream: ExpectedUpstream,
+}
+
 /// The fused soft terms, or `None` when the composed path must run.
 #[cfg(not(feature = "flex"))]
 pub(crate) fn soft_terms(_call: FusedCall<'_>) -> Option<FusedTerms> {
     None
 }
 
+/// The fused top-k values, or `None` when the composed path must run.
+#[cfg(not(feature = "flex"))]
+pub(crate) fn topk_terms(_call: TopKCall<'_>) -> Option<FusedTerms> {
+    None
+}
+
 #[cfg(feature = "flex")]
-pub(crate) use flex::soft_terms;
+pub(crate) use flex::{soft_terms, topk_terms};
 
 #[cfg(feature = "flex")]
 mod flex {
@@ -138,7 +159,8 @@ mod flex {
     use burn::tensor::{DType, Int, Tensor, TensorData};
 
     use super::kernels::{FusedKind, RowBatch, RowOut, RowSpec, run_rows};
-    use super::{FusedCall, FusedTerms, Path, current_path};
+    use super::topk::{TopKBatch, TopKRowOut, run_topk_rows};
+    use super::{FusedCall, FusedTerms, Path, TopKCall, current_path};
     use crate::Extra;
 
     /// The gradient computed in the forward, and the upstream it assumed per row.
@@ -203,7 +225,6 @@ mod flex {
         valid: Vec<bool>,
         weights: Vec<f32>,
         labels: Option<Vec<usize>>,
-        rows: usize,
         vocab: usize,
     }
 
@@ -227,6 +248,14 @@ mod flex {
         ids.into_iter().map(|y| usize::try_from(y).ok().filter(|y| *y < vocab)).collect()
     }
 
+    /// The upstream gradient each row will receive: `1/n_valid` (mean) or 1 on valid rows, 0 on
+    /// ignored ones.
+    fn row_weights(valid: &[bool], e: super::ExpectedUpstream) -> Vec<f32> {
+        let n_valid = valid.iter().filter(|v| **v).count();
+        let reduce = if e.mean { 1.0 / (n_valid.max(1) as f32) } else { 1.0 };
+        valid.iter().map(|v| if *v { reduce } else { 0.0 }).collect()
+    }
+
     fn prepare(call: &FusedCall<'_>) -> Option<Prepared> {
         if current_path() == Path::Composed {
             return None;
@@ -239,10 +268,7 @@ mod flex {
             return None;
         }
         let valid: Vec<bool> = call.valid.to_data().convert::<bool>().try_into_vec().ok()?;
-        let n_valid = valid.iter().filter(|v| **v).count();
-        let e = &call.expected_upstream;
-        let reduce = if e.mean { 1.0 / (n_valid.max(1) as f32) } else { 1.0 };
-        let weights = valid.iter().map(|v| if *v { reduce } else { 0.0 }).collect();
+        let weights = row_weights(&valid, call.expected_upstream);
         let labels = match (call.hard_weight, call.labels) {
             (None, _) => None,
             (Some(_), Some(l)) => Some(host_labels(l, vocab)?),
@@ -254,7 +280,7 @@ mod flex {
             scale: call.scale,
             hard_weight: call.hard_weight,
         };
-        Some(Prepared { spec, valid, weights, labels, rows, vocab })
+        Some(Prepared { spec, valid, weights, labels, vocab })
     }
 
     fn extras(spec: &RowSpec, rows: &[RowOut], device: &burn::tensor::Device) -> Vec<Extra> {
@@ -291,32 +317,60 @@ mod flex {
         rows.iter().map(|r| r.value as f32).collect()
     }
 
+    /// The per-row values of a kernel call and what else it returns.
+    type KernelOut<R> = (Vec<f32>, R);
+
     /// Autodiff student: tracked → value + gradient state; untracked → value only.
-    fn on_autodiff<C: CheckpointStrategy>(
-        p: &Prepared,
+    fn on_autodiff<C: CheckpointStrategy, R>(
         student: &Tensor<2>,
-        teacher: &[f32],
-    ) -> Option<(Tensor<1>, Vec<RowOut>)>
+        weights: &[f32],
+        kernel: &mut impl FnMut(&[f32], Option<&mut [f32]>) -> KernelOut<R>,
+    ) -> Option<(Tensor<1>, R)>
     where
         DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
     {
+        let [rows, vocab] = student.dims();
         let ad = student.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
         let tracked = ad.is_tracked();
         let s = host_f32(ad.primitive())?;
-        let mut grad = tracked.then(|| super::pool::take(p.rows * p.vocab));
-        let rows = p.run(&s, teacher, grad.as_deref_mut());
+        let mut grad = tracked.then(|| super::pool::take(rows * vocab));
+        let (values, extra) = kernel(&s, grad.as_deref_mut());
         drop(s);
-        let out = flex_vec(values_of(&rows), [p.rows]);
+        let out = flex_vec(values, [rows]);
         let node = ad.node();
         let result = match FusedBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let grad = grad.unwrap_or_else(|| vec![0f32; p.rows * p.vocab]);
-                let grad = super::pool::into_tensor(grad, &[p.rows, p.vocab]);
-                prep.finish(GradState { grad, assumed: p.weights.clone() }, out)
+                let grad = grad.unwrap_or_else(|| vec![0f32; rows * vocab]);
+                let grad = super::pool::into_tensor(grad, &[rows, vocab]);
+                prep.finish(GradState { grad, assumed: weights.to_vec() }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some((Tensor::from_primitive::<Autodiff<Flex, C>>(result), rows))
+        Some((Tensor::from_primitive::<Autodiff<Flex, C>>(result), extra))
+    }
+
+    /// The one fused op: runs `kernel` on the student's host rows (with a pooled gradient
+    /// buffer, which the kernel fills with `weights[i] ×` row i's gradient, when the student is
+    /// tracked) and returns its per-row values as a tensor whose backward hands that gradient
+    /// over. `None` (nothing run) when the student is not an `f32` flex tensor.
+    fn fused_op<R>(
+        student: &Tensor<2>,
+        weights: &[f32],
+        mut kernel: impl FnMut(&[f32], Option<&mut [f32]>) -> KernelOut<R>,
+    ) -> Option<(Tensor<1>, R)> {
+        let out = if student.is_autodiff() {
+            on_autodiff::<NoCheckpointing, R>(student, weights, &mut kernel).or_else(|| {
+                on_autodiff::<BalancedCheckpointing, R>(student, weights, &mut kernel)
+            })?
+        } else {
+            let flex = student.clone().try_into_primitive::<Flex>().ok()?;
+            let s = host_f32(&flex)?;
+            let (values, extra) = kernel(&s, None);
+            let n = values.len();
+            (Tensor::from_primitive::<Flex>(flex_vec(values, [n])), extra)
+        };
+        super::FUSED_CALLS.with(|c| c.set(c.get() + 1));
+        Some(out)
     }
 
     /// The fused soft terms, or `None` when the composed path must run.
@@ -324,18 +378,50 @@ mod flex {
         let p = prepare(&call)?;
         let teacher = call.teacher.clone().inner().try_into_primitive::<Flex>().ok()?;
         let teacher = host_f32(&teacher)?;
-        let (values, rows) = if call.student.is_autodiff() {
-            on_autodiff::<NoCheckpointing>(&p, call.student, &teacher)
-                .or_else(|| on_autodiff::<BalancedCheckpointing>(&p, call.student, &teacher))?
-        } else {
-            let flex = call.student.clone().try_into_primitive::<Flex>().ok()?;
-            let s = host_f32(&flex)?;
-            let rows = p.run(&s, &teacher, None);
-            let out = flex_vec(values_of(&rows), [p.rows]);
-            (Tensor::from_primitive::<Flex>(out), rows)
-        };
+        let (values, rows) = fused_op(call.student, &p.weights, |s, grad| {
+            let rows = p.run(s, &teacher, grad);
+            (values_of(&rows), rows)
+        })?;
         let extras = extras(&p.spec, &rows, &call.student.device());
-        super::FUSED_CALLS.with(|c| c.set(c.get() + 1));
+        Some(FusedTerms { values, extras })
+    }
+
+    /// The fused top-k values, or `None` when the composed path must run.
+    pub(crate) fn topk_terms(call: TopKCall<'_>) -> Option<FusedTerms> {
+        if current_path() == Path::Composed || call.student.dtype() != DType::F32 {
+            return None;
+        }
+        let [rows, vocab] = call.student.dims();
+        let lp: Vec<f32> = call.logprobs.to_data().convert::<f32>().try_into_vec().ok()?;
+        if call.valid.len() != rows || lp.len() != call.ids.len() {
+            return None;
+        }
+        let weights = row_weights(call.valid, call.expected_upstream);
+        let (values, rows_out) = fused_op(call.student, &weights, |s, grad| {
+            let batch = TopKBatch {
+                student: s,
+                vocab,
+                ids: call.ids,
+                logprobs: &lp,
+                valid: call.valid,
+                weights: &weights,
+            };
+            let out = run_topk_rows(&call.spec, &batch, grad);
+            (out.iter().map(|r| r.value as f32).collect(), out)
+        })?;
+        let extras = if call.spec.convention == crate::TopKConvention::TailBucket {
+            let device = call.student.device();
+            let col = |f: fn(&TopKRowOut) -> f64| -> Tensor<1> {
+                let v: Vec<f32> = rows_out.iter().map(|r| f(r) as f32).collect();
+                Tensor::from_data(TensorData::new(v, [rows]), &device)
+            };
+            vec![
+                Extra::row("teacher_tail_mass", col(|r| r.teacher_tail)),
+                Extra::row("student_tail_mass", col(|r| r.student_tail)),
+            ]
+        } else {
+            Vec::new()
+        };
         Some(FusedTerms { values, extras })
     }
 }
