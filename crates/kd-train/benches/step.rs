@@ -9,8 +9,8 @@
 //!
 //! The step (`distill_step_b8_s128_v50257`): a GPT-2-shaped teacher (6 layers, 384 wide, 6
 //! heads) runs without a graph, a GPT-2-shaped student (2 layers, 192 wide, 3 heads) learns from
-//! it by forward KL (T = 1) over the 50257-token vocabulary, AdamW with decay groups and
-//! global-norm clipping; a batch of 8 × 128 tokens, all counted. It is [`Trainer::fit`]'s own
+//! it by forward KL (T = 1) over the 50257-token vocabulary, AdamW (constant lr 1e-4, decay
+//! groups) and global-norm clipping; a batch of 8 × 128 tokens, all counted. It is [`Trainer::fit`]'s own
 //! step, timed by the trainer ([`kd_train::StepRecord::tokens_per_s`]). Reported: the median and
 //! best of the timed steps after warm-up steps, and two peaks over all steps of the run: the
 //! live heap's growth (a counting allocator around the one in use) and the process's resident
@@ -26,7 +26,7 @@ use burn::tensor::Device;
 use kd_losses::LossConfig;
 use kd_models::{CausalLm, Gpt2Config, ModelConfig};
 use kd_train::data::{TokenDataset, pack_tokens};
-use kd_train::{TrainConfig, Trainer};
+use kd_train::{DecayKind, TrainConfig, Trainer};
 
 #[cfg(feature = "mimalloc")]
 type Inner = mimalloc::MiMalloc;
@@ -173,6 +173,7 @@ fn main() {
         batch_size: s.batch,
         lr: 1e-4,
         warmup_steps: 0,
+        decay: DecayKind::Constant,
         log_every: 0,
         divergence: Some(LossConfig::by_name("forward_kl").expect("forward_kl")),
         ..Default::default()
