@@ -181,6 +181,23 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let c = ConfigBuilder::from_file(Some(&p)).unwrap().build();
+            let c = c.unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            c.train.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            if p.ends_with("sft_dolly.toml") {
+                assert_eq!((c.train.eval_rouge_prompts, c.train.eval_max_new_tokens), (32, 64));
+            }
+            n += 1;
+        }
+        assert!(n >= 3, "{n} configs in {}", dir.display());
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let mut b = ConfigBuilder::default();
         b.set("train.stepz", "7").unwrap();

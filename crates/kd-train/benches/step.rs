@@ -10,11 +10,12 @@
 //! The step (`distill_step_b8_s128_v50257`): a GPT-2-shaped teacher (6 layers, 384 wide, 6
 //! heads) runs without a graph, a GPT-2-shaped student (2 layers, 192 wide, 3 heads) learns from
 //! it by forward KL (T = 1) over the 50257-token vocabulary, AdamW (constant lr 1e-4, decay
-//! groups) and global-norm clipping; a batch of 8 × 128 tokens, all counted. It is [`Trainer::fit`]'s own
-//! step, timed by the trainer ([`kd_train::StepRecord::tokens_per_s`]). Reported: the median and
-//! best of the timed steps after warm-up steps, and two peaks over all steps of the run: the
-//! live heap's growth (a counting allocator around the one in use) and the process's resident
-//! set high-water mark (`VmHWM`, reset after the models are built when the kernel allows it).
+//! groups) and global-norm clipping; a batch of 8 × 128 tokens, all counted. It is
+//! [`Trainer::fit`]'s own step, timed by the trainer ([`kd_train::StepRecord::tokens_per_s`]).
+//! Reported: the median and best of the timed steps after warm-up steps, and two peaks over all
+//! steps of the run: the live heap's growth (a counting allocator around the one in use) and the
+//! process's resident set high-water mark (`VmHWM`, reset after the models are built when the
+//! kernel allows it).
 //!
 //! `benches/torch_step.py` runs the same step in PyTorch eager and prints the same JSON line.
 
