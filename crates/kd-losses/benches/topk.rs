@@ -1,5 +1,5 @@
-//! Sparse top-k KL (`TopKKl`) vs the dense forward KL on the same student, forward + backward
-//! w.r.t. the student logits, on flex f32.
+//! Sparse top-k KL (`TopKKl`), fused kernel vs op-composed path, and the dense forward KL on the
+//! same student; forward + backward w.r.t. the student logits, on flex f32.
 //!
 //! ```text
 //! cargo bench -p kd-losses --bench topk
@@ -7,12 +7,16 @@
 //! KD_BENCH_QUICK=1 cargo bench -p kd-losses --bench topk     # small shape, few runs
 //! ```
 //!
-//! Shape N = 2048 rows, V = 32000, k = 64. Paths: `topk_tail_bucket` and `topk_renorm_teacher`
-//! (the `O(N·k)` implementation), `topk_tail_bucket_mask` (the previous implementation, kept
-//! here as a reference: it builds an `N × V` membership mask and a masked log-sum-exp for the
-//! student tail), `dense_fkl` (forward KL on dense teacher logits, fused kernel) and
-//! `dense_fkl_composed` (the op-composed forward KL). Median and minimum of ≥ 5 timed runs
-//! after warm-up; peak heap growth during one call (a counting allocator).
+//! Shape N = 2048 rows, V = 32000, k = 64. Paths: `topk_<convention>` (the fused kernel, the
+//! default on flex f32; its gradient buffer comes from the pool, already mapped),
+//! `topk_tail_bucket_fresh` (the same with the pool emptied before every call: a fresh
+//! `N × V` buffer, page faults included, so its peak shows the one buffer the call allocates),
+//! `topk_<convention>_composed` (the op-composed `O(N·k)` path, the reference),
+//! `topk_tail_bucket_mask` (an older implementation: an `N × V` membership mask and a masked
+//! log-sum-exp for the student tail), `dense_fkl` (forward KL on dense teacher logits, fused
+//! kernel) and `dense_fkl_composed` (the op-composed forward KL). Median and minimum of ≥ 5
+//! timed runs after warm-up; peak heap growth during the timed calls (a counting allocator;
+//! buffers already in the pool are not growth).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
@@ -20,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
-use kd_losses::fused::{Path, with_path};
+use kd_losses::fused::{Path, release_buffers, with_path};
 use kd_losses::logspace::{log_softmax, logsumexp, sum_rows};
 use kd_losses::{
     Divergence, ForwardKlConfig, KdBatch, Reduction, SparseKdBatch, TopKConvention, TopKKlConfig,
@@ -192,20 +196,36 @@ fn main() {
         backward(tail_bucket_mask(s.clone(), ids.clone(), lp.clone()), &s)
     };
 
+    let fresh = {
+        let call = topk(TopKConvention::TailBucket);
+        move || {
+            // Empty before (a fresh buffer) and after (so the pool is not part of the base).
+            release_buffers();
+            let loss = call();
+            release_buffers();
+            loss
+        }
+    };
+    let composed = |convention| with_path(Path::Composed, || time_call(runs, topk(convention)));
     let results = [
         ("topk_tail_bucket", time_call(runs, topk(TopKConvention::TailBucket))),
+        ("topk_tail_bucket_fresh", time_call(runs, fresh)),
+        ("topk_tail_bucket_composed", composed(TopKConvention::TailBucket)),
         ("topk_renorm_teacher", time_call(runs, topk(TopKConvention::RenormTeacher))),
+        ("topk_renorm_teacher_composed", composed(TopKConvention::RenormTeacher)),
+        ("topk_renorm_both", time_call(runs, topk(TopKConvention::RenormBoth))),
+        ("topk_renorm_both_composed", composed(TopKConvention::RenormBoth)),
         ("topk_tail_bucket_mask", time_call(runs, mask_reference)),
         ("dense_fkl", time_call(runs, dense)),
         ("dense_fkl_composed", with_path(Path::Composed, || time_call(runs, dense))),
     ];
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>12}",
+        "{:<30} {:>10} {:>10} {:>10} {:>12}",
         "path", "median ms", "min ms", "peak MB", "loss"
     );
     for (path, t) in &results {
         println!(
-            "{:<24} {:>10.1} {:>10.1} {:>10.1} {:>12.6}",
+            "{:<30} {:>10.1} {:>10.1} {:>10.1} {:>12.6}",
             path, t.median_ms, t.min_ms, t.peak_mb, t.loss
         );
         if let Some(f) = json.as_mut() {
@@ -220,9 +240,18 @@ fn main() {
             .unwrap();
         }
     }
-    let (new, old) = (results[0].1.loss, results[2].1.loss);
+    let loss = |name: &str| results.iter().find(|(p, _)| *p == name).expect("a path").1.loss;
+    let rel = |a: f32, b: f32| (a - b).abs() / b.abs();
+    for convention in ["tail_bucket", "renorm_teacher", "renorm_both"] {
+        let fused = loss(&format!("topk_{convention}"));
+        let composed = loss(&format!("topk_{convention}_composed"));
+        println!(
+            "{convention}: fused vs composed, relative difference {:.2e}",
+            rel(fused, composed)
+        );
+    }
     println!(
-        "tail_bucket: O(N·k) vs mask reference, relative difference {:.2e}",
-        (new - old).abs() / old.abs()
+        "tail_bucket: composed vs mask reference, relative difference {:.2e}",
+        rel(loss("topk_tail_bucket_composed"), loss("topk_tail_bucket_mask"))
     );
 }
