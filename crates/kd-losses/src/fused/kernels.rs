@@ -124,24 +124,31 @@ fn teacher_side<V: Lanes>(s: V, t: V, mix: Option<f32>) -> V {
     }
 }
 
+/// The max-shifted scaled logits `(a, b)` of one student and one teacher vector.
+#[inline(always)]
+fn shifted<V: Lanes>(s: V, t: V, inv_t: V, ms: V, mt: V, mix: Option<f32>) -> (V, V) {
+    let sc = scaled(s, inv_t);
+    (sc.sub(ms), teacher_side(sc, scaled(t, inv_t), mix).sub(mt))
+}
+
 /// Maxima of `s/T` and of the teacher side (both floored) in one pass.
 #[inline(always)]
 fn maxima<V: Lanes>(s: &[f32], t: &[f32], inv_t: f32, mix: Option<f32>) -> (f32, f32) {
     let it = V::splat(inv_t);
-    let teacher = |sv: V, tv: V| teacher_side(scaled(sv, it), scaled(tv, it), mix);
     let (mut ms, mut mt) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
     let full = s.len() / V::N * V::N;
     let mut i = 0;
     while i < full {
         let sv = V::load(&s[i..]);
         ms = ms.max(scaled(sv, it));
-        mt = mt.max(teacher(sv, V::load(&t[i..])));
+        mt = mt.max(teacher_side(scaled(sv, it), scaled(V::load(&t[i..]), it), mix));
         i += V::N;
     }
     if full < s.len() {
         let sv = load_tail(&s[full..], f32::NEG_INFINITY);
         ms = ms.max(scaled(sv, it));
-        mt = mt.max(teacher(sv, load_tail(&t[full..], f32::NEG_INFINITY)));
+        let tv = load_tail(&t[full..], f32::NEG_INFINITY);
+        mt = mt.max(teacher_side(scaled(sv, it), scaled(tv, it), mix));
     }
     (ms.hmax(), mt.hmax())
 }
@@ -168,10 +175,7 @@ pub(super) fn pass<V: Lanes, const K: usize>(
     f: impl Fn(V, V, V) -> ([V; K], V),
 ) -> [f64; K] {
     let (inv_t, ms, mt) = (V::splat(shift.inv_t), V::splat(shift.ms), V::splat(shift.mt));
-    let ab = |sv: V, tv: V| {
-        let sc = scaled(sv, inv_t);
-        (sc.sub(ms), teacher_side(sc, scaled(tv, inv_t), shift.mix).sub(mt))
-    };
+    let mix = shift.mix;
     let mut total = [0f64; K];
     let full = s.len() / V::N * V::N;
     let mut start = 0;
@@ -180,7 +184,7 @@ pub(super) fn pass<V: Lanes, const K: usize>(
         let mut acc = [V::splat(0.0); K];
         let mut i = start;
         while i < end {
-            let (a, b) = ab(V::load(&s[i..]), V::load(&t[i..]));
+            let (a, b) = shifted(V::load(&s[i..]), V::load(&t[i..]), inv_t, ms, mt, mix);
             let old = g.as_deref().map_or(V::splat(0.0), |g| V::load(&g[i..]));
             let (terms, new) = f(a, b, old);
             for k in 0..K {
@@ -198,7 +202,8 @@ pub(super) fn pass<V: Lanes, const K: usize>(
     }
     let n = s.len() - full;
     if n > 0 {
-        let (a, b) = ab(load_tail(&s[full..], 0.0), load_tail(&t[full..], 0.0));
+        let (sv, tv) = (load_tail(&s[full..], 0.0), load_tail(&t[full..], 0.0));
+        let (a, b) = shifted(sv, tv, inv_t, ms, mt, mix);
         let old = g.as_deref().map_or(V::splat(0.0), |g| load_tail(&g[full..], 0.0));
         let (terms, new) = f(a, b, old);
         for k in 0..K {
@@ -225,6 +230,12 @@ struct Consts<V> {
     lwq: V,
 }
 
+/// `log m = log(wp p + wq q)`, clamped below by `max(log wp + log p, log wq + log q)`.
+#[inline(always)]
+fn log_mix<V: Lanes>(c: &Consts<V>, p: V, q: V, lp: V, lq: V) -> V {
+    ln(c.wp.mul_add(p, c.wq.mul(q))).max(c.lwp.add(lp).max(c.lwq.add(lq)))
+}
+
 /// Element terms of the kinds whose gradient is `q ⊙ (h − Σ q h)/T`: two summed value terms
 /// and `h = ∂value/∂q` up to a constant. `log m` is clamped below by its exact bound
 /// `max(log wp + log p, log wq + log q)`, so underflow cannot give −inf.
@@ -232,22 +243,21 @@ struct Consts<V> {
 fn mixture_terms<V: Lanes>(kind: FusedKind, c: &Consts<V>, a: V, b: V, q: V) -> ([V; 2], V) {
     let (lq, lp) = (a.sub(c.lzs), b.sub(c.lzt));
     let p = exp(lp);
-    let log_m = || ln(c.wp.mul_add(p, c.wq.mul(q))).max(c.lwp.add(lp).max(c.lwq.add(lq)));
     match kind {
         FusedKind::Jsd { .. } => {
             // β KL(p‖m) + (1 − β) KL(q‖m);  h = (1 − β)(log q − log m).
-            let lm = log_m();
+            let lm = log_mix(c, p, q, lp, lq);
             let rq = lq.sub(lm);
             ([p.mul(lp.sub(lm)), q.mul(rq)], c.wq.mul(rq))
         }
         FusedKind::SkewForwardKl { .. } => {
             // KL(p‖m);  h = −(1 − α) p/m.
-            let lm = log_m();
+            let lm = log_mix(c, p, q, lp, lq);
             ([p.mul(lp.sub(lm)), p.mul(lm)], c.wq.mul(exp(lp.sub(lm))).mul(V::splat(-1.0)))
         }
         FusedKind::SkewReverseKl { .. } => {
             // KL(q‖m);  h = log q − log m − α q/m  (the +1 cancels against Σ q h).
-            let lm = log_m();
+            let lm = log_mix(c, p, q, lp, lq);
             let r = lq.sub(lm);
             ([q.mul(r), V::splat(0.0)], r.sub(c.wq.mul(exp(r))))
         }
@@ -453,28 +463,28 @@ fn row_impl<V: Lanes>(
             let rkl = acc_r / zs - lzs + lzt;
             let (lzs_v, lzt_v) = (V::splat(lzs as f32), V::splat(lzt as f32));
             // The teacher's probabilities, for the head split; Σ |p − q| on the way.
-            let (head_gap, total_gap, head_size) = P_SCRATCH.with(|cell| {
-                let mut pbuf = cell.borrow_mut();
-                pbuf.clear();
-                pbuf.resize(s.len(), 0.0);
-                let [total] = pass::<V, 1>(
-                    s,
-                    t,
-                    &shift,
-                    Some(&mut pbuf[..]),
-                    #[inline(always)]
-                    |a, b, _| {
-                        let (q, p) = (exp(a.sub(lzs_v)), exp(b.sub(lzt_v)));
-                        let d = p.sub(q);
-                        ([d.max(V::splat(0.0).sub(d))], p)
-                    },
-                );
-                let (gap, size) = head_gap(&pbuf, mu, |v| {
-                    let a = (s[v] as f64).max(LOGIT_FLOOR) * inv_t as f64 - ms as f64;
-                    (a - lzs).exp()
-                });
-                (gap, total, size)
+            // (Taken out of the thread-local so that no SIMD code runs inside a closure:
+            // closures do not inherit the kernel's target features.)
+            let mut pbuf = P_SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+            pbuf.clear();
+            pbuf.resize(s.len(), 0.0);
+            let [total_gap] = pass::<V, 1>(
+                s,
+                t,
+                &shift,
+                Some(&mut pbuf[..]),
+                #[inline(always)]
+                |a, b, _| {
+                    let (q, p) = (exp(a.sub(lzs_v)), exp(b.sub(lzt_v)));
+                    let d = p.sub(q);
+                    ([d.max(V::splat(0.0).sub(d))], p)
+                },
+            );
+            let (head_gap, head_size) = head_gap(&pbuf, mu, |v| {
+                let a = (s[v] as f64).max(LOGIT_FLOOR) * inv_t as f64 - ms as f64;
+                (a - lzs).exp()
             });
+            P_SCRATCH.with(|cell| *cell.borrow_mut() = pbuf);
             // The head's gap (f64) and the total (f32 lanes) round differently: take the tail
             // as the non-negative remainder so the weights stay in [0, 1].
             let tail_gap = (total_gap - head_gap).max(0.0);
