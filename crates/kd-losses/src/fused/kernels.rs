@@ -5,10 +5,12 @@
 //! Per row, with `s' = max(s, −1e4)/T`, `t' = max(t, −1e4)/T` (the same floor as
 //! [`crate::logspace::LOGIT_FLOOR`]; TAID's teacher side is `(1 − τ)s' + τt'`):
 //! 1. one pass for both maxima (the only pass that streams the row from memory);
-//! 2. one pass for the partition sums `Z_s`, `Z_t` and the moments the loss needs, storing
-//!    `e^(s' − max s')` in the gradient buffer as scratch;
-//! 3. for JSD, skew KL/RKL and TVD, one pass for the element terms (one `ln` and one `exp` per
-//!    element), storing the factor `h = ∂value/∂q` in the scratch;
+//! 2. one pass for the partition sums `Z_s`, `Z_t` and the moments the loss needs; when the
+//!    student is tracked it stores `e^(s' − max s')` in the gradient buffer and
+//!    `e^(t' − max t')` in a per-thread row that stays in cache, so no later pass recomputes an
+//!    `exp` it already had;
+//! 3. for JSD, skew KL/RKL and TVD, one pass for the element terms (one `ln` per element),
+//!    storing the factor `h = ∂value/∂q` in the gradient buffer and `q` in the row;
 //! 4. (tracked only) the gradient pass, writing `weight × ∂loss/∂s` over the scratch; with a
 //!    hard-label term, one more pass adds `w (softmax(s) − onehot(y))`.
 //!
@@ -171,8 +173,42 @@ pub(super) fn pass<V: Lanes, const K: usize>(
     s: &[f32],
     t: &[f32],
     shift: &Shift,
-    mut g: Option<&mut [f32]>,
+    g: Option<&mut [f32]>,
     f: impl Fn(V, V, V) -> ([V; K], V),
+) -> [f64; K] {
+    pass2(
+        s,
+        t,
+        shift,
+        g,
+        None,
+        #[inline(always)]
+        |a, b, g, r| {
+            let (terms, new) = f(a, b, g);
+            (terms, new, r)
+        },
+    )
+}
+
+/// Loads lanes `i..` of an optional buffer (zeros without one).
+#[inline(always)]
+fn load_opt<V: Lanes>(x: &Option<&mut [f32]>, i: usize) -> V {
+    match x {
+        Some(x) => V::load(&x[i..]),
+        None => V::splat(0.0),
+    }
+}
+
+/// [`pass`] with a second scratch row `r` (cache-resident, one per thread) read and written
+/// like `g`: `f(a, b, g, r)` returns the terms and the new `g` and `r`.
+#[inline(always)]
+pub(super) fn pass2<V: Lanes, const K: usize>(
+    s: &[f32],
+    t: &[f32],
+    shift: &Shift,
+    mut g: Option<&mut [f32]>,
+    mut r: Option<&mut [f32]>,
+    f: impl Fn(V, V, V, V) -> ([V; K], V, V),
 ) -> [f64; K] {
     let (inv_t, ms, mt) = (V::splat(shift.inv_t), V::splat(shift.ms), V::splat(shift.mt));
     let mix = shift.mix;
@@ -185,13 +221,15 @@ pub(super) fn pass<V: Lanes, const K: usize>(
         let mut i = start;
         while i < end {
             let (a, b) = shifted(V::load(&s[i..]), V::load(&t[i..]), inv_t, ms, mt, mix);
-            let old = g.as_deref().map_or(V::splat(0.0), |g| V::load(&g[i..]));
-            let (terms, new) = f(a, b, old);
+            let (terms, new_g, new_r) = f(a, b, load_opt(&g, i), load_opt(&r, i));
             for k in 0..K {
                 acc[k] = acc[k].add(terms[k]);
             }
             if let Some(g) = g.as_deref_mut() {
-                new.store(&mut g[i..]);
+                new_g.store(&mut g[i..]);
+            }
+            if let Some(r) = r.as_deref_mut() {
+                new_r.store(&mut r[i..]);
             }
             i += V::N;
         }
@@ -204,18 +242,40 @@ pub(super) fn pass<V: Lanes, const K: usize>(
     if n > 0 {
         let (sv, tv) = (load_tail(&s[full..], 0.0), load_tail(&t[full..], 0.0));
         let (a, b) = shifted(sv, tv, inv_t, ms, mt, mix);
-        let old = g.as_deref().map_or(V::splat(0.0), |g| load_tail(&g[full..], 0.0));
-        let (terms, new) = f(a, b, old);
+        let old_g = g.as_deref().map_or(V::splat(0.0), |g| load_tail(&g[full..], 0.0));
+        let old_r = r.as_deref().map_or(V::splat(0.0), |r| load_tail(&r[full..], 0.0));
+        let (terms, new_g, new_r) = f(a, b, old_g, old_r);
         for k in 0..K {
             total[k] += terms[k].keep_first(n).sum() as f64;
         }
+        let mut buf = [0f32; MAX_LANES];
         if let Some(g) = g {
-            let mut buf = [0f32; MAX_LANES];
-            new.store(&mut buf);
+            new_g.store(&mut buf);
             g[full..].copy_from_slice(&buf[..n]);
+        }
+        if let Some(r) = r {
+            new_r.store(&mut buf);
+            r[full..].copy_from_slice(&buf[..n]);
         }
     }
     total
+}
+
+thread_local! {
+    /// Per-thread second scratch row (teacher exponentials, then `q`) for the tracked kernels.
+    static ROW_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The thread's scratch row, `n` long (give it back with [`give_row`]). Taken out of the
+/// thread-local so that no SIMD code runs inside a `with` closure.
+fn take_row(n: usize) -> Vec<f32> {
+    let mut row = ROW_SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    row.resize(n, 0.0);
+    row
+}
+
+fn give_row(row: Vec<f32>) {
+    ROW_SCRATCH.with(|cell| *cell.borrow_mut() = row);
 }
 
 /// Per-row constants of the element terms of the mixture family.
@@ -240,9 +300,8 @@ fn log_mix<V: Lanes>(c: &Consts<V>, p: V, q: V, lp: V, lq: V) -> V {
 /// and `h = ∂value/∂q` up to a constant. `log m` is clamped below by its exact bound
 /// `max(log wp + log p, log wq + log q)`, so underflow cannot give −inf.
 #[inline(always)]
-fn mixture_terms<V: Lanes>(kind: FusedKind, c: &Consts<V>, a: V, b: V, q: V) -> ([V; 2], V) {
+fn mixture_terms<V: Lanes>(kind: FusedKind, c: &Consts<V>, a: V, b: V, q: V, p: V) -> ([V; 2], V) {
     let (lq, lp) = (a.sub(c.lzs), b.sub(c.lzt));
-    let p = exp(lp);
     match kind {
         FusedKind::Jsd { .. } => {
             // β KL(p‖m) + (1 − β) KL(q‖m);  h = (1 − β)(log q − log m).
@@ -380,16 +439,19 @@ fn row_impl<V: Lanes>(
     let gscale = (weight as f64 * soft_weight * spec.scale / spec.temperature) as f32;
     let (soft, extras, lzs) = match spec.kind {
         FusedKind::ForwardKl | FusedKind::Taid { .. } => {
-            // Z_s, Z_t, Σ e_t (b − a), Σ e_t a; scratch ← e_s.
-            let [zs, zt, acc_a, acc_b] = pass::<V, 4>(
+            // Z_s, Z_t, Σ e_t (b − a), Σ e_t a; scratch g ← e_s, r ← e_t (tracked only).
+            let mut row = if tracked { take_row(s.len()) } else { Vec::new() };
+            let r = if tracked { Some(&mut row[..]) } else { None };
+            let [zs, zt, acc_a, acc_b] = pass2::<V, 4>(
                 s,
                 t,
                 &shift,
                 grad.as_deref_mut(),
+                r,
                 #[inline(always)]
-                |a, b, _| {
+                |a, b, _, _| {
                     let (es, et) = (exp(a), exp(b));
-                    ([es, et, et.mul(b.sub(a)), et.mul(a)], es)
+                    ([es, et, et.mul(b.sub(a)), et.mul(a)], es, et)
                 },
             );
             let (lzs, lzt) = (zs.ln(), zt.ln());
@@ -397,17 +459,18 @@ fn row_impl<V: Lanes>(
             let kl = acc_a / zt - lzt + lzs;
             let ce = -(acc_b / zt) + lzs;
             if tracked {
-                // ∂KL(p‖q)/∂s_v = ∂CE/∂s_v = (q_v − p_v)/T,  q_v = e_s/Z_s,  p_v = e^(b − ln Z_t).
-                let (qs, lzt) = (V::splat(gscale / zs as f32), V::splat(lzt as f32));
-                let gs = V::splat(gscale);
-                pass::<V, 0>(
+                // ∂KL(p‖q)/∂s_v = ∂CE/∂s_v = (q_v − p_v)/T,  q_v = e_s/Z_s,  p_v = e_t/Z_t.
+                let (qs, ps) = (V::splat(gscale / zs as f32), V::splat(gscale / zt as f32));
+                pass2::<V, 0>(
                     s,
                     t,
                     &shift,
                     grad.as_deref_mut(),
+                    Some(&mut row[..]),
                     #[inline(always)]
-                    |_, b, es| ([], es.mul(qs).sub(gs.mul(exp(b.sub(lzt))))),
+                    |_, _, es, et| ([], es.mul(qs).sub(et.mul(ps)), et),
                 );
+                give_row(row);
             }
             match spec.kind {
                 FusedKind::Taid { .. } => (ce, [kl, 0.0, 0.0, 0.0, 0.0], lzs),
@@ -515,19 +578,22 @@ fn row_impl<V: Lanes>(
         | FusedKind::SkewForwardKl { .. }
         | FusedKind::SkewReverseKl { .. }
         | FusedKind::Tvd => {
-            let [zs, zt] = pass::<V, 2>(
+            // Z_s, Z_t; scratch g ← e_s, r ← e_t (tracked only).
+            let mut row = if tracked { take_row(s.len()) } else { Vec::new() };
+            let [zs, zt] = pass2::<V, 2>(
                 s,
                 t,
                 &shift,
                 grad.as_deref_mut(),
+                if tracked { Some(&mut row[..]) } else { None },
                 #[inline(always)]
-                |a, b, _| {
-                    let es = exp(a);
-                    ([es, exp(b)], es)
+                |a, b, _, _| {
+                    let (es, et) = (exp(a), exp(b));
+                    ([es, et], es, et)
                 },
             );
             let (lzs, lzt) = (zs.ln(), zt.ln());
-            let inv_zs = V::splat(1.0 / zs as f32);
+            let (inv_zs, inv_zt) = (V::splat(1.0 / zs as f32), V::splat(1.0 / zt as f32));
             // Mixture weights (teacher, student) of m.
             let (wp, wq) = match spec.kind {
                 FusedKind::Jsd { beta } => (beta, 1.0 - beta),
@@ -545,18 +611,19 @@ fn row_impl<V: Lanes>(
                 lwq: V::splat(wq.ln()),
             };
             let kind = spec.kind;
-            // Σ term0, Σ term1, Σ q h; scratch: e_s → h.
+            // Σ term0, Σ term1, Σ q h; scratch g: e_s → h, r: e_t → q.
             let [v0, v1, qh] = if tracked {
-                pass::<V, 3>(
+                pass2::<V, 3>(
                     s,
                     t,
                     &shift,
                     grad.as_deref_mut(),
+                    Some(&mut row[..]),
                     #[inline(always)]
-                    |a, b, es| {
-                        let q = es.mul(inv_zs);
-                        let ([x, y], h) = mixture_terms(kind, &c, a, b, q);
-                        ([x, y, q.mul(h)], h)
+                    |a, b, es, et| {
+                        let (q, p) = (es.mul(inv_zs), et.mul(inv_zt));
+                        let ([x, y], h) = mixture_terms(kind, &c, a, b, q, p);
+                        ([x, y, q.mul(h)], h, q)
                     },
                 )
             } else {
@@ -567,8 +634,8 @@ fn row_impl<V: Lanes>(
                     None,
                     #[inline(always)]
                     |a, b, _| {
-                        let q = exp(a.sub(c.lzs));
-                        (mixture_terms(kind, &c, a, b, q).0, q)
+                        let (q, p) = (exp(a.sub(c.lzs)), exp(b.sub(c.lzt)));
+                        (mixture_terms(kind, &c, a, b, q, p).0, q)
                     },
                 );
                 [x, y, 0.0]
@@ -577,14 +644,16 @@ fn row_impl<V: Lanes>(
                 // ∂/∂s_v = q_v (h_v − Σ_u q_u h_u)/T.
                 let k = V::splat(qh as f32);
                 let gs = V::splat(gscale);
-                pass::<V, 0>(
+                pass2::<V, 0>(
                     s,
                     t,
                     &shift,
                     grad.as_deref_mut(),
+                    Some(&mut row[..]),
                     #[inline(always)]
-                    |a, _, h| ([], gs.mul(exp(a.sub(c.lzs))).mul(h.sub(k))),
+                    |_, _, h, q| ([], gs.mul(q).mul(h.sub(k)), q),
                 );
+                give_row(row);
             }
             match spec.kind {
                 FusedKind::Jsd { beta } => {
