@@ -15,9 +15,8 @@
 //! reports the median and minimum time of a few runs after one warm-up and the peak heap growth
 //! during a call (a counting allocator; the inputs are allocated before and not counted).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -26,57 +25,12 @@ use kd_losses::{
     Reduction,
 };
 
-/// System allocator that tracks live and peak bytes.
-struct Counting;
+mod common;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use common::{Counting, LIVE, PEAK, median, random};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Sum of two uniforms: a cheap bell shape with the given spread.
-            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
-            let b = ((x >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
-            (a + b - 1.0) * std * 2.45
-        })
-        .collect()
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    xs[xs.len() / 2]
-}
 
 struct Timing {
     median_ms: f64,

@@ -1,0 +1,58 @@
+//! Shared by the kd-losses benches: a counting allocator for peak memory, a deterministic
+//! pseudo-random generator for logits, and the median.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// System allocator that tracks live and peak bytes (install it with `#[global_allocator]`).
+pub struct Counting;
+
+/// Bytes currently allocated.
+pub static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Highest `LIVE` since the last reset.
+pub static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+/// `n` pseudo-random values with roughly the given standard deviation (xorshift; the sum of two
+/// uniforms gives a cheap bell shape).
+pub fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
+            let b = ((x >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
+            (a + b - 1.0) * std * 2.45
+        })
+        .collect()
+}
+
+/// The median (upper one for an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
