@@ -759,16 +759,7 @@ pub fn run_rows_on(
         assert_eq!(l.len(), rows, "labels length");
     }
     assert!(spec.hard_weight.is_none() || labels.is_some(), "a hard-label term needs labels");
-    if vocab == 0 {
-        return vec![RowOut::default(); rows];
-    }
-    let one = |i: usize, g: Option<&mut [f32]>| -> RowOut {
-        if !valid[i] {
-            if let Some(g) = g {
-                g.fill(0.0);
-            }
-            return RowOut::default();
-        }
+    for_valid_rows(vocab, valid, grad, |i, g| {
         let label = labels.map(|l| l[i]);
         assert!(label.is_none_or(|y| y < vocab), "label out of range");
         let r = i * vocab..(i + 1) * vocab;
@@ -779,6 +770,32 @@ pub fn run_rows_on(
             Isa::Avx2Fma => unsafe { row_avx2(spec, s, t, weights[i], label, g) },
             _ => row_portable(spec, s, t, weights[i], label, g),
         }
+    })
+}
+
+/// Runs `row(i, gradient row)` for every valid row in parallel (rayon); an invalid row gets
+/// `R::default()` and a zeroed gradient row.
+///
+/// # Panics
+/// When the gradient is not `valid.len() × vocab` long.
+pub(super) fn for_valid_rows<R: Default + Send>(
+    vocab: usize,
+    valid: &[bool],
+    grad: Option<&mut [f32]>,
+    row: impl Fn(usize, Option<&mut [f32]>) -> R + Sync,
+) -> Vec<R> {
+    let rows = valid.len();
+    if vocab == 0 {
+        return (0..rows).map(|_| R::default()).collect();
+    }
+    let one = |i: usize, g: Option<&mut [f32]>| -> R {
+        if valid[i] {
+            return row(i, g);
+        }
+        if let Some(g) = g {
+            g.fill(0.0);
+        }
+        R::default()
     };
     match grad {
         Some(g) => {

@@ -29,9 +29,7 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
-use super::kernels::{Shift, load_tail, pass, scaled};
+use super::kernels::{Shift, for_valid_rows, load_tail, pass, scaled};
 use super::simd::{self, Isa, Lanes, Portable, exp};
 use crate::TopKConvention;
 use crate::logspace::LOGIT_FLOOR;
@@ -325,16 +323,7 @@ pub fn run_topk_rows_on(
     assert_eq!(ids.len(), logprobs.len(), "ids vs log-probs length");
     let k = ids.len().checked_div(rows).unwrap_or(0);
     assert_eq!(ids.len(), rows * k, "ids length");
-    if vocab == 0 {
-        return vec![TopKRowOut::default(); rows];
-    }
-    let one = |i: usize, g: Option<&mut [f32]>| -> TopKRowOut {
-        if !valid[i] {
-            if let Some(g) = g {
-                g.fill(0.0);
-            }
-            return TopKRowOut::default();
-        }
+    for_valid_rows(vocab, valid, grad, |i, g| {
         let (row_ids, lp) = (&ids[i * k..(i + 1) * k], &logprobs[i * k..(i + 1) * k]);
         assert!(row_ids.iter().all(|&id| id < vocab), "teacher id out of range");
         let s = &student[i * vocab..(i + 1) * vocab];
@@ -344,14 +333,7 @@ pub fn run_topk_rows_on(
             Isa::Avx2Fma => unsafe { row_avx2(spec, s, row_ids, lp, weights[i], g) },
             _ => row_portable(spec, s, row_ids, lp, weights[i], g),
         }
-    };
-    match grad {
-        Some(g) => {
-            assert_eq!(g.len(), rows * vocab, "gradient length");
-            g.par_chunks_mut(vocab).enumerate().map(|(i, g)| one(i, Some(g))).collect()
-        }
-        None => (0..rows).into_par_iter().map(|i| one(i, None)).collect(),
-    }
+    })
 }
 
 #[cfg(test)]
