@@ -38,6 +38,15 @@
 //! Each type's docs give the formula, the gradient w.r.t. the student logits, shapes, errors and
 //! the paper with its official code. `docs/` in the repository derives each family.
 //!
+//! ## Speed and memory
+//!
+//! On flex with `f32` tensors most row-wise losses (FKL, RKL, JSD, skew KL/RKL, TVD, AKL, TAID,
+//! top-k, with or without the hard-label mix) run as one fused forward+backward kernel that
+//! allocates a single pooled `rows × vocab` gradient buffer; everything else runs the
+//! op-composed path, with the same results (see the `fused` module). With the `flex` or
+//! `autodiff` feature, `ChunkedHeadLoss` computes any row-wise loss from hidden states and the
+//! LM head a chunk of rows at a time, never holding the full `[rows, vocab]` logits.
+//!
 //! ## Quick start
 //!
 //! ```
