@@ -16,8 +16,6 @@
 //! during a call (a counting allocator; the inputs are allocated before and not counted).
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use kd_losses::{
@@ -27,33 +25,10 @@ use kd_losses::{
 
 mod common;
 
-use common::{Counting, LIVE, PEAK, median, random};
+use common::{Counting, random, time_call};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-struct Timing {
-    median_ms: f64,
-    min_ms: f64,
-    peak_mb: f64,
-    loss: f32,
-}
-
-/// Times `call` (which returns the loss value) `runs` times after one warm-up.
-fn time_call(runs: usize, call: impl Fn() -> f32) -> Timing {
-    let loss = call(); // warm-up
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        std::hint::black_box(call());
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64;
-    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    Timing { median_ms: median(times), min_ms: min, peak_mb: peak, loss }
-}
 
 fn env_usizes(name: &str) -> Option<Vec<usize>> {
     let v = std::env::var(name).ok()?;
@@ -124,9 +99,9 @@ fn main() {
     };
 
     let results = [
-        ("unchunked", time_call(runs, unchunked)),
-        ("chunked", time_call(runs, || chunked(&dense_teacher))),
-        ("chunked_teacher_hidden", time_call(runs, || chunked(&hidden_teacher))),
+        ("unchunked", time_call(1, runs, unchunked)),
+        ("chunked", time_call(1, runs, || chunked(&dense_teacher))),
+        ("chunked_teacher_hidden", time_call(1, runs, || chunked(&hidden_teacher))),
     ];
     let base = &results[0].1;
     println!(

@@ -19,8 +19,6 @@
 //! buffers already in the pool are not growth).
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use kd_losses::fused::{Path, release_buffers, with_path};
@@ -31,34 +29,10 @@ use kd_losses::{
 
 mod common;
 
-use common::{Counting, LIVE, PEAK, median, random};
+use common::{Counting, random, time_call};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-struct Timing {
-    median_ms: f64,
-    min_ms: f64,
-    peak_mb: f64,
-    loss: f32,
-}
-
-/// Times `call` (forward + backward, returns the loss) `runs` times after two warm-ups.
-fn time_call(runs: usize, call: impl Fn() -> f32) -> Timing {
-    call();
-    let loss = call();
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        std::hint::black_box(call());
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64;
-    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    Timing { median_ms: median(times), min_ms: min, peak_mb: peak, loss }
-}
 
 /// The previous tail-bucket implementation at `T = 1`, every row counted (mean over rows): the
 /// student tail as a log-sum-exp over an `N × V` mask of the entries outside the ids.
@@ -160,18 +134,18 @@ fn main() {
             loss
         }
     };
-    let composed = |convention| with_path(Path::Composed, || time_call(runs, topk(convention)));
+    let composed = |convention| with_path(Path::Composed, || time_call(2, runs, topk(convention)));
     let results = [
-        ("topk_tail_bucket", time_call(runs, topk(TopKConvention::TailBucket))),
-        ("topk_tail_bucket_fresh", time_call(runs, fresh)),
+        ("topk_tail_bucket", time_call(2, runs, topk(TopKConvention::TailBucket))),
+        ("topk_tail_bucket_fresh", time_call(2, runs, fresh)),
         ("topk_tail_bucket_composed", composed(TopKConvention::TailBucket)),
-        ("topk_renorm_teacher", time_call(runs, topk(TopKConvention::RenormTeacher))),
+        ("topk_renorm_teacher", time_call(2, runs, topk(TopKConvention::RenormTeacher))),
         ("topk_renorm_teacher_composed", composed(TopKConvention::RenormTeacher)),
-        ("topk_renorm_both", time_call(runs, topk(TopKConvention::RenormBoth))),
+        ("topk_renorm_both", time_call(2, runs, topk(TopKConvention::RenormBoth))),
         ("topk_renorm_both_composed", composed(TopKConvention::RenormBoth)),
-        ("topk_tail_bucket_mask", time_call(runs, mask_reference)),
-        ("dense_fkl", time_call(runs, dense)),
-        ("dense_fkl_composed", with_path(Path::Composed, || time_call(runs, dense))),
+        ("topk_tail_bucket_mask", time_call(2, runs, mask_reference)),
+        ("dense_fkl", time_call(2, runs, dense)),
+        ("dense_fkl_composed", with_path(Path::Composed, || time_call(2, runs, dense))),
     ];
     println!(
         "{:<30} {:>10} {:>10} {:>10} {:>12}",

@@ -1,8 +1,11 @@
 //! Shared by the kd-losses benches: a counting allocator for peak memory, a deterministic
-//! pseudo-random generator for logits, and the median.
+//! pseudo-random generator for logits, the median, and a timing loop.
+// Each bench uses a subset.
+#![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// System allocator that tracks live and peak bytes (install it with `#[global_allocator]`).
 pub struct Counting;
@@ -55,4 +58,32 @@ pub fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
+}
+
+/// Median and minimum ms of the timed runs, peak heap growth over them, and the loss value.
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub peak_mb: f64,
+    pub loss: f32,
+}
+
+/// Times `call` (forward + backward, returns the loss) `runs` times after `warmups` calls
+/// (at least one, which gives the loss).
+pub fn time_call(warmups: usize, runs: usize, call: impl Fn() -> f32) -> Timing {
+    let mut loss = call();
+    for _ in 1..warmups {
+        loss = call();
+    }
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        std::hint::black_box(call());
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    Timing { median_ms: median(times), min_ms: min, peak_mb: peak, loss }
 }
