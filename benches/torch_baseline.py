@@ -13,29 +13,19 @@ tests needs it.
 """
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-VENV = HERE / ".venv"
+from torch_venv import ensure_venv  # benches/ is on sys.path when the script runs
 
 
-def ensure_venv():
-    """Re-executes this script inside benches/.venv, creating it (with torch) when missing."""
-    if os.environ.get("KD_TORCH_VENV") == "1":
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", "torch", "psutil"])
-    env = dict(os.environ, KD_TORCH_VENV="1")
-    os.execve(str(python), [str(python), __file__, *sys.argv[1:]], env)
+def bootstrap():
+    """Runs this script inside benches/.venv (see torch_venv.py)."""
+    ensure_venv(__file__, "torch, psutil", ["torch", "psutil"])
 
 
 def main():
-    ensure_venv()
+    bootstrap()
     import psutil
     import torch
     import torch.nn.functional as F
