@@ -93,6 +93,10 @@ pub struct MiniLlmBatch {
     /// Logits of the policy that sampled (`None` = the current student, as a constant).
     /// Shape: `[batch, len, vocab]`.
     pub old_student_logits: Option<Tensor<3>>,
+    /// The same policy given by its per-token log-probabilities `log softmax(old/τ)[y_t]` only
+    /// (what a stored rollout keeps; everything the objective uses of the old policy). At most
+    /// one of `old_student_logits` and `old_logprobs`. Shape: `[batch, len]`.
+    pub old_logprobs: Option<Tensor<2>>,
 }
 
 /// Output of [`MiniLlm::forward`].
@@ -174,8 +178,14 @@ impl MiniLlm {
     /// See the type docs.
     pub fn forward(&self, batch: MiniLlmBatch) -> Result<MiniLlmOutput> {
         let c = &self.config;
-        let MiniLlmBatch { student_logits, teacher_logits, tokens, mask, old_student_logits } =
-            batch;
+        let MiniLlmBatch {
+            student_logits,
+            teacher_logits,
+            tokens,
+            mask,
+            old_student_logits,
+            old_logprobs,
+        } = batch;
         let dims = student_logits.dims();
         let [b, len, vocab] = dims;
         let check = |what: &str, got: Vec<usize>, want: Vec<usize>| -> Result<()> {
@@ -188,6 +198,17 @@ impl MiniLlm {
         check("teacher_logits vs student_logits", teacher_logits.dims().to_vec(), dims.to_vec())?;
         if let Some(old) = &old_student_logits {
             check("old_student_logits vs student_logits", old.dims().to_vec(), dims.to_vec())?;
+        }
+        if let Some(old) = &old_logprobs {
+            check("old_logprobs vs student [batch, len]", old.dims().to_vec(), vec![b, len])?;
+            if old_student_logits.is_some() {
+                return Err(KdError::UnknownOption {
+                    loss: "minillm",
+                    name: "old_logprobs",
+                    expected: "either old_student_logits or old_logprobs, not both",
+                    got: "both".into(),
+                });
+            }
         }
         check("tokens vs student [batch, len]", tokens.dims().to_vec(), vec![b, len])?;
         check("mask vs student [batch, len]", mask.dims().to_vec(), vec![b, len])?;
@@ -207,8 +228,13 @@ impl MiniLlm {
         let m = mask.clone().float(); // [b, len]
         let invalid = mask.bool_not();
 
-        let old = old_student_logits.unwrap_or_else(|| student_logits.clone()).detach();
-        let logq_old = token_log_prob(scaled_logits(old, tau), tokens.clone()).mul(m.clone());
+        let logq_old = match old_logprobs {
+            Some(lp) => lp.detach().mul(m.clone()),
+            None => {
+                let old = old_student_logits.unwrap_or_else(|| student_logits.clone()).detach();
+                token_log_prob(scaled_logits(old, tau), tokens.clone()).mul(m.clone())
+            }
+        };
         let teacher = teacher_logits.detach();
         let lp_reward =
             token_log_prob(scaled_logits(teacher.clone(), 1.0), tokens.clone()).mul(m.clone());

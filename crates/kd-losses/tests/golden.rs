@@ -249,9 +249,26 @@ fn run_topk(r: &mut Report, file: &str, case: &Value, device: &Device) {
     }
 }
 
+/// Runs a MiniLLM case twice: with the old policy as logits (the golden input), and again with
+/// only its per-token log-probabilities (`old_logprobs`, what stored rollouts keep), which must
+/// give the same values and gradients.
 fn run_minillm(r: &mut Report, file: &str, case: &Value, device: &Device) {
+    let Some(logq_old) = run_minillm_once(r, file, case, None, device) else {
+        return;
+    };
+    run_minillm_once(r, file, case, Some(logq_old), device);
+}
+
+fn run_minillm_once(
+    r: &mut Report,
+    file: &str,
+    case: &Value,
+    old_logprobs: Option<Tensor<2>>,
+    device: &Device,
+) -> Option<Tensor<2>> {
     let name = case["name"].as_str().unwrap_or("?");
-    let at = format!("{file}: {name}");
+    let via = if old_logprobs.is_some() { " (old_logprobs)" } else { "" };
+    let at = format!("{file}: {name}{via}");
     let tol = value_tol(name);
     let cfg: MiniLlmConfig =
         serde_json::from_value(case["config"].clone()).expect("minillm config");
@@ -262,11 +279,18 @@ fn run_minillm(r: &mut Report, file: &str, case: &Value, device: &Device) {
         teacher_logits: floats::<3>(&inputs["teacher_logits"], device),
         tokens: ints::<2>(&inputs["tokens"], device),
         mask: mask::<2>(&inputs["mask"], device),
-        old_student_logits: inputs.get("old_student_logits").map(|v| floats::<3>(v, device)),
+        old_student_logits: match old_logprobs {
+            Some(_) => None,
+            None => inputs.get("old_student_logits").map(|v| floats::<3>(v, device)),
+        },
+        old_logprobs,
     };
     let out = match cfg.init().expect("valid config").forward(batch) {
         Ok(out) => out,
-        Err(e) => return r.failures.push(format!("[{}] {at}: error {e}", r.backend)),
+        Err(e) => {
+            r.failures.push(format!("[{}] {at}: error {e}", r.backend));
+            return None;
+        }
     };
     let o = &case["outputs"];
     let grads = out.loss.backward();
@@ -296,6 +320,7 @@ fn run_minillm(r: &mut Report, file: &str, case: &Value, device: &Device) {
             }
         }
     }
+    out.token("logq_old").cloned()
 }
 
 fn opt(v: &Value) -> Option<f64> {

@@ -111,6 +111,12 @@ impl Rng {
         Self { state: seed }
     }
 
+    /// The internal state: `Rng::new(rng.state())` continues exactly where `rng` stands (what
+    /// a checkpoint stores to resume sampling).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -24,9 +24,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::Device;
-use kd_losses::LossConfig;
 use kd_models::{CausalLm, Gpt2Config, ModelConfig};
+use kd_train::MethodConfig;
 use kd_train::data::{TokenDataset, pack_tokens};
+use kd_train::methods::kd::KdConfig;
 use kd_train::{DecayKind, TrainConfig, Trainer};
 
 #[cfg(feature = "mimalloc")]
@@ -176,7 +177,7 @@ fn main() {
         warmup_steps: 0,
         decay: DecayKind::Constant,
         log_every: 0,
-        divergence: Some(LossConfig::by_name("forward_kl").expect("forward_kl")),
+        method: MethodConfig::Kd(KdConfig::with_loss("forward_kl").expect("forward_kl")),
         ..Default::default()
     };
     let mut trainer = Trainer::new(config, student, &device)

@@ -1,6 +1,6 @@
 //! Checkpoints: a directory with the student's weights (`model.safetensors`, keyed by module
 //! path), the optimizer moments (`optimizer.safetensors`) and everything else needed to resume
-//! bit-for-bit (`state.json`: step, data cursor, seed, TAID schedule state, LR schedule, history).
+//! bit-for-bit (`state.json`: step, data cursor, seed, sampling RNG, the method's state, history).
 //!
 //! A checkpoint is written into `<dir>.tmp`, synced and renamed over `<dir>`, so a crash leaves
 //! either the old checkpoint or the new one, never half of one.
@@ -36,8 +36,11 @@ pub struct TrainState {
     pub cursor: DataCursor,
     /// Seed of the data order.
     pub seed: u64,
-    /// TAID schedule state, when distilling with `taid`.
-    pub taid: Option<kd_losses::TaidScheduleState>,
+    /// State of the sampling RNG (on-policy methods draw from it).
+    pub rng: u64,
+    /// The method's own state ([`crate::methods::Method::state`]; `null` when stateless).
+    #[serde(default)]
+    pub method: serde_json::Value,
     /// Tokens consumed (counted positions).
     pub tokens_seen: u64,
     /// Training history up to `step`.

@@ -4,11 +4,15 @@
 //!
 //! - [`LanguageModel`]: what a student or teacher must provide (logits and vocabulary size);
 //!   implemented for [`kd_models::CausalLm`] and easy to implement for your own burn model.
-//! - [`Trainer`]: trains a student alone (next-token cross-entropy) or from a teacher with any
-//!   dense [`kd_losses`] divergence chosen by name ([`kd_losses::LossConfig`]), optionally mixed
-//!   with hard-label cross-entropy; TAID's `t` follows its adaptive schedule. The student trains
-//!   on an autodiff device, the teacher runs on the plain device without a graph, in the same
-//!   process. Vocabularies that differ by padding are sliced to the shared ids on request
+//! - [`Trainer`]: the loop every method shares (optimizer, schedule, accumulation, clipping,
+//!   evaluation, checkpoint/resume, metrics) around one [`Method`] chosen by
+//!   [`MethodConfig`]: [`methods`] `sft`, `kd` (any dense [`kd_losses`] divergence by name, TAID's
+//!   schedule, the hard-label mix, a top-k teacher), `seqkd`, `gkd` (on-policy) and `minillm`
+//!   (policy gradient with teacher-mixed sampling). The student trains on an autodiff device, the
+//!   teacher runs on the plain device without a graph, in the same process.
+//! - [`rollout`]: seeded batched sampling with the KV cache (temperature, top-k, top-p, EOS,
+//!   teacher mixing) that returns tokens, sampling log-probabilities and masks; scoring of
+//!   sampled sequences in one forward. Vocabularies that differ by padding are sliced to the shared ids on request
 //!   ([`VocabAlignment`]), else [`TrainError::VocabMismatch`].
 //! - [`AdamW`] with Hugging Face decay groups (no decay on biases, norms, embeddings), warmup +
 //!   cosine [`LrSchedule`], gradient accumulation, global-norm clipping.
@@ -16,7 +20,7 @@
 //!   only, deterministic seeded shuffling with a resumable cursor.
 //! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L of greedy
 //!   answers to held-out instruction prompts at every evaluation; [`plot`]: curves as PNG.
-//! - [`checkpoint`]: weights, optimizer moments, schedule, data position and TAID state, written
+//! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the method's state (TAID's schedule, MiniLLM's rollouts), written
 //!   atomically; a resumed run reproduces the uninterrupted one exactly.
 //!
 //! ## Quick start
@@ -25,7 +29,8 @@
 //! use burn::tensor::Device;
 //! use kd_models::{CausalLm, Gpt2Config, ModelConfig};
 //! use kd_train::data::{TokenDataset, pack_tokens};
-//! use kd_train::{TrainConfig, Trainer};
+//! use kd_train::methods::kd::KdConfig;
+//! use kd_train::{MethodConfig, TrainConfig, Trainer};
 //!
 //! let device = Device::flex().autodiff();
 //! let config = |n_layer| ModelConfig::Gpt2(Gpt2Config {
@@ -39,7 +44,7 @@
 //! let config = TrainConfig {
 //!     steps: 3,
 //!     batch_size: 2,
-//!     divergence: Some(kd_losses::LossConfig::by_name("reverse_kl")?),
+//!     method: MethodConfig::Kd(KdConfig::with_loss("reverse_kl")?),
 //!     ..Default::default()
 //! };
 //! let mut trainer = Trainer::new(config, student, &device)?.with_teacher(teacher)?;
@@ -52,11 +57,13 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod rollout;
 pub mod rouge;
 pub mod schedule;
 pub mod trainer;
@@ -64,6 +71,7 @@ pub mod trainer;
 pub use checkpoint::{Checkpoint, TrainState};
 pub use error::{Result, TrainError};
 pub use kd_losses;
+pub use methods::{Method, MethodConfig};
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate};
 pub use model::{LanguageModel, VocabAlignment, align_vocab};
 pub use optim::{AdamW, AdamWConfig};

@@ -26,10 +26,11 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// Counted tokens in this step.
     pub tokens: u64,
-    /// TAID's `t` used in this step, when distilling with `taid`.
-    pub taid_t: Option<f64>,
     /// Wall-clock throughput of this step (counted tokens per second); not reproducible.
     pub tokens_per_s: f64,
+    /// The method's metrics of this step (`taid_t`, `on_policy`, `pg_loss`, `reward`, …).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 /// A held-out evaluation.
@@ -265,8 +266,8 @@ mod tests {
                 lr: 1e-3,
                 grad_norm: 0.5,
                 tokens: 10,
-                taid_t: None,
                 tokens_per_s: 100.0,
+                extra: Default::default(),
             }),
             MetricsLine::Eval(EvalRecord {
                 step: 1,

@@ -6,6 +6,7 @@ use kd_models::sampling::{Rng, Sampling, choose_token};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::rollout::{CacheDecoder, IncrementalDecoder, RecomputeDecoder};
 
 /// A causal language model the loop can train or distil from.
 ///
@@ -66,6 +67,17 @@ pub trait LanguageModel: Module {
     ) -> Result<Vec<Vec<u32>>> {
         greedy_by_recompute(self, prompts, max_new_tokens, eos_ids, device)
     }
+
+    /// An incremental decoder for sampling rollouts ([`crate::rollout::sample`]).
+    ///
+    /// The default is [`RecomputeDecoder`]: each row's whole sequence at every step.
+    /// [`kd_models::CausalLm`] overrides it with its KV cache ([`CacheDecoder`]).
+    fn decoder(&self) -> Box<dyn IncrementalDecoder + '_>
+    where
+        Self: Sized,
+    {
+        Box::new(RecomputeDecoder::new(self))
+    }
 }
 
 impl LanguageModel for kd_models::CausalLm {
@@ -97,6 +109,10 @@ impl LanguageModel for kd_models::CausalLm {
             output_step_logits: false,
         };
         Ok(kd_models::generate(self, prompts, &config, device, |_, _| {})?.new_tokens)
+    }
+
+    fn decoder(&self) -> Box<dyn IncrementalDecoder + '_> {
+        Box::new(CacheDecoder::new(self))
     }
 }
 

@@ -1,22 +1,19 @@
 //! The training loop: [`TrainConfig`] and [`Trainer`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use kd_losses::{
-    Divergence, HardLabelMix, KdBatch, LossConfig, Reduction, TaidSchedule, TaidScheduleConfig,
-};
+use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{BatchOrder, DataCursor, TokenDataset};
 use crate::error::{Result, TrainError};
-use crate::metrics::{
-    EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, masked_cross_entropy_mean,
-    rewrite_jsonl,
-};
-use crate::model::{LanguageModel, VocabAlignment, align_vocab};
+use crate::methods::{Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
+use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, rewrite_jsonl};
+use crate::model::{LanguageModel, VocabAlignment};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::params::{GradAccumulator, load_param_values, make_trainable, param_values};
 use crate::rouge::RougeEval;
@@ -71,15 +68,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Where `metrics.jsonl`, `checkpoint-<step>/` and plots go (`None` = nowhere).
     pub output_dir: Option<PathBuf>,
-    /// The distillation divergence (`{"loss": "forward_kl", "temperature": 2.0}`); needed with a
-    /// teacher, ignored without one (plain next-token cross-entropy).
-    pub divergence: Option<LossConfig>,
-    /// Weight of the hard-label cross-entropy mixed into the divergence, in `[0, 1]` (default
-    /// `0`: pure distillation).
-    pub hard_label_weight: f64,
-    /// TAID's adaptive `t` schedule when `divergence` is `taid` (default: the paper's, over
-    /// `steps`).
-    pub taid_schedule: Option<TaidScheduleConfig>,
+    /// The method and its settings (default `sft`; see [`crate::methods`]).
+    pub method: MethodConfig,
     /// What to do when student and teacher vocabularies differ.
     pub vocab_alignment: VocabAlignment,
 }
@@ -105,9 +95,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 2,
             output_dir: None,
-            divergence: None,
-            hard_label_weight: 0.0,
-            taid_schedule: None,
+            method: MethodConfig::default(),
             vocab_alignment: VocabAlignment::Strict,
         }
     }
@@ -149,26 +137,9 @@ impl TrainConfig {
                 0,
             ));
         }
-        if !(0.0..=1.0).contains(&self.hard_label_weight) {
-            return Err(TrainError::config(
-                "hard_label_weight",
-                "a value in [0, 1]",
-                self.hard_label_weight,
-            ));
-        }
         self.schedule().validate()?;
         self.optimizer.validate()?;
-        if let Some(d) = &self.divergence {
-            d.init()?;
-        }
-        Ok(())
-    }
-
-    fn taid_schedule_config(&self) -> TaidScheduleConfig {
-        self.taid_schedule.clone().unwrap_or(TaidScheduleConfig {
-            num_train_steps: self.steps.max(1),
-            ..Default::default()
-        })
+        self.method.validate()
     }
 }
 
@@ -201,7 +172,10 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     device: Device,
     optim: AdamW,
     schedule: LrSchedule,
-    taid: Option<TaidSchedule>,
+    method: Box<dyn Method<S, T>>,
+    rng: Rng,
+    tokens: SpecialTokens,
+    pt_data: Option<TokenDataset>,
     state: TrainState,
     rouge: Option<RougeEval>,
 }
@@ -215,10 +189,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         config.validate()?;
         let device = device.clone().autodiff();
         let student = make_trainable(student, &device);
-        let taid = match &config.divergence {
-            Some(LossConfig::Taid(_)) => Some(config.taid_schedule_config().init()?),
-            _ => None,
-        };
+        let method = config.method.init::<S, T>(config.steps)?;
+        let rng = Rng::new(config.seed ^ 0x524F_4C4C);
         Ok(Self {
             optim: AdamW::new(config.optimizer.clone())?,
             schedule: config.schedule(),
@@ -227,12 +199,16 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 optimizer_steps: 0,
                 cursor: DataCursor::default(),
                 seed: config.seed,
-                taid: taid.as_ref().map(|t| t.state().clone()),
+                rng: rng.state(),
+                method: serde_json::Value::Null,
                 tokens_seen: 0,
                 history: Vec::new(),
                 evals: Vec::new(),
             },
-            taid,
+            method,
+            rng,
+            tokens: SpecialTokens::default(),
+            pt_data: None,
             config,
             student,
             teacher: None,
@@ -244,15 +220,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// Adds the teacher (moved to the plain device, no gradients).
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] when the config has no `divergence`;
+    /// [`TrainError::InvalidConfig`] when the method uses no teacher (e.g. `sft`);
     /// [`TrainError::VocabMismatch`] when the vocabularies differ under
     /// [`VocabAlignment::Strict`].
     pub fn with_teacher(mut self, teacher: T) -> Result<Self> {
-        if self.config.divergence.is_none() {
+        if self.method.teacher_use() == TeacherUse::None {
             return Err(TrainError::config(
-                "divergence",
-                "a loss (e.g. {loss = \"forward_kl\"}) when a teacher is given",
-                "none",
+                "method",
+                "a method that uses a teacher (e.g. kd, gkd) when a teacher is given",
+                self.method.name(),
             ));
         }
         let (vs, vt) = (self.student.vocab_size(), teacher.vocab_size());
@@ -269,6 +245,24 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     pub fn with_rouge_eval(mut self, prompts: RougeEval) -> Self {
         self.rouge = Some(prompts);
         self
+    }
+
+    /// Sets the EOS ids that end sampled responses and the padding id (methods that sample:
+    /// `gkd`, `minillm`, `seqkd`). Default: no EOS (responses run to their length cap), pad `0`.
+    pub fn with_special_tokens(mut self, eos_ids: Vec<u32>, pad_id: u32) -> Self {
+        self.tokens = SpecialTokens { eos_ids, pad_id };
+        self
+    }
+
+    /// Adds the plain-text corpus of language-modelling terms (MiniLLM's PT loss).
+    pub fn with_pt_data(mut self, data: TokenDataset) -> Self {
+        self.pt_data = Some(data);
+        self
+    }
+
+    /// The method's id.
+    pub fn method_name(&self) -> &'static str {
+        self.method.name()
     }
 
     /// The student as it is now (on the autodiff device).
@@ -309,7 +303,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             optimizer,
             state: TrainState {
                 optimizer_steps,
-                taid: self.taid.as_ref().map(|t| t.state().clone()),
+                rng: self.rng.state(),
+                method: self.method.state().unwrap_or(serde_json::Value::Null),
                 ..self.state.clone()
             },
         }
@@ -328,9 +323,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             checkpoint.state.optimizer_steps,
             &self.device,
         )?;
-        if let (Some(t), Some(s)) = (self.taid.as_mut(), checkpoint.state.taid.clone()) {
-            t.restore(s);
-        }
+        self.method.restore(&checkpoint.state.method)?;
+        self.rng = Rng::new(checkpoint.state.rng);
         self.student = student;
         self.state = checkpoint.state.clone();
         if let Some(dir) = &self.config.output_dir {
@@ -355,53 +349,49 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         Ok(())
     }
 
-    /// The divergence for the current step (TAID at its scheduled `t`), with the hard-label mix.
-    fn divergence(&self) -> Result<Option<Box<dyn Divergence>>> {
-        let Some(cfg) = &self.config.divergence else {
-            return Ok(None);
-        };
-        let base: Box<dyn Divergence> = match (cfg, &self.taid) {
-            (LossConfig::Taid(c), Some(s)) => Box::new(c.clone().with_t(s.t()).init()?),
-            _ => cfg.init()?,
-        };
-        if self.config.hard_label_weight > 0.0 {
-            Ok(Some(Box::new(HardLabelMix::new(base, self.config.hard_label_weight)?)))
-        } else {
-            Ok(Some(base))
-        }
-    }
-
     /// One optimizer step (all its micro-batches).
     fn train_step(&mut self, data: &TokenDataset, order: &mut BatchOrder) -> Result<StepRecord> {
         let start = Instant::now();
         let lr = self.schedule.lr(self.state.step);
-        let divergence = match &self.teacher {
-            Some(_) => self.divergence()?,
-            None => None,
-        };
-        let taid_t = self.taid.as_ref().map(TaidSchedule::t);
         let accum = self.config.grad_accum;
+        let mut extra: BTreeMap<String, f64> = BTreeMap::new();
+        for (k, v) in self.method.step_metrics() {
+            extra.insert(k.to_string(), v);
+        }
         let mut acc = GradAccumulator::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
+        let mut sums: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
         for _ in 0..accum {
-            let idx = order.next_batch(self.config.batch_size);
-            let batch = data.batch(&idx, &self.device);
-            let logits = self.student.logits(batch.input_ids.clone()); // [b, s, v]
-            let loss = match (&self.teacher, &divergence) {
-                (Some(teacher), Some(div)) => {
-                    let t_logits = teacher.logits(batch.input_ids.clone().inner()).autodiff();
-                    let (s, t) = align_vocab(logits, t_logits, self.config.vocab_alignment)?;
-                    let kd = KdBatch::from_sequences(s, t).with_labels(batch.labels.flatten(0, 1));
-                    div.forward(kd, Reduction::Mean)?.loss
-                }
-                _ => masked_cross_entropy_mean(logits, batch.labels),
+            let mut cx = StepContext {
+                student: &self.student,
+                teacher: self.teacher.as_ref(),
+                device: &self.device,
+                data,
+                order,
+                batch_size: self.config.batch_size,
+                rng: &mut self.rng,
+                step: self.state.step,
+                total_steps: self.config.steps,
+                vocab_alignment: self.config.vocab_alignment,
+                tokens: &self.tokens,
+                pt_data: self.pt_data.as_ref(),
+                seed: self.config.seed,
             };
-            let loss = loss.div_scalar(accum as f64);
+            let out = self.method.micro_batch(&mut cx)?;
+            for (k, v) in out.metrics {
+                let e = sums.entry(k).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+            let loss = out.loss.div_scalar(accum as f64);
             loss_sum += f64::from(loss.clone().inner().into_scalar::<f32>());
             let grads = loss.backward();
             acc.add(&self.student, &grads);
-            tokens += batch.counted as u64;
+            tokens += out.tokens;
+        }
+        for (k, (sum, n)) in sums {
+            extra.insert(k.to_string(), sum / n as f64);
         }
         if !loss_sum.is_finite() {
             return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, loss: loss_sum });
@@ -410,9 +400,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         let scale = clip_factor(grad_norm, self.config.max_grad_norm);
         self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
         self.state.step += 1;
-        if let Some(t) = self.taid.as_mut() {
-            t.update(self.state.step, loss_sum);
-        }
+        self.method.end_step(self.state.step, loss_sum, &mut extra)?;
         self.state.tokens_seen += tokens;
         self.state.cursor = order.cursor();
         let secs = start.elapsed().as_secs_f64();
@@ -422,8 +410,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             lr,
             grad_norm,
             tokens,
-            taid_t,
             tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
+            extra,
         })
     }
 
@@ -462,6 +450,17 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         eval: Option<&TokenDataset>,
     ) -> Result<TrainReport> {
         let start = Instant::now();
+        if self.method.teacher_use() == TeacherUse::Required && self.teacher.is_none() {
+            return Err(TrainError::config(
+                "teacher",
+                "a teacher (Trainer::with_teacher) for this method",
+                self.method.name(),
+            ));
+        }
+        let plain = self.device.clone().inner();
+        let prepared =
+            self.method.prepare_data(self.teacher.as_ref(), train, &self.tokens, &plain)?;
+        let train = prepared.as_ref().unwrap_or(train);
         let total = self.config.steps;
         let mut order = BatchOrder::new(train.len(), self.config.seed, self.state.cursor);
         let metrics = match &self.config.output_dir {
@@ -647,7 +646,7 @@ mod tests {
     #[test]
     fn config_from_toml_like_json_and_validation() {
         let c: TrainConfig = serde_json::from_str(
-            r#"{"steps": 5, "divergence": {"loss": "reverse_kl", "temperature": 2.0}}"#,
+            r#"{"steps": 5, "method": {"name": "kd", "divergence": {"loss": "reverse_kl", "temperature": 2.0}}}"#,
         )
         .unwrap();
         assert_eq!(c.steps, 5);

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Int, Tensor};
-use kd_losses::LossConfig;
 use kd_models::{CausalLm, Gpt2Config, ModelConfig, Tokenizer};
+use kd_train::MethodConfig;
 use kd_train::data::{
     InstructionExample, TokenDataset, instruction_block, instruction_blocks, pack_tokens,
     prompt_ids,
 };
+use kd_train::methods::kd::KdConfig;
 use kd_train::metrics::{MetricsLine, read_jsonl, rouge_l};
 use kd_train::model::greedy_by_recompute;
 use kd_train::params::param_values;
@@ -51,14 +52,14 @@ fn data() -> (TokenDataset, TokenDataset) {
 }
 
 /// A record without the wall-clock field.
-fn det(r: &StepRecord) -> (u64, u64, u64, u64, u64, Option<u64>) {
+fn det(r: &StepRecord) -> (u64, u64, u64, u64, u64, Vec<(String, u64)>) {
     (
         r.step,
         r.loss.to_bits(),
         r.lr.to_bits(),
         r.grad_norm.to_bits(),
         r.tokens,
-        r.taid_t.map(f64::to_bits),
+        r.extra.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect(),
     )
 }
 
@@ -92,7 +93,7 @@ fn loss_falls_without_and_with_a_teacher() {
     // Student: distilled with reverse KL; the distillation loss and held-out CE both fall.
     let config = TrainConfig {
         steps: 20,
-        divergence: Some(LossConfig::by_name("reverse_kl").unwrap()),
+        method: MethodConfig::Kd(KdConfig::with_loss("reverse_kl").unwrap()),
         ..config
     };
     let mut s = Trainer::new(config, gpt2(1, 8, VOCAB, &device), &device)
@@ -120,8 +121,10 @@ fn resume_config(out: &Path) -> TrainConfig {
         checkpoint_every: 3,
         keep_checkpoints: 5,
         output_dir: Some(out.to_path_buf()),
-        divergence: Some(LossConfig::by_name("taid").unwrap()),
-        hard_label_weight: 0.25,
+        method: MethodConfig::Kd(KdConfig {
+            hard_label_weight: 0.25,
+            ..KdConfig::with_loss("taid").unwrap()
+        }),
         seed: 11,
         ..Default::default()
     }
@@ -148,7 +151,8 @@ fn resume_reproduces_the_uninterrupted_run_exactly_and_export_reloads() {
     assert!(mid.join("state.json").is_file() && a_dir.join("checkpoint-000006").is_dir());
     // TAID's t moved and is in the checkpoint.
     let ck = Checkpoint::load(&mid).unwrap();
-    assert!(ck.state.taid.is_some());
+    assert!(ck.state.method.get("taid").is_some());
+    assert!(ra.history.iter().all(|r| r.extra.contains_key("taid_t")));
     assert_eq!(ck.state.step, 3);
 
     // Interrupted run: a differently initialised student, resumed from step 3.
@@ -190,7 +194,7 @@ fn padded_vocabularies_need_an_explicit_alignment() {
         steps: 1,
         batch_size: 2,
         log_every: 0,
-        divergence: Some(LossConfig::by_name("forward_kl").unwrap()),
+        method: MethodConfig::Kd(KdConfig::with_loss("forward_kl").unwrap()),
         ..Default::default()
     };
     let err = Trainer::new(config.clone(), gpt2(1, 8, VOCAB, &device), &device)
@@ -206,13 +210,13 @@ fn padded_vocabularies_need_an_explicit_alignment() {
     let r = t.fit(&train, None).unwrap();
     assert!(r.history[0].loss.is_finite());
 
-    // A teacher without a divergence is a config error.
+    // A teacher for a method that uses none is a config error.
     let no_loss = TrainConfig { steps: 1, ..Default::default() };
     assert!(matches!(
         Trainer::new(no_loss, gpt2(1, 8, VOCAB, &device), &device)
             .unwrap()
             .with_teacher(gpt2(1, 8, VOCAB, &plain)),
-        Err(TrainError::InvalidConfig { name: "divergence", .. })
+        Err(TrainError::InvalidConfig { name: "method", .. })
     ));
 }
 
@@ -330,7 +334,7 @@ fn instruction_evaluation_reports_rouge_l_of_greedy_answers() {
         eval_max_new_tokens: 6,
         log_every: 0,
         output_dir: Some(out.clone()),
-        divergence: Some(LossConfig::by_name("forward_kl").unwrap()),
+        method: MethodConfig::Kd(KdConfig::with_loss("forward_kl").unwrap()),
         ..Default::default()
     };
     let mut trainer = Trainer::new(config, student, &device)

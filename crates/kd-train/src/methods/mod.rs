@@ -1,0 +1,370 @@
+//! Training methods: what one optimizer step computes.
+//!
+//! The [`Trainer`](crate::Trainer) keeps what every method shares (optimizer, schedule,
+//! gradient accumulation, clipping, evaluation, checkpoint/resume, metrics). A [`Method`]
+//! computes the loss of one micro-batch from a [`StepContext`]: it draws its own batch, runs the
+//! student (with a graph) and the teacher (without), may sample rollouts, and reports its own
+//! metrics. Its state (schedules, rollout buffers) goes into checkpoints as JSON.
+//!
+//! | id | method | teacher | paper |
+//! |---|---|---|---|
+//! | `sft` | [`sft::Sft`]: next-token cross-entropy on the data's responses | no | — |
+//! | `kd` | [`kd::Kd`]: any dense kd-losses divergence on the data's tokens (TAID schedule, hard-label mix, top-k teacher) | yes | Hinton et al. 2015 and the losses' papers |
+//! | `seqkd` | [`seqkd::SeqKd`]: SFT on the teacher's answers to the training prompts | yes (before training) | Kim & Rush 2016 |
+//! | `gkd` | [`gkd::Gkd`]: generalized JSD on student-sampled (or data) responses | yes | Agarwal et al. 2024 |
+//! | `minillm` | [`minillm::MiniLlmMethod`]: policy-gradient reverse KL with teacher-mixed sampling, PPO clipping and a PT loss | yes | Gu et al. 2024 |
+//!
+//! # Adding a method
+//! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
+//!    paper's defaults in `Default`, a `validate` and an `init` that returns the method) and a type
+//!    that implements [`Method`] for every student and teacher type.
+//! 2. One line in the [`methods!`] invocation below: `"<id>" => Variant(path::Config)`.
+//! 3. Its doc page `docs/methods/<id>.md` (what it does, every knob, the paper and its official
+//!    code) and an example config `crates/kd-cli/configs/<id>.toml`.
+//! 4. Its test in `tests/methods.rs`: a few steps on tiny models and an exact resume mid-run.
+//!
+//! The `[method]` section of a `kd` run config is a [`MethodConfig`]:
+//! `name = "gkd"` and the method's own keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use burn::tensor::{Device, Tensor};
+use kd_models::sampling::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
+use crate::error::{Result, TrainError};
+use crate::model::{LanguageModel, VocabAlignment};
+
+pub mod gkd;
+pub mod kd;
+pub mod minillm;
+pub mod seqkd;
+pub mod sft;
+
+/// Whether a method needs a teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeacherUse {
+    /// The method never uses one (giving one is an error).
+    None,
+    /// The method needs one.
+    Required,
+}
+
+/// Token ids that rollouts need.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// A sampled response stops after any of these.
+    pub eos_ids: Vec<u32>,
+    /// Padding id (never attended to or counted).
+    pub pad_id: u32,
+}
+
+/// What a method sees in one micro-batch.
+#[derive(Debug)]
+pub struct StepContext<'a, S, T> {
+    /// The student, on the autodiff device.
+    pub student: &'a S,
+    /// The teacher, on the plain device, when the method uses one.
+    pub teacher: Option<&'a T>,
+    /// The autodiff device (the teacher's is `device.clone().inner()`).
+    pub device: &'a Device,
+    /// The training set.
+    pub data: &'a TokenDataset,
+    /// The data order (its cursor goes into checkpoints).
+    pub order: &'a mut BatchOrder,
+    /// Blocks per micro-batch.
+    pub batch_size: usize,
+    /// The sampling RNG (its state goes into checkpoints).
+    pub rng: &'a mut Rng,
+    /// Optimizer steps done before this one.
+    pub step: u64,
+    /// Optimizer steps of the whole run.
+    pub total_steps: u64,
+    /// How to align student and teacher vocabularies.
+    pub vocab_alignment: VocabAlignment,
+    /// EOS and padding ids for rollouts.
+    pub tokens: &'a SpecialTokens,
+    /// The plain-text corpus of language-modelling terms (MiniLLM's PT loss), if given.
+    pub pt_data: Option<&'a TokenDataset>,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl<'a, S, T> StepContext<'a, S, T> {
+    /// Indices of the next `batch_size` blocks of the data order.
+    pub fn next_indices(&mut self) -> Vec<usize> {
+        self.order.next_batch(self.batch_size)
+    }
+
+    /// The next micro-batch of blocks as tensors on the autodiff device.
+    pub fn next_batch(&mut self) -> Batch {
+        let idx = self.next_indices();
+        self.data.batch(&idx, self.device)
+    }
+
+    /// The plain (no-autodiff) device.
+    pub fn plain_device(&self) -> Device {
+        self.device.clone().inner()
+    }
+
+    /// The teacher, or an error naming the method that needs it.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the trainer has no teacher.
+    pub fn require_teacher(&self, method: &'static str) -> Result<&'a T> {
+        self.teacher.ok_or_else(|| {
+            TrainError::config("teacher", "a teacher (Trainer::with_teacher)", method)
+        })
+    }
+}
+
+/// The loss of one micro-batch.
+#[derive(Debug, Clone)]
+pub struct MicroBatchLoss {
+    /// The loss to differentiate (a mean over the micro-batch's counted tokens). Shape: `[1]`.
+    pub loss: Tensor<1>,
+    /// Counted tokens.
+    pub tokens: u64,
+    /// Method metrics of this micro-batch (averaged over the micro-batches of a step).
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// A training method: what one micro-batch computes.
+pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
+    /// The method id (`kd`, `gkd`, …).
+    fn name(&self) -> &'static str;
+
+    /// Whether it needs a teacher.
+    fn teacher_use(&self) -> TeacherUse;
+
+    /// Called once before the first step of [`Trainer::fit`](crate::Trainer::fit) (also after a
+    /// resume): may replace the training set (SeqKD: the teacher's answers). Default: keep it.
+    ///
+    /// # Errors
+    /// The method's own.
+    fn prepare_data(
+        &mut self,
+        _teacher: Option<&T>,
+        _data: &TokenDataset,
+        _tokens: &SpecialTokens,
+        _device: &Device,
+    ) -> Result<Option<TokenDataset>> {
+        Ok(None)
+    }
+
+    /// The loss of the next micro-batch.
+    ///
+    /// # Errors
+    /// Loss errors, rollout errors.
+    fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss>;
+
+    /// Called after each optimizer step with its 1-based number and loss; adds step-level
+    /// metrics (e.g. TAID's `t`). Default: nothing.
+    ///
+    /// # Errors
+    /// The method's own.
+    fn end_step(
+        &mut self,
+        _step: u64,
+        _loss: f64,
+        _metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Metrics of the step about to run (reported with it), e.g. TAID's `t`. Default: none.
+    fn step_metrics(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
+    /// State for checkpoints (`null` when stateless).
+    ///
+    /// # Errors
+    /// When the state does not serialise.
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Restores [`Method::state`].
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] when the state does not fit.
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Declares the method registry: the [`MethodConfig`] enum (serde tag `name`), its names and its
+/// dispatch, from one line per method.
+macro_rules! methods {
+    ($($id:literal => $variant:ident($config:ty)),+ $(,)?) => {
+        /// A method and its settings: the `[method]` section (`name = "<id>"` + the method's keys).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "name")]
+        #[allow(clippy::large_enum_variant)]
+        pub enum MethodConfig {
+            $(
+                #[doc = concat!("`", $id, "`: see [`", stringify!($config), "`].")]
+                #[serde(rename = $id)]
+                $variant($config),
+            )+
+        }
+
+        impl MethodConfig {
+            /// Every method id.
+            pub const NAMES: &'static [&'static str] = &[$($id),+];
+
+            /// The method id.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $id,)+
+                }
+            }
+
+            /// Checks the settings (`steps` is the run's length, for schedules).
+            ///
+            /// # Errors
+            /// [`TrainError::InvalidConfig`] naming the bad key, or a loss error.
+            pub fn validate(&self) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => c.validate(),)+
+                }
+            }
+
+            /// The method, built once per run.
+            ///
+            /// # Errors
+            /// See [`MethodConfig::validate`].
+            pub fn init<S: LanguageModel, T: LanguageModel>(
+                &self,
+                steps: u64,
+            ) -> Result<Box<dyn Method<S, T>>> {
+                match self {
+                    $(Self::$variant(c) => Ok(Box::new(c.init(steps)?)),)+
+                }
+            }
+
+            /// The default config of method `name`.
+            ///
+            /// # Errors
+            /// [`TrainError::InvalidConfig`] for an unknown name.
+            pub fn by_name(name: &str) -> Result<Self> {
+                match name {
+                    $($id => Ok(Self::$variant(<$config>::default())),)+
+                    other => Err(TrainError::config(
+                        "method",
+                        concat!("one of" $(, " ", $id)+),
+                        other,
+                    )),
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    "sft" => Sft(sft::SftConfig),
+    "kd" => Kd(kd::KdConfig),
+    "seqkd" => SeqKd(seqkd::SeqKdConfig),
+    "gkd" => Gkd(gkd::GkdConfig),
+    "minillm" => MiniLlm(minillm::MiniLlmMethodConfig),
+}
+
+impl Default for MethodConfig {
+    /// `sft`.
+    fn default() -> Self {
+        Self::Sft(sft::SftConfig::default())
+    }
+}
+
+/// An instruction block split back into its prompt and its response.
+///
+/// The prompt is the inputs up to and including the position that predicts the first counted
+/// label; the response is the counted labels from there on. `None` when no label counts (a
+/// prompt that filled the whole block).
+///
+/// # Example
+/// ```
+/// use kd_train::data::instruction_block;
+/// use kd_train::methods::split_block;
+/// let block = instruction_block(&[10, 11], &[20, 21, 2], 8, 0);
+/// assert_eq!(split_block(&block), Some((vec![10, 11], vec![20, 21, 2])));
+/// ```
+pub fn split_block(block: &TokenBlock) -> Option<(Vec<u32>, Vec<u32>)> {
+    let first = block.labels.iter().position(|&l| l != IGNORE_INDEX)?;
+    let prompt = block.input_ids[..=first].to_vec();
+    let response = block.labels[first..]
+        .iter()
+        .take_while(|&&l| l != IGNORE_INDEX)
+        .map(|&l| l as u32)
+        .collect();
+    Some((prompt, response))
+}
+
+/// Prompts, reference responses and rollout caps (`seq_len − prompt length`) of the blocks at
+/// `indices`; blocks without a counted label are skipped.
+///
+/// # Errors
+/// [`TrainError::InvalidConfig`] when no block has a prompt and a response, or when a block's
+/// prompt is a single token (plain-text data: on-policy methods need instruction data).
+pub fn prompts_of(
+    data: &TokenDataset,
+    indices: &[usize],
+) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<usize>)> {
+    let seq = data.seq_len();
+    let (mut prompts, mut responses, mut caps) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in indices {
+        if let Some((p, r)) = split_block(&data.blocks[i]) {
+            if p.len() < 2 && data.blocks[i].labels.iter().all(|&l| l != IGNORE_INDEX) {
+                return Err(TrainError::config(
+                    "data",
+                    "instruction data (prompt/response JSONL) for a method that samples responses",
+                    "plain text",
+                ));
+            }
+            caps.push(seq.saturating_sub(p.len()).max(1));
+            prompts.push(p);
+            responses.push(r);
+        }
+    }
+    if prompts.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "train".into(),
+            reason: "no block of this batch has a prompt and a counted response".into(),
+        });
+    }
+    Ok((prompts, responses, caps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_round_trips_and_names() {
+        assert_eq!(MethodConfig::NAMES, ["sft", "kd", "seqkd", "gkd", "minillm"]);
+        for name in MethodConfig::NAMES {
+            let c = MethodConfig::by_name(name).unwrap();
+            assert_eq!(c.name(), *name);
+            c.validate().unwrap();
+            let json = serde_json::to_value(&c).unwrap();
+            assert_eq!(json["name"], *name);
+            assert_eq!(serde_json::from_value::<MethodConfig>(json).unwrap(), c);
+        }
+        assert!(MethodConfig::by_name("ppo").is_err());
+        let err = serde_json::from_str::<MethodConfig>(r#"{"name": "gkd", "lambda": 0.5}"#);
+        assert!(err.is_err(), "unknown keys are errors");
+    }
+
+    #[test]
+    fn plain_text_blocks_are_not_prompts() {
+        let data = TokenDataset::new(
+            "t",
+            crate::data::pack_tokens(&(0..40).map(|i| i % 7).collect::<Vec<u32>>(), 8),
+        )
+        .unwrap();
+        assert!(prompts_of(&data, &[0]).is_err());
+    }
+}
