@@ -72,6 +72,10 @@ pub struct RunConfig {
     pub data: DataConfig,
     /// Training settings ([`kd_train::TrainConfig`]).
     pub train: kd_train::TrainConfig,
+    /// The `[method]` section: `name = "sft" | "kd" | "seqkd" | "gkd" | "minillm"` and the
+    /// method's keys ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`, `kd distill` to
+    /// `kd` with forward KL.
+    pub method: Option<kd_train::MethodConfig>,
 }
 
 /// A config as a TOML table, with overrides applied.
@@ -137,6 +141,17 @@ impl ConfigBuilder {
         v.is_some()
     }
 
+    /// The string at `dotted.key`, if it is one.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        let mut v: Option<&toml::Value> = None;
+        let mut table = Some(&self.table);
+        for p in key.split('.') {
+            v = table.and_then(|t| t.get(p));
+            table = v.and_then(toml::Value::as_table);
+        }
+        v.and_then(toml::Value::as_str)
+    }
+
     /// The typed config.
     pub fn build(&self) -> Result<RunConfig> {
         RunConfig::deserialize(toml::Value::Table(self.table.clone())).context("invalid run config")
@@ -162,16 +177,17 @@ mod tests {
         let mut b = ConfigBuilder::default();
         b.set("train.steps", "7").unwrap();
         b.set("train.lr", "3e-4").unwrap();
-        b.set("train.divergence", "{loss = \"reverse_kl\", temperature = 2.0}").unwrap();
+        b.set("method", "{name = \"kd\", divergence = {loss = \"reverse_kl\", temperature = 2.0}}")
+            .unwrap();
         b.set("data.train", "some/file.txt").unwrap();
         b.set("student.init.model_type", "\"llama\"").unwrap();
         let c = b.build().unwrap();
         assert_eq!(c.train.steps, 7);
         assert_eq!(c.train.lr, 3e-4);
         assert_eq!(
-            c.train.divergence.unwrap(),
-            serde_json::from_str::<kd_losses::LossConfig>(
-                r#"{"loss":"reverse_kl","temperature":2.0}"#
+            c.method.unwrap(),
+            serde_json::from_str::<kd_train::MethodConfig>(
+                r#"{"name":"kd","divergence":{"loss":"reverse_kl","temperature":2.0}}"#
             )
             .unwrap()
         );

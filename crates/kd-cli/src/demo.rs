@@ -10,6 +10,8 @@ use burn::module::Module;
 use burn::tensor::Device;
 use kd_losses::LossConfig;
 use kd_models::{CausalLm, GenerationConfig, LlamaConfig, ModelConfig, Sampling, Tokenizer};
+use kd_train::MethodConfig;
+use kd_train::methods::kd::KdConfig;
 use kd_train::plot::{Chart, Series};
 use kd_train::{EvalRecord, TrainConfig};
 
@@ -105,7 +107,10 @@ fn train_config(
         checkpoint_every: 0,
         keep_checkpoints: 1,
         output_dir: Some(out),
-        divergence,
+        method: match divergence {
+            Some(divergence) => MethodConfig::Kd(KdConfig { divergence, ..KdConfig::default() }),
+            None => MethodConfig::default(),
+        },
         seed: 0,
         ..TrainConfig::default()
     }

@@ -4,23 +4,26 @@
 //! ```text
 //! kd demo                                   # the end-to-end TinyStories demo (< 10 min)
 //! kd train   --config run.toml [--set train.lr=3e-4] [--steps N] [--out DIR] [--resume]
-//! kd distill --config run.toml --teacher DIR [--loss reverse_kl] [--temperature 2]
+//! kd distill --config run.toml --teacher DIR [--method gkd] [--loss reverse_kl] [--temperature 2]
+//! kd seqkd-generate --teacher DIR --data FILE --out answers.jsonl
 //! kd eval    --model DIR --data FILE [--seq-len 128]
 //! kd generate --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
 //! ```
 //!
-//! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]` and `[train]` (see
+//! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]`, `[train]` and `[method]` (see
 //! `crates/kd-cli/configs/`); every key can be overridden with `--set section.key=value`.
 
 mod config;
 mod demo;
 mod run;
+mod seqkd;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use kd_models::{CausalLm, GenerationConfig, Sampling};
 
@@ -39,6 +42,10 @@ USAGE:
   kd demo     [--out DIR] [--quick]
   kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
   kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
+              --method sft|kd|seqkd|gkd|minillm   (default kd; [method] section of the config)
+  kd seqkd-generate --teacher DIR --data FILE --out FILE.jsonl [--tokenizer PATH]
+              [--seq-len N] [--temperature T] [--max-new-tokens N] [--seed S]
+              [--original-fraction R] [--batch N]   the teacher answers every prompt (SeqKD data)
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
               [--rouge N [--max-new-tokens M]]   (instruction JSONL: ROUGE-L of N greedy answers;
               training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
@@ -52,7 +59,9 @@ OPTIONS (train, distill):
   --student DIR         student.pretrained        --teacher DIR      teacher.pretrained
   --data FILE           data.train                --tokenizer PATH   data.tokenizer
   --steps N             train.steps               --lr X             train.lr
-  --loss NAME           train.divergence.loss     --temperature T    train.divergence.temperature
+  --method NAME         method.name (its defaults)
+  --loss NAME           method.divergence.loss    --temperature T    method.divergence.temperature
+                        (method kd)
   --seed N              train.seed                --out DIR          train.output_dir
   --resume              continue from the latest checkpoint in the output directory
 ";
@@ -158,6 +167,7 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         "temperature",
         "seed",
         "out",
+        "method",
     ])?;
     let mut b = ConfigBuilder::from_file(o.get("config").map(PathBuf::from).as_deref())?;
     for kv in o.all("set") {
@@ -185,17 +195,37 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
             b.set(key, v)?;
         }
     }
+    if let Some(method) = o.get("method") {
+        // A new method starts from its own defaults.
+        kd_train::MethodConfig::by_name(method)?;
+        let mut t = toml::Table::new();
+        t.insert("name".into(), toml::Value::String(method.to_string()));
+        b.set_value("method", toml::Value::Table(t))?;
+    }
+    let is_kd =
+        |b: &ConfigBuilder| !b.has("method") || b.get_str("method.name").is_some_and(|n| n == "kd");
     if let Some(loss) = o.get("loss") {
+        if !is_kd(&b) {
+            bail!("--loss sets the divergence of method `kd`; this run's method is another one");
+        }
+        b.set("method.name", "\"kd\"")?;
         // A new loss starts from its own defaults.
         let mut t = toml::Table::new();
         t.insert("loss".into(), toml::Value::String(loss.to_string()));
-        b.set_value("train.divergence", toml::Value::Table(t))?;
+        b.set_value("method.divergence", toml::Value::Table(t))?;
     }
     if let Some(t) = o.get("temperature") {
-        if !b.has("train.divergence") {
-            b.set("train.divergence.loss", "\"forward_kl\"")?;
+        if !is_kd(&b) {
+            bail!(
+                "--temperature sets the divergence temperature of method `kd`; for another \
+                 method set its own key with --set method.KEY=VALUE"
+            );
         }
-        b.set("train.divergence.temperature", t)?;
+        b.set("method.name", "\"kd\"")?;
+        if !b.has("method.divergence") {
+            b.set("method.divergence.loss", "\"forward_kl\"")?;
+        }
+        b.set("method.divergence.temperature", t)?;
     }
     Ok(b)
 }
@@ -319,6 +349,70 @@ fn cmd_generate(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args, &[])?;
+    o.check_known(&[
+        "teacher",
+        "data",
+        "out",
+        "tokenizer",
+        "seq-len",
+        "temperature",
+        "top-k",
+        "top-p",
+        "max-new-tokens",
+        "seed",
+        "original-fraction",
+        "batch",
+    ])?;
+    let teacher_dir = PathBuf::from(o.get("teacher").context("--teacher DIR is required")?);
+    let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
+    let out = PathBuf::from(o.get("out").context("--out FILE.jsonl is required")?);
+    let mut settings = kd_train::methods::seqkd::SeqKdConfig::default();
+    if let Some(t) = o.parsed("temperature")? {
+        settings.sampling.temperature = t;
+    }
+    settings.sampling.top_k = o.parsed("top-k")?;
+    settings.sampling.top_p = o.parsed("top-p")?;
+    if let Some(n) = o.parsed("max-new-tokens")? {
+        settings.sampling.max_new_tokens = n;
+    }
+    if let Some(s) = o.parsed("seed")? {
+        settings.seed = s;
+    }
+    if let Some(r) = o.parsed("original-fraction")? {
+        settings.original_fraction = r;
+    }
+    if let Some(b) = o.parsed("batch")? {
+        settings.generation_batch = b;
+    }
+    settings.validate()?;
+    let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
+    let device = Device::flex();
+    let teacher = CausalLm::from_pretrained(&teacher_dir, &device)?;
+    let tok = tokenizer_for(&o, &teacher_dir)?;
+    let data_config = config::DataConfig { train: Some(data.clone()), ..Default::default() };
+    let examples = run::instruction_examples(&data_config, &data)?;
+    let provenance = seqkd::Provenance {
+        teacher: teacher_dir,
+        teacher_params: teacher.num_params(),
+        source: data,
+        examples: examples.len(),
+        seq_len,
+        settings: settings.clone(),
+        kd_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (n, tokens, secs) =
+        seqkd::generate(&teacher, &tok, &examples, &settings, seq_len, &provenance, &out, &device)?;
+    println!(
+        "{n} examples, {tokens} teacher tokens in {secs:.1}s ({:.0} tokens/s); wrote {} and {}",
+        tokens as f64 / secs.max(1e-9),
+        out.display(),
+        seqkd::provenance_path(&out).display()
+    );
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quiet = args.iter().any(|a| a == "--quiet" || a == "-q");
@@ -328,6 +422,7 @@ fn main() {
         Some("train") => cmd_train(&args[1..], false),
         Some("distill") => cmd_train(&args[1..], true),
         Some("eval") => cmd_eval(&args[1..]),
+        Some("seqkd-generate") => cmd_seqkd_generate(&args[1..]),
         Some("generate") => cmd_generate(&args[1..]),
         Some("export") => cmd_export(&args[1..]),
         Some("demo") => demo::cmd_demo(&args[1..]),

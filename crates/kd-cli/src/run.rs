@@ -11,10 +11,14 @@ use kd_train::data::{
     InstructionExample, TokenDataset, instruction_blocks, pack_tokens, read_instruction_jsonl,
     split_documents, tokenize_documents,
 };
+use kd_train::methods::TeacherUse;
+use kd_train::methods::kd::KdConfig;
+use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::plot::{Chart, Series, write_png_stack};
-use kd_train::{EvalRecord, RougeEval, TrainReport, Trainer, latest_checkpoint};
+use kd_train::{EvalRecord, MethodConfig, RougeEval, TrainReport, Trainer, latest_checkpoint};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
+use crate::seqkd;
 
 /// Loads the tokenizer named by the data config (a directory with `tokenizer.json`, or the file).
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -52,6 +56,12 @@ pub fn load_blocks(
         }
     };
     Ok(TokenDataset::new(&path.display().to_string(), blocks)?)
+}
+
+/// The instruction examples of `path` as the data config reads them (template applied).
+pub fn instruction_examples(data: &DataConfig, path: &Path) -> Result<Vec<InstructionExample>> {
+    let _ = data;
+    Ok(read_instruction_jsonl(path)?)
 }
 
 /// Train and held-out sets from the data config.
@@ -162,9 +172,94 @@ pub struct JobResult {
     pub model_dir: PathBuf,
 }
 
+/// The method of a run: `[method]` (or `[train.method]`), else `sft` for `kd train` and `kd`
+/// (forward KL) for `kd distill`. `kd train` runs only `sft`.
+pub fn resolve_method(config: &RunConfig, distill: bool) -> Result<MethodConfig> {
+    let in_train = config.train.method != MethodConfig::default();
+    let method = match (&config.method, in_train) {
+        (Some(_), true) => bail!("set the method once: [method] or [train.method], not both"),
+        (Some(m), false) => m.clone(),
+        (None, true) => config.train.method.clone(),
+        (None, false) if distill => MethodConfig::Kd(KdConfig::default()),
+        (None, false) => MethodConfig::default(),
+    };
+    if !distill && method.name() != "sft" {
+        bail!(
+            "`kd train` trains without a teacher (method sft); run `kd distill --method {}`",
+            method.name()
+        );
+    }
+    Ok(method)
+}
+
+/// SeqKD from the command line: the teacher's answers to the training prompts as a dataset
+/// (`<out>/seqkd_train.jsonl`, reused when its provenance matches), and the held-out examples
+/// beside it when they came from the training file. Returns the config to train with.
+fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Result<RunConfig> {
+    let mut config = config.clone();
+    if let Some(path) = &settings.dataset {
+        config.data.train = Some(path.clone());
+        return Ok(config);
+    }
+    let tok_path = config.data.tokenizer.clone().context("set data.tokenizer")?;
+    let tok = load_tokenizer(&tok_path)?;
+    let source = config.data.train.clone().context("no training data: set data.train")?;
+    let mut examples = instruction_examples(&config.data, &source)?;
+    if config.data.eval.is_none() {
+        // The held-out tail, as `load_data` splits it (one block per example).
+        let n = examples.len();
+        let k = ((n as f64 * config.data.eval_fraction).round() as usize).clamp(1, n);
+        let held_out = examples.split_off(n - k);
+        let eval_path = out.join("seqkd_eval.jsonl");
+        let mut text = String::new();
+        for ex in &held_out {
+            let row = serde_json::json!({"prompt": ex.prompt, "response": ex.response});
+            text.push_str(&row.to_string());
+            text.push('\n');
+        }
+        std::fs::write(&eval_path, text)?;
+        config.data.eval = Some(eval_path);
+    }
+    let teacher_dir = config.teacher.pretrained.clone();
+    let plain = Device::flex();
+    let teacher = load_model(&config.teacher, "teacher", &plain)?;
+    let provenance = seqkd::Provenance {
+        teacher: teacher_dir.unwrap_or_else(|| PathBuf::from("<init>")),
+        teacher_params: teacher.num_params(),
+        source: source.clone(),
+        examples: examples.len(),
+        seq_len: config.data.seq_len,
+        settings: settings.clone(),
+        kd_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let path = out.join("seqkd_train.jsonl");
+    if seqkd::read_provenance(&path).as_ref() == Some(&provenance) {
+        log::info!("seqkd: reusing the teacher answers in {}", path.display());
+    } else {
+        log::info!("seqkd: the teacher answers {} training prompts", examples.len());
+        let (n, tokens, secs) = seqkd::generate(
+            &teacher,
+            &tok,
+            &examples,
+            settings,
+            config.data.seq_len,
+            &provenance,
+            &path,
+            &plain,
+        )?;
+        log::info!(
+            "seqkd: {n} examples, {tokens} answer tokens in {secs:.1}s ({:.0} tokens/s) -> {}",
+            tokens as f64 / secs.max(1e-9),
+            path.display()
+        );
+    }
+    config.data.train = Some(path);
+    Ok(config)
+}
+
 /// Runs `kd train` (no teacher) or `kd distill` (with one) from a full config, writing into
 /// `train.output_dir`: `metrics.jsonl`, `checkpoint-*`, `loss.png`, `run.toml` and the final
-/// student as a Hugging Face directory `model/`.
+/// student as a Hugging Face directory `model/`. The method is [`resolve_method`]'s.
 pub fn run_job(
     config: &RunConfig,
     config_text: &str,
@@ -180,21 +275,34 @@ pub fn run_job(
     let out = config.train.output_dir.clone().context("set train.output_dir (or --out DIR)")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("run.toml"), config_text)?;
+    let mut method = resolve_method(config, distill)?;
+    let seqkd_config;
+    let config = match &mut method {
+        MethodConfig::SeqKd(s) if data.is_none() => {
+            seqkd_config = prepare_seqkd(config, s, &out)?;
+            s.dataset = seqkd_config.data.train.clone();
+            &seqkd_config
+        }
+        _ => config,
+    };
+    let probe = method.init::<CausalLm, CausalLm>(config.train.steps)?;
+    let uses_teacher = probe.teacher_use() == TeacherUse::Required;
+    log::info!("method: {}", method.name());
     let tok_path = config.data.tokenizer.clone();
+    let tok = tok_path.as_ref().map(|p| load_tokenizer(p)).transpose()?;
 
     let owned;
     let mut rouge = None;
     let (train, eval) = match data {
         Some(d) => d,
         None => {
-            let tok_path = tok_path.as_ref().context("set data.tokenizer")?;
-            let tok = load_tokenizer(tok_path)?;
-            owned = load_data(&config.data, &tok)?;
+            let tok = tok.as_ref().context("set data.tokenizer")?;
+            owned = load_data(&config.data, tok)?;
             // Instruction data: ROUGE-L of greedy answers at every evaluation.
             if config.train.eval_rouge_prompts > 0
                 && let Some(examples) = held_out_examples(&config.data, owned.1.len())?
             {
-                rouge = Some(RougeEval::new(&examples, tok)?);
+                rouge = Some(RougeEval::new(&examples, tok.clone())?);
             }
             (&owned.0, &owned.1)
         }
@@ -212,12 +320,29 @@ pub fn run_job(
     log::info!("model to train: {} parameters", student.num_params());
     let config_json = serde_json::to_string_pretty(&student.config().to_json())?;
     std::fs::write(out.join(STUDENT_CONFIG), config_json)?;
-    let mut train_config = config.train.clone();
-    if distill && train_config.divergence.is_none() {
-        train_config.divergence = Some(kd_losses::LossConfig::by_name("forward_kl")?);
-    }
+    let pt_data = match &method {
+        MethodConfig::MiniLlm(m) if m.pt_weight > 0.0 => {
+            let path = m.pt_data.as_ref().context(
+                "method minillm: set method.pt_data = a plain-text corpus for the PT loss \
+                 (or method.pt_weight = 0)",
+            )?;
+            let tok = tok.as_ref().context("set data.tokenizer")?;
+            Some(load_blocks(path, DataFormat::Text, tok, config.data.seq_len)?)
+        }
+        _ => None,
+    };
+    let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
     let mut trainer = Trainer::new(train_config, student, &device)?;
-    if distill {
+    if let Some(tok) = &tok {
+        let eos: Vec<u32> = tok.eos_token_id().into_iter().collect();
+        let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0);
+        trainer = trainer.with_special_tokens(eos, pad);
+    }
+    if let Some(pt) = pt_data {
+        log::info!("PT corpus: {} blocks", pt.len());
+        trainer = trainer.with_pt_data(pt);
+    }
+    if uses_teacher {
         let teacher = match teacher {
             Some(t) => t,
             None => load_model(&config.teacher, "teacher", &plain)?,
@@ -248,7 +373,7 @@ pub fn run_job(
         Some(e) => e.clone(),
         None => trainer.evaluate(eval)?,
     };
-    plot_run(&out.join("loss.png"), &report, "training")?;
+    plot_run(&out.join("loss.png"), &report, &format!("training ({})", method.name()))?;
     let model_dir = out.join("model");
     let student = trainer.into_student();
     student

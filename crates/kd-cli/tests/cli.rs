@@ -93,7 +93,7 @@ fn train_resume_distill_export_eval_generate() {
         "--loss",
         "taid",
         "--set",
-        "train.hard_label_weight=0.2",
+        "method.hard_label_weight=0.2",
         "--out",
         s,
     ]);

@@ -55,6 +55,10 @@ pub struct MiniLlmMethodConfig {
     /// Weight of the language-modelling loss on the plain-text corpus
     /// ([`Trainer::with_pt_data`](crate::Trainer::with_pt_data)); default `1`, `0` = off.
     pub pt_weight: f64,
+    /// The plain-text corpus of the PT loss, for the `kd` CLI (tokenised with the run's
+    /// tokenizer, packed into blocks of the run's `seq_len`); library users call
+    /// [`Trainer::with_pt_data`](crate::Trainer::with_pt_data).
+    pub pt_data: Option<std::path::PathBuf>,
 }
 
 impl Default for MiniLlmMethodConfig {
@@ -65,6 +69,7 @@ impl Default for MiniLlmMethodConfig {
             rollout_batches: 4,
             ppo_epochs: 4,
             pt_weight: 1.0,
+            pt_data: None,
         }
     }
 }

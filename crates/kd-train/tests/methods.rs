@@ -1,0 +1,339 @@
+//! Every method end to end on tiny models: a few steps, an exact resume mid-run, and the checks
+//! that tie each method to an independent reference (the `kd` path, the rollout's own
+//! log-probabilities, a teacher equal to the student).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use kd_models::sampling::Rng;
+use kd_models::{CausalLm, LlamaConfig, ModelConfig};
+use kd_train::data::{TokenDataset, instruction_block, pack_tokens};
+use kd_train::methods::gkd::GkdConfig;
+use kd_train::methods::kd::KdConfig;
+use kd_train::methods::minillm::MiniLlmMethodConfig;
+use kd_train::methods::seqkd::SeqKdConfig;
+use kd_train::params::param_values;
+use kd_train::rollout::{SamplingConfig, SequenceBatch, sample, score};
+use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
+
+const VOCAB: usize = 24;
+const SEQ: usize = 14;
+const EOS: u32 = 2;
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("kd-train-methods-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// Tests run in parallel threads and burn's device RNG is global: seeding and initialising
+/// happen under one lock, and the lazily initialised parameters are materialised before it is
+/// released, so that a seed always gives the same model.
+fn seeded(seed: u64, hidden: usize, layers: usize, device: &Device) -> CausalLm {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    device.seed(seed);
+    let model = llama(hidden, layers, device);
+    let _ = param_values(&model);
+    model
+}
+
+fn llama(hidden: usize, layers: usize, device: &Device) -> CausalLm {
+    let config = ModelConfig::Llama(LlamaConfig {
+        vocab_size: VOCAB,
+        hidden_size: hidden,
+        intermediate_size: 2 * hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: 2,
+        num_key_value_heads: 2,
+        head_dim: hidden / 2,
+        max_position_embeddings: 32,
+        ..Default::default()
+    });
+    CausalLm::init(&config, device).unwrap()
+}
+
+/// "Add" prompts `[1, a, b, 3]` with responses `[a + b (mod 20) + 4, EOS]`: a tiny instruction
+/// set with prompts of one length and short responses.
+fn instruction_data() -> TokenDataset {
+    let blocks = (0..40)
+        .map(|i| {
+            let (a, b) = (4 + i % 7, 4 + (i * 3) % 9);
+            let prompt = [1, a as u32, b as u32, 3];
+            let response = [((a + b) % 20 + 4) as u32, EOS];
+            instruction_block(&prompt, &response, SEQ, 0)
+        })
+        .collect();
+    TokenDataset::new("add", blocks).unwrap()
+}
+
+fn pt_data() -> TokenDataset {
+    let tokens: Vec<u32> = (0..400).map(|i| (4 + (i * 5) % 19) as u32).collect();
+    TokenDataset::new("pt", pack_tokens(&tokens, SEQ)).unwrap()
+}
+
+fn config(method: MethodConfig, out: Option<&Path>) -> TrainConfig {
+    TrainConfig {
+        steps: 6,
+        batch_size: 4,
+        lr: 5e-3,
+        warmup_steps: 1,
+        log_every: 0,
+        eval_rouge_prompts: 0,
+        checkpoint_every: 3,
+        keep_checkpoints: 5,
+        output_dir: out.map(Path::to_path_buf),
+        seed: 5,
+        method,
+        ..Default::default()
+    }
+}
+
+fn det(r: &StepRecord) -> (u64, u64, u64, u64, Vec<(String, u64)>) {
+    let extra = r
+        .extra
+        .iter()
+        .filter(|(k, _)| !k.ends_with("per_s"))
+        .map(|(k, v)| (k.clone(), v.to_bits()));
+    (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, extra.collect())
+}
+
+fn trainer(method: MethodConfig, out: Option<&Path>, student: CausalLm) -> Trainer<CausalLm> {
+    let device = Device::flex().autodiff();
+    let teacher = seeded(99, 16, 2, &Device::flex());
+    let t = Trainer::new(config(method, out), student, &device)
+        .unwrap()
+        .with_special_tokens(vec![EOS], 0)
+        .with_pt_data(pt_data());
+    if t.method_name() == "sft" { t } else { t.with_teacher(teacher).unwrap() }
+}
+
+/// Runs 6 steps straight, then 3 + resume + 3 from a different initialisation: same records,
+/// same weights.
+fn resume_is_exact(name: &str, method: MethodConfig) -> Vec<StepRecord> {
+    let device = Device::flex().autodiff();
+    let student = seeded(1, 8, 1, &device);
+    let data = instruction_data();
+    let a_dir = tmp(&format!("{name}-a"));
+    let mut a = trainer(method.clone(), Some(&a_dir), student);
+    let ra = a.fit(&data, None).unwrap();
+    assert_eq!(ra.history.len(), 6);
+    assert!(ra.history.iter().all(|r| r.loss.is_finite() && r.tokens > 0), "{name}");
+
+    let b_dir = tmp(&format!("{name}-b"));
+    let mut b = trainer(method, Some(&b_dir), seeded(2, 8, 1, &device));
+    b.resume_from(&a_dir.join("checkpoint-000003")).unwrap();
+    let rb = b.fit(&data, None).unwrap();
+    let da: Vec<_> = ra.history.iter().map(det).collect();
+    let db: Vec<_> = rb.history.iter().map(det).collect();
+    assert_eq!(da, db, "{name}: step records differ after resume");
+    assert_eq!(param_values(a.student()), param_values(b.student()), "{name}: weights differ");
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
+    ra.history
+}
+
+#[test]
+fn sft_and_kd_resume_exactly() {
+    resume_is_exact("sft", MethodConfig::by_name("sft").unwrap());
+    let kd = KdConfig { hard_label_weight: 0.3, ..KdConfig::with_loss("taid").unwrap() };
+    let h = resume_is_exact("kd", MethodConfig::Kd(kd));
+    assert!(h.iter().all(|r| r.extra.contains_key("taid_t")));
+}
+
+#[test]
+fn kd_with_a_top_k_teacher_resumes_exactly() {
+    let kd = KdConfig {
+        teacher_top_k: Some(kd_train::methods::kd::TopKTeacher { k: 5, loss: Default::default() }),
+        ..KdConfig::default()
+    };
+    resume_is_exact("kd-topk", MethodConfig::Kd(kd));
+}
+
+#[test]
+fn gkd_resumes_exactly_and_samples_on_policy() {
+    let gkd = GkdConfig {
+        sampling: SamplingConfig { max_new_tokens: 6, ..GkdConfig::default().sampling },
+        ..GkdConfig::default()
+    };
+    let h = resume_is_exact("gkd", MethodConfig::Gkd(gkd));
+    let on: f64 = h.iter().map(|r| r.extra["on_policy"]).sum();
+    assert!(on > 0.0 && on < 6.0, "λ = 0.5 mixes both kinds of batches: {on}");
+}
+
+#[test]
+fn seqkd_and_gkd_seq_kd_resume_exactly() {
+    let seqkd = SeqKdConfig {
+        sampling: SamplingConfig { max_new_tokens: 6, ..SeqKdConfig::default().sampling },
+        original_fraction: 0.25,
+        ..SeqKdConfig::default()
+    };
+    resume_is_exact("seqkd", MethodConfig::SeqKd(seqkd));
+    let gkd = GkdConfig {
+        lmbda: 0.0,
+        seq_kd: true,
+        sampling: SamplingConfig { max_new_tokens: 6, ..GkdConfig::default().sampling },
+        ..GkdConfig::default()
+    };
+    resume_is_exact("gkd-seqkd", MethodConfig::Gkd(gkd));
+}
+
+#[test]
+fn minillm_resumes_exactly_inside_a_rollout_phase() {
+    let m = MiniLlmMethodConfig {
+        rollout_batches: 2,
+        ppo_epochs: 2,
+        sampling: SamplingConfig { max_new_tokens: 6, ..SamplingConfig::default() },
+        ..MiniLlmMethodConfig::default()
+    };
+    // Phases start at micro-batches 1 and 5: the resume at step 3 lands inside the first.
+    let h = resume_is_exact("minillm", MethodConfig::MiniLlm(m));
+    let phases: Vec<u64> =
+        h.iter().filter(|r| r.extra.contains_key("rollout_tokens_per_s")).map(|r| r.step).collect();
+    assert_eq!(phases, [1, 5]);
+    assert!(h.iter().all(|r| r.extra.contains_key("pg_loss") && r.extra.contains_key("pt_loss")));
+}
+
+/// Off-policy GKD (λ = 0) on the data's responses is the `kd` method with the generalized JSD.
+#[test]
+fn gkd_without_sampling_equals_kd_with_the_generalized_jsd() {
+    let device = Device::flex().autodiff();
+    let student = seeded(4, 8, 1, &device);
+    let data = instruction_data();
+    let gkd = GkdConfig { lmbda: 0.0, beta: 0.3, ..GkdConfig::default() };
+    let kd = KdConfig {
+        divergence: serde_json::from_str(r#"{"loss": "gkd_jsd", "beta": 0.3}"#).unwrap(),
+        ..KdConfig::default()
+    };
+    let a = trainer(MethodConfig::Gkd(gkd), None, student.clone()).fit(&data, None).unwrap();
+    let b = trainer(MethodConfig::Kd(kd), None, student).fit(&data, None).unwrap();
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert!((x.loss - y.loss).abs() < 1e-5 * y.loss.abs().max(1.0), "{} vs {}", x.loss, y.loss);
+        assert_eq!(x.tokens, y.tokens);
+    }
+}
+
+/// A teacher identical to the student gives MiniLLM zero rewards and a zero single-step term.
+#[test]
+fn minillm_with_the_student_as_teacher_has_nothing_to_learn() {
+    let device = Device::flex().autodiff();
+    let student = seeded(6, 8, 1, &device);
+    let m = MiniLlmMethodConfig {
+        rollout_batches: 1,
+        ppo_epochs: 1,
+        pt_weight: 0.0,
+        sampling: SamplingConfig { max_new_tokens: 6, ..SamplingConfig::default() },
+        ..MiniLlmMethodConfig::default()
+    };
+    let config = TrainConfig { steps: 1, ..config(MethodConfig::MiniLlm(m), None) };
+    let mut t = Trainer::new(config, student.clone(), &device)
+        .unwrap()
+        .with_special_tokens(vec![EOS], 0)
+        .with_teacher(student.valid())
+        .unwrap();
+    let r = t.fit(&instruction_data(), None).unwrap();
+    let e = &r.history[0].extra;
+    assert!(e["reward"].abs() < 1e-5, "{e:?}");
+    assert!(e["reg_loss"].abs() < 1e-5, "{e:?}");
+    assert!(e["pg_loss"].abs() < 1e-5, "{e:?}");
+}
+
+#[test]
+fn methods_that_need_a_teacher_say_so() {
+    let device = Device::flex().autodiff();
+    let t = Trainer::<CausalLm>::new(
+        config(MethodConfig::by_name("gkd").unwrap(), None),
+        seeded(3, 8, 1, &device),
+        &device,
+    )
+    .unwrap();
+    let mut t = t;
+    assert!(matches!(
+        t.fit(&instruction_data(), None),
+        Err(TrainError::InvalidConfig { name: "teacher", .. })
+    ));
+}
+
+/// A model that only provides logits: rollouts go through the recompute decoder.
+#[derive(Module, Debug)]
+struct NoCache {
+    inner: CausalLm,
+}
+
+impl LanguageModel for NoCache {
+    fn logits(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.inner.logits(input_ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+}
+
+#[test]
+fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
+    let d = Device::flex();
+    let student = seeded(8, 8, 1, &d);
+    let teacher = seeded(9, 16, 1, &d);
+    let prompts = vec![vec![1, 5, 6, 3], vec![1, 9], vec![1, 4, 4, 4, 4, 3]];
+    let caps = [6, 8, 3];
+    let cfg = SamplingConfig { temperature: 0.8, max_new_tokens: 7, ..Default::default() };
+    let none: Option<(&CausalLm, f64)> = None;
+    let run = |seed| {
+        sample(&student, none, &prompts, &caps, &cfg, &[EOS], 0, &mut Rng::new(seed), &d).unwrap()
+    };
+    let a = run(3);
+    assert_eq!(a, run(3));
+    assert_ne!(a.responses, run(4).responses);
+    for (r, cap) in a.responses.iter().zip([6, 7, 3]) {
+        assert!(!r.is_empty() && r.len() <= cap);
+        assert!(r[..r.len() - 1].iter().all(|&t| t != EOS), "stops at the first EOS");
+    }
+    // The recompute decoder draws the same tokens as the KV cache.
+    let plain = NoCache { inner: student.clone() };
+    let b = sample(&plain, none, &prompts, &caps, &cfg, &[EOS], 0, &mut Rng::new(3), &d).unwrap();
+    assert_eq!(a.responses, b.responses);
+
+    // Log-probs: the student's log softmax(s/T) at the drawn tokens, as one scoring forward sees.
+    let seqs = SequenceBatch::new(&a.prompts, &a.responses, 0, &d);
+    let lp: Vec<f32> = score(&student, &seqs, 0.8).into_data().try_to_vec().unwrap();
+    for (r, l) in a.logprobs.iter().enumerate() {
+        for (j, x) in l.iter().enumerate() {
+            let y = f64::from(lp[r * seqs.width + j]);
+            assert!((x - y).abs() < 1e-4, "row {r} token {j}: {x} vs {y}");
+        }
+    }
+
+    // Teacher-mixed sampling: log((1 − α) q + α p) at the drawn tokens.
+    let alpha = 0.3;
+    let m = sample(
+        &student,
+        Some((&teacher, alpha)),
+        &prompts,
+        &caps,
+        &cfg,
+        &[EOS],
+        0,
+        &mut Rng::new(5),
+        &d,
+    )
+    .unwrap();
+    let seqs = SequenceBatch::new(&m.prompts, &m.responses, 0, &d);
+    let q: Vec<f32> = score(&student, &seqs, 0.8).into_data().try_to_vec().unwrap();
+    let p: Vec<f32> = score(&teacher, &seqs, 0.8).into_data().try_to_vec().unwrap();
+    for (r, l) in m.logprobs.iter().enumerate() {
+        for (j, x) in l.iter().enumerate() {
+            let k = r * seqs.width + j;
+            let want = ((1.0 - alpha) * f64::from(q[k]).exp() + alpha * f64::from(p[k]).exp()).ln();
+            assert!((x - want).abs() < 1e-4, "row {r} token {j}: {x} vs {want}");
+        }
+    }
+
+    // Greedy: the KV-cache greedy decoder's tokens, log-prob 0.
+    let greedy = SamplingConfig { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
+    let g = sample(&student, none, &prompts, &[5, 5, 5], &greedy, &[], 0, &mut Rng::new(0), &d)
+        .unwrap();
+    let want = student.generate_greedy(&prompts, 5, &[], &d).unwrap();
+    assert_eq!(g.responses, want);
+    assert!(g.logprobs.iter().flatten().all(|&x| x == 0.0));
+}
