@@ -169,6 +169,25 @@ impl CausalLm {
         }
     }
 
+    /// The output head as `(weight [vocab, hidden], bias [vocab])` (the embedding table when
+    /// tied): `logits = hidden · weightᵀ (+ bias)`, what [`CausalLm::logits_from_hidden`]
+    /// computes, for losses that apply the head chunk by chunk.
+    pub fn output_head(&self) -> (Tensor<2>, Option<Tensor<1>>) {
+        let linear = |l: &burn::nn::Linear| {
+            (l.weight.val().transpose(), l.bias.as_ref().map(burn::module::Param::val))
+        };
+        match self {
+            Self::Gpt2(m) => match &m.lm_head {
+                Some(head) => linear(head),
+                None => (m.wte.weight.val(), None),
+            },
+            Self::Llama(m) => match &m.lm_head {
+                Some(head) => linear(head),
+                None => (m.embed_tokens.weight.val(), None),
+            },
+        }
+    }
+
     /// Applies the output head (tied or not) to final hidden states.
     /// // [batch, seq, hidden] -> [batch, seq, vocab]
     pub fn logits_from_hidden(&self, hidden: Tensor<3>) -> Tensor<3> {

@@ -73,7 +73,7 @@ pub use error::{Result, TrainError};
 pub use kd_losses;
 pub use methods::{Method, MethodConfig};
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate};
-pub use model::{LanguageModel, VocabAlignment, align_vocab};
+pub use model::{HiddenAndHead, LanguageModel, VocabAlignment, align_vocab};
 pub use optim::{AdamW, AdamWConfig};
 pub use rouge::RougeEval;
 pub use schedule::{DecayKind, LrSchedule};

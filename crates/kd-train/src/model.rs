@@ -68,6 +68,14 @@ pub trait LanguageModel: Module {
         greedy_by_recompute(self, prompts, max_new_tokens, eos_ids, device)
     }
 
+    /// The final hidden states and the output head, for losses that apply the head chunk by
+    /// chunk ([`kd_losses::ChunkedHeadLoss`]): `(hidden [batch, seq, hidden], weight
+    /// [vocab, hidden], bias [vocab])` with `logits = hidden · weightᵀ (+ bias)`. `None` (the
+    /// default) when the model does not expose them.
+    fn hidden_and_head(&self, _input_ids: Tensor<2, Int>) -> Option<HiddenAndHead> {
+        None
+    }
+
     /// An incremental decoder for sampling rollouts ([`crate::rollout::sample`]).
     ///
     /// The default is [`RecomputeDecoder`]: each row's whole sequence at every step.
@@ -114,6 +122,23 @@ impl LanguageModel for kd_models::CausalLm {
     fn decoder(&self) -> Box<dyn IncrementalDecoder + '_> {
         Box::new(CacheDecoder::new(self))
     }
+
+    fn hidden_and_head(&self, input_ids: Tensor<2, Int>) -> Option<HiddenAndHead> {
+        let hidden = self.last_hidden_state(input_ids, None, None);
+        let (weight, bias) = self.output_head();
+        Some(HiddenAndHead { hidden, weight, bias })
+    }
+}
+
+/// Final hidden states and output head of [`LanguageModel::hidden_and_head`].
+#[derive(Debug, Clone)]
+pub struct HiddenAndHead {
+    /// Final (normed) hidden states. Shape: `[batch, seq, hidden]`.
+    pub hidden: Tensor<3>,
+    /// Output head (or tied embedding table). Shape: `[vocab, hidden]`.
+    pub weight: Tensor<2>,
+    /// Output bias, if any. Shape: `[vocab]`.
+    pub bias: Option<Tensor<1>>,
 }
 
 /// Greedy decoding through [`LanguageModel::logits`] alone, for any model: one prompt at a time,

@@ -337,3 +337,21 @@ fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
     assert_eq!(g.responses, want);
     assert!(g.logprobs.iter().flatten().all(|&x| x == 0.0));
 }
+
+/// `kd` through the chunked head gives the dense path's losses (no `[tokens, vocab]` logits).
+#[test]
+fn kd_through_the_chunked_head_matches_the_dense_path() {
+    let device = Device::flex().autodiff();
+    let student = seeded(7, 8, 1, &device);
+    let data = instruction_data();
+    let dense = KdConfig { hard_label_weight: 0.2, ..KdConfig::with_loss("reverse_kl").unwrap() };
+    let chunked = KdConfig { chunk_rows: Some(5), ..dense.clone() };
+    let a = trainer(MethodConfig::Kd(dense), None, student.clone()).fit(&data, None).unwrap();
+    let b = trainer(MethodConfig::Kd(chunked.clone()), None, student).fit(&data, None).unwrap();
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert!((x.loss - y.loss).abs() < 1e-5 * y.loss.abs().max(1.0), "{} vs {}", x.loss, y.loss);
+        assert!((x.grad_norm - y.grad_norm).abs() < 1e-4 * y.grad_norm.max(1.0));
+    }
+    let taid = KdConfig { chunk_rows: Some(7), ..KdConfig::with_loss("taid").unwrap() };
+    resume_is_exact("kd-chunked", MethodConfig::Kd(taid));
+}

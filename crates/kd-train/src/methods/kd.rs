@@ -16,13 +16,15 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation;
+use burn::tensor::{Tensor, activation};
 use kd_losses::{
-    Divergence, HardLabelMix, KdBatch, LossConfig, Reduction, SparseKdBatch, Taid, TaidSchedule,
-    TaidScheduleConfig, TopKKl, TopKKlConfig,
+    ChunkedHeadBatch, ChunkedHeadLoss, ChunkedTeacher, Divergence, HardLabelMix, KdBatch,
+    LossConfig, Reduction, SparseKdBatch, Taid, TaidSchedule, TaidScheduleConfig, TopKKl,
+    TopKKlConfig,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::data::Batch;
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, StepContext, TeacherUse};
 use crate::metrics::masked_cross_entropy_mean;
@@ -53,6 +55,10 @@ pub struct KdConfig {
     pub taid_schedule: Option<TaidScheduleConfig>,
     /// Distil from the teacher's top-k tokens only (the `divergence` is then unused).
     pub teacher_top_k: Option<TopKTeacher>,
+    /// Run the divergence through [`kd_losses::ChunkedHeadLoss`] with chunks of this many
+    /// token rows: neither model's `[tokens, vocab]` logits are formed in full (both models
+    /// must expose [`LanguageModel::hidden_and_head`] and share one vocabulary).
+    pub chunk_rows: Option<usize>,
 }
 
 impl Default for KdConfig {
@@ -62,6 +68,7 @@ impl Default for KdConfig {
             hard_label_weight: 0.0,
             taid_schedule: None,
             teacher_top_k: None,
+            chunk_rows: None,
         }
     }
 }
@@ -97,6 +104,16 @@ impl KdConfig {
         if let Some(s) = &self.taid_schedule {
             s.init()?;
         }
+        if let Some(rows) = self.chunk_rows {
+            ChunkedHeadLoss::new(rows)?;
+            if self.teacher_top_k.is_some() {
+                return Err(TrainError::config(
+                    "chunk_rows",
+                    "unset with teacher_top_k (the sparse loss forms no teacher logits)",
+                    rows,
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -120,7 +137,8 @@ impl KdConfig {
             Some(t) => KdLoss::TopK(t.loss.init()?, t.k),
             None => loss,
         };
-        Ok(Kd { loss, taid, hard_label_weight: self.hard_label_weight })
+        let chunked = self.chunk_rows.map(ChunkedHeadLoss::new).transpose()?;
+        Ok(Kd { loss, taid, hard_label_weight: self.hard_label_weight, chunked })
     }
 }
 
@@ -137,6 +155,7 @@ pub struct Kd {
     loss: KdLoss,
     taid: Option<TaidSchedule>,
     hard_label_weight: f64,
+    chunked: Option<ChunkedHeadLoss>,
 }
 
 impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
@@ -151,6 +170,22 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss> {
         let teacher = cx.require_teacher("kd")?;
         let batch = cx.next_batch();
+        if let Some(chunked) = &self.chunked {
+            let divergence = match &self.loss {
+                KdLoss::Dense(d) => chunked_forward(chunked, d.as_ref(), cx, teacher, &batch)?,
+                KdLoss::Taid(taid) => {
+                    let t_now = self.taid.as_ref().map_or(0.0, TaidSchedule::t);
+                    let d = mixed(Box::new(taid.at(t_now)?), self.hard_label_weight)?;
+                    chunked_forward(chunked, d.as_ref(), cx, teacher, &batch)?
+                }
+                KdLoss::TopK(..) => unreachable!("validated: chunk_rows excludes teacher_top_k"),
+            };
+            return Ok(MicroBatchLoss {
+                loss: divergence,
+                tokens: batch.counted as u64,
+                metrics: Vec::new(),
+            });
+        }
         let logits = cx.student.logits(batch.input_ids.clone()); // [b, s, v]
         let t_logits = teacher.logits(batch.input_ids.clone().inner()).autodiff();
         let (s, t) = align_vocab(logits, t_logits, cx.vocab_alignment)?;
@@ -220,6 +255,42 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
         }
         Ok(())
     }
+}
+
+/// The divergence through the chunked head: student (and teacher) hidden states and heads.
+fn chunked_forward<S: LanguageModel, T: LanguageModel>(
+    chunked: &ChunkedHeadLoss,
+    d: &dyn Divergence,
+    cx: &StepContext<'_, S, T>,
+    teacher: &T,
+    batch: &Batch,
+) -> Result<Tensor<1>> {
+    let missing = || {
+        TrainError::config(
+            "chunk_rows",
+            "models that expose hidden states and output head (LanguageModel::hidden_and_head)",
+            "a model without them",
+        )
+    };
+    let s = cx.student.hidden_and_head(batch.input_ids.clone()).ok_or_else(missing)?;
+    let t = teacher.hidden_and_head(batch.input_ids.clone().inner()).ok_or_else(missing)?;
+    let (vs, vt) = (s.weight.dims()[0], t.weight.dims()[0]);
+    if vs != vt {
+        return Err(TrainError::VocabMismatch { student: vs, teacher: vt });
+    }
+    let [b, n, h] = s.hidden.dims();
+    let th = t.hidden.dims()[2];
+    let teacher = ChunkedTeacher::Hidden {
+        hidden: t.hidden.reshape([b * n, th]).autodiff(),
+        weight: t.weight.autodiff(),
+        bias: t.bias.map(Tensor::autodiff),
+    };
+    let mut input = ChunkedHeadBatch::new(s.hidden.reshape([b * n, h]), s.weight, teacher)
+        .with_labels(batch.labels.clone().flatten(0, 1));
+    if let Some(bias) = s.bias {
+        input = input.with_bias(bias);
+    }
+    Ok(chunked.forward(d, input, Reduction::Mean)?.loss)
 }
 
 /// `d` mixed with the hard-label cross-entropy at `weight` (unchanged at `0`).
