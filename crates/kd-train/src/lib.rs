@@ -57,6 +57,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod exact_match;
 pub mod methods;
 pub mod metrics;
 pub mod model;

@@ -48,6 +48,10 @@ pub struct EvalRecord {
     /// them ([`crate::rouge::RougeEval`]); absent from the JSON otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rouge_l: Option<f64>,
+    /// Exact-match accuracy of the final number of those answers, when asked for
+    /// ([`crate::TrainConfig::eval_exact_match`]); absent from the JSON otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_match: Option<f64>,
 }
 
 /// One line of the metrics JSONL file.
@@ -162,7 +166,7 @@ pub fn evaluate<M: LanguageModel>(
         tokens += batch.counted as u64;
     }
     let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
-    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None }
+    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None, exact_match: None }
 }
 
 /// ROUGE-L F1 between a generated text and a reference: the longest common subsequence of
@@ -275,6 +279,7 @@ mod tests {
                 perplexity: 2f64.exp(),
                 tokens: 5,
                 rouge_l: None,
+                exact_match: None,
             }),
             MetricsLine::Eval(EvalRecord {
                 step: 2,
@@ -282,6 +287,7 @@ mod tests {
                 perplexity: 1.5f64.exp(),
                 tokens: 5,
                 rouge_l: Some(0.25),
+                exact_match: None,
             }),
         ];
         rewrite_jsonl(&p, &lines).unwrap();

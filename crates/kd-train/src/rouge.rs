@@ -16,6 +16,7 @@ use burn::tensor::Device;
 
 use crate::data::{InstructionExample, TextDecoder, TextEncoder, prompt_ids};
 use crate::error::Result;
+use crate::exact_match::exact_match;
 use crate::metrics::rouge_l;
 use crate::model::LanguageModel;
 
@@ -144,6 +145,42 @@ impl RougeEval {
             answers.iter().zip(&self.references).map(|(a, r)| rouge_l(a, r)).sum::<f64>();
         Ok(Some(total / answers.len() as f64))
     }
+
+    /// Mean ROUGE-L F1 and exact-match accuracy of the final number
+    /// ([`crate::exact_match::exact_match`]) of the greedy answers to the first `n` prompts,
+    /// from one generation pass (`None` when nothing is scored).
+    ///
+    /// # Errors
+    /// When generation or decoding fails.
+    pub fn scores<M: LanguageModel>(
+        &self,
+        model: &M,
+        n: usize,
+        max_new_tokens: usize,
+        max_len: usize,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Option<GenerationScores>> {
+        let answers = self.answers(model, n, max_new_tokens, max_len, batch_size, device)?;
+        if answers.is_empty() {
+            return Ok(None);
+        }
+        let n = answers.len() as f64;
+        let pairs = || answers.iter().zip(&self.references);
+        Ok(Some(GenerationScores {
+            rouge_l: pairs().map(|(a, r)| rouge_l(a, r)).sum::<f64>() / n,
+            exact_match: pairs().filter(|(a, r)| exact_match(a, r)).count() as f64 / n,
+        }))
+    }
+}
+
+/// What [`RougeEval::scores`] measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationScores {
+    /// Mean ROUGE-L F1.
+    pub rouge_l: f64,
+    /// Fraction of answers whose final number equals the reference's.
+    pub exact_match: f64,
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ pub struct TrainConfig {
     /// their mean ROUGE-L against the reference responses (default `32`; `0` = off). Needs the
     /// prompts: [`Trainer::with_rouge_eval`] (`kd` does it for instruction data).
     pub eval_rouge_prompts: usize,
+    /// Also report the exact-match accuracy of the final number of those answers (default
+    /// `false`; for tasks with numeric answers such as the arithmetic word problems).
+    pub eval_exact_match: bool,
     /// Most new tokens per answer in that evaluation (default `64`; prompt and answer stay
     /// within the held-out block length, see [`crate::rouge`]).
     pub eval_max_new_tokens: usize,
@@ -90,6 +93,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             eval_batches: None,
             eval_rouge_prompts: 32,
+            eval_exact_match: false,
             eval_max_new_tokens: 64,
             log_every: 10,
             checkpoint_every: 0,
@@ -429,7 +433,10 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         r.step = self.state.step;
         if let Some(rouge) = &self.rouge {
             let (n, max_new) = (self.config.eval_rouge_prompts, self.config.eval_max_new_tokens);
-            r.rouge_l = rouge.score(&model, n, max_new, data.seq_len(), batch, &plain)?;
+            if let Some(g) = rouge.scores(&model, n, max_new, data.seq_len(), batch, &plain)? {
+                r.rouge_l = Some(g.rouge_l);
+                r.exact_match = self.config.eval_exact_match.then_some(g.exact_match);
+            }
         }
         Ok(r)
     }
@@ -608,6 +615,9 @@ pub fn eval_summary(e: &EvalRecord) -> String {
     if let Some(r) = e.rouge_l {
         s.push_str(&format!("  rouge-L {r:.4}"));
     }
+    if let Some(x) = e.exact_match {
+        s.push_str(&format!("  exact-match {x:.4}"));
+    }
     s
 }
 
@@ -629,8 +639,14 @@ mod tests {
 
     #[test]
     fn eval_summaries() {
-        let mut e =
-            EvalRecord { step: 3, loss: 2.0, perplexity: 2f64.exp(), tokens: 9, rouge_l: None };
+        let mut e = EvalRecord {
+            step: 3,
+            loss: 2.0,
+            perplexity: 2f64.exp(),
+            tokens: 9,
+            rouge_l: None,
+            exact_match: None,
+        };
         assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389");
         e.rouge_l = Some(0.1875);
         assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389  rouge-L 0.1875");

@@ -19,7 +19,6 @@
 //! implementation: TRL's `GKDTrainer`
 //! (<https://github.com/huggingface/trl/blob/main/trl/trainer/gkd_trainer.py>).
 
-use burn::tensor::Tensor;
 use kd_losses::{Divergence, GeneralizedJsd, GeneralizedJsdConfig, KdBatch, Reduction};
 use serde::{Deserialize, Serialize};
 
@@ -117,12 +116,15 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Gkd {
                 .responses;
         }
         let on_policy = cx.rng.next_f64() < self.config.lmbda;
+        let mut metrics = Vec::new();
         if on_policy {
+            let start = std::time::Instant::now();
             let student = cx.student.valid();
             let none: Option<(&T, f64)> = None;
-            responses =
-                sample(&student, none, &prompts, &caps, sampling, eos, pad, cx.rng, &plain)?
-                    .responses;
+            let r = sample(&student, none, &prompts, &caps, sampling, eos, pad, cx.rng, &plain)?;
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            metrics.push(("rollout_tokens_per_s", r.num_tokens() as f64 / secs));
+            responses = r.responses;
         }
         let seqs = SequenceBatch::new(&prompts, &responses, pad, cx.device);
         let logits = cx.student.logits(seqs.input_ids.clone()); // [b, s, v]
@@ -137,14 +139,8 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Gkd {
             let batch = KdBatch::from_sequences(s, t).with_labels(labels);
             self.loss.forward(batch, Reduction::Mean)?.loss
         };
-        let mean_len = tokens as f64 / prompts.len() as f64;
-        Ok(MicroBatchLoss {
-            loss: loss as Tensor<1>,
-            tokens: tokens as u64,
-            metrics: vec![
-                ("on_policy", if on_policy { 1.0 } else { 0.0 }),
-                ("response_len", mean_len),
-            ],
-        })
+        metrics.push(("on_policy", if on_policy { 1.0 } else { 0.0 }));
+        metrics.push(("response_len", tokens as f64 / prompts.len() as f64));
+        Ok(MicroBatchLoss { loss, tokens: tokens as u64, metrics })
     }
 }
