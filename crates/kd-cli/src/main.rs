@@ -47,7 +47,8 @@ USAGE:
               [--seq-len N] [--temperature T] [--max-new-tokens N] [--seed S]
               [--original-fraction R] [--batch N]   the teacher answers every prompt (SeqKD data)
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
-              [--rouge N [--max-new-tokens M]]   (instruction JSONL: ROUGE-L of N greedy answers;
+              [--rouge N [--max-new-tokens M] [--exact-match]]   (instruction JSONL: ROUGE-L
+              and exact-match accuracy of the final number of N greedy answers;
               training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
   kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
@@ -170,6 +171,13 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         "method",
     ])?;
     let mut b = ConfigBuilder::from_file(o.get("config").map(PathBuf::from).as_deref())?;
+    if let Some(method) = o.get("method") {
+        // A new method starts from its own defaults (then --set and the flags apply to it).
+        kd_train::MethodConfig::by_name(method)?;
+        let mut t = toml::Table::new();
+        t.insert("name".into(), toml::Value::String(method.to_string()));
+        b.set_value("method", toml::Value::Table(t))?;
+    }
     for kv in o.all("set") {
         let (k, v) =
             kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
@@ -194,13 +202,6 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         if let Some(v) = o.get(flag) {
             b.set(key, v)?;
         }
-    }
-    if let Some(method) = o.get("method") {
-        // A new method starts from its own defaults.
-        kd_train::MethodConfig::by_name(method)?;
-        let mut t = toml::Table::new();
-        t.insert("name".into(), toml::Value::String(method.to_string()));
-        b.set_value("method", toml::Value::Table(t))?;
     }
     let is_kd =
         |b: &ConfigBuilder| !b.has("method") || b.get_str("method.name").is_some_and(|n| n == "kd");
@@ -253,7 +254,7 @@ fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tok
 }
 
 fn cmd_eval(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &[])?;
+    let o = Opts::parse(args, &["exact-match"])?;
     o.check_known(&[
         "model",
         "data",
@@ -264,6 +265,7 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         "rouge",
         "max-new-tokens",
     ])?;
+    let exact = o.flag("exact-match");
     let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
     let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
     let format = match o.get("format") {
@@ -291,9 +293,13 @@ fn cmd_eval(args: &[String]) -> Result<()> {
     if let Some(n) = o.parsed::<usize>("rouge")? {
         let examples = kd_train::data::read_instruction_jsonl(&data)?;
         let max_new = o.parsed::<usize>("max-new-tokens")?.unwrap_or(64);
-        let (score, count) =
+        let (scores, count) =
             run::rouge_eval(&model, &tok, &examples, n, max_new, seq_len, &device)?;
-        println!("ROUGE-L F1 of greedy responses: {score:.4} (mean of {count} examples)");
+        let (rouge, em) = scores.map_or((0.0, 0.0), |s| (s.rouge_l, s.exact_match));
+        println!("ROUGE-L F1 of greedy responses: {rouge:.4} (mean of {count} examples)");
+        if exact {
+            println!("exact-match accuracy of the final number: {em:.4} ({count} examples)");
+        }
     }
     Ok(())
 }

@@ -272,10 +272,10 @@ pub fn run_job(
     let device = Device::flex().autodiff();
     let plain = Device::flex();
     device.seed(config.train.seed);
+    let mut method = resolve_method(config, distill)?;
     let out = config.train.output_dir.clone().context("set train.output_dir (or --out DIR)")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("run.toml"), config_text)?;
-    let mut method = resolve_method(config, distill)?;
     let seqkd_config;
     let config = match &mut method {
         MethodConfig::SeqKd(s) if data.is_none() => {
@@ -386,9 +386,9 @@ pub fn run_job(
     Ok(JobResult { report, final_eval, model_dir })
 }
 
-/// Mean ROUGE-L F1 of greedy answers to the first `n` prompts against their references, the
-/// same measurement as the training loop's ([`RougeEval`]): prompt and answer within `max_len`
-/// tokens. Returns the score and the number of examples scored.
+/// Mean ROUGE-L F1 and exact-match accuracy of greedy answers to the first `n` prompts against
+/// their references, the same measurement as the training loop's ([`RougeEval`]): prompt and
+/// answer within `max_len` tokens. Returns the scores and the number of examples scored.
 pub fn rouge_eval(
     model: &CausalLm,
     tok: &Tokenizer,
@@ -397,10 +397,10 @@ pub fn rouge_eval(
     max_new_tokens: usize,
     max_len: usize,
     device: &Device,
-) -> Result<(f64, usize)> {
+) -> Result<(Option<kd_train::rouge::GenerationScores>, usize)> {
     let set = RougeEval::new(examples, tok.clone())?;
-    let score = set.score(model, n, max_new_tokens, max_len, 8, device)?;
-    Ok((score.unwrap_or(0.0), if score.is_some() { n.min(set.len()) } else { 0 }))
+    let scores = set.scores(model, n, max_new_tokens, max_len, 16, device)?;
+    Ok((scores, if scores.is_some() { n.min(set.len()) } else { 0 }))
 }
 
 /// Train loss and held-out loss of one run, with a ROUGE-L panel below when it was measured.

@@ -190,3 +190,146 @@ fn train_resume_distill_export_eval_generate() {
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tiny instruction config over the first lines of the shipped arithmetic problems.
+fn write_method_config(dir: &Path, teacher: &Path) -> PathBuf {
+    let a = assets();
+    let arith = a.join("arithmetic");
+    let take = |name: &str, n: usize| {
+        let text = std::fs::read_to_string(arith.join(name)).unwrap();
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        let p = dir.join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p
+    };
+    let (train, eval) = (take("train.jsonl", 24), take("eval.jsonl", 6));
+    let text = format!(
+        r#"
+[student.init]
+model_type = "llama"
+vocab_size = 512
+hidden_size = 16
+intermediate_size = 32
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 1
+max_position_embeddings = 128
+bos_token_id = 1
+eos_token_id = 2
+
+[teacher]
+pretrained = "{teacher}"
+
+[data]
+tokenizer = "{tok}"
+train = "{train}"
+eval = "{eval}"
+seq_len = 128
+
+[train]
+steps = 2
+batch_size = 3
+log_every = 1
+checkpoint_every = 1
+eval_rouge_prompts = 2
+eval_exact_match = true
+eval_max_new_tokens = 4
+
+[method.sampling]
+max_new_tokens = 6
+"#,
+        teacher = teacher.display(),
+        tok = a.display(),
+        train = train.display(),
+        eval = eval.display(),
+    );
+    let p = dir.join("methods.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn every_method_runs_through_kd_distill_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("kd-cli-methods-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A tiny teacher: 2 SFT steps of the same architecture.
+    let base = write_method_config(&dir, Path::new("unused"));
+    let teacher_out = dir.join("teacher");
+    kd(&[
+        "train",
+        "--config",
+        base.to_str().unwrap(),
+        "--set",
+        "method={name = \"sft\"}",
+        "--out",
+        teacher_out.to_str().unwrap(),
+    ]);
+    let cfg = write_method_config(&dir, &teacher_out.join("model"));
+    let cfg = cfg.to_str().unwrap();
+    for method in ["sft", "kd", "seqkd", "gkd", "minillm"] {
+        let out = dir.join(method);
+        let o = out.to_str().unwrap();
+        let mut args = vec!["distill", "--config", cfg, "--method", method, "--out", o];
+        let sampling = "method.sampling={max_new_tokens = 6}";
+        let pt = format!("method.pt_data=\"{}\"", assets().join("tinystories.txt").display());
+        match method {
+            "sft" | "kd" => {}
+            "minillm" => args.extend([
+                "--set",
+                sampling,
+                "--set",
+                &pt,
+                "--set",
+                "method.rollout_batches=1",
+                "--set",
+                "method.ppo_epochs=1",
+            ]),
+            _ => args.extend(["--set", sampling]),
+        }
+        let text = kd(&args);
+        assert!(text.contains("held-out loss"), "{method}: {text}");
+        // Resume one step further from the last checkpoint.
+        let mut more = args.clone();
+        more.extend(["--steps", "3", "--resume"]);
+        kd(&more);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let steps = metrics.lines().filter(|l| l.contains("\"train\"")).count();
+        assert_eq!(steps, 3, "{method}: {metrics}");
+        assert!(metrics.contains("\"exact_match\":"), "{method}: {metrics}");
+        let run = std::fs::read_to_string(out.join("run.toml")).unwrap();
+        assert!(run.contains(method), "{method}: {run}");
+    }
+    // SeqKD wrote the teacher's answers with their provenance.
+    let answers = std::fs::read_to_string(dir.join("seqkd").join("seqkd_train.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 24);
+    assert!(answers.contains("\"source\":\"teacher\""));
+    assert!(dir.join("seqkd").join("seqkd_train.provenance.json").is_file());
+    // ... and the command of its own.
+    let generated = dir.join("answers.jsonl");
+    let out = kd(&[
+        "seqkd-generate",
+        "--teacher",
+        teacher_out.join("model").to_str().unwrap(),
+        "--data",
+        dir.join("train.jsonl").to_str().unwrap(),
+        "--seq-len",
+        "128",
+        "--max-new-tokens",
+        "5",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    assert!(out.contains("24 examples"), "{out}");
+    // A method name that does not exist, or kd train with a teacher method, is a clear error.
+    for bad in [
+        vec!["distill", "--config", cfg, "--method", "ppo"],
+        vec!["train", "--config", cfg, "--method", "gkd"],
+    ] {
+        let r = Command::new(env!("CARGO_BIN_EXE_kd")).args(&bad).output().unwrap();
+        assert!(!r.status.success(), "{bad:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("method") || err.contains("ppo"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
