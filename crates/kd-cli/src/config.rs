@@ -45,6 +45,10 @@ pub struct DataConfig {
     pub seq_len: usize,
     /// Fraction of the training blocks held out when no `eval` file is given.
     pub eval_fraction: f64,
+    /// Prompt template of instruction data: `"dolly"` (default, MiniLLM's), `"plain"`,
+    /// `"chat"` (the tokenizer's `chat_template`) or `{with_context = "…", without_context =
+    /// "…"}` ([`kd_train::template`]).
+    pub template: kd_train::template::PromptTemplate,
 }
 
 impl Default for DataConfig {
@@ -56,6 +60,7 @@ impl Default for DataConfig {
             format: DataFormat::Auto,
             seq_len: 128,
             eval_fraction: 0.1,
+            template: kd_train::template::PromptTemplate::default(),
         }
     }
 }

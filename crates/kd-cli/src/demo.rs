@@ -170,6 +170,7 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
         format: DataFormat::Text,
         seq_len: s.seq_len,
         eval_fraction: 0.1,
+        ..DataConfig::default()
     };
     let (train, eval) = load_data(&data_config, &tok)?;
     let vocab = tok.vocab_size();

@@ -45,8 +45,10 @@ USAGE:
               --method sft|kd|seqkd|gkd|minillm   (default kd; [method] section of the config)
   kd seqkd-generate --teacher DIR --data FILE --out FILE.jsonl [--tokenizer PATH]
               [--seq-len N] [--temperature T] [--max-new-tokens N] [--seed S]
-              [--original-fraction R] [--batch N]   the teacher answers every prompt (SeqKD data)
+              [--original-fraction R] [--batch N] [--template dolly|plain|chat]
+              the teacher answers every prompt (SeqKD data)
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
+              [--template dolly|plain|chat]
               [--rouge N [--max-new-tokens M] [--exact-match]]   (instruction JSONL: ROUGE-L
               and exact-match accuracy of the final number of N greedy answers;
               training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
@@ -203,8 +205,7 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
             b.set(key, v)?;
         }
     }
-    let is_kd =
-        |b: &ConfigBuilder| !b.has("method") || b.get_str("method.name").is_some_and(|n| n == "kd");
+    let is_kd = |b: &ConfigBuilder| !b.has("method.name") || b.get_str("method.name") == Some("kd");
     if let Some(loss) = o.get("loss") {
         if !is_kd(&b) {
             bail!("--loss sets the divergence of method `kd`; this run's method is another one");
@@ -253,6 +254,17 @@ fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tok
     run::load_tokenizer(&path)
 }
 
+/// `--template dolly|plain|chat` (default dolly).
+fn template_option(o: &Opts) -> Result<kd_train::template::PromptTemplate> {
+    use kd_train::template::{PromptTemplate, TemplateName};
+    Ok(PromptTemplate::Named(match o.get("template") {
+        None | Some("dolly") => TemplateName::Dolly,
+        Some("plain") => TemplateName::Plain,
+        Some("chat") => TemplateName::Chat,
+        Some(other) => bail!("--template {other}: expected dolly, plain or chat"),
+    }))
+}
+
 fn cmd_eval(args: &[String]) -> Result<()> {
     let o = Opts::parse(args, &["exact-match"])?;
     o.check_known(&[
@@ -264,6 +276,7 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         "format",
         "rouge",
         "max-new-tokens",
+        "template",
     ])?;
     let exact = o.flag("exact-match");
     let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
@@ -278,7 +291,13 @@ fn cmd_eval(args: &[String]) -> Result<()> {
     let model = CausalLm::from_pretrained(&model_dir, &device)?;
     let tok = tokenizer_for(&o, &model_dir)?;
     let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
-    let set = run::load_blocks(&data, format, &tok, seq_len)?;
+    let data_config = config::DataConfig {
+        template: template_option(&o)?,
+        tokenizer: Some(o.get("tokenizer").map(PathBuf::from).unwrap_or(model_dir.clone())),
+        ..Default::default()
+    };
+    let template = run::renderer(&data_config)?;
+    let set = run::load_blocks(&data, format, &template, &tok, seq_len)?;
     let batch = o.parsed::<usize>("batch-size")?.unwrap_or(8);
     let r = kd_train::evaluate(&model, &set, batch, None, &device);
     println!(
@@ -291,7 +310,7 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         seq_len
     );
     if let Some(n) = o.parsed::<usize>("rouge")? {
-        let examples = kd_train::data::read_instruction_jsonl(&data)?;
+        let examples = kd_train::data::read_instruction_jsonl(&data, &template)?;
         let max_new = o.parsed::<usize>("max-new-tokens")?.unwrap_or(64);
         let (scores, count) =
             run::rouge_eval(&model, &tok, &examples, n, max_new, seq_len, &device)?;
@@ -370,6 +389,7 @@ fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
         "seed",
         "original-fraction",
         "batch",
+        "template",
     ])?;
     let teacher_dir = PathBuf::from(o.get("teacher").context("--teacher DIR is required")?);
     let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
@@ -397,7 +417,12 @@ fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
     let device = Device::flex();
     let teacher = CausalLm::from_pretrained(&teacher_dir, &device)?;
     let tok = tokenizer_for(&o, &teacher_dir)?;
-    let data_config = config::DataConfig { train: Some(data.clone()), ..Default::default() };
+    let data_config = config::DataConfig {
+        train: Some(data.clone()),
+        template: template_option(&o)?,
+        tokenizer: Some(o.get("tokenizer").map(PathBuf::from).unwrap_or(teacher_dir.clone())),
+        ..Default::default()
+    };
     let examples = run::instruction_examples(&data_config, &data)?;
     let provenance = seqkd::Provenance {
         teacher: teacher_dir,

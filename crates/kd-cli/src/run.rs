@@ -19,6 +19,7 @@ use kd_train::{EvalRecord, MethodConfig, RougeEval, TrainReport, Trainer, latest
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
 use crate::seqkd;
+use kd_train::template::PromptRenderer;
 
 /// Loads the tokenizer named by the data config (a directory with `tokenizer.json`, or the file).
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -36,16 +37,23 @@ fn format_of(path: &Path, format: DataFormat) -> DataFormat {
     }
 }
 
-/// Tokenises one data file into blocks.
+/// The prompt template of the data config, ready to render (`chat` reads the tokenizer's
+/// `tokenizer_config.json`).
+pub fn renderer(data: &DataConfig) -> Result<PromptRenderer> {
+    Ok(PromptRenderer::new(&data.template, data.tokenizer.as_deref())?)
+}
+
+/// Tokenises one data file into blocks (instruction prompts rendered with `template`).
 pub fn load_blocks(
     path: &Path,
     format: DataFormat,
+    template: &PromptRenderer,
     tok: &Tokenizer,
     seq_len: usize,
 ) -> Result<TokenDataset> {
     let blocks = match format_of(path, format) {
         DataFormat::Instruction => {
-            let ex = read_instruction_jsonl(path)?;
+            let ex = read_instruction_jsonl(path, template)?;
             instruction_blocks(&ex, tok, seq_len)?
         }
         _ => {
@@ -60,8 +68,7 @@ pub fn load_blocks(
 
 /// The instruction examples of `path` as the data config reads them (template applied).
 pub fn instruction_examples(data: &DataConfig, path: &Path) -> Result<Vec<InstructionExample>> {
-    let _ = data;
-    Ok(read_instruction_jsonl(path)?)
+    Ok(read_instruction_jsonl(path, &renderer(data)?)?)
 }
 
 /// Train and held-out sets from the data config.
@@ -69,9 +76,10 @@ pub fn load_data(data: &DataConfig, tok: &Tokenizer) -> Result<(TokenDataset, To
     let Some(train_path) = &data.train else {
         bail!("no training data: set data.train (or --data FILE)");
     };
-    let train = load_blocks(train_path, data.format, tok, data.seq_len)?;
+    let template = renderer(data)?;
+    let train = load_blocks(train_path, data.format, &template, tok, data.seq_len)?;
     match &data.eval {
-        Some(p) => Ok((train, load_blocks(p, data.format, tok, data.seq_len)?)),
+        Some(p) => Ok((train, load_blocks(p, data.format, &template, tok, data.seq_len)?)),
         None => Ok(train.split_off_tail(data.eval_fraction)),
     }
 }
@@ -89,7 +97,7 @@ pub fn held_out_examples(
     if format_of(path, data.format) != DataFormat::Instruction {
         return Ok(None);
     }
-    let mut examples = read_instruction_jsonl(path)?;
+    let mut examples = instruction_examples(data, path)?;
     if data.eval.is_none() {
         examples = examples.split_off(examples.len().saturating_sub(eval_blocks));
     }
@@ -327,7 +335,8 @@ pub fn run_job(
                  (or method.pt_weight = 0)",
             )?;
             let tok = tok.as_ref().context("set data.tokenizer")?;
-            Some(load_blocks(path, DataFormat::Text, tok, config.data.seq_len)?)
+            let template = renderer(&config.data)?;
+            Some(load_blocks(path, DataFormat::Text, &template, tok, config.data.seq_len)?)
         }
         _ => None,
     };

@@ -225,6 +225,7 @@ tokenizer = "{tok}"
 train = "{train}"
 eval = "{eval}"
 seq_len = 128
+template = "plain"
 
 [train]
 steps = 2

@@ -2,9 +2,11 @@
 //!
 //! - Plain text is tokenised document by document, joined with the end-of-sequence id and
 //!   packed into blocks of `seq_len + 1` tokens; every next token counts.
-//! - Instruction JSONL (`{"prompt": …, "response": …}`; `answer`/`output` also accepted for the
-//!   response, `instruction` for the prompt) gives one block per example: the prompt's tokens
-//!   get label `-100`, so the loss is on the response only; padding is `-100` too.
+//! - Instruction JSONL in the Dolly (`instruction`, `context`, `response`) or Alpaca
+//!   (`instruction`, `input`, `output`) dialect, or with a ready `prompt`, gives one block per
+//!   example: the prompt ([`crate::template`]: the instruction and its context in a template)
+//!   gets label `-100`, so the loss and the metrics count response tokens only; padding is
+//!   `-100` too.
 //!
 //! Batches are drawn in a deterministic order: a seeded Fisher–Yates permutation per epoch, and
 //! a [`DataCursor`] (epoch, position) that a checkpoint stores to resume at the same example.
@@ -15,6 +17,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::template::{InstructionRow, PromptRenderer};
 
 /// Label of a token that does not count in the loss.
 pub const IGNORE_INDEX: i64 = -100;
@@ -108,6 +111,11 @@ pub trait TextEncoder {
     fn bos_id(&self) -> Option<u32>;
     /// End-of-sequence id, if any.
     fn eos_id(&self) -> Option<u32>;
+    /// The text of the beginning-of-sequence token (`<s>`), if known; a prompt that starts with
+    /// it gets no second BOS id from [`prompt_ids`].
+    fn bos_text(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Turns generated ids back into text (for scoring generations against references).
@@ -134,6 +142,9 @@ impl TextEncoder for kd_models::Tokenizer {
     }
     fn eos_id(&self) -> Option<u32> {
         self.eos_token_id()
+    }
+    fn bos_text(&self) -> Option<String> {
+        self.bos_token_id().and_then(|id| self.id_to_token(id))
     }
 }
 
@@ -166,13 +177,19 @@ pub struct InstructionExample {
     pub response: String,
 }
 
-/// Reads instruction JSONL: per line an object with `prompt` (or `instruction`) and `response`
-/// (or `answer`, or `output`).
+/// Reads instruction JSONL rows in any supported dialect:
+///
+/// - Dolly: `instruction`, `context` (optional), `response`;
+/// - Alpaca: `instruction`, `input` (optional), `output`;
+/// - ready prompts: `prompt` (already templated, used as is) and `response`, `answer` or
+///   `output`.
+///
+/// Other fields (e.g. `rationale`, `label`) are ignored; an empty context counts as none.
 ///
 /// # Errors
 /// [`TrainError::Io`] when the file cannot be read, [`TrainError::Data`] naming the line when it
 /// is not such an object.
-pub fn read_instruction_jsonl(path: &Path) -> Result<Vec<InstructionExample>> {
+pub fn read_instruction_rows(path: &Path) -> Result<Vec<InstructionRow>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -182,25 +199,58 @@ pub fn read_instruction_jsonl(path: &Path) -> Result<Vec<InstructionExample>> {
         let bad =
             |reason: String| TrainError::Data { path: path.to_path_buf(), line: i + 1, reason };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if !v.is_object() {
+            return Err(bad("expected a JSON object".into()));
+        }
         let field = |keys: &[&str]| -> Option<String> {
             keys.iter().find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(str::to_string))
         };
-        let prompt = field(&["prompt", "instruction"])
-            .ok_or_else(|| bad("no string `prompt` or `instruction`".into()))?;
-        let response = field(&["response", "answer", "output"])
-            .ok_or_else(|| bad("no string `response`, `answer` or `output`".into()))?;
-        out.push(InstructionExample { prompt, response });
+        let response = field(&["response", "output", "answer"])
+            .ok_or_else(|| bad("no string `response`, `output` or `answer`".into()))?;
+        let row = match (field(&["prompt"]), field(&["instruction"])) {
+            (Some(prompt), _) => {
+                InstructionRow { instruction: prompt, context: None, response, templated: true }
+            }
+            (None, Some(instruction)) => InstructionRow {
+                instruction,
+                context: field(&["context", "input"]).filter(|c| !c.trim().is_empty()),
+                response,
+                templated: false,
+            },
+            (None, None) => {
+                return Err(bad("no string `instruction` (Dolly, Alpaca) or `prompt`".into()));
+            }
+        };
+        out.push(row);
     }
     Ok(out)
 }
 
+/// Reads instruction JSONL ([`read_instruction_rows`]) and renders each prompt with `template`.
+///
+/// # Errors
+/// See [`read_instruction_rows`] and [`PromptRenderer::render`].
+pub fn read_instruction_jsonl(
+    path: &Path,
+    template: &PromptRenderer,
+) -> Result<Vec<InstructionExample>> {
+    read_instruction_rows(path)?
+        .iter()
+        .map(|row| {
+            Ok(InstructionExample { prompt: template.render(row)?, response: row.response.clone() })
+        })
+        .collect()
+}
+
 /// The ids of an instruction prompt as training sees them: `BOS prompt` (BOS when the tokenizer
-/// has one). Generation evaluation starts from the same ids.
+/// has one and the prompt does not already start with its text, as chat templates write it).
+/// Training blocks, rollouts and generation evaluation all start from these ids.
 ///
 /// # Errors
 /// When the tokenizer fails.
 pub fn prompt_ids(prompt: &str, tok: &dyn TextEncoder) -> Result<Vec<u32>> {
-    let mut ids: Vec<u32> = tok.bos_id().into_iter().collect();
+    let has_bos = tok.bos_text().is_some_and(|b| !b.is_empty() && prompt.starts_with(&b));
+    let mut ids: Vec<u32> = if has_bos { Vec::new() } else { tok.bos_id().into_iter().collect() };
     ids.extend(tok.encode_text(prompt)?);
     Ok(ids)
 }
@@ -401,6 +451,7 @@ impl BatchOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::{PromptTemplate, TemplateName};
 
     #[test]
     fn packing_drops_the_short_tail() {
@@ -463,6 +514,48 @@ mod tests {
         assert_eq!(batch.counted, 8);
     }
 
+    /// Characters as ids (`<s>` = 1 as one token), for prompt tests.
+    struct Chars;
+    impl TextEncoder for Chars {
+        fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+            let t = text.strip_prefix("<s>").map_or(text.to_string(), |r| format!("\u{1}{r}"));
+            Ok(t.chars().map(|c| c as u32).collect())
+        }
+        fn bos_id(&self) -> Option<u32> {
+            Some(1)
+        }
+        fn eos_id(&self) -> Option<u32> {
+            Some(2)
+        }
+        fn bos_text(&self) -> Option<String> {
+            Some("<s>".into())
+        }
+    }
+
+    #[test]
+    fn context_is_prompt_and_only_the_response_counts() {
+        let row = InstructionRow {
+            instruction: "ab".into(),
+            context: Some("cd".into()),
+            response: "xy".into(),
+            templated: false,
+        };
+        let plain = PromptRenderer::new(&PromptTemplate::Named(TemplateName::Plain), None).unwrap();
+        let ex = InstructionExample { prompt: plain.render(&row).unwrap(), response: "xy".into() };
+        let blocks = instruction_blocks(&[ex], &Chars, 12).unwrap();
+        // BOS a b \n c d \n | x y EOS: only x, y and EOS are targets.
+        let counted: Vec<i64> =
+            blocks[0].labels.iter().copied().filter(|&l| l != IGNORE_INDEX).collect();
+        assert_eq!(counted, [i64::from(b'x'), i64::from(b'y'), 2]);
+        assert_eq!(&blocks[0].input_ids[..7], &[1, 97, 98, 10, 99, 100, 10]);
+    }
+
+    #[test]
+    fn bos_is_not_doubled_when_the_template_writes_it() {
+        assert_eq!(prompt_ids("ab", &Chars).unwrap(), [1, 97, 98]);
+        assert_eq!(prompt_ids("<s>ab", &Chars).unwrap(), [1, 97, 98]);
+    }
+
     #[test]
     fn jsonl_reading() {
         let dir = std::env::temp_dir().join(format!("kd-train-jsonl-{}", std::process::id()));
@@ -473,11 +566,35 @@ mod tests {
             "{\"prompt\":\"Q\",\"answer\":\"A\"}\n\n{\"instruction\":\"q\",\"output\":\"a\"}\n",
         )
         .unwrap();
-        let ex = read_instruction_jsonl(&p).unwrap();
+        let dolly = PromptRenderer::new(&PromptTemplate::default(), None).unwrap();
+        let ex = read_instruction_jsonl(&p, &dolly).unwrap();
         assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].prompt, "Q", "a ready prompt is used as is");
         assert_eq!(ex[1].response, "a");
+        assert!(ex[1].prompt.contains("### Instruction:\nq\n\n### Response:\n"));
         std::fs::write(&p, "{\"prompt\":\"Q\"}\n").unwrap();
-        assert!(matches!(read_instruction_jsonl(&p), Err(TrainError::Data { line: 1, .. })));
+        let err = read_instruction_jsonl(&p, &dolly).unwrap_err();
+        assert!(matches!(err, TrainError::Data { line: 1, .. }));
+        assert!(err.to_string().contains("`response`, `output` or `answer`"), "{err}");
+        std::fs::write(&p, "{\"response\":\"R\"}\n").unwrap();
+        assert!(
+            read_instruction_jsonl(&p, &dolly).unwrap_err().to_string().contains("instruction")
+        );
+        // Dolly and Alpaca rows keep their context; extra fields are ignored.
+        std::fs::write(
+            &p,
+            "{\"instruction\":\"i\",\"context\":\"c\",\"response\":\"r\",\"category\":\"qa\"}\n\
+             {\"instruction\":\"i\",\"input\":\"x\",\"output\":\"o\"}\n\
+             {\"instruction\":\"i\",\"input\":\"\",\"output\":\"o\",\"rationale\":\"z\"}\n",
+        )
+        .unwrap();
+        let rows = read_instruction_rows(&p).unwrap();
+        assert_eq!(rows[0].context.as_deref(), Some("c"));
+        assert_eq!((rows[1].context.as_deref(), rows[1].response.as_str()), (Some("x"), "o"));
+        assert_eq!(rows[2].context, None, "an empty input is no context");
+        let ex = read_instruction_jsonl(&p, &dolly).unwrap();
+        assert!(ex[0].prompt.contains("### Input:\nc\n\n"));
+        assert!(!ex[2].prompt.contains("### Input:"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

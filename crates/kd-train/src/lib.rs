@@ -67,6 +67,7 @@ pub mod plot;
 pub mod rollout;
 pub mod rouge;
 pub mod schedule;
+pub mod template;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, TrainState};

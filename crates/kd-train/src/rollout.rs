@@ -78,19 +78,19 @@ pub trait IncrementalDecoder {
 /// The decoder of any [`LanguageModel`]: recomputes each row's unpadded sequence at every step
 /// (no cache, no padding inside the model). [`kd_models::CausalLm`] uses its KV cache instead.
 #[derive(Debug)]
-pub struct RecomputeDecoder<'a, M: LanguageModel + ?Sized> {
+pub struct RecomputeDecoder<'a, M: LanguageModel> {
     model: &'a M,
     rows: Vec<Vec<i64>>,
 }
 
-impl<'a, M: LanguageModel + ?Sized> RecomputeDecoder<'a, M> {
+impl<'a, M: LanguageModel> RecomputeDecoder<'a, M> {
     /// A decoder over `model`.
     pub fn new(model: &'a M) -> Self {
         Self { model, rows: Vec::new() }
     }
 }
 
-impl<M: LanguageModel + ?Sized> IncrementalDecoder for RecomputeDecoder<'_, M> {
+impl<M: LanguageModel> IncrementalDecoder for RecomputeDecoder<'_, M> {
     fn feed(&mut self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<2> {
         let [b, n] = ids.dims();
         let device = ids.device();

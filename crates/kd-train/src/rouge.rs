@@ -27,9 +27,11 @@ use crate::model::LanguageModel;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use kd_train::data::read_instruction_jsonl;
 /// use kd_train::rouge::RougeEval;
+/// use kd_train::template::{PromptRenderer, PromptTemplate};
 ///
 /// let tok = kd_models::Tokenizer::from_dir("path/to/tokenizer-dir")?;
-/// let held_out = read_instruction_jsonl("dolly_eval.jsonl".as_ref())?;
+/// let template = PromptRenderer::new(&PromptTemplate::default(), None)?;
+/// let held_out = read_instruction_jsonl("dolly_eval.jsonl".as_ref(), &template)?;
 /// let rouge = RougeEval::new(&held_out, tok)?;
 /// // trainer = trainer.with_rouge_eval(rouge);
 /// # Ok(())

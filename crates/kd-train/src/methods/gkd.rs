@@ -23,7 +23,7 @@ use kd_losses::{Divergence, GeneralizedJsd, GeneralizedJsdConfig, KdBatch, Reduc
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::methods::{MicroBatchLoss, StepContext, TeacherUse, prompts_of};
+use crate::methods::{MicroBatchLoss, Prompts, StepContext, TeacherUse, prompts_of};
 use crate::model::{LanguageModel, align_vocab};
 use crate::rollout::{SamplingConfig, SequenceBatch, sample};
 
@@ -107,7 +107,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Gkd {
         let teacher = cx.require_teacher("gkd")?;
         let plain = cx.plain_device();
         let idx = cx.next_indices();
-        let (prompts, mut responses, caps) = prompts_of(cx.data, &idx)?;
+        let Prompts { prompts, mut responses, caps } = prompts_of(cx.data, &idx)?;
         let sampling = &self.config.sampling;
         let (eos, pad) = (&cx.tokens.eos_ids, cx.tokens.pad_id);
         if self.config.seq_kd {

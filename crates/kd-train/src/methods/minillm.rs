@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchOrder, DataCursor};
 use crate::error::{Result, TrainError};
-use crate::methods::{MicroBatchLoss, StepContext, TeacherUse, prompts_of};
+use crate::methods::{MicroBatchLoss, Prompts, StepContext, TeacherUse, prompts_of};
 use crate::metrics::masked_cross_entropy_mean;
 use crate::model::{LanguageModel, align_vocab};
 use crate::rollout::{SamplingConfig, SequenceBatch, sample, score};
@@ -165,7 +165,7 @@ impl MiniLlmMethod {
         let mut sampled = 0;
         for _ in 0..self.config.rollout_batches {
             let idx = cx.next_indices();
-            let (prompts, _, caps) = prompts_of(cx.data, &idx)?;
+            let Prompts { prompts, caps, .. } = prompts_of(cx.data, &idx)?;
             let r = sample(
                 &student,
                 alpha.map(|a| (teacher, a)),

@@ -303,16 +303,24 @@ pub fn split_block(block: &TokenBlock) -> Option<(Vec<u32>, Vec<u32>)> {
     Some((prompt, response))
 }
 
+/// Prompts of a micro-batch with their reference responses and rollout caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompts {
+    /// Prompt ids per row.
+    pub prompts: Vec<Vec<u32>>,
+    /// The data's response per row.
+    pub responses: Vec<Vec<u32>>,
+    /// Most new tokens per row: `seq_len − prompt length` (at least 1).
+    pub caps: Vec<usize>,
+}
+
 /// Prompts, reference responses and rollout caps (`seq_len − prompt length`) of the blocks at
 /// `indices`; blocks without a counted label are skipped.
 ///
 /// # Errors
 /// [`TrainError::InvalidConfig`] when no block has a prompt and a response, or when a block's
 /// prompt is a single token (plain-text data: on-policy methods need instruction data).
-pub fn prompts_of(
-    data: &TokenDataset,
-    indices: &[usize],
-) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<usize>)> {
+pub fn prompts_of(data: &TokenDataset, indices: &[usize]) -> Result<Prompts> {
     let seq = data.seq_len();
     let (mut prompts, mut responses, mut caps) = (Vec::new(), Vec::new(), Vec::new());
     for &i in indices {
@@ -335,7 +343,7 @@ pub fn prompts_of(
             reason: "no block of this batch has a prompt and a counted response".into(),
         });
     }
-    Ok((prompts, responses, caps))
+    Ok(Prompts { prompts, responses, caps })
 }
 
 #[cfg(test)]

@@ -1,0 +1,270 @@
+//! Prompt templates: how an instruction row (instruction, optional context, response) becomes
+//! the prompt text a model is trained and evaluated on.
+//!
+//! | template | prompt |
+//! |---|---|
+//! | `dolly` (default) | the Alpaca/Dolly template MiniLLM uses: `Below is an instruction that describes a task[, paired with an input that provides further context]. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n[### Input:\n{context}\n\n]### Response:\n` |
+//! | `plain` | `{instruction}\n` or `{instruction}\n{context}\n` (short prompts for tiny models) |
+//! | `chat` | the model's `chat_template` from `tokenizer_config.json`, rendered with minijinja: `messages = [{role: "user", content: instruction [+ "\n\n" + context]}]`, `add_generation_prompt = true`, `bos_token`, `eos_token` |
+//! | `{with_context = "…", without_context = "…"}` | your own, with `{instruction}` and `{context}` placeholders |
+//!
+//! A row that already has a `prompt` field is used as is (it is templated already). When a
+//! rendered prompt starts with the BOS token's text (chat templates often write it),
+//! [`crate::data::prompt_ids`] does not add a second BOS id.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// The prompt of MiniLLM's Dolly processing (and Stanford Alpaca's) for a row without context.
+pub const DOLLY_WITHOUT_CONTEXT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
+/// The same for a row with context (Dolly's `context`, Alpaca's `input`).
+pub const DOLLY_WITH_CONTEXT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:\n";
+
+/// A named template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateName {
+    /// MiniLLM's Dolly/Alpaca template.
+    #[default]
+    Dolly,
+    /// The instruction (and context) on their own lines.
+    Plain,
+    /// The model's chat template (`tokenizer_config.json`).
+    Chat,
+}
+
+/// The `template` setting: a name or a custom pair of format strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PromptTemplate {
+    /// `"dolly"`, `"plain"` or `"chat"`.
+    Named(TemplateName),
+    /// Format strings with `{instruction}` and `{context}` placeholders.
+    Custom {
+        /// For rows with a context.
+        with_context: String,
+        /// For rows without one.
+        without_context: String,
+    },
+}
+
+impl Default for PromptTemplate {
+    fn default() -> Self {
+        Self::Named(TemplateName::Dolly)
+    }
+}
+
+/// One instruction row in any supported dialect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionRow {
+    /// The instruction (Dolly, Alpaca), or the already templated prompt (`prompt` rows).
+    pub instruction: String,
+    /// Dolly's `context` / Alpaca's `input` (`None` when absent or empty).
+    pub context: Option<String>,
+    /// The response.
+    pub response: String,
+    /// Whether `instruction` is a ready prompt (a `prompt` field) that no template touches.
+    pub templated: bool,
+}
+
+/// A template ready to render: the chat template, when used, is read once.
+#[derive(Debug, Clone)]
+pub struct PromptRenderer {
+    template: PromptTemplate,
+    chat: Option<ChatTemplate>,
+}
+
+#[derive(Debug, Clone)]
+struct ChatTemplate {
+    source: String,
+    bos: String,
+    eos: String,
+}
+
+/// A special token of `tokenizer_config.json`: a string or `{"content": …}`.
+fn special(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => {
+            o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+impl PromptRenderer {
+    /// A renderer for `template`; `tokenizer` (a directory or its `tokenizer.json`) is where
+    /// `chat` finds `tokenizer_config.json`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when `chat` is asked for and the tokenizer has no
+    /// `chat_template`; [`TrainError::Io`] / [`TrainError::Json`] when its config cannot be read.
+    pub fn new(template: &PromptTemplate, tokenizer: Option<&Path>) -> Result<Self> {
+        let chat = match template {
+            PromptTemplate::Named(TemplateName::Chat) => {
+                let dir = tokenizer.map(|p| if p.is_dir() { p } else { p.parent().unwrap_or(p) });
+                let path = dir.map(|d| d.join("tokenizer_config.json"));
+                let Some(path) = path.filter(|p| p.is_file()) else {
+                    return Err(TrainError::config(
+                        "template",
+                        "a tokenizer directory with tokenizer_config.json for `chat`",
+                        "none",
+                    ));
+                };
+                let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|source| TrainError::Json { path: path.clone(), source })?;
+                let Some(source) = v.get("chat_template").and_then(|t| t.as_str()) else {
+                    return Err(TrainError::config(
+                        "template",
+                        "a tokenizer_config.json with a `chat_template` for `chat`",
+                        path.display(),
+                    ));
+                };
+                Some(ChatTemplate {
+                    source: source.to_string(),
+                    bos: special(v.get("bos_token")),
+                    eos: special(v.get("eos_token")),
+                })
+            }
+            _ => None,
+        };
+        Ok(Self { template: template.clone(), chat })
+    }
+
+    /// A renderer for a chat template given as text (what `tokenizer_config.json` holds).
+    pub fn from_chat_template(source: &str, bos_token: &str, eos_token: &str) -> Self {
+        Self {
+            template: PromptTemplate::Named(TemplateName::Chat),
+            chat: Some(ChatTemplate {
+                source: source.into(),
+                bos: bos_token.into(),
+                eos: eos_token.into(),
+            }),
+        }
+    }
+
+    /// The prompt text of `row`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the chat template fails to render.
+    ///
+    /// # Example
+    /// ```
+    /// use kd_train::template::{InstructionRow, PromptRenderer, PromptTemplate, TemplateName};
+    /// let row = InstructionRow {
+    ///     instruction: "Add 2 and 3.".into(),
+    ///     context: Some("Use words.".into()),
+    ///     response: "five".into(),
+    ///     templated: false,
+    /// };
+    /// let plain = PromptRenderer::new(&PromptTemplate::Named(TemplateName::Plain), None)?;
+    /// assert_eq!(plain.render(&row)?, "Add 2 and 3.\nUse words.\n");
+    /// let dolly = PromptRenderer::new(&PromptTemplate::default(), None)?;
+    /// assert!(dolly.render(&row)?.ends_with("### Input:\nUse words.\n\n### Response:\n"));
+    /// # Ok::<(), kd_train::TrainError>(())
+    /// ```
+    pub fn render(&self, row: &InstructionRow) -> Result<String> {
+        if row.templated {
+            return Ok(row.instruction.clone());
+        }
+        let context = row.context.as_deref();
+        let fill = |f: &str| {
+            f.replace("{instruction}", &row.instruction).replace("{context}", context.unwrap_or(""))
+        };
+        Ok(match (&self.template, &self.chat) {
+            (_, Some(chat)) => {
+                let content = match context {
+                    Some(c) => format!("{}\n\n{c}", row.instruction),
+                    None => row.instruction.clone(),
+                };
+                let mut env = minijinja::Environment::new();
+                env.add_template("chat", &chat.source).map_err(chat_error)?;
+                let t = env.get_template("chat").map_err(chat_error)?;
+                t.render(minijinja::context! {
+                    messages => vec![minijinja::context! { role => "user", content => content }],
+                    add_generation_prompt => true,
+                    bos_token => chat.bos.clone(),
+                    eos_token => chat.eos.clone(),
+                })
+                .map_err(chat_error)?
+            }
+            (PromptTemplate::Named(TemplateName::Plain), _) => match context {
+                Some(c) => format!("{}\n{c}\n", row.instruction),
+                None => format!("{}\n", row.instruction),
+            },
+            (PromptTemplate::Custom { with_context, without_context }, _) => match context {
+                Some(_) => fill(with_context),
+                None => fill(without_context),
+            },
+            _ => match context {
+                Some(_) => fill(DOLLY_WITH_CONTEXT),
+                None => fill(DOLLY_WITHOUT_CONTEXT),
+            },
+        })
+    }
+}
+
+fn chat_error(e: minijinja::Error) -> TrainError {
+    TrainError::config("template", "a chat template that renders", e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(context: Option<&str>) -> InstructionRow {
+        InstructionRow {
+            instruction: "Name a color.".into(),
+            context: context.map(str::to_string),
+            response: "Red.".into(),
+            templated: false,
+        }
+    }
+
+    #[test]
+    fn dolly_is_minillms_template() {
+        let r = PromptRenderer::new(&PromptTemplate::default(), None).unwrap();
+        assert_eq!(
+            r.render(&row(None)).unwrap(),
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\nName a color.\n\n### Response:\n"
+        );
+        let with = r.render(&row(Some("Think of apples."))).unwrap();
+        assert!(with.starts_with("Below is an instruction that describes a task, paired with"));
+        assert!(with.contains("### Input:\nThink of apples.\n\n### Response:\n"));
+    }
+
+    #[test]
+    fn custom_and_templated_rows() {
+        let t: PromptTemplate = serde_json::from_str(
+            r#"{"with_context": "Q: {instruction} ({context})\nA:", "without_context": "Q: {instruction}\nA:"}"#,
+        )
+        .unwrap();
+        let r = PromptRenderer::new(&t, None).unwrap();
+        assert_eq!(r.render(&row(None)).unwrap(), "Q: Name a color.\nA:");
+        assert_eq!(r.render(&row(Some("sky"))).unwrap(), "Q: Name a color. (sky)\nA:");
+        let ready = InstructionRow { templated: true, ..row(Some("ignored")) };
+        assert_eq!(r.render(&ready).unwrap(), "Name a color.");
+        let named: PromptTemplate = serde_json::from_str(r#""plain""#).unwrap();
+        assert_eq!(named, PromptTemplate::Named(TemplateName::Plain));
+    }
+
+    #[test]
+    fn chat_templates_render_with_minijinja() {
+        let chatml = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let r = PromptRenderer::from_chat_template(chatml, "<s>", "</s>");
+        assert_eq!(
+            r.render(&row(Some("sky"))).unwrap(),
+            "<s><|im_start|>user\nName a color.\n\nsky<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let broken = PromptRenderer::from_chat_template("{% for %}", "", "");
+        assert!(matches!(broken.render(&row(None)), Err(TrainError::InvalidConfig { .. })));
+        // `chat` without a tokenizer config is a clear error.
+        let chat = PromptTemplate::Named(TemplateName::Chat);
+        assert!(PromptRenderer::new(&chat, None).is_err());
+    }
+}
