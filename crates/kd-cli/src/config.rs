@@ -135,6 +135,22 @@ impl ConfigBuilder {
         Ok(())
     }
 
+    /// Removes `dotted.key` (nothing happens when it is not set).
+    pub fn remove(&mut self, key: &str) {
+        let parts: Vec<&str> = key.split('.').collect();
+        let Some((last, path)) = parts.split_last() else {
+            return;
+        };
+        let mut table = &mut self.table;
+        for p in path {
+            match table.get_mut(*p) {
+                Some(toml::Value::Table(t)) => table = t,
+                _ => return,
+            }
+        }
+        table.remove(*last);
+    }
+
     /// Whether `dotted.key` is set.
     pub fn has(&self, key: &str) -> bool {
         let mut v: Option<&toml::Value> = None;
@@ -199,6 +215,9 @@ mod tests {
         assert_eq!(c.data.train.unwrap(), PathBuf::from("some/file.txt"));
         assert!(b.has("student.init.model_type"));
         assert!(!b.has("teacher.pretrained"));
+        b.remove("student.init");
+        b.remove("no.such.key");
+        assert!(!b.has("student.init") && b.has("train.steps"));
     }
 
     #[test]

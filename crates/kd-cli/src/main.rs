@@ -197,8 +197,9 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
             b.set_value(key, toml::Value::String(v.to_string()))?;
         }
     }
-    if o.get("student").is_some() && b.has("student.init") {
-        bail!("--student replaces the student: drop [student.init] from the config");
+    if o.get("student").is_some() {
+        // --student DIR replaces the config's student, a fresh one included.
+        b.remove("student.init");
     }
     for (flag, key) in [("steps", "train.steps"), ("lr", "train.lr"), ("seed", "train.seed")] {
         if let Some(v) = o.get(flag) {
