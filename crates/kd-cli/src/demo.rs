@@ -1,6 +1,7 @@
 //! `kd demo`: on the TinyStories slice shipped in `assets/`, train a small teacher, then the same
 //! small student three ways (no teacher, forward KL, reverse KL), and compare held-out
-//! perplexity in a table and a plot.
+//! perplexity in a table and a plot; then compare methods (SFT, KD, GKD) on the arithmetic word
+//! problems with the shipped teacher, by held-out exact match.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +16,7 @@ use kd_train::methods::kd::KdConfig;
 use kd_train::plot::{Chart, Series};
 use kd_train::{EvalRecord, TrainConfig};
 
-use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig};
+use crate::config::{ConfigBuilder, DataConfig, DataFormat, ModelSource, RunConfig};
 use crate::run::{JobResult, load_data, load_tokenizer, run_job};
 
 /// The assets directory compiled into the binary's source tree.
@@ -35,6 +36,10 @@ struct Settings {
     teacher_lr: f64,
     student_lr: f64,
     eval_every: u64,
+    /// Steps of the arithmetic method comparison (from scratch; the fine-tuning rows get half).
+    method_steps: u64,
+    /// Held-out arithmetic problems answered at the end of each method run.
+    method_eval: usize,
 }
 
 impl Settings {
@@ -49,6 +54,8 @@ impl Settings {
             teacher_lr: 3e-3,
             student_lr: 3e-3,
             eval_every: 50,
+            method_steps: 1000,
+            method_eval: 300,
         }
     }
 
@@ -64,6 +71,8 @@ impl Settings {
             teacher_lr: 3e-3,
             student_lr: 3e-3,
             eval_every: 2,
+            method_steps: 4,
+            method_eval: 3,
         }
     }
 }
@@ -189,7 +198,7 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
     device.seed(1);
     let teacher_init = CausalLm::init(&llama(vocab, s.seq_len, s.teacher), &device)?;
     let teacher_params = teacher_init.num_params();
-    println!("[1/4] teacher: {teacher_params} parameters, {} steps", s.teacher_steps);
+    println!("[1/5] teacher: {teacher_params} parameters, {} steps", s.teacher_steps);
     let teacher_cfg = RunConfig {
         train: train_config(&s, s.teacher_steps, s.teacher_lr, out.join("teacher"), None),
         student: ModelSource::default(),
@@ -224,7 +233,7 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
         ("student, reverse KL", "student-rkl", Some("reverse_kl")),
     ];
     for (k, (name, dir, loss)) in runs.iter().enumerate() {
-        println!("[{}/4] {name}: {student_params} parameters, {} steps", k + 2, s.student_steps);
+        println!("[{}/5] {name}: {student_params} parameters, {} steps", k + 2, s.student_steps);
         let divergence = loss.map(LossConfig::by_name).transpose()?;
         let cfg = RunConfig {
             train: train_config(&s, s.student_steps, s.student_lr, out.join(dir), divergence),
@@ -302,6 +311,8 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
             })
         })
         .collect();
+    let methods = method_comparison(out, &s)?;
+    let summary = serde_json::json!({ "tinystories": summary, "arithmetic": methods });
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     println!();
     println!(
@@ -313,6 +324,88 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
     Ok(())
 }
 
+/// Part 2: methods on the arithmetic word problems with the shipped teacher: SFT and forward-KL
+/// KD from scratch, then GKD and more SFT from the shipped SFT student (what the full
+/// comparison in docs/methods.md runs over three seeds, with SeqKD and MiniLLM).
+fn method_comparison(out: &Path, s: &Settings) -> Result<Vec<serde_json::Value>> {
+    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sft_student = root.join("crates/kd-cli/assets/arithmetic/student-sft");
+    let half = (s.method_steps / 2).max(1);
+    let rows: [(&str, &str, u64, bool); 4] = [
+        ("SFT, from scratch", "sft", s.method_steps, false),
+        ("KD (forward KL), from scratch", "kd", s.method_steps, false),
+        ("SFT, from the SFT student", "sft", half, true),
+        ("GKD, from the SFT student", "gkd", half, true),
+    ];
+    println!();
+    println!(
+        "[5/5] methods on the arithmetic word problems (crates/kd-cli/assets/arithmetic), \
+         shipped 4 × 128 teacher, 2 × 64 students"
+    );
+    let mut results = Vec::new();
+    for (k, (name, method, steps, from_sft)) in rows.iter().enumerate() {
+        let mut b = ConfigBuilder::from_file(Some(&configs.join(format!("{method}.toml"))))?;
+        // The configs' paths are relative to the repository root.
+        for key in ["data.tokenizer", "data.train", "data.eval", "teacher.pretrained"] {
+            if let Some(v) = b.get_str(key) {
+                let abs = root.join(v);
+                b.set_value(key, toml::Value::String(abs.display().to_string()))?;
+            }
+        }
+        if *from_sft {
+            b.remove("student.init");
+            let dir = sft_student.display().to_string();
+            b.set_value("student.pretrained", toml::Value::String(dir))?;
+        }
+        let dir = out.join(format!("arith-{}-{method}", if *from_sft { "ft" } else { "scratch" }));
+        b.set_value("train.output_dir", toml::Value::String(dir.display().to_string()))?;
+        b.set("train.steps", &steps.to_string())?;
+        b.set("train.eval_every", "0")?;
+        b.set("train.checkpoint_every", "0")?;
+        b.set("train.log_every", &(steps / 4).max(1).to_string())?;
+        b.set("train.eval_rouge_prompts", &s.method_eval.to_string())?;
+        if s.method_steps < 100 {
+            b.set("train.batch_size", "2")?;
+            b.set("train.eval_max_new_tokens", "4")?;
+            if *method == "gkd" {
+                b.set("method.sampling.max_new_tokens", "4")?;
+            }
+        }
+        let config = b.build()?;
+        println!("  ({}/4) {name}: {steps} steps", k + 1);
+        let job = run_job(&config, &b.to_toml(), true, false, None, None, None)?;
+        let e = &job.final_eval;
+        results.push(serde_json::json!({
+            "run": name, "method": method, "steps": steps, "exact_match": e.exact_match,
+            "rouge_l": e.rouge_l, "loss": e.loss, "seconds": job.report.seconds,
+        }));
+    }
+    println!();
+    println!(
+        "held-out arithmetic ({} problems, greedy): the teacher alone gets 82.3 % (teacher.toml)",
+        s.method_eval
+    );
+    println!(
+        "{:<32} {:>6} {:>12} {:>8} {:>7}",
+        "student", "steps", "exact match", "ROUGE-L", "time"
+    );
+    for r in &results {
+        println!(
+            "{:<32} {:>6} {:>11.1}% {:>8.3} {:>6.0}s",
+            r["run"].as_str().unwrap_or(""),
+            r["steps"],
+            100.0 * r["exact_match"].as_f64().unwrap_or(0.0),
+            r["rouge_l"].as_f64().unwrap_or(0.0),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "(SeqKD and MiniLLM, three seeds each: python3 benches/methods_table.py; docs/methods.md)"
+    );
+    Ok(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,11 +414,15 @@ mod tests {
     fn quick_demo_runs_end_to_end() {
         let out = std::env::temp_dir().join(format!("kd-demo-quick-{}", std::process::id()));
         run_demo(&out, &default_assets(), Settings::quick()).unwrap();
-        let summary: Vec<serde_json::Value> =
+        let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
                 .unwrap();
-        assert_eq!(summary.len(), 4);
-        assert!(summary.iter().all(|r| r["perplexity"].as_f64().unwrap().is_finite()));
+        let tiny = summary["tinystories"].as_array().unwrap();
+        assert_eq!(tiny.len(), 4);
+        assert!(tiny.iter().all(|r| r["perplexity"].as_f64().unwrap().is_finite()));
+        let arith = summary["arithmetic"].as_array().unwrap();
+        assert_eq!(arith.len(), 4);
+        assert!(arith.iter().all(|r| r["exact_match"].as_f64().is_some()));
         assert!(out.join("demo.png").is_file());
         assert!(out.join("student-rkl/model/config.json").is_file());
         std::fs::remove_dir_all(&out).unwrap();
