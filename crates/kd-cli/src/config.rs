@@ -45,9 +45,9 @@ pub struct DataConfig {
     pub seq_len: usize,
     /// Fraction of the training blocks held out when no `eval` file is given.
     pub eval_fraction: f64,
-    /// Prompt template of instruction data: `"dolly"` (default, MiniLLM's), `"plain"`,
-    /// `"chat"` (the tokenizer's `chat_template`) or `{with_context = "…", without_context =
-    /// "…"}` ([`kd_train::template`]).
+    /// Prompt template of instruction data: `"auto"` (default: the tokenizer's `chat_template`
+    /// when it has one, else `"dolly"`), `"dolly"` (MiniLLM's), `"plain"`, `"chat"` or
+    /// `{with_context = "…", without_context = "…"}` ([`kd_train::template`]).
     pub template: kd_train::template::PromptTemplate,
 }
 

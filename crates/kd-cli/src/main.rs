@@ -45,10 +45,10 @@ USAGE:
               --method sft|kd|seqkd|gkd|minillm   (default kd; [method] section of the config)
   kd seqkd-generate --teacher DIR --data FILE --out FILE.jsonl [--tokenizer PATH]
               [--seq-len N] [--temperature T] [--max-new-tokens N] [--seed S]
-              [--original-fraction R] [--batch N] [--template dolly|plain|chat]
+              [--original-fraction R] [--batch N] [--template auto|dolly|plain|chat]
               the teacher answers every prompt (SeqKD data)
   kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
-              [--template dolly|plain|chat]
+              [--template auto|dolly|plain|chat]
               [--rouge N [--max-new-tokens M] [--exact-match]]   (instruction JSONL: ROUGE-L
               and exact-match accuracy of the final number of N greedy answers;
               training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
@@ -255,14 +255,15 @@ fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tok
     run::load_tokenizer(&path)
 }
 
-/// `--template dolly|plain|chat` (default dolly).
+/// `--template auto|dolly|plain|chat` (default auto: the model's chat template, else dolly).
 fn template_option(o: &Opts) -> Result<kd_train::template::PromptTemplate> {
     use kd_train::template::{PromptTemplate, TemplateName};
     Ok(PromptTemplate::Named(match o.get("template") {
-        None | Some("dolly") => TemplateName::Dolly,
+        None | Some("auto") => TemplateName::Auto,
+        Some("dolly") => TemplateName::Dolly,
         Some("plain") => TemplateName::Plain,
         Some("chat") => TemplateName::Chat,
-        Some(other) => bail!("--template {other}: expected dolly, plain or chat"),
+        Some(other) => bail!("--template {other}: expected auto, dolly, plain or chat"),
     }))
 }
 

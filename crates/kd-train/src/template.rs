@@ -3,7 +3,8 @@
 //!
 //! | template | prompt |
 //! |---|---|
-//! | `dolly` (default) | the Alpaca/Dolly template MiniLLM uses: `Below is an instruction that describes a task[, paired with an input that provides further context]. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n[### Input:\n{context}\n\n]### Response:\n` |
+//! | `auto` (default) | `chat` when the tokenizer's `tokenizer_config.json` has a `chat_template`, else `dolly` |
+//! | `dolly` | the Alpaca/Dolly template MiniLLM uses: `Below is an instruction that describes a task[, paired with an input that provides further context]. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n[### Input:\n{context}\n\n]### Response:\n` |
 //! | `plain` | `{instruction}\n` or `{instruction}\n{context}\n` (short prompts for tiny models) |
 //! | `chat` | the model's `chat_template` from `tokenizer_config.json`, rendered with minijinja: `messages = [{role: "user", content: instruction [+ "\n\n" + context]}]`, `add_generation_prompt = true`, `bos_token`, `eos_token` |
 //! | `{with_context = "…", without_context = "…"}` | your own, with `{instruction}` and `{context}` placeholders |
@@ -27,8 +28,10 @@ pub const DOLLY_WITH_CONTEXT: &str = "Below is an instruction that describes a t
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TemplateName {
-    /// MiniLLM's Dolly/Alpaca template.
+    /// The model's chat template when its `tokenizer_config.json` has one, else `dolly`.
     #[default]
+    Auto,
+    /// MiniLLM's Dolly/Alpaca template.
     Dolly,
     /// The instruction (and context) on their own lines.
     Plain,
@@ -53,7 +56,7 @@ pub enum PromptTemplate {
 
 impl Default for PromptTemplate {
     fn default() -> Self {
-        Self::Named(TemplateName::Dolly)
+        Self::Named(TemplateName::Auto)
     }
 }
 
@@ -97,41 +100,22 @@ fn special(v: Option<&serde_json::Value>) -> String {
 
 impl PromptRenderer {
     /// A renderer for `template`; `tokenizer` (a directory or its `tokenizer.json`) is where
-    /// `chat` finds `tokenizer_config.json`.
+    /// `chat` and `auto` find `tokenizer_config.json`.
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] when `chat` is asked for and the tokenizer has no
     /// `chat_template`; [`TrainError::Io`] / [`TrainError::Json`] when its config cannot be read.
     pub fn new(template: &PromptTemplate, tokenizer: Option<&Path>) -> Result<Self> {
-        let chat = match template {
-            PromptTemplate::Named(TemplateName::Chat) => {
-                let dir = tokenizer.map(|p| if p.is_dir() { p } else { p.parent().unwrap_or(p) });
-                let path = dir.map(|d| d.join("tokenizer_config.json"));
-                let Some(path) = path.filter(|p| p.is_file()) else {
-                    return Err(TrainError::config(
-                        "template",
-                        "a tokenizer directory with tokenizer_config.json for `chat`",
-                        "none",
-                    ));
-                };
-                let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|source| TrainError::Json { path: path.clone(), source })?;
-                let Some(source) = v.get("chat_template").and_then(|t| t.as_str()) else {
-                    return Err(TrainError::config(
-                        "template",
-                        "a tokenizer_config.json with a `chat_template` for `chat`",
-                        path.display(),
-                    ));
-                };
-                Some(ChatTemplate {
-                    source: source.to_string(),
-                    bos: special(v.get("bos_token")),
-                    eos: special(v.get("eos_token")),
-                })
-            }
-            _ => None,
-        };
+        let wants_chat =
+            matches!(template, PromptTemplate::Named(TemplateName::Chat | TemplateName::Auto));
+        let chat = if wants_chat { read_chat_template(tokenizer)? } else { None };
+        if chat.is_none() && *template == PromptTemplate::Named(TemplateName::Chat) {
+            return Err(TrainError::config(
+                "template",
+                "a tokenizer_config.json with a `chat_template` for `chat`",
+                tokenizer.map_or("no tokenizer".to_string(), |p| p.display().to_string()),
+            ));
+        }
         Ok(Self { template: template.clone(), chat })
     }
 
@@ -163,7 +147,7 @@ impl PromptRenderer {
     /// };
     /// let plain = PromptRenderer::new(&PromptTemplate::Named(TemplateName::Plain), None)?;
     /// assert_eq!(plain.render(&row)?, "Add 2 and 3.\nUse words.\n");
-    /// let dolly = PromptRenderer::new(&PromptTemplate::default(), None)?;
+    /// let dolly = PromptRenderer::new(&PromptTemplate::Named(TemplateName::Dolly), None)?;
     /// assert!(dolly.render(&row)?.ends_with("### Input:\nUse words.\n\n### Response:\n"));
     /// # Ok::<(), kd_train::TrainError>(())
     /// ```
@@ -206,6 +190,27 @@ impl PromptRenderer {
             },
         })
     }
+}
+
+/// The chat template of the tokenizer at `tokenizer` (a directory or its `tokenizer.json`), if
+/// its `tokenizer_config.json` has one.
+fn read_chat_template(tokenizer: Option<&Path>) -> Result<Option<ChatTemplate>> {
+    let Some(p) = tokenizer else {
+        return Ok(None);
+    };
+    let dir = if p.is_dir() { p } else { p.parent().unwrap_or(p) };
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|source| TrainError::Json { path: path.clone(), source })?;
+    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(|source| ChatTemplate {
+        source: source.to_string(),
+        bos: special(v.get("bos_token")),
+        eos: special(v.get("eos_token")),
+    }))
 }
 
 fn chat_error(e: minijinja::Error) -> TrainError {
@@ -263,8 +268,17 @@ mod tests {
         );
         let broken = PromptRenderer::from_chat_template("{% for %}", "", "");
         assert!(matches!(broken.render(&row(None)), Err(TrainError::InvalidConfig { .. })));
-        // `chat` without a tokenizer config is a clear error.
+        // `chat` without a tokenizer config is a clear error; `auto` falls back to dolly.
         let chat = PromptTemplate::Named(TemplateName::Chat);
         assert!(PromptRenderer::new(&chat, None).is_err());
+        let dir = std::env::temp_dir().join(format!("kd-chat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let auto = PromptRenderer::new(&PromptTemplate::default(), Some(&dir)).unwrap();
+        assert!(auto.render(&row(None)).unwrap().starts_with("Below is an instruction"));
+        let config = serde_json::json!({"chat_template": chatml, "bos_token": {"content": "<s>"}});
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let auto = PromptRenderer::new(&PromptTemplate::default(), Some(&dir)).unwrap();
+        assert!(auto.render(&row(None)).unwrap().starts_with("<s><|im_start|>user\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
