@@ -73,12 +73,13 @@ def main():
     ap.add_argument("--methods", nargs="+", default=["scratch-sft", "scratch-kd", "sft", "kd",
                                                      "seqkd", "gkd", "minillm"])
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "methods"))
+    ap.add_argument("--table-only", action="store_true", help="print the table of results.json")
     a = ap.parse_args()
     results = {}
     path = os.path.join(a.out, "results.json")
     if os.path.exists(path):
         results = json.load(open(path))
-    for method in a.methods:
+    for method in [] if a.table_only else a.methods:
         for seed in a.seeds:
             key = f"{method}-s{seed}"
             if key in results:
@@ -106,9 +107,9 @@ def main():
                   f"{secs:.0f}s", flush=True)
             os.makedirs(a.out, exist_ok=True)
             json.dump(results, open(path, "w"), indent=1)
-    print("\n| method | exact match (mean ± sd) | ROUGE-L (mean ± sd) | wall time per run | "
-          "rollout tokens/s |")
-    print("|---|---|---|---|---|")
+    print("\n| method | exact match (mean ± sd) | ROUGE-L (mean ± sd) | held-out CE | "
+          "wall time per run | rollout tokens/s |")
+    print("|---|---|---|---|---|---|")
     for method in a.methods:
         rows = [r for r in results.values() if r["method"] == method]
         if not rows:
@@ -119,8 +120,10 @@ def main():
         secs = statistics.mean(r["seconds"] for r in rows)
         speeds = [r["rollout_tokens_per_s"] for r in rows if r["rollout_tokens_per_s"]]
         speed = f"{statistics.mean(speeds):,.0f}" if speeds else "—"
+        ce = [r["loss"] for r in rows]
         print(f"| {method} (n={len(rows)}) | {statistics.mean(em):.3f} ± {sd(em):.3f} | "
-              f"{statistics.mean(rl):.3f} ± {sd(rl):.3f} | {secs:.0f} s | {speed} |")
+              f"{statistics.mean(rl):.3f} ± {sd(rl):.3f} | {statistics.mean(ce):.4f} ± "
+              f"{sd(ce):.4f} | {secs:.0f} s | {speed} |")
 
 
 if __name__ == "__main__":

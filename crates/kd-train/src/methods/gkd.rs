@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `p` is the teacher's and `q` the student's next-token distribution on the same tokens
-//! (kd-losses [`GeneralizedJsd`](kd_losses::GeneralizedJsd), golden-checked). Responses are
+//! (kd-losses [`kd_losses::GeneralizedJsd`], golden-checked). Responses are
 //! sampled with the KV cache at temperature 0.9 and at most 128 new tokens by default, stop at
 //! EOS and stay within the block length. The coin for λ and the sampling use the trainer's
 //! seeded RNG, so a resumed run draws the same batches.

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Every term of `L_pg + L_reg` goes through kd-losses' golden-checked
-//! [`MiniLlm`](kd_losses::MiniLlm); this file does the sampling, the rollout store and the
+//! [`kd_losses::MiniLlm`]; this file does the sampling, the rollout store and the
 //! language-modelling loss. The rollout store (prompts, responses, old log-probabilities) and the
 //! position in it are checkpointed, so a resumed run continues inside a rollout phase exactly.
 //! MiniLLM starts from a student fine-tuned on the task (SFT); start the run from such a

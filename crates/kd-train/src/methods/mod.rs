@@ -18,7 +18,7 @@
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
 //!    paper's defaults in `Default`, a `validate` and an `init` that returns the method) and a type
 //!    that implements [`Method`] for every student and teacher type.
-//! 2. One line in the [`methods!`] invocation below: `"<id>" => Variant(path::Config)`.
+//! 2. One line in the `methods!` invocation below: `"<id>" => Variant(path::Config)`.
 //! 3. Its doc page `docs/methods/<id>.md` (what it does, every knob, the paper and its official
 //!    code) and an example config `crates/kd-cli/configs/<id>.toml`.
 //! 4. Its test in `tests/methods.rs`: a few steps on tiny models and an exact resume mid-run.
