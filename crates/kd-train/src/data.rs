@@ -556,6 +556,40 @@ mod tests {
         assert_eq!(prompt_ids("<s>ab", &Chars).unwrap(), [1, 97, 98]);
     }
 
+    /// With a real tokenizer (the tiny Llama fixture, `<s>` = 1): a chat template that writes
+    /// `{{ bos_token }}` gives the same single BOS id as a template that does not.
+    #[test]
+    fn bos_is_not_doubled_by_a_chat_template_with_a_real_tokenizer() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../kd-models/tests/fixtures/hf-tiny-llama");
+        let tok = kd_models::Tokenizer::from_dir(&dir).unwrap();
+        let bos = tok.bos_id().unwrap();
+        let chat = PromptRenderer::from_chat_template(
+            "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let row = InstructionRow {
+            instruction: "Name a color.".into(),
+            context: None,
+            response: "Red.".into(),
+            templated: false,
+        };
+        let prompt = chat.render(&row).unwrap();
+        assert!(prompt.starts_with("<s>[INST]"));
+        let ids = prompt_ids(&prompt, &tok).unwrap();
+        assert_eq!(ids[0], bos);
+        assert_eq!(ids.iter().filter(|&&t| t == bos).count(), 1, "{ids:?}");
+        // The same prompt without the BOS text gets the BOS id prepended: identical ids.
+        let bare = prompt_ids(prompt.strip_prefix("<s>").unwrap(), &tok).unwrap();
+        assert_eq!(bare, ids);
+        // Training blocks start from exactly these ids.
+        let ex = InstructionExample { prompt, response: row.response };
+        let block = &instruction_blocks(&[ex], &tok, 64).unwrap()[0];
+        assert_eq!(&block.input_ids[..ids.len()], &ids[..]);
+    }
+
     #[test]
     fn jsonl_reading() {
         let dir = std::env::temp_dir().join(format!("kd-train-jsonl-{}", std::process::id()));

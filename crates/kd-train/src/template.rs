@@ -12,8 +12,14 @@
 //! A row that already has a `prompt` field is used as is (it is templated already). When a
 //! rendered prompt starts with the BOS token's text (chat templates often write it),
 //! [`crate::data::prompt_ids`] does not add a second BOS id.
+//!
+//! Chat templates are compiled once and rendered as transformers' `apply_chat_template` renders
+//! them: `trim_blocks` and `lstrip_blocks` on, a `raise_exception(message)` function, and the
+//! common Python string/dict methods (`.strip()`, `.startswith()`, `.items()`, …) through
+//! `minijinja-contrib`'s `pycompat`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +79,7 @@ pub struct InstructionRow {
     pub templated: bool,
 }
 
-/// A template ready to render: the chat template, when used, is read once.
+/// A template ready to render: the chat template, when used, is read and compiled once.
 #[derive(Debug, Clone)]
 pub struct PromptRenderer {
     template: PromptTemplate,
@@ -82,9 +88,29 @@ pub struct PromptRenderer {
 
 #[derive(Debug, Clone)]
 struct ChatTemplate {
-    source: String,
+    /// Holds the compiled template under the name `chat`.
+    env: Arc<minijinja::Environment<'static>>,
     bos: String,
     eos: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source` in an environment that behaves like transformers' chat templating.
+    fn new(source: String, bos: String, eos: String) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(chat_error)?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> std::result::Result<(), _> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
+        env.add_template_owned("chat", source).map_err(chat_error)?;
+        Ok(Self { env: Arc::new(env), bos, eos })
+    }
 }
 
 /// A special token of `tokenizer_config.json`: a string or `{"content": …}`.
@@ -100,11 +126,15 @@ fn special(v: Option<&serde_json::Value>) -> String {
 
 impl PromptRenderer {
     /// A renderer for `template`; `tokenizer` (a directory or its `tokenizer.json`) is where
-    /// `chat` and `auto` find `tokenizer_config.json`.
+    /// `chat` and `auto` find the chat template: `chat_template` in `tokenizer_config.json` (a
+    /// string, or the entry named `default` of a list), else a `chat_template.jinja` file beside
+    /// it (what recent transformers versions save); `bos_token` and `eos_token` come from
+    /// `tokenizer_config.json`, else `special_tokens_map.json`.
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] when `chat` is asked for and the tokenizer has no
-    /// `chat_template`; [`TrainError::Io`] / [`TrainError::Json`] when its config cannot be read.
+    /// [`TrainError::InvalidConfig`] when `chat` is asked for and the tokenizer has no chat
+    /// template, or when the chat template does not compile; [`TrainError::Io`] /
+    /// [`TrainError::Json`] when a tokenizer file cannot be read.
     pub fn new(template: &PromptTemplate, tokenizer: Option<&Path>) -> Result<Self> {
         let wants_chat =
             matches!(template, PromptTemplate::Named(TemplateName::Chat | TemplateName::Auto));
@@ -119,16 +149,16 @@ impl PromptRenderer {
         Ok(Self { template: template.clone(), chat })
     }
 
-    /// A renderer for a chat template given as text (what `tokenizer_config.json` holds).
-    pub fn from_chat_template(source: &str, bos_token: &str, eos_token: &str) -> Self {
-        Self {
+    /// A renderer for a chat template given as text (what `tokenizer_config.json` holds), with
+    /// the text of the BOS and EOS tokens it may write.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the template does not compile.
+    pub fn from_chat_template(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        Ok(Self {
             template: PromptTemplate::Named(TemplateName::Chat),
-            chat: Some(ChatTemplate {
-                source: source.into(),
-                bos: bos_token.into(),
-                eos: eos_token.into(),
-            }),
-        }
+            chat: Some(ChatTemplate::new(source.into(), bos_token.into(), eos_token.into())?),
+        })
     }
 
     /// The prompt text of `row`.
@@ -165,9 +195,7 @@ impl PromptRenderer {
                     Some(c) => format!("{}\n\n{c}", row.instruction),
                     None => row.instruction.clone(),
                 };
-                let mut env = minijinja::Environment::new();
-                env.add_template("chat", &chat.source).map_err(chat_error)?;
-                let t = env.get_template("chat").map_err(chat_error)?;
+                let t = chat.env.get_template("chat").map_err(chat_error)?;
                 t.render(minijinja::context! {
                     messages => vec![minijinja::context! { role => "user", content => content }],
                     add_generation_prompt => true,
@@ -193,28 +221,50 @@ impl PromptRenderer {
 }
 
 /// The chat template of the tokenizer at `tokenizer` (a directory or its `tokenizer.json`), if
-/// its `tokenizer_config.json` has one.
+/// it has one (see [`PromptRenderer::new`] for where it is looked for).
 fn read_chat_template(tokenizer: Option<&Path>) -> Result<Option<ChatTemplate>> {
     let Some(p) = tokenizer else {
         return Ok(None);
     };
     let dir = if p.is_dir() { p } else { p.parent().unwrap_or(p) };
-    let path = dir.join("tokenizer_config.json");
+    let config = read_json(&dir.join("tokenizer_config.json"))?;
+    let source = match config.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // Several named templates: the one transformers uses by default.
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    };
+    let jinja = dir.join("chat_template.jinja");
+    let source = match source {
+        Some(s) => s,
+        None if jinja.is_file() => {
+            std::fs::read_to_string(&jinja).map_err(|e| TrainError::io(&jinja, e))?
+        }
+        None => return Ok(None),
+    };
+    let map = read_json(&dir.join("special_tokens_map.json"))?;
+    let token = |key: &str| {
+        let t = special(config.get(key));
+        if t.is_empty() { special(map.get(key)) } else { t }
+    };
+    ChatTemplate::new(source, token("bos_token"), token("eos_token")).map(Some)
+}
+
+/// The JSON object in `path`; `null` when there is no such file.
+fn read_json(path: &Path) -> Result<serde_json::Value> {
     if !path.is_file() {
-        return Ok(None);
+        return Ok(serde_json::Value::Null);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|source| TrainError::Json { path: path.clone(), source })?;
-    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(|source| ChatTemplate {
-        source: source.to_string(),
-        bos: special(v.get("bos_token")),
-        eos: special(v.get("eos_token")),
-    }))
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|source| TrainError::Json { path: path.to_path_buf(), source })
 }
 
 fn chat_error(e: minijinja::Error) -> TrainError {
-    TrainError::config("template", "a chat template that renders", e)
+    TrainError::config("template", "a chat template that compiles and renders", e)
 }
 
 #[cfg(test)]
@@ -261,13 +311,13 @@ mod tests {
     #[test]
     fn chat_templates_render_with_minijinja() {
         let chatml = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-        let r = PromptRenderer::from_chat_template(chatml, "<s>", "</s>");
+        let r = PromptRenderer::from_chat_template(chatml, "<s>", "</s>").unwrap();
         assert_eq!(
             r.render(&row(Some("sky"))).unwrap(),
             "<s><|im_start|>user\nName a color.\n\nsky<|im_end|>\n<|im_start|>assistant\n"
         );
         let broken = PromptRenderer::from_chat_template("{% for %}", "", "");
-        assert!(matches!(broken.render(&row(None)), Err(TrainError::InvalidConfig { .. })));
+        assert!(matches!(broken, Err(TrainError::InvalidConfig { .. })));
         // `chat` without a tokenizer config is a clear error; `auto` falls back to dolly.
         let chat = PromptTemplate::Named(TemplateName::Chat);
         assert!(PromptRenderer::new(&chat, None).is_err());
@@ -279,6 +329,50 @@ mod tests {
         std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
         let auto = PromptRenderer::new(&PromptTemplate::default(), Some(&dir)).unwrap();
         assert!(auto.render(&row(None)).unwrap().starts_with("<s><|im_start|>user\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Renders as transformers does (Jinja2 with `trim_blocks`, `lstrip_blocks`,
+    /// `raise_exception`); the expected text is what Python's jinja2 3.1 gives.
+    #[test]
+    fn chat_templates_render_like_transformers() {
+        let llama2ish = "{% if messages[0]['role'] != 'user' %}\n    {{ raise_exception('user first') }}\n{% endif %}\n{% for message in messages %}\n    {% if message['role'] == 'user' %}\n{{ bos_token + '[INST] ' + message['content'].strip() + ' [/INST]' }}\n    {% endif %}\n{% endfor %}\n";
+        let r = PromptRenderer::from_chat_template(llama2ish, "<s>", "</s>").unwrap();
+        let padded = InstructionRow { instruction: "  Name a color.".into(), ..row(Some("sky ")) };
+        assert_eq!(r.render(&padded).unwrap(), "<s>[INST] Name a color.\n\nsky [/INST]\n");
+        let refuses = "{{ raise_exception('no user turns, please') }}";
+        let r = PromptRenderer::from_chat_template(refuses, "", "").unwrap();
+        let err = r.render(&row(None)).unwrap_err();
+        assert!(err.to_string().contains("no user turns, please"), "{err}");
+    }
+
+    #[test]
+    fn chat_template_files() {
+        let dir = std::env::temp_dir().join(format!("kd-chat-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chat = PromptTemplate::Named(TemplateName::Chat);
+        // A named list in tokenizer_config.json: the `default` entry.
+        let config = serde_json::json!({
+            "chat_template": [
+                {"name": "tool_use", "template": "tools"},
+                {"name": "default", "template": "{{ bos_token }}U: {{ messages[0].content }}"}
+            ],
+            "bos_token": "<s>"
+        });
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let r = PromptRenderer::new(&chat, Some(&dir.join("tokenizer.json"))).unwrap();
+        assert_eq!(r.render(&row(None)).unwrap(), "<s>U: Name a color.");
+        // chat_template.jinja beside a config without one; BOS from special_tokens_map.json.
+        std::fs::write(dir.join("tokenizer_config.json"), "{}").unwrap();
+        std::fs::write(dir.join("special_tokens_map.json"), r#"{"bos_token": {"content": "<b>"}}"#)
+            .unwrap();
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            "{{ bos_token }}> {{ messages[0].content }}",
+        )
+        .unwrap();
+        let r = PromptRenderer::new(&chat, Some(&dir)).unwrap();
+        assert_eq!(r.render(&row(None)).unwrap(), "<b>> Name a color.");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
