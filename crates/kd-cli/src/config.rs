@@ -238,6 +238,32 @@ mod tests {
     }
 
     #[test]
+    fn data_template_forms() {
+        use kd_train::template::{PromptTemplate, TemplateName};
+        let template = |value: &str| {
+            let mut b = ConfigBuilder::default();
+            b.set("data.template", value).unwrap();
+            b.build().map(|c| c.data.template)
+        };
+        assert_eq!(
+            ConfigBuilder::default().build().unwrap().data.template,
+            PromptTemplate::default()
+        );
+        assert_eq!(template("plain").unwrap(), PromptTemplate::Named(TemplateName::Plain));
+        assert_eq!(template("\"chat\"").unwrap(), PromptTemplate::Named(TemplateName::Chat));
+        let custom = r#"{with_context = "Q: {instruction}\n{context}\nA:", without_context = "Q: {instruction}\nA:"}"#;
+        assert_eq!(
+            template(custom).unwrap(),
+            PromptTemplate::Custom {
+                with_context: "Q: {instruction}\n{context}\nA:".into(),
+                without_context: "Q: {instruction}\nA:".into(),
+            }
+        );
+        let err = format!("{:#}", template("alpaca").unwrap_err());
+        assert!(err.contains("unknown template `alpaca`") && err.contains("dolly"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let mut b = ConfigBuilder::default();
         b.set("train.stepz", "7").unwrap();

@@ -46,16 +46,20 @@ pub enum TemplateName {
 }
 
 /// The `template` setting: a name or a custom pair of format strings.
+///
+/// Deserializes from `"auto"`, `"dolly"`, `"plain"`, `"chat"` or
+/// `{with_context = "…", without_context = "…"}`; an unknown name, an unknown key or a custom
+/// template without its placeholders is an error that lists what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "RawTemplate")]
 pub enum PromptTemplate {
-    /// `"dolly"`, `"plain"` or `"chat"`.
+    /// `"auto"`, `"dolly"`, `"plain"` or `"chat"`.
     Named(TemplateName),
     /// Format strings with `{instruction}` and `{context}` placeholders.
     Custom {
-        /// For rows with a context.
+        /// For rows with a context; must contain `{instruction}` and `{context}`.
         with_context: String,
-        /// For rows without one.
+        /// For rows without one; must contain `{instruction}`.
         without_context: String,
     },
 }
@@ -63,6 +67,73 @@ pub enum PromptTemplate {
 impl Default for PromptTemplate {
     fn default() -> Self {
         Self::Named(TemplateName::Auto)
+    }
+}
+
+impl PromptTemplate {
+    /// Checks that a custom template has its placeholders (a `with_context` without
+    /// `{context}` would silently drop every row's context).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] naming the format string and the missing placeholder.
+    pub fn validate(&self) -> Result<()> {
+        let Self::Custom { with_context, without_context } = self else {
+            return Ok(());
+        };
+        let with_both = "a format string with `{instruction}` and `{context}`";
+        let needs = [
+            ("template.with_context", with_context, "{instruction}", with_both),
+            ("template.with_context", with_context, "{context}", with_both),
+            (
+                "template.without_context",
+                without_context,
+                "{instruction}",
+                "a format string with `{instruction}`",
+            ),
+        ];
+        for (name, text, placeholder, expected) in needs {
+            if !text.contains(placeholder) {
+                return Err(TrainError::config(name, expected, format!("{text:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a config may hold before it is checked.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTemplate {
+    Name(String),
+    Custom(CustomTemplate),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomTemplate {
+    with_context: String,
+    without_context: String,
+}
+
+impl TryFrom<RawTemplate> for PromptTemplate {
+    type Error = String;
+
+    fn try_from(raw: RawTemplate) -> std::result::Result<Self, String> {
+        let accepted = r#"expected "auto", "dolly", "plain", "chat" or {with_context = "…", without_context = "…"}"#;
+        let t = match raw {
+            RawTemplate::Name(name) => Self::Named(match name.as_str() {
+                "auto" => TemplateName::Auto,
+                "dolly" => TemplateName::Dolly,
+                "plain" => TemplateName::Plain,
+                "chat" => TemplateName::Chat,
+                _ => return Err(format!("unknown template `{name}`: {accepted}")),
+            }),
+            RawTemplate::Custom(CustomTemplate { with_context, without_context }) => {
+                Self::Custom { with_context, without_context }
+            }
+        };
+        t.validate().map_err(|e| e.to_string())?;
+        Ok(t)
     }
 }
 
@@ -133,9 +204,11 @@ impl PromptRenderer {
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] when `chat` is asked for and the tokenizer has no chat
-    /// template, or when the chat template does not compile; [`TrainError::Io`] /
+    /// template, when the chat template does not compile, or when a custom template lacks a
+    /// placeholder ([`PromptTemplate::validate`]); [`TrainError::Io`] /
     /// [`TrainError::Json`] when a tokenizer file cannot be read.
     pub fn new(template: &PromptTemplate, tokenizer: Option<&Path>) -> Result<Self> {
+        template.validate()?;
         let wants_chat =
             matches!(template, PromptTemplate::Named(TemplateName::Chat | TemplateName::Auto));
         let chat = if wants_chat { read_chat_template(tokenizer)? } else { None };
@@ -306,6 +379,26 @@ mod tests {
         assert_eq!(r.render(&ready).unwrap(), "Name a color.");
         let named: PromptTemplate = serde_json::from_str(r#""plain""#).unwrap();
         assert_eq!(named, PromptTemplate::Named(TemplateName::Plain));
+    }
+
+    #[test]
+    fn bad_templates_say_what_is_accepted() {
+        let err = serde_json::from_str::<PromptTemplate>(r#""dolyl""#).unwrap_err().to_string();
+        assert!(err.contains("unknown template `dolyl`") && err.contains("\"plain\""), "{err}");
+        let no_context =
+            r#"{"with_context": "Q: {instruction}", "without_context": "Q: {instruction}"}"#;
+        let err = serde_json::from_str::<PromptTemplate>(no_context).unwrap_err().to_string();
+        assert!(err.contains("template.with_context") && err.contains("{context}"), "{err}");
+        let extra = r#"{"with_context": "{instruction}{context}", "without_context": "{instruction}", "x": "y"}"#;
+        assert!(serde_json::from_str::<PromptTemplate>(extra).is_err());
+        let built = PromptTemplate::Custom {
+            with_context: "{instruction} {context}".into(),
+            without_context: "no placeholder".into(),
+        };
+        assert!(matches!(
+            PromptRenderer::new(&built, None),
+            Err(TrainError::InvalidConfig { name: "template.without_context", .. })
+        ));
     }
 
     #[test]
