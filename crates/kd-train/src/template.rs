@@ -3,10 +3,10 @@
 //!
 //! | template | prompt |
 //! |---|---|
-//! | `auto` (default) | `chat` when the tokenizer's `tokenizer_config.json` has a `chat_template`, else `dolly` |
+//! | `auto` (default) | `chat` when the tokenizer has a chat template, else `dolly` |
 //! | `dolly` | the Alpaca/Dolly template MiniLLM uses: `Below is an instruction that describes a task[, paired with an input that provides further context]. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n[### Input:\n{context}\n\n]### Response:\n` |
 //! | `plain` | `{instruction}\n` or `{instruction}\n{context}\n` (short prompts for tiny models) |
-//! | `chat` | the model's `chat_template` from `tokenizer_config.json`, rendered with minijinja: `messages = [{role: "user", content: instruction [+ "\n\n" + context]}]`, `add_generation_prompt = true`, `bos_token`, `eos_token` |
+//! | `chat` | the model's chat template (`chat_template` in `tokenizer_config.json`, or `chat_template.jinja`), rendered with minijinja: `messages = [{role: "user", content: instruction [+ "\n\n" + context]}]`, `add_generation_prompt = true`, `bos_token`, `eos_token` |
 //! | `{with_context = "…", without_context = "…"}` | your own, with `{instruction}` and `{context}` placeholders |
 //!
 //! A row that already has a `prompt` field is used as is (it is templated already). When a
