@@ -139,13 +139,8 @@ impl RougeEval {
         batch_size: usize,
         device: &Device,
     ) -> Result<Option<f64>> {
-        let answers = self.answers(model, n, max_new_tokens, max_len, batch_size, device)?;
-        if answers.is_empty() {
-            return Ok(None);
-        }
-        let total: f64 =
-            answers.iter().zip(&self.references).map(|(a, r)| rouge_l(a, r)).sum::<f64>();
-        Ok(Some(total / answers.len() as f64))
+        let scores = self.scores(model, n, max_new_tokens, max_len, batch_size, device)?;
+        Ok(scores.map(|s| s.rouge_l))
     }
 
     /// Mean ROUGE-L F1 and exact-match accuracy of the final number
