@@ -12,16 +12,21 @@
 //!   teacher runs on the plain device without a graph, in the same process.
 //! - [`rollout`]: seeded batched sampling with the KV cache (temperature, top-k, top-p, EOS,
 //!   teacher mixing) that returns tokens, sampling log-probabilities and masks; scoring of
-//!   sampled sequences in one forward. Vocabularies that differ by padding are sliced to the shared ids on request
+//!   sampled sequences in one forward.
+//! - Vocabularies that differ by padding are sliced to the shared ids on request
 //!   ([`VocabAlignment`]), else [`TrainError::VocabMismatch`].
 //! - [`AdamW`] with Hugging Face decay groups (no decay on biases, norms, embeddings), warmup +
 //!   cosine [`LrSchedule`], gradient accumulation, global-norm clipping.
-//! - [`data`]: plain text packed into blocks, instruction JSONL with the loss on response tokens
-//!   only, deterministic seeded shuffling with a resumable cursor.
-//! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L of greedy
-//!   answers to held-out instruction prompts at every evaluation; [`plot`]: curves as PNG.
-//! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the method's state (TAID's schedule, MiniLLM's rollouts), written
-//!   atomically; a resumed run reproduces the uninterrupted one exactly.
+//! - [`data`]: plain text packed into blocks, instruction JSONL (Dolly, Alpaca, ready prompts)
+//!   with the loss on response tokens only, deterministic seeded shuffling with a resumable
+//!   cursor; [`template`]: prompt templates (MiniLLM's Dolly template, plain, the model's chat
+//!   template, custom).
+//! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L (and, with
+//!   [`exact_match`], the exact match of the final number) of greedy answers to held-out
+//!   instruction prompts at every evaluation; [`plot`]: curves as PNG.
+//! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the
+//!   method's state (TAID's schedule, MiniLLM's rollouts), written atomically; a resumed run
+//!   reproduces the uninterrupted one exactly.
 //!
 //! ## Quick start
 //!
