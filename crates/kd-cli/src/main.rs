@@ -53,6 +53,8 @@ USAGE:
               and exact-match accuracy of the final number of N greedy answers;
               training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
   kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
+  kd plot     --runs DIR,DIR,... --out FILE.png [--metric loss|rouge_l|exact_match] [--title T]
+              the held-out curves of several runs in one chart
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
               [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
 
@@ -376,6 +378,54 @@ fn cmd_generate(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `kd plot --runs DIR,DIR,… --out FILE.png [--metric exact_match|rouge_l|loss] [--title T]`:
+/// the held-out curves of several runs (their `metrics.jsonl`) in one chart.
+fn cmd_plot(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args, &[])?;
+    o.check_known(&["runs", "out", "metric", "title"])?;
+    let runs = o.get("runs").context("--runs DIR,DIR,... is required")?;
+    let out = PathBuf::from(o.get("out").context("--out FILE.png is required")?);
+    let metric = o.get("metric").unwrap_or("loss");
+    let pick = |e: &kd_train::EvalRecord| -> Result<Option<f64>> {
+        Ok(match metric {
+            "loss" => Some(e.loss),
+            "rouge_l" => e.rouge_l,
+            "exact_match" => e.exact_match,
+            other => bail!("--metric {other}: expected loss, rouge_l or exact_match"),
+        })
+    };
+    let mut series = Vec::new();
+    for dir in runs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let path = PathBuf::from(dir).join(kd_train::trainer::METRICS_FILE);
+        let mut points = Vec::new();
+        for line in kd_train::metrics::read_jsonl(&path)? {
+            if let kd_train::MetricsLine::Eval(e) = line
+                && let Some(y) = pick(&e)?
+            {
+                points.push((e.step as f64, y));
+            }
+        }
+        if points.is_empty() {
+            bail!("{}: no held-out `{metric}` in its metrics", path.display());
+        }
+        let name = PathBuf::from(dir)
+            .file_name()
+            .map_or(dir.to_string(), |n| n.to_string_lossy().to_string());
+        series.push(kd_train::plot::Series { name, points });
+    }
+    let chart = kd_train::plot::Chart {
+        title: o.get("title").unwrap_or("held-out").to_string(),
+        x_label: "step".into(),
+        y_label: metric.replace('_', " "),
+        series,
+        width: 900,
+        height: 560,
+    };
+    chart.write_png(&out)?;
+    println!("{} curves in {}", chart.series.len(), out.display());
+    Ok(())
+}
+
 fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
     let o = Opts::parse(args, &[])?;
     o.check_known(&[
@@ -456,6 +506,7 @@ fn main() {
         Some("distill") => cmd_train(&args[1..], true),
         Some("eval") => cmd_eval(&args[1..]),
         Some("seqkd-generate") => cmd_seqkd_generate(&args[1..]),
+        Some("plot") => cmd_plot(&args[1..]),
         Some("generate") => cmd_generate(&args[1..]),
         Some("export") => cmd_export(&args[1..]),
         Some("demo") => demo::cmd_demo(&args[1..]),

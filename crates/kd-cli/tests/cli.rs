@@ -301,6 +301,23 @@ fn every_method_runs_through_kd_distill_and_resumes() {
         let run = std::fs::read_to_string(out.join("run.toml")).unwrap();
         assert!(run.contains(method), "{method}: {run}");
     }
+    // The held-out curves of every method in one chart.
+    let runs: Vec<String> = ["sft", "kd", "seqkd", "gkd", "minillm"]
+        .iter()
+        .map(|m| dir.join(m).display().to_string())
+        .collect();
+    let png = dir.join("methods.png");
+    let out = kd(&[
+        "plot",
+        "--runs",
+        &runs.join(","),
+        "--metric",
+        "exact_match",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.contains("5 curves"), "{out}");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     // SeqKD wrote the teacher's answers with their provenance.
     let answers = std::fs::read_to_string(dir.join("seqkd").join("seqkd_train.jsonl")).unwrap();
     assert_eq!(answers.lines().count(), 24);
