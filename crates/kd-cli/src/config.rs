@@ -151,26 +151,24 @@ impl ConfigBuilder {
         table.remove(*last);
     }
 
+    /// The value at `dotted.key`, if set.
+    fn get(&self, key: &str) -> Option<&toml::Value> {
+        let (path, last) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut table = &self.table;
+        for p in path.split('.').filter(|p| !p.is_empty()) {
+            table = table.get(p)?.as_table()?;
+        }
+        table.get(last)
+    }
+
     /// Whether `dotted.key` is set.
     pub fn has(&self, key: &str) -> bool {
-        let mut v: Option<&toml::Value> = None;
-        let mut table = Some(&self.table);
-        for p in key.split('.') {
-            v = table.and_then(|t| t.get(p));
-            table = v.and_then(toml::Value::as_table);
-        }
-        v.is_some()
+        self.get(key).is_some()
     }
 
     /// The string at `dotted.key`, if it is one.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        let mut v: Option<&toml::Value> = None;
-        let mut table = Some(&self.table);
-        for p in key.split('.') {
-            v = table.and_then(|t| t.get(p));
-            table = v.and_then(toml::Value::as_table);
-        }
-        v.and_then(toml::Value::as_str)
+        self.get(key).and_then(toml::Value::as_str)
     }
 
     /// The typed config.

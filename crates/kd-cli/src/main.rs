@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use kd_models::{CausalLm, GenerationConfig, Sampling};
+use kd_train::template::PromptRenderer;
 
 use crate::config::ConfigBuilder;
 
@@ -257,16 +258,19 @@ fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tok
     run::load_tokenizer(&path)
 }
 
-/// `--template auto|dolly|plain|chat` (default auto: the model's chat template, else dolly).
-fn template_option(o: &Opts) -> Result<kd_train::template::PromptTemplate> {
+/// The prompt template of `--template auto|dolly|plain|chat` (default auto: the model's chat
+/// template, else dolly), with the tokenizer [`tokenizer_for`] reads.
+fn template_for(o: &Opts, model_dir: &std::path::Path) -> Result<PromptRenderer> {
     use kd_train::template::{PromptTemplate, TemplateName};
-    Ok(PromptTemplate::Named(match o.get("template") {
+    let name = match o.get("template") {
         None | Some("auto") => TemplateName::Auto,
         Some("dolly") => TemplateName::Dolly,
         Some("plain") => TemplateName::Plain,
         Some("chat") => TemplateName::Chat,
         Some(other) => bail!("--template {other}: expected auto, dolly, plain or chat"),
-    }))
+    };
+    let tokenizer = o.get("tokenizer").map(PathBuf::from).unwrap_or_else(|| model_dir.into());
+    Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(&tokenizer))?)
 }
 
 fn cmd_eval(args: &[String]) -> Result<()> {
@@ -295,12 +299,7 @@ fn cmd_eval(args: &[String]) -> Result<()> {
     let model = CausalLm::from_pretrained(&model_dir, &device)?;
     let tok = tokenizer_for(&o, &model_dir)?;
     let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
-    let data_config = config::DataConfig {
-        template: template_option(&o)?,
-        tokenizer: Some(o.get("tokenizer").map(PathBuf::from).unwrap_or(model_dir.clone())),
-        ..Default::default()
-    };
-    let template = run::renderer(&data_config)?;
+    let template = template_for(&o, &model_dir)?;
     let set = run::load_blocks(&data, format, &template, &tok, seq_len)?;
     let batch = o.parsed::<usize>("batch-size")?.unwrap_or(8);
     let r = kd_train::evaluate(&model, &set, batch, None, &device);
@@ -365,11 +364,12 @@ fn cmd_generate(args: &[String]) -> Result<()> {
             Sampling::Sample { temperature, top_k: o.parsed("top-k")?, top_p: o.parsed("top-p")? }
         }
     };
+    let tokens = kd_train::methods::SpecialTokens::of(&tok);
     let config = GenerationConfig {
         max_new_tokens: o.parsed("max-new-tokens")?.unwrap_or(64),
         sampling,
-        eos_token_ids: tok.eos_token_id().into_iter().collect(),
-        pad_token_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
+        eos_token_ids: tokens.eos_ids,
+        pad_token_id: tokens.pad_id,
         seed: o.parsed("seed")?.unwrap_or(0),
         output_step_logits: false,
     };
@@ -469,13 +469,7 @@ fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
     let device = Device::flex();
     let teacher = CausalLm::from_pretrained(&teacher_dir, &device)?;
     let tok = tokenizer_for(&o, &teacher_dir)?;
-    let data_config = config::DataConfig {
-        train: Some(data.clone()),
-        template: template_option(&o)?,
-        tokenizer: Some(o.get("tokenizer").map(PathBuf::from).unwrap_or(teacher_dir.clone())),
-        ..Default::default()
-    };
-    let examples = run::instruction_examples(&data_config, &data)?;
+    let examples = kd_train::data::read_instruction_jsonl(&data, &template_for(&o, &teacher_dir)?)?;
     let provenance = seqkd::Provenance {
         teacher: teacher_dir,
         teacher_params: teacher.num_params(),

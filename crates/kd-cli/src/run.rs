@@ -11,7 +11,7 @@ use kd_train::data::{
     InstructionExample, TokenDataset, instruction_blocks, pack_tokens, read_instruction_jsonl,
     split_documents, tokenize_documents,
 };
-use kd_train::methods::TeacherUse;
+use kd_train::methods::SpecialTokens;
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::plot::{Chart, Series, write_png_stack};
@@ -215,9 +215,8 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
     let mut examples = instruction_examples(&config.data, &source)?;
     if config.data.eval.is_none() {
         // The held-out tail, as `load_data` splits it (one block per example).
-        let n = examples.len();
-        let k = ((n as f64 * config.data.eval_fraction).round() as usize).clamp(1, n);
-        let held_out = examples.split_off(n - k);
+        let k = kd_train::data::tail_len(examples.len(), config.data.eval_fraction);
+        let held_out = examples.split_off(examples.len() - k);
         let eval_path = out.join("seqkd_eval.jsonl");
         let mut text = String::new();
         for ex in &held_out {
@@ -293,8 +292,6 @@ pub fn run_job(
         }
         _ => config,
     };
-    let probe = method.init::<CausalLm, CausalLm>(config.train.steps)?;
-    let uses_teacher = probe.teacher_use() == TeacherUse::Required;
     log::info!("method: {}", method.name());
     let tok_path = config.data.tokenizer.clone();
     let tok = tok_path.as_ref().map(|p| load_tokenizer(p)).transpose()?;
@@ -343,15 +340,14 @@ pub fn run_job(
     let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
     let mut trainer = Trainer::new(train_config, student, &device)?;
     if let Some(tok) = &tok {
-        let eos: Vec<u32> = tok.eos_token_id().into_iter().collect();
-        let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0);
-        trainer = trainer.with_special_tokens(eos, pad);
+        let SpecialTokens { eos_ids, pad_id } = SpecialTokens::of(tok);
+        trainer = trainer.with_special_tokens(eos_ids, pad_id);
     }
     if let Some(pt) = pt_data {
         log::info!("PT corpus: {} blocks", pt.len());
         trainer = trainer.with_pt_data(pt);
     }
-    if uses_teacher {
+    if trainer.uses_teacher() {
         let teacher = match teacher {
             Some(t) => t,
             None => load_model(&config.teacher, "teacher", &plain)?,

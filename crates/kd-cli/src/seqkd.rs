@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 use kd_models::{CausalLm, Tokenizer};
-use kd_train::data::{InstructionExample, TextEncoder, prompt_ids};
+use kd_train::data::{InstructionExample, prompt_ids};
 use kd_train::methods::SpecialTokens;
 use kd_train::methods::seqkd::{SeqKdConfig, teacher_answers};
 use serde::{Deserialize, Serialize};
@@ -92,10 +92,7 @@ pub fn generate(
         prompts.push(ids);
         which.push(i);
     }
-    let tokens = SpecialTokens {
-        eos_ids: tok.eos_id().into_iter().collect(),
-        pad_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
-    };
+    let tokens = SpecialTokens::of(tok);
     let every = (prompts.len() / 10).max(1);
     let answers = teacher_answers(
         teacher,

@@ -22,22 +22,21 @@ fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
 }
 
+/// The `[student.init]` table of a 1-layer × 16 LLaMA over the 512-token tokenizer.
+fn tiny_student(max_positions: usize) -> String {
+    format!(
+        "[student.init]\nmodel_type = \"llama\"\nvocab_size = 512\nhidden_size = 16\n\
+         intermediate_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
+         num_key_value_heads = 1\nmax_position_embeddings = {max_positions}\n\
+         bos_token_id = 1\neos_token_id = 2\n"
+    )
+}
+
 fn write_config(dir: &Path) -> PathBuf {
     let a = assets();
     let text = format!(
         r#"
-[student.init]
-model_type = "llama"
-vocab_size = 512
-hidden_size = 16
-intermediate_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-max_position_embeddings = 64
-bos_token_id = 1
-eos_token_id = 2
-
+{student}
 [data]
 tokenizer = "{tok}"
 train = "{train}"
@@ -52,6 +51,7 @@ eval_batches = 2
 checkpoint_every = 2
 log_every = 1
 "#,
+        student = tiny_student(64),
         tok = a.display(),
         train = a.join("tinystories.txt").display(),
     );
@@ -205,18 +205,7 @@ fn write_method_config(dir: &Path, teacher: &Path) -> PathBuf {
     let (train, eval) = (take("train.jsonl", 24), take("eval.jsonl", 6));
     let text = format!(
         r#"
-[student.init]
-model_type = "llama"
-vocab_size = 512
-hidden_size = 16
-intermediate_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-max_position_embeddings = 128
-bos_token_id = 1
-eos_token_id = 2
-
+{student}
 [teacher]
 pretrained = "{teacher}"
 
@@ -235,10 +224,8 @@ checkpoint_every = 1
 eval_rouge_prompts = 2
 eval_exact_match = true
 eval_max_new_tokens = 4
-
-[method.sampling]
-max_new_tokens = 6
 "#,
+        student = tiny_student(128),
         teacher = teacher.display(),
         tok = a.display(),
         train = train.display(),

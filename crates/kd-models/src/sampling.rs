@@ -141,46 +141,80 @@ pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
     match *sampling {
         Sampling::Greedy => argmax(logits),
         Sampling::Sample { temperature, top_k, top_p } => {
-            // Candidates sorted by logit, most likely first (stable: lower id first on ties).
-            let mut order: Vec<usize> = (0..logits.len()).collect();
-            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-            if let Some(k) = top_k {
-                order.truncate(k.max(1));
-            }
-            // softmax(logits / T) over the candidates, shifted by the max for stability.
-            let max = logits[order[0]] as f64 / temperature;
+            // softmax(logits / T) up to its normaliser, shifted by the max for stability.
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
             let weights: Vec<f64> =
-                order.iter().map(|&i| (logits[i] as f64 / temperature - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
-            let mut keep = weights.len();
-            if let Some(p) = top_p {
-                // Smallest prefix whose probability reaches p (at least one token).
-                let mut cumulative = 0.0;
-                for (n, w) in weights.iter().enumerate() {
-                    cumulative += w / total;
-                    if cumulative >= p {
-                        keep = n + 1;
-                        break;
-                    }
-                }
-            }
-            let kept_total: f64 = weights[..keep].iter().sum();
-            let mut r = rng.next_f64() * kept_total;
-            for (n, w) in weights[..keep].iter().enumerate() {
-                if r < *w {
-                    return order[n] as u32;
-                }
-                r -= w;
-            }
-            order[keep - 1] as u32
+                logits.iter().map(|&l| ((l as f64 - max) / temperature).exp()).collect();
+            draw(&weights, top_k, top_p, rng).0
         }
     }
 }
 
-fn argmax(logits: &[f32]) -> u32 {
+/// Draws an index from non-negative `weights` (any scale: a distribution up to its normaliser)
+/// restricted to the `top_k` largest and then to the smallest largest-first set whose share of
+/// what is left reaches `top_p` (nucleus), renormalised; ties keep the lower index first.
+/// Returns the index and its log-probability under that truncated distribution. Without
+/// truncation the draw walks the indices in order.
+///
+/// # Panics
+/// When `weights` is empty.
+///
+/// # Example
+/// ```
+/// use kd_models::sampling::{Rng, draw};
+/// let mut rng = Rng::new(3);
+/// assert_eq!(draw(&[0.1, 0.6, 0.3], Some(1), None, &mut rng), (1, 0.0));
+/// ```
+pub fn draw(
+    weights: &[f64],
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    rng: &mut Rng,
+) -> (u32, f64) {
+    assert!(!weights.is_empty(), "draw: no weights");
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    if top_k.is_some() || top_p.is_some() {
+        order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
+        if let Some(k) = top_k {
+            order.truncate(k.max(1));
+        }
+        if let Some(p) = top_p {
+            // Smallest prefix whose probability (within the top k) reaches p, at least one.
+            let total: f64 = order.iter().map(|&i| weights[i]).sum();
+            let mut cumulative = 0.0;
+            let mut keep = order.len();
+            for (n, &i) in order.iter().enumerate() {
+                cumulative += weights[i] / total;
+                if cumulative >= p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            order.truncate(keep);
+        }
+    }
+    let total: f64 = order.iter().map(|&i| weights[i]).sum();
+    let mut r = rng.next_f64() * total;
+    let mut chosen = *order.last().expect("at least one candidate");
+    for &i in &order {
+        if r < weights[i] {
+            chosen = i;
+            break;
+        }
+        r -= weights[i];
+    }
+    (chosen as u32, (weights[chosen] / total).ln())
+}
+
+/// The index of the first maximum.
+///
+/// # Panics
+/// When `values` is empty.
+pub fn argmax<T: PartialOrd>(values: &[T]) -> u32 {
+    assert!(!values.is_empty(), "argmax: no values");
     let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
             best = i;
         }
     }
@@ -365,6 +399,35 @@ mod tests {
         let mut rng = Rng::new(1);
         let nucleus = Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.5) };
         assert!((0..100).all(|_| choose_token(&logits, &nucleus, &mut rng) == 1));
+    }
+
+    #[test]
+    fn draw_follows_the_truncated_distribution() {
+        let probs = [0.5, 0.3, 0.2];
+        let mut rng = Rng::new(11);
+        let mut counts = [0usize; 3];
+        for _ in 0..6000 {
+            let (t, lp) = draw(&probs, None, Some(0.7), &mut rng);
+            counts[t as usize] += 1;
+            // top-p 0.7 keeps {0, 1}: renormalised 0.625 / 0.375.
+            let want = [0.625f64, 0.375][t as usize].ln();
+            assert!((lp - want).abs() < 1e-12);
+        }
+        assert_eq!(counts[2], 0);
+        let f0 = counts[0] as f64 / 6000.0;
+        assert!((f0 - 0.625).abs() < 0.03, "{f0}");
+    }
+
+    #[test]
+    fn top_p_applies_to_the_top_k_renormalised() {
+        // top-k 2 keeps {0.4, 0.35}; within them 0.4 is 53 % < 0.6, so top-p 0.6 keeps both.
+        let mut rng = Rng::new(5);
+        let seen: std::collections::BTreeSet<u32> =
+            (0..400).map(|_| draw(&[0.4, 0.35, 0.25], Some(2), Some(0.6), &mut rng).0).collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [0, 1]);
+        let (t, lp) = draw(&[4.0, 3.5, 2.5], Some(2), Some(0.6), &mut rng);
+        let want = [4.0f64 / 7.5, 3.5 / 7.5][t as usize].ln();
+        assert!((lp - want).abs() < 1e-12, "weights of any scale");
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl TokenDataset {
 
     /// Splits off the last `fraction` of the blocks (at least one) as a held-out set.
     pub fn split_off_tail(mut self, fraction: f64) -> (Self, Self) {
-        let n = ((self.blocks.len() as f64 * fraction).round() as usize).clamp(1, self.len());
+        let n = tail_len(self.len(), fraction);
         let tail = self.blocks.split_off(self.blocks.len() - n);
         (self, Self { blocks: tail })
     }
@@ -354,6 +354,12 @@ impl TokenDataset {
             counted,
         }
     }
+}
+
+/// How many of `len` items [`TokenDataset::split_off_tail`] holds out at `fraction`:
+/// `round(len · fraction)`, at least 1 (when there is one) and at most `len`.
+pub fn tail_len(len: usize, fraction: f64) -> usize {
+    ((len as f64 * fraction).round() as usize).clamp(len.min(1), len)
 }
 
 /// A batch on a device.

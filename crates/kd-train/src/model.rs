@@ -1,12 +1,14 @@
 //! [`LanguageModel`], what the loop needs of a student or a teacher, and vocabulary alignment.
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use kd_models::sampling::{Rng, Sampling, choose_token};
+use burn::tensor::{Device, Int, Tensor};
+use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::rollout::{CacheDecoder, IncrementalDecoder, RecomputeDecoder};
+use crate::rollout::{
+    CacheDecoder, IncrementalDecoder, RecomputeDecoder, SamplingConfig, SpecialTokens, decode,
+};
 
 /// A causal language model the loop can train or distil from.
 ///
@@ -141,9 +143,10 @@ pub struct HiddenAndHead {
     pub bias: Option<Tensor<1>>,
 }
 
-/// Greedy decoding through [`LanguageModel::logits`] alone, for any model: one prompt at a time,
-/// recomputing the whole sequence at every step (no cache, no padding); the same token choice
-/// as [`kd_models::generate`] (the first maximum on ties).
+/// Greedy decoding through [`LanguageModel::logits`] alone, for any model: each row's whole
+/// sequence is recomputed at every step ([`RecomputeDecoder`]: no cache, no padding inside the
+/// model), in the decoding loop of [`crate::rollout::sample`]; the same token choice as
+/// [`kd_models::generate`] (the first maximum on ties).
 ///
 /// # Errors
 /// [`TrainError::InvalidConfig`] for an empty prompt or an id outside the vocabulary.
@@ -154,33 +157,22 @@ pub fn greedy_by_recompute<M: LanguageModel>(
     eos_ids: &[u32],
     device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Greedy; `max_new_tokens = 0` becomes zero-length caps (the prompts are still checked).
+    let config = SamplingConfig {
+        temperature: 0.0,
+        max_new_tokens: max_new_tokens.max(1),
+        ..SamplingConfig::default()
+    };
+    let caps = vec![max_new_tokens; prompts.len()];
+    let tokens = SpecialTokens { eos_ids: eos_ids.to_vec(), pad_id: 0 };
+    let decoder = Box::new(RecomputeDecoder::new(model));
     let vocab = model.vocab_size();
     let mut rng = Rng::new(0); // unused by greedy choice
-    let mut out = Vec::with_capacity(prompts.len());
-    for prompt in prompts {
-        if prompt.is_empty() {
-            return Err(TrainError::config("prompts", "non-empty prompts", "an empty one"));
-        }
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(TrainError::config("prompts", "ids below the vocabulary size", bad));
-        }
-        let mut seq: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
-        let mut new = Vec::new();
-        for _ in 0..max_new_tokens {
-            let len = seq.len();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(seq.clone(), [1, len]), device);
-            let last = model.logits(ids).slice([0..1, len - 1..len, 0..vocab]); // [1, 1, vocab]
-            let row: Vec<f32> = last.into_data().try_into_vec_as::<f32>().expect("f32 logits");
-            let token = choose_token(&row, &Sampling::Greedy, &mut rng);
-            new.push(token);
-            seq.push(i64::from(token));
-            if eos_ids.contains(&token) {
-                break;
-            }
-        }
-        out.push(new);
-    }
-    Ok(out)
+    let out = decode(decoder, None, vocab, prompts, &caps, &config, &tokens, &mut rng, device)?;
+    Ok(out.responses)
 }
 
 /// What to do when student and teacher vocabularies differ in size.

@@ -14,7 +14,7 @@
 //! on-policy run draws the same tokens as an uninterrupted one.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
-use kd_models::sampling::Rng;
+use kd_models::sampling::{Rng, argmax, draw};
 use serde::{Deserialize, Serialize};
 
 use crate::data::IGNORE_INDEX;
@@ -47,8 +47,7 @@ impl SamplingConfig {
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] naming the key.
-    pub fn validate(&self, prefix: &'static str) -> Result<()> {
-        let _ = prefix;
+    pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(TrainError::config("temperature", "a finite value ≥ 0", self.temperature));
         }
@@ -64,6 +63,25 @@ impl SamplingConfig {
             return Err(TrainError::config("max_new_tokens", "≥ 1", 0));
         }
         Ok(())
+    }
+}
+
+/// Token ids that rollouts need.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// A sampled response stops after any of these.
+    pub eos_ids: Vec<u32>,
+    /// Padding id (never attended to or counted).
+    pub pad_id: u32,
+}
+
+impl SpecialTokens {
+    /// The EOS id of `tok`, and its padding id (else the EOS id, else 0).
+    pub fn of(tok: &kd_models::Tokenizer) -> Self {
+        Self {
+            eos_ids: tok.eos_token_id().into_iter().collect(),
+            pad_id: tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0),
+        }
     }
 }
 
@@ -168,65 +186,13 @@ fn softmax_at(logits: &[f32], temperature: f64) -> Vec<f64> {
     p
 }
 
-/// Draws a token from `probs` (a distribution) after top-k / top-p truncation and
-/// renormalisation; returns it with its log-probability under the truncated distribution.
-///
-/// # Example
-/// ```
-/// use kd_models::sampling::Rng;
-/// let mut rng = Rng::new(3);
-/// let (token, logprob) = kd_train::rollout::draw(&[0.1, 0.6, 0.3], Some(1), None, &mut rng);
-/// assert_eq!((token, logprob), (1, 0.0));
-/// ```
-pub fn draw(probs: &[f64], top_k: Option<usize>, top_p: Option<f64>, rng: &mut Rng) -> (u32, f64) {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    if top_k.is_some() || top_p.is_some() {
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        if let Some(k) = top_k {
-            order.truncate(k.max(1));
-        }
-        if let Some(p) = top_p {
-            let mut cum = 0.0;
-            let mut keep = order.len();
-            for (n, &i) in order.iter().enumerate() {
-                cum += probs[i];
-                if cum >= p {
-                    keep = n + 1;
-                    break;
-                }
-            }
-            order.truncate(keep);
-        }
-    }
-    let total: f64 = order.iter().map(|&i| probs[i]).sum();
-    let mut r = rng.next_f64() * total;
-    let mut chosen = *order.last().expect("a non-empty vocabulary");
-    for &i in &order {
-        if r < probs[i] {
-            chosen = i;
-            break;
-        }
-        r -= probs[i];
-    }
-    (chosen as u32, (probs[chosen] / total).ln())
-}
-
-fn argmax(p: &[f64]) -> u32 {
-    let mut best = 0;
-    for (i, v) in p.iter().enumerate() {
-        if *v > p[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Samples one response per prompt from `policy` (a model on a plain device), or from the
 /// teacher-mixed policy `(1 − α)·policy + α·teacher` when `mix = Some((teacher, α))`.
 ///
 /// Row `r` gets at most `min(config.max_new_tokens, caps[r])` tokens and stops after an id in
-/// `eos_ids`. Prompts are left-padded with `pad_id` inside (masked out). The models see the same
-/// ids; with different vocabulary sizes the mixture uses the shared first `min` ids.
+/// `tokens.eos_ids`. Prompts are left-padded with `tokens.pad_id` inside (masked out). The
+/// models see the same ids; with different vocabulary sizes the mixture uses the shared first
+/// `min` ids.
 ///
 /// # Errors
 /// [`TrainError::InvalidConfig`] for no prompts, an empty prompt, `caps` of another length, an
@@ -238,23 +204,38 @@ pub fn sample<S: LanguageModel, T: LanguageModel>(
     prompts: &[Vec<u32>],
     caps: &[usize],
     config: &SamplingConfig,
-    eos_ids: &[u32],
-    pad_id: u32,
+    tokens: &SpecialTokens,
     rng: &mut Rng,
     device: &Device,
 ) -> Result<Rollout> {
-    config.validate("sampling")?;
+    let vocab = match mix {
+        Some((t, _)) => policy.vocab_size().min(t.vocab_size()),
+        None => policy.vocab_size(),
+    };
+    let mix = mix.map(|(t, a)| (t.decoder(), a));
+    decode(policy.decoder(), mix, vocab, prompts, caps, config, tokens, rng, device)
+}
+
+/// The decoding loop of [`sample`] over given decoders (`vocab`: the ids they share).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode(
+    mut student: Box<dyn IncrementalDecoder + '_>,
+    mut teacher: Option<(Box<dyn IncrementalDecoder + '_>, f64)>,
+    vocab: usize,
+    prompts: &[Vec<u32>],
+    caps: &[usize],
+    config: &SamplingConfig,
+    tokens: &SpecialTokens,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Rollout> {
+    config.validate()?;
     if prompts.is_empty() {
         return Err(TrainError::config("prompts", "at least one prompt", 0));
     }
     if caps.len() != prompts.len() {
         return Err(TrainError::config("caps", "one cap per prompt", caps.len()));
     }
-    let vs = policy.vocab_size();
-    let vocab = match mix {
-        Some((t, _)) => vs.min(t.vocab_size()),
-        None => vs,
-    };
     for p in prompts {
         if p.is_empty() {
             return Err(TrainError::config("prompts", "non-empty prompts", "an empty one"));
@@ -263,6 +244,7 @@ pub fn sample<S: LanguageModel, T: LanguageModel>(
             return Err(TrainError::config("prompts", "ids below the vocabulary size", bad));
         }
     }
+    let (eos_ids, pad_id) = (&tokens.eos_ids, tokens.pad_id);
     let b = prompts.len();
     let limit: Vec<usize> = caps.iter().map(|&c| c.min(config.max_new_tokens)).collect();
     let steps = limit.iter().copied().max().unwrap_or(0);
@@ -281,8 +263,6 @@ pub fn sample<S: LanguageModel, T: LanguageModel>(
         mask.push(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, p.len())).collect());
     }
     let mut input = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), device);
-    let mut student = policy.decoder();
-    let mut teacher = mix.map(|(t, a)| (t.decoder(), a));
     let mut done: Vec<bool> = limit.iter().map(|&l| l == 0).collect();
     for _ in 0..steps {
         let total = mask[0].len();
@@ -356,8 +336,6 @@ pub struct SequenceBatch {
     pub labels: Tensor<2, Int>,
     /// Prompt length of each row.
     pub prompt_lens: Vec<usize>,
-    /// Response length of each row.
-    pub response_lens: Vec<usize>,
     /// The longest response.
     pub width: usize,
     responses: Vec<Vec<u32>>,
@@ -388,7 +366,6 @@ impl SequenceBatch {
             input_ids: Tensor::from_data(TensorData::new(ids, [b, seq]), device),
             labels: Tensor::from_data(TensorData::new(labels, [b, seq]), device),
             prompt_lens: prompts.iter().map(Vec::len).collect(),
-            response_lens: responses.iter().map(Vec::len).collect(),
             width,
             responses: responses.to_vec(),
         }
@@ -396,7 +373,7 @@ impl SequenceBatch {
 
     /// Number of response tokens.
     pub fn num_tokens(&self) -> usize {
-        self.response_lens.iter().sum()
+        self.responses.iter().map(Vec::len).sum()
     }
 
     /// The logits at the positions that predict each row's response. Shape:
@@ -428,8 +405,8 @@ impl SequenceBatch {
     pub fn response_mask(&self, device: &Device) -> Tensor<2, Bool> {
         let b = self.responses.len();
         let mut m = vec![false; b * self.width];
-        for (r, &n) in self.response_lens.iter().enumerate() {
-            m[r * self.width..r * self.width + n].iter_mut().for_each(|x| *x = true);
+        for (r, y) in self.responses.iter().enumerate() {
+            m[r * self.width..r * self.width + y.len()].iter_mut().for_each(|x| *x = true);
         }
         Tensor::from_data(TensorData::new(m, [b, self.width]), device)
     }
@@ -450,23 +427,6 @@ pub fn score<M: LanguageModel>(model: &M, batch: &SequenceBatch, temperature: f6
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn draw_follows_the_truncated_distribution() {
-        let probs = [0.5, 0.3, 0.2];
-        let mut rng = Rng::new(11);
-        let mut counts = [0usize; 3];
-        for _ in 0..6000 {
-            let (t, lp) = draw(&probs, None, Some(0.7), &mut rng);
-            counts[t as usize] += 1;
-            // top-p 0.7 keeps {0, 1}: renormalised 0.625 / 0.375.
-            let want = [0.625f64, 0.375][t as usize].ln();
-            assert!((lp - want).abs() < 1e-12);
-        }
-        assert_eq!(counts[2], 0);
-        let f0 = counts[0] as f64 / 6000.0;
-        assert!((f0 - 0.625).abs() < 0.03, "{f0}");
-    }
 
     #[test]
     fn sequence_layout_aligns_responses() {

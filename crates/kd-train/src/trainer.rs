@@ -269,6 +269,11 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         self.method.name()
     }
 
+    /// Whether the method needs a teacher ([`Trainer::with_teacher`]).
+    pub fn uses_teacher(&self) -> bool {
+        self.method.teacher_use() == TeacherUse::Required
+    }
+
     /// The student as it is now (on the autodiff device).
     pub fn student(&self) -> &S {
         &self.student
@@ -375,8 +380,6 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 order,
                 batch_size: self.config.batch_size,
                 rng: &mut self.rng,
-                step: self.state.step,
-                total_steps: self.config.steps,
                 vocab_alignment: self.config.vocab_alignment,
                 tokens: &self.tokens,
                 pt_data: self.pt_data.as_ref(),
@@ -404,7 +407,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         let scale = clip_factor(grad_norm, self.config.max_grad_norm);
         self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
         self.state.step += 1;
-        self.method.end_step(self.state.step, loss_sum, &mut extra)?;
+        self.method.end_step(self.state.step, loss_sum)?;
         self.state.tokens_seen += tokens;
         self.state.cursor = order.cursor();
         let secs = start.elapsed().as_secs_f64();

@@ -14,7 +14,7 @@ use kd_train::methods::kd::KdConfig;
 use kd_train::methods::minillm::MiniLlmMethodConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::params::param_values;
-use kd_train::rollout::{SamplingConfig, SequenceBatch, sample, score};
+use kd_train::rollout::{SamplingConfig, SequenceBatch, SpecialTokens, sample, score};
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
 
 const VOCAB: usize = 24;
@@ -278,9 +278,11 @@ fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
     let prompts = vec![vec![1, 5, 6, 3], vec![1, 9], vec![1, 4, 4, 4, 4, 3]];
     let caps = [6, 8, 3];
     let cfg = SamplingConfig { temperature: 0.8, max_new_tokens: 7, ..Default::default() };
+    let eos = SpecialTokens { eos_ids: vec![EOS], pad_id: 0 };
+    let no_eos = SpecialTokens::default();
     let none: Option<(&CausalLm, f64)> = None;
     let run = |seed| {
-        sample(&student, none, &prompts, &caps, &cfg, &[EOS], 0, &mut Rng::new(seed), &d).unwrap()
+        sample(&student, none, &prompts, &caps, &cfg, &eos, &mut Rng::new(seed), &d).unwrap()
     };
     let a = run(3);
     assert_eq!(a, run(3));
@@ -291,7 +293,7 @@ fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
     }
     // The recompute decoder draws the same tokens as the KV cache.
     let plain = NoCache { inner: student.clone() };
-    let b = sample(&plain, none, &prompts, &caps, &cfg, &[EOS], 0, &mut Rng::new(3), &d).unwrap();
+    let b = sample(&plain, none, &prompts, &caps, &cfg, &eos, &mut Rng::new(3), &d).unwrap();
     assert_eq!(a.responses, b.responses);
 
     // Log-probs: the student's log softmax(s/T) at the drawn tokens, as one scoring forward sees.
@@ -312,8 +314,7 @@ fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
         &prompts,
         &caps,
         &cfg,
-        &[EOS],
-        0,
+        &eos,
         &mut Rng::new(5),
         &d,
     )
@@ -331,7 +332,7 @@ fn rollouts_are_seeded_and_their_logprobs_are_the_policys() {
 
     // Greedy: the KV-cache greedy decoder's tokens, log-prob 0.
     let greedy = SamplingConfig { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
-    let g = sample(&student, none, &prompts, &[5, 5, 5], &greedy, &[], 0, &mut Rng::new(0), &d)
+    let g = sample(&student, none, &prompts, &[5, 5, 5], &greedy, &no_eos, &mut Rng::new(0), &d)
         .unwrap();
     let want = student.generate_greedy(&prompts, 5, &[], &d).unwrap();
     assert_eq!(g.responses, want);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, Prompts, StepContext, TeacherUse, prompts_of};
-use crate::model::{LanguageModel, align_vocab};
+use crate::model::LanguageModel;
 use crate::rollout::{SamplingConfig, SequenceBatch, sample};
 
 /// Config of [`Gkd`]; defaults are TRL's `GKDConfig`.
@@ -65,7 +65,7 @@ impl GkdConfig {
         if !(0.0..=1.0).contains(&self.lmbda) {
             return Err(TrainError::config("lmbda", "a value in [0, 1]", self.lmbda));
         }
-        self.sampling.validate("sampling")?;
+        self.sampling.validate()?;
         self.loss()?;
         Ok(())
     }
@@ -109,27 +109,24 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Gkd {
         let idx = cx.next_indices();
         let Prompts { prompts, mut responses, caps } = prompts_of(cx.data, &idx)?;
         let sampling = &self.config.sampling;
-        let (eos, pad) = (&cx.tokens.eos_ids, cx.tokens.pad_id);
+        let none: Option<(&T, f64)> = None;
         if self.config.seq_kd {
-            let none: Option<(&T, f64)> = None;
-            responses = sample(teacher, none, &prompts, &caps, sampling, eos, pad, cx.rng, &plain)?
-                .responses;
+            responses =
+                sample(teacher, none, &prompts, &caps, sampling, cx.tokens, cx.rng, &plain)?
+                    .responses;
         }
         let on_policy = cx.rng.next_f64() < self.config.lmbda;
         let mut metrics = Vec::new();
         if on_policy {
             let start = std::time::Instant::now();
             let student = cx.student.valid();
-            let none: Option<(&T, f64)> = None;
-            let r = sample(&student, none, &prompts, &caps, sampling, eos, pad, cx.rng, &plain)?;
+            let r = sample(&student, none, &prompts, &caps, sampling, cx.tokens, cx.rng, &plain)?;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             metrics.push(("rollout_tokens_per_s", r.num_tokens() as f64 / secs));
             responses = r.responses;
         }
-        let seqs = SequenceBatch::new(&prompts, &responses, pad, cx.device);
-        let logits = cx.student.logits(seqs.input_ids.clone()); // [b, s, v]
-        let t_logits = teacher.logits(seqs.input_ids.clone().inner()).autodiff();
-        let (s, t) = align_vocab(logits, t_logits, cx.vocab_alignment)?;
+        let seqs = SequenceBatch::new(&prompts, &responses, cx.tokens.pad_id, cx.device);
+        let (s, t) = cx.student_and_teacher_logits(teacher, seqs.input_ids.clone())?;
         let labels = seqs.labels.clone().flatten::<1>(0, 1);
         let tokens = seqs.num_tokens();
         let loss = if tokens == 0 {

@@ -14,8 +14,6 @@
 //!
 //! The loss is built once per run ([`KdConfig::init`]); TAID re-parameterises its `t` per step.
 
-use std::collections::BTreeMap;
-
 use burn::tensor::{Tensor, activation};
 use kd_losses::{
     ChunkedHeadBatch, ChunkedHeadLoss, ChunkedTeacher, Divergence, HardLabelMix, KdBatch,
@@ -28,7 +26,7 @@ use crate::data::Batch;
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, StepContext, TeacherUse};
 use crate::metrics::masked_cross_entropy_mean;
-use crate::model::{LanguageModel, align_vocab};
+use crate::model::LanguageModel;
 
 /// The teacher cut to its top `k` tokens per position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,41 +168,21 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss> {
         let teacher = cx.require_teacher("kd")?;
         let batch = cx.next_batch();
-        if let Some(chunked) = &self.chunked {
-            let divergence = match &self.loss {
-                KdLoss::Dense(d) => chunked_forward(chunked, d.as_ref(), cx, teacher, &batch)?,
-                KdLoss::Taid(taid) => {
-                    let t_now = self.taid.as_ref().map_or(0.0, TaidSchedule::t);
-                    let d = mixed(Box::new(taid.at(t_now)?), self.hard_label_weight)?;
-                    chunked_forward(chunked, d.as_ref(), cx, teacher, &batch)?
-                }
-                KdLoss::TopK(..) => unreachable!("validated: chunk_rows excludes teacher_top_k"),
-            };
-            return Ok(MicroBatchLoss {
-                loss: divergence,
-                tokens: batch.counted as u64,
-                metrics: Vec::new(),
-            });
-        }
-        let logits = cx.student.logits(batch.input_ids.clone()); // [b, s, v]
-        let t_logits = teacher.logits(batch.input_ids.clone().inner()).autodiff();
-        let (s, t) = align_vocab(logits, t_logits, cx.vocab_alignment)?;
         let labels = batch.labels.clone().flatten::<1>(0, 1);
         let w = self.hard_label_weight;
-        let loss = match &self.loss {
-            KdLoss::Dense(d) => {
-                d.forward(KdBatch::from_sequences(s, t).with_labels(labels), Reduction::Mean)?.loss
-            }
+        let taid_now; // TAID's divergence at this step's t
+        let dense: &dyn Divergence = match &self.loss {
+            KdLoss::Dense(d) => d.as_ref(),
             KdLoss::Taid(taid) => {
                 let t_now = self.taid.as_ref().map_or(0.0, TaidSchedule::t);
-                let d = mixed(Box::new(taid.at(t_now)?), w)?;
-                d.forward(KdBatch::from_sequences(s, t).with_labels(labels), Reduction::Mean)?.loss
+                taid_now = mixed(Box::new(taid.at(t_now)?), w)?;
+                taid_now.as_ref()
             }
             KdLoss::TopK(loss, k) => {
+                let (s, t) = cx.student_and_teacher_logits(teacher, batch.input_ids.clone())?;
                 let [b, n, v] = s.dims();
-                let k = (*k).min(v);
                 let lp = activation::log_softmax(t.reshape([b * n, v]), 1); // [rows, v]
-                let (values, ids) = lp.topk_with_indices(k, 1); // [rows, k]
+                let (values, ids) = lp.topk_with_indices((*k).min(v), 1); // [rows, k]
                 let sparse = SparseKdBatch {
                     student_logits: s.clone().reshape([b * n, v]),
                     teacher_topk_ids: ids,
@@ -212,13 +190,20 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
                     labels: Some(labels),
                     mask: None,
                 };
-                let kd = loss.forward(sparse, Reduction::Mean)?.loss;
+                let mut loss = loss.forward(sparse, Reduction::Mean)?.loss;
                 if w > 0.0 {
                     let ce = masked_cross_entropy_mean(s, batch.labels.clone());
-                    kd.mul_scalar(1.0 - w).add(ce.mul_scalar(w))
-                } else {
-                    kd
+                    loss = loss.mul_scalar(1.0 - w).add(ce.mul_scalar(w));
                 }
+                return Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: vec![] });
+            }
+        };
+        let loss = match &self.chunked {
+            Some(chunked) => chunked_forward(chunked, dense, cx, teacher, &batch)?,
+            None => {
+                let (s, t) = cx.student_and_teacher_logits(teacher, batch.input_ids.clone())?;
+                let kd = KdBatch::from_sequences(s, t).with_labels(labels);
+                dense.forward(kd, Reduction::Mean)?.loss
             }
         };
         Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: Vec::new() })
@@ -228,12 +213,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
         self.taid.as_ref().map(|t| vec![("taid_t", t.t())]).unwrap_or_default()
     }
 
-    fn end_step(
-        &mut self,
-        step: u64,
-        loss: f64,
-        _metrics: &mut BTreeMap<String, f64>,
-    ) -> Result<()> {
+    fn end_step(&mut self, step: u64, loss: f64) -> Result<()> {
         if let Some(t) = self.taid.as_mut() {
             t.update(step, loss);
         }

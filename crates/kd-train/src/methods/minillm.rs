@@ -33,7 +33,7 @@ use crate::data::{BatchOrder, DataCursor};
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, Prompts, StepContext, TeacherUse, prompts_of};
 use crate::metrics::masked_cross_entropy_mean;
-use crate::model::{LanguageModel, align_vocab};
+use crate::model::LanguageModel;
 use crate::rollout::{SamplingConfig, SequenceBatch, sample, score};
 
 /// Config of [`MiniLlmMethod`]; defaults are the paper's.
@@ -81,7 +81,7 @@ impl MiniLlmMethodConfig {
     /// [`TrainError::InvalidConfig`] naming the key, or the loss's error.
     pub fn validate(&self) -> Result<()> {
         self.loss.init()?;
-        self.sampling.validate("sampling")?;
+        self.sampling.validate()?;
         if self.loss.teacher_mixed_alpha.is_some_and(|a| a > 0.0) {
             if self.sampling.temperature != self.loss.temperature {
                 return Err(TrainError::config(
@@ -120,6 +120,7 @@ impl MiniLlmMethodConfig {
             loss: self.loss.init()?,
             config: self.clone(),
             store: RolloutStore::default(),
+            pt_order: None,
         })
     }
 }
@@ -149,6 +150,8 @@ pub struct MiniLlmMethod {
     config: MiniLlmMethodConfig,
     loss: MiniLlm,
     store: RolloutStore,
+    /// The PT corpus order at `store.pt_cursor` (not stored: rebuilt from the cursor).
+    pt_order: Option<BatchOrder>,
 }
 
 impl MiniLlmMethod {
@@ -172,8 +175,7 @@ impl MiniLlmMethod {
                 &prompts,
                 &caps,
                 &self.config.sampling,
-                &cx.tokens.eos_ids,
-                cx.tokens.pad_id,
+                cx.tokens,
                 cx.rng,
                 &plain,
             )?;
@@ -211,7 +213,11 @@ impl MiniLlmMethod {
                 "none",
             )
         })?;
-        let mut order = BatchOrder::new(pt.len(), cx.seed ^ 0x5054, self.store.pt_cursor);
+        // The order's permutation is built once (and again after a restore) from its cursor.
+        let cursor = self.store.pt_cursor;
+        let order = self
+            .pt_order
+            .get_or_insert_with(|| BatchOrder::new(pt.len(), cx.seed ^ 0x5054, cursor));
         let idx = order.next_batch(cx.batch_size);
         self.store.pt_cursor = order.cursor();
         let batch = pt.batch(&idx, cx.device);
@@ -245,9 +251,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for MiniLlmMethod {
         let seqs =
             SequenceBatch::new(&stored.prompts, &stored.responses, cx.tokens.pad_id, cx.device);
         let (b, w) = (stored.prompts.len(), seqs.width);
-        let logits = cx.student.logits(seqs.input_ids.clone()); // [b, s, v]
-        let t_logits = teacher.logits(seqs.input_ids.clone().inner()).autodiff();
-        let (s, t) = align_vocab(logits, t_logits, cx.vocab_alignment)?;
+        let (s, t) = cx.student_and_teacher_logits(teacher, seqs.input_ids.clone())?;
         let mut old = vec![0f32; b * w];
         for (i, lp) in stored.old_logprobs.iter().enumerate() {
             old[i * w..i * w + lp.len()].copy_from_slice(lp);
@@ -287,6 +291,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for MiniLlmMethod {
         if !state.is_null() {
             self.store = serde_json::from_value(state.clone())
                 .map_err(|e| TrainError::checkpoint("state.json", format!("minillm: {e}")))?;
+            self.pt_order = None;
         }
         Ok(())
     }

@@ -26,16 +26,16 @@
 //! The `[method]` section of a `kd` run config is a [`MethodConfig`]:
 //! `name = "gkd"` and the method's own keys.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
 use crate::error::{Result, TrainError};
-use crate::model::{LanguageModel, VocabAlignment};
+use crate::model::{LanguageModel, VocabAlignment, align_vocab};
+pub use crate::rollout::SpecialTokens;
 
 pub mod gkd;
 pub mod kd;
@@ -50,15 +50,6 @@ pub enum TeacherUse {
     None,
     /// The method needs one.
     Required,
-}
-
-/// Token ids that rollouts need.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct SpecialTokens {
-    /// A sampled response stops after any of these.
-    pub eos_ids: Vec<u32>,
-    /// Padding id (never attended to or counted).
-    pub pad_id: u32,
 }
 
 /// What a method sees in one micro-batch.
@@ -78,10 +69,6 @@ pub struct StepContext<'a, S, T> {
     pub batch_size: usize,
     /// The sampling RNG (its state goes into checkpoints).
     pub rng: &'a mut Rng,
-    /// Optimizer steps done before this one.
-    pub step: u64,
-    /// Optimizer steps of the whole run.
-    pub total_steps: u64,
     /// How to align student and teacher vocabularies.
     pub vocab_alignment: VocabAlignment,
     /// EOS and padding ids for rollouts.
@@ -107,6 +94,26 @@ impl<'a, S, T> StepContext<'a, S, T> {
     /// The plain (no-autodiff) device.
     pub fn plain_device(&self) -> Device {
         self.device.clone().inner()
+    }
+
+    /// Student logits (with a graph) and teacher logits (computed without one on the plain
+    /// device) of `input_ids`, brought to one vocabulary by the run's alignment.
+    /// Shapes: `[batch, seq]` → both `[batch, seq, vocab]`.
+    ///
+    /// # Errors
+    /// [`TrainError::VocabMismatch`] under [`VocabAlignment::Strict`].
+    pub fn student_and_teacher_logits(
+        &self,
+        teacher: &T,
+        input_ids: Tensor<2, Int>,
+    ) -> Result<(Tensor<3>, Tensor<3>)>
+    where
+        S: LanguageModel,
+        T: LanguageModel,
+    {
+        let s = self.student.logits(input_ids.clone()); // [b, s, v]
+        let t = teacher.logits(input_ids.inner()).autodiff();
+        align_vocab(s, t, self.vocab_alignment)
     }
 
     /// The teacher, or an error naming the method that needs it.
@@ -160,17 +167,12 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
     /// Loss errors, rollout errors.
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss>;
 
-    /// Called after each optimizer step with its 1-based number and loss; adds step-level
-    /// metrics (e.g. TAID's `t`). Default: nothing.
+    /// Called after each optimizer step with its 1-based number and loss (TAID's schedule
+    /// moves here). Default: nothing.
     ///
     /// # Errors
     /// The method's own.
-    fn end_step(
-        &mut self,
-        _step: u64,
-        _loss: f64,
-        _metrics: &mut BTreeMap<String, f64>,
-    ) -> Result<()> {
+    fn end_step(&mut self, _step: u64, _loss: f64) -> Result<()> {
         Ok(())
     }
 

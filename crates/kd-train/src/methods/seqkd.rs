@@ -61,7 +61,7 @@ impl SeqKdConfig {
     /// # Errors
     /// [`TrainError::InvalidConfig`] naming the key.
     pub fn validate(&self) -> Result<()> {
-        self.sampling.validate("sampling")?;
+        self.sampling.validate()?;
         if !(0.0..=1.0).contains(&self.original_fraction) {
             return Err(TrainError::config(
                 "original_fraction",
@@ -116,17 +116,7 @@ pub fn teacher_answers<T: LanguageModel>(
     let mut out = Vec::with_capacity(prompts.len());
     for (chunk, cap) in prompts.chunks(batch.max(1)).zip(caps.chunks(batch.max(1))) {
         let none: Option<(&T, f64)> = None;
-        let r = sample(
-            teacher,
-            none,
-            chunk,
-            cap,
-            sampling,
-            &tokens.eos_ids,
-            tokens.pad_id,
-            &mut rng,
-            device,
-        )?;
+        let r = sample(teacher, none, chunk, cap, sampling, tokens, &mut rng, device)?;
         out.extend(r.responses);
         progress(out.len(), prompts.len());
     }
