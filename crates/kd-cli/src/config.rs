@@ -39,6 +39,9 @@ pub struct DataConfig {
     pub train: Option<PathBuf>,
     /// Held-out file; without it the last `eval_fraction` of the training blocks is held out.
     pub eval: Option<PathBuf>,
+    /// Plain-text corpus of language-modelling terms (MiniLLM's PT loss), packed into blocks of
+    /// `seq_len`.
+    pub pt: Option<PathBuf>,
     /// Format of the files.
     pub format: DataFormat,
     /// Tokens per block.
@@ -57,6 +60,7 @@ impl Default for DataConfig {
             tokenizer: None,
             train: None,
             eval: None,
+            pt: None,
             format: DataFormat::Auto,
             seq_len: 128,
             eval_fraction: 0.1,

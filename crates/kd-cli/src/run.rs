@@ -325,17 +325,14 @@ pub fn run_job(
     log::info!("model to train: {} parameters", student.num_params());
     let config_json = serde_json::to_string_pretty(&student.config().to_json())?;
     std::fs::write(out.join(STUDENT_CONFIG), config_json)?;
-    let pt_data = match &method {
-        MethodConfig::MiniLlm(m) if m.pt_weight > 0.0 => {
-            let path = m.pt_data.as_ref().context(
-                "method minillm: set method.pt_data = a plain-text corpus for the PT loss \
-                 (or method.pt_weight = 0)",
-            )?;
+    // The plain-text corpus of language-modelling terms (MiniLLM's PT loss), when given.
+    let pt_data = match &config.data.pt {
+        Some(path) => {
             let tok = tok.as_ref().context("set data.tokenizer")?;
             let template = renderer(&config.data)?;
             Some(load_blocks(path, DataFormat::Text, &template, tok, config.data.seq_len)?)
         }
-        _ => None,
+        None => None,
     };
     let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
     let mut trainer = Trainer::new(train_config, student, &device)?;

@@ -260,7 +260,7 @@ fn every_method_runs_through_kd_distill_and_resumes() {
         let o = out.to_str().unwrap();
         let mut args = vec!["distill", "--config", cfg, "--method", method, "--out", o];
         let sampling = "method.sampling={max_new_tokens = 6}";
-        let pt = format!("method.pt_data=\"{}\"", assets().join("tinystories.txt").display());
+        let pt = format!("data.pt=\"{}\"", assets().join("tinystories.txt").display());
         match method {
             "sft" | "kd" => {}
             "minillm" => args.extend([

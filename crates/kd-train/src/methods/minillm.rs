@@ -53,12 +53,9 @@ pub struct MiniLlmMethodConfig {
     /// Passes over each rollout phase (PPO inner epochs, default `4`).
     pub ppo_epochs: usize,
     /// Weight of the language-modelling loss on the plain-text corpus
-    /// ([`Trainer::with_pt_data`](crate::Trainer::with_pt_data)); default `1`, `0` = off.
+    /// ([`Trainer::with_pt_data`](crate::Trainer::with_pt_data); `data.pt` in a `kd` config);
+    /// default `1`, `0` = off.
     pub pt_weight: f64,
-    /// The plain-text corpus of the PT loss, for the `kd` CLI (tokenised with the run's
-    /// tokenizer, packed into blocks of the run's `seq_len`); library users call
-    /// [`Trainer::with_pt_data`](crate::Trainer::with_pt_data).
-    pub pt_data: Option<std::path::PathBuf>,
 }
 
 impl Default for MiniLlmMethodConfig {
@@ -69,7 +66,6 @@ impl Default for MiniLlmMethodConfig {
             rollout_batches: 4,
             ppo_epochs: 4,
             pt_weight: 1.0,
-            pt_data: None,
         }
     }
 }
@@ -209,7 +205,7 @@ impl MiniLlmMethod {
         let pt = cx.pt_data.ok_or_else(|| {
             TrainError::config(
                 "pt_data",
-                "a plain-text corpus for the PT loss (Trainer::with_pt_data), or pt_weight = 0",
+                "a plain-text corpus for the PT loss (data.pt, Trainer::with_pt_data), or pt_weight = 0",
                 "none",
             )
         })?;
