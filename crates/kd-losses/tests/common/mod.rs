@@ -1,7 +1,7 @@
 //! Shared test helper: the macro that runs a test body on every enabled backend.
 
 /// Instantiates `$body(&Device)` once per backend: a module `<name>` with the test `flex`
-/// always, and `ndarray` / `wgpu` when those features are on.
+/// always, and `ndarray` / `wgpu` / `vulkan` when those features are on.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident => $body:path;)*) => {
@@ -21,6 +21,11 @@ macro_rules! backend_tests {
                 #[test]
                 fn wgpu() {
                     $body(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::default()).autodiff());
+                }
+                #[cfg(feature = "vulkan")]
+                #[test]
+                fn vulkan() {
+                    $body(&burn::tensor::Device::vulkan(burn::tensor::DeviceKind::default()).autodiff());
                 }
             }
         )*

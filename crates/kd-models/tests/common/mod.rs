@@ -449,6 +449,8 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     v.push(("ndarray", Device::ndarray()));
     #[cfg(feature = "wgpu")]
     v.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::default())));
+    #[cfg(feature = "vulkan")]
+    v.push(("vulkan", Device::vulkan(burn::tensor::DeviceKind::default())));
     #[cfg(feature = "cuda")]
     v.push(("cuda", Device::cuda(0)));
     v
