@@ -12,14 +12,14 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, Gpt2Config};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::layers::{
-    LayerNorm, activate, attention_mask_4d, default_position_ids, init_embedding, init_linear,
-    scaled_dot_product_attention, tied_logits,
+    LayerNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
+    fused_attention, init_embedding, init_linear, linear, tied_logits,
 };
 use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
 use crate::model::ModelOutput;
@@ -49,7 +49,7 @@ impl Gpt2Attention {
         let [b, s, e] = x.dims();
         let hd = e / self.n_head;
         let heads = |t: Tensor<3>| t.reshape([b, s, self.n_head, hd]).swap_dims(1, 2);
-        let mut qkv = self.c_attn.forward(x).chunk(3, 2); // 3 × [b, s, e]
+        let mut qkv = linear(&self.c_attn, x).chunk(3, 2); // 3 × [b, s, e]
         let v = heads(qkv.pop().expect("3 chunks")); // [b, h, s, hd]
         let k = heads(qkv.pop().expect("3 chunks"));
         let q = heads(qkv.pop().expect("3 chunks"));
@@ -57,8 +57,8 @@ impl Gpt2Attention {
             Some(cache) => cache.append(layer, k, v), // [b, h, past + s, hd]
             None => (k, v),
         };
-        let out = scaled_dot_product_attention(q, k, v, mask, self.scale); // [b, h, s, hd]
-        self.c_proj.forward(out.swap_dims(1, 2).reshape([b, s, e]))
+        let out = fused_attention(q, k, v, mask, self.scale); // [b, h, s, hd]
+        linear(&self.c_proj, out.swap_dims(1, 2).reshape([b, s, e]))
     }
 }
 
@@ -77,7 +77,7 @@ pub struct Gpt2Mlp {
 impl Gpt2Mlp {
     /// // [b, s, e] -> [b, s, e]
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj.forward(activate(self.act, self.c_fc.forward(x)))
+        linear(&self.c_proj, activate(self.act, linear(&self.c_fc, x)))
     }
 }
 
@@ -124,6 +124,9 @@ pub struct Gpt2 {
     /// The config the model was built from.
     #[module(skip)]
     pub config: Gpt2Config,
+    /// The dtype activations are computed in; `None`: the embedding table's dtype.
+    #[module(skip)]
+    pub compute_dtype: Option<FloatDType>,
 }
 
 impl Gpt2 {
@@ -162,6 +165,7 @@ impl Gpt2 {
             lm_head: (!config.tie_word_embeddings)
                 .then(|| init_linear(e, config.vocab_size, false, std, device)),
             config: config.clone(),
+            compute_dtype: None,
         })
     }
 
@@ -215,6 +219,7 @@ impl Gpt2 {
             ln_f: w.layer_norm("transformer.ln_f", e, eps)?,
             lm_head,
             config: config.clone(),
+            compute_dtype: None,
         })
     }
 
@@ -285,7 +290,7 @@ impl Gpt2 {
     /// // [b, s, hidden] -> [b, s, vocab]
     pub fn lm_head_forward(&self, h: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => linear(head, h),
             None => tied_logits(h, self.wte.weight.val()),
         }
     }
@@ -308,7 +313,9 @@ impl Gpt2 {
         assert_eq!(positions.dims(), [b, s], "position_ids must be [batch, seq] = [{b}, {s}]");
         let mask = attention_mask_4d(attention_mask.as_ref(), b, s, past, None, &device);
 
-        let mut h = self.wte.forward(input_ids) + self.wpe.forward(positions); // [b, s, e]
+        let mut h = embed(&self.wte, input_ids, self.compute_dtype); // [b, s, e]
+        let h_dtype = float_dtype(&h);
+        h = h + self.wpe.forward(positions).cast(h_dtype);
         let mut hidden = Vec::new();
         for (layer, block) in self.h.iter().enumerate() {
             if output_hidden_states {

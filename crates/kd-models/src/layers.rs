@@ -4,7 +4,9 @@
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData, activation};
 
 use crate::config::Activation;
 
@@ -33,11 +35,16 @@ impl LayerNorm {
         }
     }
 
-    /// Normalises over the last axis. // [..., d] -> [..., d]
+    /// Normalises over the last axis, in `f32` whatever the input's dtype (the result comes back
+    /// in the input's dtype). // [..., d] -> [..., d]
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1); // [..., 1] each
         let normed = x.sub(mean).div(var.add_scalar(self.eps).sqrt());
-        normed.mul(self.weight.val().unsqueeze()).add(self.bias.val().unsqueeze())
+        let weight = self.weight.val().cast(FloatDType::F32).unsqueeze();
+        let bias = self.bias.val().cast(FloatDType::F32).unsqueeze();
+        normed.mul(weight).add(bias).cast(dtype)
     }
 }
 
@@ -60,11 +67,14 @@ impl RmsNorm {
         Self { weight: Initializer::Ones.init([d], device), eps }
     }
 
-    /// Normalises over the last axis. // [..., d] -> [..., d]
+    /// Normalises over the last axis, in `f32` whatever the input's dtype (as `transformers`
+    /// does; the result comes back in the input's dtype). // [..., d] -> [..., d]
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let mean_square = x.clone().square().mean_dim(D - 1); // [..., 1]
         let normed = x.div(mean_square.add_scalar(self.eps).sqrt());
-        normed.mul(self.weight.val().unsqueeze())
+        normed.mul(self.weight.val().cast(FloatDType::F32).unsqueeze()).cast(dtype)
     }
 }
 
@@ -75,6 +85,41 @@ pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
         Activation::Silu => activation::silu(x),
+    }
+}
+
+/// `x W + b` in the dtype of `x`: the parameters are cast to it when they are stored in another
+/// one (f32 master weights under half-precision compute; the cast is differentiable, so their
+/// gradients come back in `f32`). // [..., d_in] -> [..., d_out]
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let dtype = float_dtype(&x);
+    let weight = layer.weight.val().cast(dtype);
+    let bias = layer.bias.as_ref().map(|b| b.val().cast(dtype));
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// The embedding rows of `ids`, cast to `dtype` (`None`: the table's own dtype).
+/// // ids [b, s] -> [b, s, d]
+pub fn embed(table: &Embedding, ids: Tensor<2, Int>, dtype: Option<FloatDType>) -> Tensor<3> {
+    let rows = table.forward(ids);
+    match dtype {
+        Some(dtype) => rows.cast(dtype),
+        None => rows,
+    }
+}
+
+/// The float dtype of a tensor.
+///
+/// # Panics
+/// When the tensor is not a float tensor (cannot happen for `Tensor<D>`).
+pub fn float_dtype<const D: usize>(x: &Tensor<D>) -> FloatDType {
+    match x.dtype() {
+        DType::F64 => FloatDType::F64,
+        DType::F32 => FloatDType::F32,
+        DType::Flex32 => FloatDType::Flex32,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        other => panic!("a float tensor has a float dtype, got {other:?}"),
     }
 }
 
@@ -168,10 +213,33 @@ pub fn attention_mask_4d(
     })
 }
 
-/// Scaled dot-product attention with an optional mask (`true` = masked out).
+/// Scaled dot-product attention through burn's attention op: backends with a fused kernel (flex's
+/// tiled online-softmax kernel for long sequences, cubecl's flash attention on GPUs) never form
+/// the `[b, h, s, t]` scores; under autodiff burn runs its op-composed fallback.
 ///
-/// Masked scores are set to the most negative `f32` (as `transformers` does), so a fully masked
-/// query row (a padding position) attends uniformly instead of producing NaN.
+/// A query row whose keys are all masked (a left-padding position) gets zeros there, where
+/// [`scaled_dot_product_attention`] gives the uniform average; no real token reads such a row,
+/// so logits at real tokens are the same.
+/// // q [b, h, s, d], k/v [b, h, t, d], mask [b, 1, s, t] -> [b, h, s, d]
+pub fn fused_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    scale: f64,
+) -> Tensor<4> {
+    let [b, h, s, _] = q.dims();
+    let t = k.dims()[2];
+    let mask = mask.map(|m| m.clone().expand([b, h, s, t]));
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    attention(q, k, v, mask, None, options)
+}
+
+/// Scaled dot-product attention with an optional mask (`true` = masked out), op by op.
+///
+/// Masked scores are set to the most negative finite value of the scores' dtype (as
+/// `transformers` does), so a fully masked query row (a padding position) attends uniformly
+/// instead of producing NaN. The reference for [`fused_attention`].
 /// // q [b, h, s, d], k/v [b, h, t, d], mask [b, 1, s, t] -> [b, h, s, d]
 pub fn scaled_dot_product_attention(
     q: Tensor<4>,
@@ -184,7 +252,8 @@ pub fn scaled_dot_product_attention(
     let t = k.dims()[2];
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [b, h, s, t]
     if let Some(mask) = mask {
-        scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), f32::MIN);
+        let most_negative = scores.dtype().finfo().map_or(f64::from(f32::MIN), |f| f.min);
+        scores = scores.mask_fill(mask.clone().expand([b, h, s, t]), most_negative);
     }
     activation::softmax(scores, 3).matmul(v)
 }
@@ -207,6 +276,7 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 /// // h [b, s, hidden], embedding [vocab, hidden] -> [b, s, vocab]
 pub fn tied_logits(h: Tensor<3>, embedding: Tensor<2>) -> Tensor<3> {
     let [b, s, hidden] = h.dims();
+    let embedding = embedding.cast(float_dtype(&h));
     let vocab = embedding.dims()[0];
     embedding
         .matmul(h.reshape([b * s, hidden]).transpose()) // [vocab, b * s]
@@ -296,6 +366,64 @@ mod tests {
         let pad = Tensor::<2, Int>::from_ints([[0, 1, 1, 1]], &d);
         let m = attention_mask_4d(Some(&pad), 1, 4, 0, Some(2), &d).unwrap();
         assert_eq!(mask_rows(m), ["....", ".x..", ".xx.", "..xx"]);
+    }
+
+    /// `fused_attention` against the op-composed reference at every query row that sees a key,
+    /// on the short (score matrix) and the long (flash, > 256K scores per head) flex paths, with
+    /// causal + left-padding masks and with a KV-cache offset.
+    #[test]
+    fn fused_attention_matches_the_op_composed_reference() {
+        use burn::tensor::Distribution;
+        let d = Device::flex();
+        for (b, h, s, past, hd) in [(2, 3, 7, 0, 8), (1, 2, 3, 4, 16), (1, 2, 600, 0, 32)] {
+            let t = past + s;
+            let q = Tensor::<4>::random([b, h, s, hd], Distribution::Normal(0.0, 1.0), &d);
+            let k = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &d);
+            let v = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &d);
+            // Row 0 is left-padded by two tokens; the others are full.
+            let mut pad = vec![1i64; b * t];
+            pad[0] = 0;
+            pad[1] = 0;
+            let pad = Tensor::<2, Int>::from_data(TensorData::new(pad, [b, t]), &d);
+            let mask = attention_mask_4d(Some(&pad), b, s, past, None, &d).unwrap();
+            let scale = 1.0 / (hd as f64).sqrt();
+            let fused = fused_attention(q.clone(), k.clone(), v.clone(), Some(&mask), scale);
+            let reference = scaled_dot_product_attention(q, k, v, Some(&mask), scale);
+            let fused = fused.into_data().to_vec::<f32>().unwrap();
+            let reference = reference.into_data().to_vec::<f32>().unwrap();
+            for bi in 0..b {
+                for hi in 0..h {
+                    for i in 0..s {
+                        if bi == 0 && past + i < 2 {
+                            continue; // a padding query: every key it may see is padding
+                        }
+                        let at = ((bi * h + hi) * s + i) * hd;
+                        for j in at..at + hd {
+                            let (x, y) = (fused[j], reference[j]);
+                            assert!(
+                                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                                "b{b} h{h} s{s} past{past}: row ({bi},{hi},{i}): {x} vs {y}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// In bf16 the op-composed path masks with bf16's most negative value (f32::MIN rounds to
+    /// −∞ there), so fully masked rows stay finite.
+    #[test]
+    fn masked_attention_stays_finite_in_half_precision() {
+        let d = Device::flex();
+        let pad = Tensor::<2, Int>::from_ints([[0, 0, 1, 1]], &d);
+        let mask = attention_mask_4d(Some(&pad), 1, 4, 0, None, &d).unwrap();
+        for dtype in [FloatDType::BF16, FloatDType::F16] {
+            let x = Tensor::<4>::ones([1, 1, 4, 2], &d).cast(dtype);
+            let out = scaled_dot_product_attention(x.clone(), x.clone(), x, Some(&mask), 0.5);
+            let v = out.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "{dtype:?}: {v:?}");
+        }
     }
 
     #[test]

@@ -21,14 +21,14 @@ use std::f64::consts::PI;
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, LlamaConfig, RopeScaling};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::layers::{
-    RmsNorm, activate, attention_mask_4d, default_position_ids, init_embedding, init_linear,
-    repeat_kv, scaled_dot_product_attention, tensor_from_vec, tied_logits,
+    RmsNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
+    fused_attention, init_embedding, init_linear, linear, repeat_kv, tensor_from_vec, tied_logits,
 };
 use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
 use crate::model::ModelOutput;
@@ -62,10 +62,12 @@ impl RotaryEmbedding {
 /// `x · cos + rotate_half(x) · sin`. // [b, h, s, d] -> [b, h, s, d]
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, s, d] = x.dims();
+    let dtype = float_dtype(&x);
+    let (cos, sin) = (cos.clone().cast(dtype), sin.clone().cast(dtype));
     let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
     let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x.mul(cos.clone()).add(rotated.mul(sin.clone()))
+    x.mul(cos).add(rotated.mul(sin))
 }
 
 /// The inverse RoPE frequencies `ω_i = θ^(−2i/d)`, with `rope_scaling` applied.
@@ -136,10 +138,10 @@ impl LlamaAttention {
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let hd = self.head_dim;
-        let q = self.q_proj.forward(x.clone()).reshape([b, s, self.num_heads, hd]).swap_dims(1, 2);
+        let q = linear(&self.q_proj, x.clone()).reshape([b, s, self.num_heads, hd]).swap_dims(1, 2);
         let k =
-            self.k_proj.forward(x.clone()).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
+            linear(&self.k_proj, x.clone()).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
+        let v = linear(&self.v_proj, x).reshape([b, s, self.num_kv_heads, hd]).swap_dims(1, 2);
         let (cos, sin) = rope;
         let q = apply_rope(q, cos, sin); // [b, heads, s, hd]
         let k = apply_rope(k, cos, sin); // [b, kv_heads, s, hd]
@@ -150,8 +152,8 @@ impl LlamaAttention {
         let n_rep = self.num_heads / self.num_kv_heads;
         let (k, v) = (repeat_kv(k, n_rep), repeat_kv(v, n_rep)); // [b, heads, past + s, hd]
         let scale = 1.0 / (hd as f64).sqrt();
-        let out = scaled_dot_product_attention(q, k, v, mask, scale); // [b, heads, s, hd]
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, self.num_heads * hd]))
+        let out = fused_attention(q, k, v, mask, scale); // [b, heads, s, hd]
+        linear(&self.o_proj, out.swap_dims(1, 2).reshape([b, s, self.num_heads * hd]))
     }
 }
 
@@ -172,8 +174,8 @@ pub struct LlamaMlp {
 impl LlamaMlp {
     /// `down(act(gate(x)) ⊙ up(x))`. // [b, s, hidden] -> [b, s, hidden]
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activate(self.act, self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+        let gate = activate(self.act, linear(&self.gate_proj, x.clone()));
+        linear(&self.down_proj, gate.mul(linear(&self.up_proj, x)))
     }
 }
 
@@ -228,6 +230,9 @@ pub struct Llama {
     /// The config the model was built from.
     #[module(skip)]
     pub config: LlamaConfig,
+    /// The dtype activations are computed in; `None`: the embedding table's dtype.
+    #[module(skip)]
+    pub compute_dtype: Option<FloatDType>,
 }
 
 impl Llama {
@@ -288,6 +293,7 @@ impl Llama {
                 .then(|| init_linear(hidden, c.vocab_size, false, std, device)),
             rotary_emb: RotaryEmbedding::new(c),
             config: c.clone(),
+            compute_dtype: None,
         })
     }
 
@@ -345,6 +351,7 @@ impl Llama {
             lm_head,
             rotary_emb: RotaryEmbedding::new(c),
             config: c.clone(),
+            compute_dtype: None,
         })
     }
 
@@ -412,7 +419,7 @@ impl Llama {
     /// // [b, s, hidden] -> [b, s, vocab]
     pub fn lm_head_forward(&self, h: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => linear(head, h),
             None => tied_logits(h, self.embed_tokens.weight.val()),
         }
     }
@@ -442,7 +449,7 @@ impl Llama {
         };
         let (cos, sin) = self.rotary_emb.cos_sin(positions); // [b, 1, s, hd] each
 
-        let mut h = self.embed_tokens.forward(input_ids); // [b, s, hidden]
+        let mut h = embed(&self.embed_tokens, input_ids, self.compute_dtype); // [b, s, hidden]
         let mut hidden = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if output_hidden_states {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -123,6 +123,54 @@ impl CausalLm {
         position_ids: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
         self.forward_with(input_ids, attention_mask, position_ids, None, false).logits
+    }
+
+    /// The model computing its activations in `dtype` (`None`: in the dtype of its embedding
+    /// table, which is how a model loaded in bf16 runs in bf16).
+    ///
+    /// Parameters stay in the dtype they are stored in and are cast where they are used, so a
+    /// student with `f32` master weights can run its forward and backward in bf16 or f16: the
+    /// casts are differentiable and the gradients come back to the `f32` parameters. Norms and
+    /// the losses compute in `f32` whatever this is; the logits come out in `dtype`.
+    pub fn with_compute_dtype(mut self, dtype: Option<FloatDType>) -> Self {
+        match &mut self {
+            Self::Gpt2(m) => m.compute_dtype = dtype,
+            Self::Llama(m) => m.compute_dtype = dtype,
+        }
+        self
+    }
+
+    /// The model with every parameter cast to `dtype` (a teacher stored in `f32` served in bf16,
+    /// say). Parameters keep their ids; the compute dtype is left as it was.
+    pub fn cast_params(self, dtype: FloatDType) -> Self {
+        /// Casts each float parameter.
+        struct Cast(FloatDType);
+        impl burn::module::ModuleMapper for Cast {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<D>>,
+            ) -> burn::module::Param<Tensor<D>> {
+                let dtype = self.0;
+                param.map(|t| t.cast(dtype))
+            }
+        }
+        self.map(&mut Cast(dtype))
+    }
+
+    /// The dtype set by [`CausalLm::with_compute_dtype`], if any.
+    pub fn compute_dtype(&self) -> Option<FloatDType> {
+        match self {
+            Self::Gpt2(m) => m.compute_dtype,
+            Self::Llama(m) => m.compute_dtype,
+        }
+    }
+
+    /// The dtype the parameters are stored in (that of the embedding table).
+    pub fn param_dtype(&self) -> DType {
+        match self {
+            Self::Gpt2(m) => m.wte.weight.val().dtype(),
+            Self::Llama(m) => m.embed_tokens.weight.val().dtype(),
+        }
     }
 
     /// The full forward: optional KV cache and hidden states.
