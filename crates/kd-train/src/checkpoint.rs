@@ -41,6 +41,9 @@ pub struct TrainState {
     /// The method's own state ([`crate::methods::Method::state`]; `null` when stateless).
     #[serde(default)]
     pub method: serde_json::Value,
+    /// Dynamic loss scaling (f16 training only).
+    #[serde(default)]
+    pub loss_scaler: Option<crate::precision::LossScaler>,
     /// Tokens consumed (counted positions).
     pub tokens_seen: u64,
     /// Training history up to `step`.

@@ -51,6 +51,14 @@ pub enum TrainError {
         /// The loss value.
         loss: f64,
     },
+    /// The gradients became NaN or infinite while the loss stayed finite (an overflow inside the
+    /// backward pass). Lower the learning rate, or train in `f32`/`bf16`; `f16` training skips
+    /// such steps and lowers its loss scale instead of stopping.
+    #[error("non-finite gradients at step {step} (the loss was finite)")]
+    NonFiniteGradient {
+        /// The step that produced them (1-based).
+        step: u64,
+    },
     /// A data file could not be parsed (bad JSON, missing key).
     #[error("bad data in {path} line {line}: {reason}")]
     Data {

@@ -1,7 +1,7 @@
 //! [`LanguageModel`], what the loop needs of a student or a teacher, and vocabulary alignment.
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,17 @@ pub trait LanguageModel: Module {
         None
     }
 
+    /// The model computing its activations in `dtype` over parameters kept in their own dtype
+    /// (`f32` master weights under bf16/f16 compute), or `None` (the default) when the model
+    /// cannot. [`kd_models::CausalLm`] implements it; the trainer asks for it when
+    /// `TrainConfig::dtype` is bf16 or f16 and errors when it gets `None`.
+    fn computing_in(self, _dtype: FloatDType) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// An incremental decoder for sampling rollouts ([`crate::rollout::sample`]).
     ///
     /// The default is [`RecomputeDecoder`]: each row's whole sequence at every step.
@@ -91,8 +102,13 @@ pub trait LanguageModel: Module {
 }
 
 impl LanguageModel for kd_models::CausalLm {
+    /// The logits in `f32` whatever the compute dtype (the cast is differentiable).
     fn logits(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        self.forward(input_ids, None, None)
+        self.forward(input_ids, None, None).cast(FloatDType::F32)
+    }
+
+    fn computing_in(self, dtype: FloatDType) -> Option<Self> {
+        Some(self.with_compute_dtype(Some(dtype)))
     }
 
     fn vocab_size(&self) -> usize {
@@ -127,7 +143,10 @@ impl LanguageModel for kd_models::CausalLm {
 
     fn hidden_and_head(&self, input_ids: Tensor<2, Int>) -> Option<HiddenAndHead> {
         let hidden = self.last_hidden_state(input_ids, None, None);
+        let dtype = kd_models::layers::float_dtype(&hidden);
+        // The head in the compute dtype: chunk matmuls in half precision, f32 master weights.
         let (weight, bias) = self.output_head();
+        let (weight, bias) = (weight.cast(dtype), bias.map(|b| b.cast(dtype)));
         Some(HiddenAndHead { hidden, weight, bias })
     }
 }
@@ -137,7 +156,7 @@ impl LanguageModel for kd_models::CausalLm {
 pub struct HiddenAndHead {
     /// Final (normed) hidden states. Shape: `[batch, seq, hidden]`.
     pub hidden: Tensor<3>,
-    /// Output head (or tied embedding table). Shape: `[vocab, hidden]`.
+    /// Output head (or tied embedding table), in the dtype of `hidden`. Shape: `[vocab, hidden]`.
     pub weight: Tensor<2>,
     /// Output bias, if any. Shape: `[vocab]`.
     pub bias: Option<Tensor<1>>,

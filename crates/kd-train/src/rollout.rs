@@ -155,7 +155,8 @@ impl IncrementalDecoder for CacheDecoder<'_> {
         let [b, n] = ids.dims();
         let v = self.model.vocab_size();
         let out = self.model.forward_with(ids, Some(mask), None, Some(&mut self.cache), false);
-        out.logits.slice([0..b, n - 1..n, 0..v]).reshape([b, v]) // [b, vocab]
+        let last = out.logits.slice([0..b, n - 1..n, 0..v]).reshape([b, v]); // [b, vocab]
+        last.cast(burn::tensor::FloatDType::F32)
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate
 use crate::model::{LanguageModel, VocabAlignment};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::params::{GradAccumulator, load_param_values, make_trainable, param_values};
+use crate::precision::{LossScaleConfig, LossScaler, Precision, cast_params};
 use crate::rouge::RougeEval;
 use crate::schedule::{DecayKind, LrSchedule};
 
@@ -75,6 +76,17 @@ pub struct TrainConfig {
     pub method: MethodConfig,
     /// What to do when student and teacher vocabularies differ.
     pub vocab_alignment: VocabAlignment,
+    /// The student's compute precision (default `f32`): `bf16` / `f16` run its forward and
+    /// backward in half precision over `f32` master weights ([`crate::precision`]).
+    pub dtype: Precision,
+    /// The teacher's precision (default: `dtype`); its parameters are cast to it.
+    pub teacher_dtype: Option<Precision>,
+    /// Dynamic loss scaling, used when `dtype` is `f16`.
+    pub loss_scale: LossScaleConfig,
+    /// Run the distillation loss through [`kd_losses::ChunkedHeadLoss`] with chunks of this many
+    /// rows, so neither model's full `[tokens, vocab]` logits are formed (default `None`; methods
+    /// that support it: `kd`, where `method.chunk_rows` overrides it).
+    pub chunked_head_rows: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +113,10 @@ impl Default for TrainConfig {
             output_dir: None,
             method: MethodConfig::default(),
             vocab_alignment: VocabAlignment::Strict,
+            dtype: Precision::F32,
+            teacher_dtype: None,
+            loss_scale: LossScaleConfig::default(),
+            chunked_head_rows: None,
         }
     }
 }
@@ -141,6 +157,10 @@ impl TrainConfig {
                 0,
             ));
         }
+        if self.chunked_head_rows == Some(0) {
+            return Err(TrainError::config("chunked_head_rows", "≥ 1 row per chunk", 0));
+        }
+        self.loss_scale.validate()?;
         self.schedule().validate()?;
         self.optimizer.validate()?;
         self.method.validate()
@@ -192,8 +212,24 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     pub fn new(config: TrainConfig, student: S, device: &Device) -> Result<Self> {
         config.validate()?;
         let device = device.clone().autodiff();
-        let student = make_trainable(student, &device);
+        let mut student = make_trainable(student, &device);
+        if config.dtype.is_half() {
+            student = student.computing_in(config.dtype.float_dtype()).ok_or_else(|| {
+                TrainError::config(
+                    "dtype",
+                    "f32 for a model that does not implement LanguageModel::computing_in",
+                    config.dtype,
+                )
+            })?;
+        }
         let method = config.method.init::<S, T>(config.steps)?;
+        if config.chunked_head_rows.is_some() && !method.supports_chunked_head() {
+            return Err(TrainError::config(
+                "chunked_head_rows",
+                "a method that applies the output head chunk by chunk (kd)",
+                config.method.name(),
+            ));
+        }
         let rng = Rng::new(config.seed ^ 0x524F_4C4C);
         Ok(Self {
             optim: AdamW::new(config.optimizer.clone())?,
@@ -205,6 +241,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 seed: config.seed,
                 rng: rng.state(),
                 method: serde_json::Value::Null,
+                loss_scaler: (config.dtype == Precision::F16)
+                    .then(|| LossScaler::new(&config.loss_scale)),
                 tokens_seen: 0,
                 history: Vec::new(),
                 evals: Vec::new(),
@@ -240,8 +278,18 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             return Err(TrainError::VocabMismatch { student: vs, teacher: vt });
         }
         let plain = self.device.clone().inner();
-        self.teacher = Some(teacher.valid().to_device(&plain).no_grad());
+        let precision = self.teacher_precision();
+        let mut teacher = teacher.valid().to_device(&plain).no_grad();
+        if precision.is_half() {
+            teacher = cast_params(teacher, precision.float_dtype());
+        }
+        self.teacher = Some(teacher);
         Ok(self)
+    }
+
+    /// The precision the teacher runs in (`teacher_dtype`, else `dtype`).
+    pub fn teacher_precision(&self) -> Precision {
+        self.config.teacher_dtype.unwrap_or(self.config.dtype)
     }
 
     /// Adds held-out instruction prompts: every evaluation then also reports the mean ROUGE-L of
@@ -336,6 +384,14 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         self.rng = Rng::new(checkpoint.state.rng);
         self.student = student;
         self.state = checkpoint.state.clone();
+        // A run resumed in another precision starts (or drops) its loss scaling.
+        match self.config.dtype {
+            Precision::F16 => {
+                let fresh = || LossScaler::new(&self.config.loss_scale);
+                self.state.loss_scaler = Some(self.state.loss_scaler.take().unwrap_or_else(fresh));
+            }
+            _ => self.state.loss_scaler = None,
+        }
         if let Some(dir) = &self.config.output_dir {
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
             let lines: Vec<MetricsLine> = merged_lines(&self.state.history, &self.state.evals);
@@ -384,6 +440,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 tokens: &self.tokens,
                 pt_data: self.pt_data.as_ref(),
                 seed: self.config.seed,
+                chunked_head_rows: self.config.chunked_head_rows,
             };
             let out = self.method.micro_batch(&mut cx)?;
             for (k, v) in out.metrics {
@@ -391,9 +448,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 e.0 += v;
                 e.1 += 1;
             }
-            let loss = out.loss.div_scalar(accum as f64);
+            let loss = out.loss.cast(FloatDType::F32).div_scalar(accum as f64);
             loss_sum += f64::from(loss.clone().inner().into_scalar::<f32>());
-            let grads = loss.backward();
+            // f16: the loss scaled by S so small gradients survive the half-precision backward.
+            let grads = match &self.state.loss_scaler {
+                Some(scaler) => loss.mul_scalar(scaler.scale).backward(),
+                None => loss.backward(),
+            };
             acc.add(&self.student, &grads);
             tokens += out.tokens;
         }
@@ -403,9 +464,21 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         if !loss_sum.is_finite() {
             return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, loss: loss_sum });
         }
-        let grad_norm = acc.global_norm();
-        let scale = clip_factor(grad_norm, self.config.max_grad_norm);
-        self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
+        let loss_scale = self.state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
+        let grad_norm = acc.global_norm() / loss_scale;
+        let overflowed = !grad_norm.is_finite();
+        if let Some(scaler) = self.state.loss_scaler.as_mut() {
+            extra.insert("loss_scale".into(), loss_scale);
+            extra.insert("overflow".into(), if overflowed { 1.0 } else { 0.0 });
+            scaler.update(overflowed, &self.config.loss_scale);
+        } else if overflowed {
+            return Err(TrainError::NonFiniteGradient { step: self.state.step + 1 });
+        }
+        if !overflowed {
+            // Unscale and clip in one factor.
+            let scale = clip_factor(grad_norm, self.config.max_grad_norm) / loss_scale;
+            self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
+        }
         self.state.step += 1;
         self.method.end_step(self.state.step, loss_sum)?;
         self.state.tokens_seen += tokens;
@@ -415,7 +488,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             step: self.state.step,
             loss: loss_sum,
             lr,
-            grad_norm,
+            // An f16 step whose gradients overflowed was skipped: its norm is recorded as 0.
+            grad_norm: if overflowed { 0.0 } else { grad_norm },
             tokens,
             tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
             extra,

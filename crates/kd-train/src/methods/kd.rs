@@ -198,7 +198,12 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
                 return Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: vec![] });
             }
         };
-        let loss = match &self.chunked {
+        let chunked = match (&self.chunked, cx.chunked_head_rows) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(rows)) => Some(ChunkedHeadLoss::new(rows)?),
+            (None, None) => None,
+        };
+        let loss = match &chunked {
             Some(chunked) => chunked_forward(chunked, dense, cx, teacher, &batch)?,
             None => {
                 let (s, t) = cx.student_and_teacher_logits(teacher, batch.input_ids.clone())?;
@@ -207,6 +212,10 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
             }
         };
         Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: Vec::new() })
+    }
+
+    fn supports_chunked_head(&self) -> bool {
+        !matches!(self.loss, KdLoss::TopK(..)) // the sparse loss forms no teacher logits
     }
 
     fn step_metrics(&self) -> Vec<(&'static str, f64)> {

@@ -77,6 +77,8 @@ pub struct StepContext<'a, S, T> {
     pub pt_data: Option<&'a TokenDataset>,
     /// The run's seed.
     pub seed: u64,
+    /// `TrainConfig::chunked_head_rows`: apply the output head in chunks of this many rows.
+    pub chunked_head_rows: Option<usize>,
 }
 
 impl<'a, S, T> StepContext<'a, S, T> {
@@ -145,6 +147,13 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
 
     /// Whether it needs a teacher.
     fn teacher_use(&self) -> TeacherUse;
+
+    /// Whether it can apply the output head chunk by chunk when `TrainConfig::chunked_head_rows`
+    /// asks for it ([`StepContext::chunked_head_rows`]). Default: no (the trainer then refuses
+    /// the setting rather than ignore it).
+    fn supports_chunked_head(&self) -> bool {
+        false
+    }
 
     /// Called once before the first step of [`Trainer::fit`](crate::Trainer::fit) (also after a
     /// resume): may replace the training set (SeqKD: the teacher's answers). Default: keep it.
