@@ -106,7 +106,7 @@ pub enum ModelError {
         got: Vec<usize>,
     },
 
-    /// A weight is stored in a dtype that cannot be converted to `f32`.
+    /// A weight is stored in a dtype the loader does not read (not a float dtype).
     ///
     /// Supported stored dtypes are `F32`, `F16`, `BF16` and `F64`; quantized checkpoints must be
     /// de-quantized first.

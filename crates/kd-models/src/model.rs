@@ -252,4 +252,25 @@ impl CausalLm {
             Self::Llama(m) => m.named_tensors(),
         }
     }
+
+    /// Loads a Hugging Face model directory with its parameters in the dtype of `options`
+    /// (bf16, say, with no `f32` copy of a bf16 checkpoint).
+    ///
+    /// # Errors
+    /// See [`load::load_pretrained_with`].
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        options: &load::LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        load::load_pretrained_with(dir, options, device)
+    }
+
+    /// As [`CausalLm::save_pretrained`], every parameter converted to `dtype` as it is written.
+    ///
+    /// # Errors
+    /// See [`load::save_pretrained_as`].
+    pub fn save_pretrained_as(&self, dir: impl AsRef<Path>, dtype: FloatDType) -> Result<()> {
+        load::save_pretrained_as(self, dir, dtype)
+    }
 }
