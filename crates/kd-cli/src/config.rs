@@ -69,10 +69,23 @@ impl Default for DataConfig {
     }
 }
 
+/// Where the run computes: the `[run]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// The student's device (`cpu` by default; `wgpu`, `vulkan`, `cuda:N`, `ndarray`: see
+    /// [`crate::device`]).
+    pub device: crate::device::DeviceSpec,
+    /// The teacher's device (default: the student's).
+    pub teacher_device: Option<crate::device::DeviceSpec>,
+}
+
 /// The whole run config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
+    /// Devices.
+    pub run: RunSection,
     /// The student.
     pub student: ModelSource,
     /// The teacher (`kd distill`).

@@ -15,6 +15,7 @@
 
 mod config;
 mod demo;
+mod device;
 mod run;
 mod seqkd;
 
@@ -174,6 +175,10 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         "seed",
         "out",
         "method",
+        "device",
+        "teacher-device",
+        "dtype",
+        "teacher-dtype",
     ])?;
     let mut b = ConfigBuilder::from_file(o.get("config").map(PathBuf::from).as_deref())?;
     if let Some(method) = o.get("method") {
@@ -194,6 +199,10 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         ("data", "data.train"),
         ("tokenizer", "data.tokenizer"),
         ("out", "train.output_dir"),
+        ("device", "run.device"),
+        ("teacher-device", "run.teacher_device"),
+        ("dtype", "train.dtype"),
+        ("teacher-dtype", "train.teacher_dtype"),
     ];
     for (flag, key) in strings {
         if let Some(v) = o.get(flag) {

@@ -15,7 +15,9 @@ use kd_train::methods::SpecialTokens;
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::plot::{Chart, Series, write_png_stack};
-use kd_train::{EvalRecord, MethodConfig, RougeEval, TrainReport, Trainer, latest_checkpoint};
+use kd_train::{
+    EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer, latest_checkpoint,
+};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
 use crate::seqkd;
@@ -104,11 +106,30 @@ pub fn held_out_examples(
     Ok(Some(examples))
 }
 
-/// Builds a model from its source on `device`.
+/// Builds a model from its source on `device`, in `f32`.
 pub fn load_model(source: &ModelSource, what: &str, device: &Device) -> Result<CausalLm> {
+    load_model_as(source, what, device, Precision::F32)
+}
+
+/// Builds a model from its source on `device` with its parameters in `precision` (a checkpoint
+/// is memory-mapped and converted tensor by tensor: no `f32` copy of a half-precision teacher).
+pub fn load_model_as(
+    source: &ModelSource,
+    what: &str,
+    device: &Device,
+    precision: Precision,
+) -> Result<CausalLm> {
     match (&source.pretrained, &source.init) {
-        (Some(dir), None) => CausalLm::from_pretrained(dir, device)
-            .with_context(|| format!("loading {what} from {}", dir.display())),
+        (Some(dir), None) => {
+            let options =
+                kd_models::load::LoadOptions::default().with_dtype(precision.float_dtype());
+            CausalLm::from_pretrained_with(dir, &options, device)
+                .with_context(|| format!("loading {what} from {}", dir.display()))
+        }
+        (None, Some(init)) if precision.is_half() => {
+            Ok(load_model_as(source, what, device, Precision::F32)?
+                .cast_params(precision.float_dtype()))
+        }
         (None, Some(init)) => {
             let json = toml_to_json(init)?;
             let config = ModelConfig::from_json(&json)
@@ -276,13 +297,29 @@ pub fn run_job(
     teacher: Option<CausalLm>,
     data: Option<(&TokenDataset, &TokenDataset)>,
 ) -> Result<JobResult> {
-    let device = Device::flex().autodiff();
-    let plain = Device::flex();
+    let plain = config.run.device.device()?;
+    let device = plain.clone().autodiff();
+    let teacher_device = match &config.run.teacher_device {
+        Some(d) => d.device()?,
+        None => plain.clone(),
+    };
     device.seed(config.train.seed);
     let mut method = resolve_method(config, distill)?;
     let out = config.train.output_dir.clone().context("set train.output_dir (or --out DIR)")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("run.toml"), config_text)?;
+    // What ran where, beside the metrics.
+    let environment = serde_json::json!({
+        "device": config.run.device.to_string(),
+        "teacher_device": config.run.teacher_device.as_ref().unwrap_or(&config.run.device).to_string(),
+        "dtype": config.train.dtype.name(),
+        "teacher_dtype": config.train.teacher_dtype.unwrap_or(config.train.dtype).name(),
+        "kd_version": env!("CARGO_PKG_VERSION"),
+    });
+    std::fs::write(
+        out.join("environment.json"),
+        serde_json::to_string_pretty(&environment)? + "\n",
+    )?;
     let seqkd_config;
     let config = match &mut method {
         MethodConfig::SeqKd(s) if data.is_none() => {
@@ -336,6 +373,11 @@ pub fn run_job(
     };
     let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
     let mut trainer = Trainer::new(train_config, student, &device)?;
+    log::info!(
+        "student on {} computing in {} (f32 master weights)",
+        config.run.device,
+        config.train.dtype
+    );
     if let Some(tok) = &tok {
         let SpecialTokens { eos_ids, pad_id } = SpecialTokens::of(tok);
         trainer = trainer.with_special_tokens(eos_ids, pad_id);
@@ -347,17 +389,25 @@ pub fn run_job(
     if trainer.uses_teacher() {
         let teacher = match teacher {
             Some(t) => t,
-            None => load_model(&config.teacher, "teacher", &plain)?,
+            None => {
+                let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
+                load_model_as(&config.teacher, "teacher", &teacher_device, precision)?
+            }
         };
         log::info!("teacher: {} parameters", teacher.num_params());
         let teacher_eval =
-            kd_train::evaluate(&teacher, eval, config.train.batch_size, None, &plain);
+            kd_train::evaluate(&teacher, eval, config.train.batch_size, None, &teacher_device);
         log::info!(
             "teacher held-out: loss {:.4}  ppl {:.3}",
             teacher_eval.loss,
             teacher_eval.perplexity
         );
-        trainer = trainer.with_teacher(teacher)?;
+        trainer = trainer.with_teacher_on(teacher, &teacher_device)?;
+        log::info!(
+            "teacher on {} in {}",
+            config.run.teacher_device.as_ref().unwrap_or(&config.run.device),
+            trainer.teacher_precision()
+        );
     }
     if let Some(r) = rouge {
         log::info!(

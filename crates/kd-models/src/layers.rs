@@ -389,8 +389,8 @@ mod tests {
             let scale = 1.0 / (hd as f64).sqrt();
             let fused = fused_attention(q.clone(), k.clone(), v.clone(), Some(&mask), scale);
             let reference = scaled_dot_product_attention(q, k, v, Some(&mask), scale);
-            let fused = fused.into_data().to_vec::<f32>().unwrap();
-            let reference = reference.into_data().to_vec::<f32>().unwrap();
+            let fused = fused.into_data().try_into_vec_as::<f32>().unwrap();
+            let reference = reference.into_data().try_into_vec_as::<f32>().unwrap();
             for bi in 0..b {
                 for hi in 0..h {
                     for i in 0..s {
@@ -421,7 +421,7 @@ mod tests {
         for dtype in [FloatDType::BF16, FloatDType::F16] {
             let x = Tensor::<4>::ones([1, 1, 4, 2], &d).cast(dtype);
             let out = scaled_dot_product_attention(x.clone(), x.clone(), x, Some(&mask), 0.5);
-            let v = out.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+            let v = out.cast(FloatDType::F32).into_data().try_into_vec_as::<f32>().unwrap();
             assert!(v.iter().all(|x| x.is_finite()), "{dtype:?}: {v:?}");
         }
     }
