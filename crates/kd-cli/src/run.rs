@@ -428,8 +428,9 @@ pub fn run_job(
     plot_run(&out.join("loss.png"), &report, &format!("training ({})", method.name()))?;
     let model_dir = out.join("model");
     let student = trainer.into_student();
+    // Exported in the precision it was trained in (checkpoints keep the f32 master weights).
     student
-        .save_pretrained(&model_dir)
+        .save_pretrained_as(&model_dir, config.train.dtype.float_dtype())
         .with_context(|| format!("exporting the student to {}", model_dir.display()))?;
     if let Some(t) = &tok_path {
         copy_tokenizer(t, &model_dir)?;

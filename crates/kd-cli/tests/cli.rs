@@ -338,3 +338,72 @@ fn every_method_runs_through_kd_distill_and_resumes() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The devices `kd distill` is tested on: `cpu` always, and the GPU backends built in (the wgpu
+/// CI lane runs them on Mesa's CPU drivers), each in bf16 where the device computes in it, else
+/// f16.
+fn devices_under_test() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut v = vec!["cpu"];
+    #[cfg(feature = "wgpu")]
+    v.push("wgpu");
+    #[cfg(feature = "vulkan")]
+    v.push("vulkan");
+    v
+}
+
+/// `kd distill --device D --dtype bf16|f16` end to end: the run records where and in what it
+/// ran, the student is exported in that precision and loads back for `kd eval`, and a dtype the
+/// device cannot compute in (or an unbuilt device) is a clear error.
+#[test]
+fn distill_on_a_device_in_half_precision() {
+    let dir = std::env::temp_dir().join(format!("kd-cli-device-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = write_config(&dir);
+    let teacher = dir.join("teacher");
+    kd(&["train", "--config", cfg.to_str().unwrap(), "--out", teacher.to_str().unwrap()]);
+    for device in devices_under_test() {
+        let out = dir.join(format!("student-{device}"));
+        let mut last_error = String::new();
+        let mut ran = None;
+        for dtype in ["bf16", "f16"] {
+            let r = Command::new(env!("CARGO_BIN_EXE_kd"))
+                .args(["distill", "--config", cfg.to_str().unwrap()])
+                .args(["--teacher", teacher.join("model").to_str().unwrap()])
+                .args(["--device", device, "--dtype", dtype, "--steps", "2"])
+                .args(["--set", "train.checkpoint_every=0", "--set", "train.eval_every=0"])
+                .args(["--out", out.to_str().unwrap(), "--quiet"])
+                .output()
+                .unwrap();
+            if r.status.success() {
+                ran = Some(dtype);
+                break;
+            }
+            last_error = String::from_utf8_lossy(&r.stderr).to_string();
+            assert!(last_error.contains("dtype"), "{device} {dtype}: {last_error}");
+        }
+        let dtype =
+            ran.unwrap_or_else(|| panic!("{device}: neither bf16 nor f16 ran: {last_error}"));
+        let env: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("environment.json")).unwrap())
+                .unwrap();
+        assert_eq!(env["dtype"], dtype, "{env}");
+        assert_eq!(env["teacher_dtype"], dtype, "{env}");
+        let config = std::fs::read_to_string(out.join("model/config.json")).unwrap();
+        let torch = if dtype == "bf16" { "bfloat16" } else { "float16" };
+        assert!(config.contains(&format!("\"torch_dtype\": \"{torch}\"")), "{config}");
+        let data = assets().join("tinystories.txt");
+        let model = out.join("model");
+        let args = ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        let report = kd(&[&args[..], &["--seq-len", "32"]].concat());
+        assert!(report.contains("perplexity"), "{report}");
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(["distill", "--config", cfg.to_str().unwrap(), "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown device `tpu`"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

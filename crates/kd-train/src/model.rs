@@ -151,6 +151,22 @@ impl LanguageModel for kd_models::CausalLm {
     }
 }
 
+/// The device `model`'s parameters live on (`None` for a model without parameters).
+pub fn model_device<M: Module>(model: &M) -> Option<Device> {
+    model.devices().into_iter().next()
+}
+
+/// `model`'s logits of `input_ids` computed on the model's own device and returned on the device
+/// of `input_ids` (a teacher on another GPU, or on the CPU, than the student).
+/// Shapes: `[batch, seq]` → `[batch, seq, vocab]`.
+pub fn logits_across<M: LanguageModel>(model: &M, input_ids: Tensor<2, Int>) -> Tensor<3> {
+    let here = input_ids.device();
+    match model_device(model) {
+        Some(there) if there != here => model.logits(input_ids.to_device(&there)).to_device(&here),
+        _ => model.logits(input_ids),
+    }
+}
+
 /// Final hidden states and output head of [`LanguageModel::hidden_and_head`].
 #[derive(Debug, Clone)]
 pub struct HiddenAndHead {

@@ -130,7 +130,8 @@ impl<M: LanguageModel> IncrementalDecoder for RecomputeDecoder<'_, M> {
             let seq = if row.is_empty() { vec![0] } else { row.clone() };
             let x = Tensor::<2, Int>::from_data(TensorData::new(seq, [1, len]), &device);
             let v = self.model.vocab_size();
-            out.push(self.model.logits(x).slice([0..1, len - 1..len, 0..v]).reshape([1, v]));
+            let logits = crate::model::logits_across(self.model, x);
+            out.push(logits.slice([0..1, len - 1..len, 0..v]).reshape([1, v]));
         }
         Tensor::cat(out, 0)
     }
@@ -154,9 +155,13 @@ impl IncrementalDecoder for CacheDecoder<'_> {
     fn feed(&mut self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<2> {
         let [b, n] = ids.dims();
         let v = self.model.vocab_size();
+        // Fed on the caller's device, run on the model's (a teacher on another device).
+        let here = ids.device();
+        let there = crate::model::model_device(self.model).unwrap_or_else(|| here.clone());
+        let (ids, mask) = (ids.to_device(&there), mask.to_device(&there));
         let out = self.model.forward_with(ids, Some(mask), None, Some(&mut self.cache), false);
         let last = out.logits.slice([0..b, n - 1..n, 0..v]).reshape([b, v]); // [b, vocab]
-        last.cast(burn::tensor::FloatDType::F32)
+        last.cast(burn::tensor::FloatDType::F32).to_device(&here)
     }
 }
 
@@ -418,7 +423,8 @@ impl SequenceBatch {
 /// Shape: `[batch, width]`, `0` after each row's end.
 pub fn score<M: LanguageModel>(model: &M, batch: &SequenceBatch, temperature: f64) -> Tensor<2> {
     let device = batch.input_ids.device();
-    let logits = batch.response_logits(model.logits(batch.input_ids.clone())); // [b, w, v]
+    let logits = crate::model::logits_across(model, batch.input_ids.clone()); // [b, t, v]
+    let logits = batch.response_logits(logits); // [b, w, v]
     let lp = activation::log_softmax(logits.div_scalar(temperature), 2);
     let tokens = batch.response_tokens(&device).unsqueeze_dim::<3>(2);
     let mask = batch.response_mask(&device).float();

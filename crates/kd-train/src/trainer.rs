@@ -213,6 +213,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         config.validate()?;
         let device = device.clone().autodiff();
         let mut student = make_trainable(student, &device);
+        if !device.supports_dtype(config.dtype.float_dtype()) {
+            return Err(TrainError::config(
+                "dtype",
+                "a precision this device computes in (e.g. f16 where bf16 has no arithmetic)",
+                config.dtype,
+            ));
+        }
         if config.dtype.is_half() {
             student = student.computing_in(config.dtype.float_dtype()).ok_or_else(|| {
                 TrainError::config(
@@ -265,7 +272,17 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// [`TrainError::InvalidConfig`] when the method uses no teacher (e.g. `sft`);
     /// [`TrainError::VocabMismatch`] when the vocabularies differ under
     /// [`VocabAlignment::Strict`].
-    pub fn with_teacher(mut self, teacher: T) -> Result<Self> {
+    pub fn with_teacher(self, teacher: T) -> Result<Self> {
+        let plain = self.device.clone().inner();
+        self.with_teacher_on(teacher, &plain)
+    }
+
+    /// Adds the teacher on its own device (another GPU, or the CPU while the student trains on
+    /// a GPU): its inputs are sent there and its outputs brought back to the student's device.
+    ///
+    /// # Errors
+    /// As [`Trainer::with_teacher`].
+    pub fn with_teacher_on(mut self, teacher: T, device: &Device) -> Result<Self> {
         if self.method.teacher_use() == TeacherUse::None {
             return Err(TrainError::config(
                 "method",
@@ -277,9 +294,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         if vs != vt && self.config.vocab_alignment == VocabAlignment::Strict {
             return Err(TrainError::VocabMismatch { student: vs, teacher: vt });
         }
-        let plain = self.device.clone().inner();
         let precision = self.teacher_precision();
-        let mut teacher = teacher.valid().to_device(&plain).no_grad();
+        if !device.supports_dtype(precision.float_dtype()) {
+            return Err(TrainError::config(
+                "teacher_dtype",
+                "a precision the teacher's device computes in",
+                precision,
+            ));
+        }
+        let mut teacher = teacher.valid().to_device(&device.clone().inner()).no_grad();
         if precision.is_half() {
             teacher = cast_params(teacher, precision.float_dtype());
         }

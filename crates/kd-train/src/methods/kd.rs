@@ -262,7 +262,15 @@ fn chunked_forward<S: LanguageModel, T: LanguageModel>(
         )
     };
     let s = cx.student.hidden_and_head(batch.input_ids.clone()).ok_or_else(missing)?;
-    let t = teacher.hidden_and_head(batch.input_ids.clone().inner()).ok_or_else(missing)?;
+    let plain = cx.plain_device();
+    let there = crate::model::model_device(teacher).unwrap_or_else(|| plain.clone());
+    let t = teacher.hidden_and_head(batch.input_ids.clone().inner().to_device(&there));
+    let t = t.ok_or_else(missing)?;
+    let t = crate::model::HiddenAndHead {
+        hidden: t.hidden.to_device(&plain),
+        weight: t.weight.to_device(&plain),
+        bias: t.bias.map(|b| b.to_device(&plain)),
+    };
     let (vs, vt) = (s.weight.dims()[0], t.weight.dims()[0]);
     if vs != vt {
         return Err(TrainError::VocabMismatch { student: vs, teacher: vt });

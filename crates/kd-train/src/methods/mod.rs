@@ -59,7 +59,8 @@ pub struct StepContext<'a, S, T> {
     pub student: &'a S,
     /// The teacher, on the plain device, when the method uses one.
     pub teacher: Option<&'a T>,
-    /// The autodiff device (the teacher's is `device.clone().inner()`).
+    /// The student's autodiff device (the teacher lives on its own plain device:
+    /// [`crate::model::logits_across`] moves its inputs and outputs).
     pub device: &'a Device,
     /// The training set.
     pub data: &'a TokenDataset,
@@ -114,7 +115,7 @@ impl<'a, S, T> StepContext<'a, S, T> {
         T: LanguageModel,
     {
         let s = self.student.logits(input_ids.clone()); // [b, s, v]
-        let t = teacher.logits(input_ids.inner()).autodiff();
+        let t = crate::model::logits_across(teacher, input_ids.inner()).autodiff();
         align_vocab(s, t, self.vocab_alignment)
     }
 
