@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
-use crate::logspace::{kl_rows, log_softmax, sum_rows};
+use crate::logspace::{f32_on, kl_rows, log_softmax, mask_f32, sum_rows};
 
 /// Config of [`AdaptiveKl`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,11 +93,11 @@ impl Divergence for AdaptiveKl {
         // Tail membership in sorted order, then scattered back to vocabulary order.
         let (sorted, order) = p.clone().sort_descending_with_indices(1); // [rows, vocab]
         let cumulative = sorted.cumsum(1);
-        let mut tail_sorted = cumulative.greater_elem(self.config.mu).float();
+        let mut tail_sorted = mask_f32(cumulative.greater_elem(self.config.mu));
         if vocab > 0 {
             tail_sorted = tail_sorted.slice_fill([0..rows, 0..1], 0.0);
         }
-        let tail = Tensor::<2>::zeros([rows, vocab], &p.device()).scatter(
+        let tail = Tensor::<2>::zeros([rows, vocab], f32_on(&p.device())).scatter(
             1,
             order,
             tail_sorted,

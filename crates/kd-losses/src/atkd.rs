@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::dkd::decoupled;
 use crate::error::{Result, check_range, check_temperature};
+use crate::logspace::{f32_on, mask_f32};
 
 /// Config of [`AdaptiveTeachingKd`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,12 +103,12 @@ impl Divergence for AdaptiveTeachingKd {
         let k: Tensor<1, Int> = n_valid_int.sub_scalar(1).clamp_min(0).div_scalar(2);
         let k = k.clamp_max(rows.saturating_sub(1) as i64);
         let median_key =
-            if rows == 0 { Tensor::<1>::zeros([1], &device) } else { sorted.gather(0, k) };
+            if rows == 0 { Tensor::<1>::zeros([1], f32_on(&device)) } else { sorted.gather(0, k) };
         let median = median_key.clone().exp().neg().add_scalar(1.0);
 
         let hard = key.lower_equal(median_key.expand([rows])).bool_and(is_valid.clone());
         let easy = hard.clone().bool_not().bool_and(is_valid);
-        let (hard_f, easy_f) = (hard.float(), easy.float());
+        let (hard_f, easy_f) = (mask_f32(hard), mask_f32(easy));
         let n_valid = valid.sum();
         let n_hard = hard_f.clone().sum();
         let n_easy = easy_f.clone().sum();

@@ -8,10 +8,11 @@
 //! divergence is differentiated on the chunk alone, and the chunk's logit gradient is folded into
 //! the gradients of the hidden states and the head before the chunk is freed.
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use crate::divergence::{Divergence, KdBatch, Reduction, valid_rows};
 use crate::error::{KdError, Result};
+use crate::logspace::{LOSS_DTYPE, f32_on, to_f32};
 
 /// Losses whose per-row value depends on other rows (a batch median, per-group means): chunking
 /// would change them, so [`ChunkedHeadLoss`] refuses them.
@@ -36,7 +37,8 @@ pub enum ChunkedTeacher {
 }
 
 /// Inputs of [`ChunkedHeadLoss::forward`]: student hidden states and head, the teacher, and
-/// the optional labels and row mask of [`KdBatch`].
+/// the optional labels and row mask of [`KdBatch`]. Float tensors may be of any float dtype
+/// (see "Precision" in [`ChunkedHeadLoss`]).
 #[derive(Debug, Clone)]
 pub struct ChunkedHeadBatch {
     /// Final hidden states of the student, flattened to rows. Shape: `[rows, hidden]`.
@@ -122,6 +124,19 @@ pub struct ChunkedHeadOutput {
 /// Temperature, `T²` scaling, masking and the hard-label mix are those of the divergence; the
 /// chunk values are reduced with [`Reduction::Sum`] and scaled by `1/n` for a mean, so the sum
 /// over chunks is the batch's loss. Needs the `autodiff` (or `flex`) feature.
+///
+/// # Precision
+/// Hidden states, heads, biases and teacher logits may be `f32`, `f64`, `bf16` or `f16`. The
+/// head matmuls (`h_c · Wᵀ` and, for the gradients, `G_c · W` and `G_cᵀ · h_c`) run in the
+/// common dtype of the side's hidden states, head and bias (`f32` when they differ): with `bf16`
+/// inputs that is what saves the memory and time of a GPU. Each chunk's logits are then cast to
+/// `f32`, so the log-softmax and the divergence (the driver of [`Divergence::forward`]) and
+/// `G_c` are `f32`; the head-weight and bias gradients are accumulated across chunks in `f32`
+/// (one `f32` `[vocab, hidden]` buffer), and every gradient reaches the caller's graph in `f32`
+/// (through a transient `f32` copy of its tensor) and leaves it in its tensor's dtype (the
+/// `f32` value, rounded). The loss is `f32`; on `f32` inputs every cast is a no-op. So with
+/// half-precision inputs the result differs from the `f32` computation on the same (rounded)
+/// inputs by the rounding of the chunk logits and of the gradient matmuls to that dtype.
 ///
 /// # Shapes
 /// `student_hidden` `[rows, hidden]`, `student_weight` `[vocab, hidden]`, `student_bias`
@@ -245,13 +260,16 @@ impl ChunkedHeadLoss {
         let want_b = student_bias.as_ref().is_some_and(Tensor::is_tracked);
         let tracked = want_h || want_w || want_b;
 
-        // Everything chunk-wise runs on the inner (non-autodiff) backend.
-        let h = student_hidden.clone().inner(); // [rows, hidden]
-        let w = student_weight.clone().inner(); // [vocab, hidden]
-        let b = student_bias.clone().map(Tensor::inner); // [vocab]
+        // Everything chunk-wise runs on the inner (non-autodiff) backend, the head matmuls in
+        // the head's dtype (see "Precision" in the type docs).
+        let dtype = head_dtype(&student_hidden, &student_weight, student_bias.as_ref());
+        let h = student_hidden.clone().inner().cast(dtype); // [rows, hidden]
+        let w = student_weight.clone().inner().cast(dtype); // [vocab, hidden]
+        let b = student_bias.clone().map(|b| b.inner().cast(dtype)); // [vocab]
         let teacher = InnerTeacher::new(teacher);
+        let f32_device = f32_on(&h.device());
 
-        let mut value = Tensor::<1>::zeros([1], &h.device()); // Σ chunk sums
+        let mut value = Tensor::<1>::zeros([1], f32_device.clone()); // Σ chunk sums, f32
         let mut per_row = Vec::new();
         let mut grad_h = Vec::new(); // chunks of ∂/∂h, unscaled
         let mut grad_w: Option<Tensor<2>> = None; // Σ_c G_cᵀ h_c, unscaled
@@ -260,8 +278,9 @@ impl ChunkedHeadLoss {
         while start < shapes.rows {
             let end = (start + self.chunk_rows).min(shapes.rows);
             let h_c = h.clone().slice([start..end, 0..shapes.hidden]); // [c, hidden]
-            let logits_c = head(h_c.clone(), &w, b.as_ref()); // [c, vocab]
-            let teacher_c = teacher.rows(start, end); // [c, vocab_t]
+            // The chunk's logits in f32: the divergence and G_c are f32 whatever the head's dtype.
+            let logits_c = to_f32(head(h_c.clone(), &w, b.as_ref())); // [c, vocab]
+            let teacher_c = teacher.rows(start, end); // [c, vocab_t], cast by the driver
             let (lift, lift_teacher) = if tracked {
                 (Tensor::from_inner(logits_c).require_grad(), Tensor::from_inner(teacher_c))
             } else {
@@ -278,20 +297,21 @@ impl ChunkedHeadLoss {
             per_row.push(out.per_row.clone().inner());
             if tracked {
                 let mut grads = out.loss.backward();
-                // G_c, the gradient of this chunk's (unscaled) sum. // [c, vocab]
+                // G_c, the gradient of this chunk's (unscaled) sum, f32. // [c, vocab]
                 let g = lift.grad_remove(&mut grads).expect("chunk logits are a tracked leaf");
+                let g_head = g.clone().cast(dtype); // G_c for the matmuls, in the head's dtype
                 if want_h {
-                    grad_h.push(g.clone().matmul(w.clone())); // [c, hidden]
+                    grad_h.push(g_head.clone().matmul(w.clone())); // [c, hidden]
                 }
                 if want_w {
-                    let gw = g.clone().transpose().matmul(h_c); // [vocab, hidden]
+                    let gw = to_f32(g_head.transpose().matmul(h_c)); // [vocab, hidden]
                     grad_w = Some(match grad_w {
                         Some(acc) => acc.add(gw),
                         None => gw,
                     });
                 }
                 if want_b {
-                    let gb = g.sum_dim(0).squeeze_dim::<1>(0); // [vocab]
+                    let gb = g.sum_dim(0).squeeze_dim::<1>(0); // [vocab], f32
                     grad_b = Some(match grad_b {
                         Some(acc) => acc.add(gb),
                         None => gb,
@@ -304,12 +324,13 @@ impl ChunkedHeadLoss {
 
         let value = value.mul_scalar(scale); // [1]
         let per_row = if per_row.is_empty() {
-            Tensor::zeros([0], &h.device())
+            Tensor::zeros([0], f32_device)
         } else {
             Tensor::cat(per_row, 0)
         };
         let loss = if tracked {
-            // Σ x⊙G − (Σ x⊙G).detach() is exactly 0 and has gradient G w.r.t. x.
+            // Σ x⊙G − (Σ x⊙G).detach() is exactly 0 and has gradient G w.r.t. x. Formed in
+            // f32; the cast's backward hands G to x in x's dtype.
             let mut surrogate: Option<Tensor<1>> = None;
             let mut add = |t: Tensor<1>| {
                 surrogate = Some(match surrogate.take() {
@@ -318,14 +339,14 @@ impl ChunkedHeadLoss {
                 });
             };
             if want_h && !grad_h.is_empty() {
-                let g = Tensor::cat(grad_h, 0).mul_scalar(scale); // [rows, hidden]
-                add(student_hidden.mul(g).sum());
+                let g = to_f32(Tensor::cat(grad_h, 0)).mul_scalar(scale); // [rows, hidden]
+                add(to_f32(student_hidden).mul(g).sum());
             }
             if let (true, Some(g)) = (want_w, grad_w) {
-                add(student_weight.mul(g.mul_scalar(scale)).sum());
+                add(to_f32(student_weight).mul(g.mul_scalar(scale)).sum());
             }
             if let (true, Some(g), Some(bias)) = (want_b, grad_b, student_bias) {
-                add(bias.mul(g.mul_scalar(scale)).sum());
+                add(to_f32(bias).mul(g.mul_scalar(scale)).sum());
             }
             match surrogate {
                 Some(s) => s.clone().sub(s.detach()).add(value),
@@ -338,6 +359,14 @@ impl ChunkedHeadLoss {
         };
         Ok(ChunkedHeadOutput { loss, per_row, n_valid })
     }
+}
+
+/// The dtype of one side's head matmuls: the common dtype of its hidden states, head and bias,
+/// or `f32` when they differ.
+fn head_dtype(hidden: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> FloatDType {
+    let dtype: DType = hidden.dtype();
+    let same = weight.dtype() == dtype && bias.is_none_or(|b| b.dtype() == dtype);
+    if same { dtype.into() } else { LOSS_DTYPE }
 }
 
 /// `x · Wᵀ (+ b)`. // [c, hidden], [vocab, hidden], [vocab] -> [c, vocab]
@@ -360,11 +389,14 @@ impl InnerTeacher {
     fn new(teacher: ChunkedTeacher) -> Self {
         match teacher {
             ChunkedTeacher::Logits(t) => Self::Logits(t.inner()),
-            ChunkedTeacher::Hidden { hidden, weight, bias } => Self::Hidden {
-                hidden: hidden.inner(),
-                weight: weight.inner(),
-                bias: bias.map(Tensor::inner),
-            },
+            ChunkedTeacher::Hidden { hidden, weight, bias } => {
+                let dtype = head_dtype(&hidden, &weight, bias.as_ref());
+                Self::Hidden {
+                    hidden: hidden.inner().cast(dtype),
+                    weight: weight.inner().cast(dtype),
+                    bias: bias.map(|b| b.inner().cast(dtype)),
+                }
+            }
         }
     }
 

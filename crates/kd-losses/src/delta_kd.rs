@@ -7,7 +7,7 @@ use crate::divergence::{
     Divergence, DriverSettings, Extra, KdBatch, KdOutput, Reduction, TokenInputs, TokenTerms,
 };
 use crate::error::{KdError, Result, check_range, check_temperature};
-use crate::logspace::{kl_rows, log_softmax};
+use crate::logspace::{kl_rows, log_softmax, to_f32};
 
 /// Config of [`DeltaKd`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +53,8 @@ impl DeltaKdConfig {
 /// ```
 ///
 /// `z_t`/`z_tb` are the fine-tuned and base teacher logits, `z_sb` the frozen base student's.
-/// Diagnostics `kd_term` (the KL) and, when `λ > 0`, `sft_term` (the CE).
+/// Diagnostics `kd_term` (the KL) and, when `λ > 0`, `sft_term` (the CE). All four logits may
+/// be of any float dtype; the target is formed and the loss computed in `f32`.
 ///
 /// # Shapes
 /// All logits `[rows, vocab]`; `labels` `[rows]` when `λ > 0`.
@@ -117,8 +118,12 @@ impl DeltaKd {
                 });
             }
         }
-        let shifted = student_base_logits.add(
-            batch.teacher_logits.clone().sub(teacher_base_logits).mul_scalar(self.config.alpha),
+        // The shift is formed in f32 (inputs of any float dtype, mixed too); the student logits
+        // are cast by the driver, the one cast point of every dense loss.
+        let shifted = to_f32(student_base_logits).add(
+            to_f32(batch.teacher_logits.clone())
+                .sub(to_f32(teacher_base_logits))
+                .mul_scalar(self.config.alpha),
         );
         let term = DeltaKdTerm {
             temperature: self.config.temperature,

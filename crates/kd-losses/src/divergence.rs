@@ -11,7 +11,7 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use crate::error::{KdError, Result, check_range};
 use crate::fused::{self, ExpectedUpstream, FusedCall, FusedKind};
-use crate::logspace::{gather_rows, log_softmax, scaled_logits};
+use crate::logspace::{gather_rows, log_softmax, mask_f32, scaled_logits, to_f32};
 
 /// How per-row losses are combined into the returned `loss`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -30,6 +30,10 @@ pub enum Reduction {
 ///
 /// A row counts iff `mask[i]` is true **and** `labels[i] != -100` (each check applies only when the
 /// tensor is given). Ignored rows get loss `0` and gradient `0`.
+///
+/// The logits may be of any float dtype (`f32`, `f64`, `bf16`, `f16`), student and teacher
+/// alike or not: [`Divergence::forward`] casts both to `f32` first (see the crate docs,
+/// "Precision").
 #[derive(Debug, Clone)]
 pub struct KdBatch {
     /// Student logits. Shape: `[rows, vocab]`.
@@ -72,7 +76,8 @@ impl KdBatch {
     }
 }
 
-/// What the driver hands to [`Divergence::per_token`]: temperature-scaled logits of valid shapes.
+/// What the driver hands to [`Divergence::per_token`]: temperature-scaled `f32` logits of valid
+/// shapes.
 #[derive(Debug, Clone)]
 pub struct TokenInputs {
     /// `student_logits / T_student`, floored at [`crate::logspace::LOGIT_FLOOR`]. Shape: `[rows, vocab]`.
@@ -212,13 +217,17 @@ pub trait Divergence: fmt::Debug + Send + Sync {
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms>;
 
     /// The fused row kernel that computes the same per-token term, if any. The driver uses it for
-    /// `f32` tensors on the flex backend (see [`crate::fused`]); everything else runs
-    /// [`per_token`](Divergence::per_token).
+    /// inputs on the flex backend, of any float dtype once cast to `f32` (see [`crate::fused`]);
+    /// everything else runs [`per_token`](Divergence::per_token).
     fn fused_kind(&self) -> Option<FusedKind> {
         None
     }
 
     /// Computes the loss of a batch.
+    ///
+    /// The logits may be `f32`, `f64`, `bf16` or `f16` (mixed too); they are cast to `f32` once,
+    /// here, and everything after runs in `f32`. The returned tensors are `f32`; the gradient
+    /// w.r.t. the student logits comes back in their dtype (the `f32` gradient, rounded).
     ///
     /// # Errors
     /// [`KdError::ShapeMismatch`] when teacher, labels or mask disagree with the student rows,
@@ -342,7 +351,7 @@ pub(crate) fn finish(
     let invalid = valid.clone().bool_not();
     // Ignored rows are replaced (not multiplied) by zero, so a non-finite value there cannot leak.
     let per_row = per_row.mask_fill(invalid.clone(), 0.0);
-    let n_valid = valid.clone().float().sum(); // [1]
+    let n_valid = mask_f32(valid.clone()).sum(); // [1]
     let loss = match reduction {
         Reduction::Mean => per_row.clone().sum().div(n_valid.clone().clamp_min(1.0)),
         Reduction::Sum => per_row.clone().sum(),
@@ -368,6 +377,9 @@ pub(crate) fn run<L: Divergence + ?Sized>(
     let settings = loss.settings();
     let name = loss.name();
     let KdBatch { student_logits, teacher_logits, labels, mask } = batch;
+    // The one cast point of every dense loss: any float dtype in, f32 math from here on (the
+    // fused kernels included); the student's gradient goes back in its own dtype.
+    let (student_logits, teacher_logits) = (to_f32(student_logits), to_f32(teacher_logits));
     let [rows, vocab] = student_logits.dims();
     let [t_rows, t_vocab] = teacher_logits.dims();
     if t_rows != rows {
@@ -417,7 +429,7 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         student: scaled_logits(student_logits.clone(), settings.student_temperature),
         teacher: scaled_logits(teacher_logits, settings.teacher_temperature).detach(),
         labels: safe_labels.clone(),
-        valid: valid.clone().float(),
+        valid: mask_f32(valid.clone()),
     };
     let TokenTerms { values, mut extras } = loss.per_token(inputs)?;
     let soft =

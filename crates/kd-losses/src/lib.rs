@@ -38,9 +38,19 @@
 //! Each type's docs give the formula, the gradient w.r.t. the student logits, shapes, errors and
 //! the paper with its official code. `docs/` in the repository derives each family.
 //!
+//! ## Precision
+//!
+//! Every loss takes its float inputs (logits, log-probabilities, hidden states, heads) in `f32`,
+//! `f64`, `bf16` or `f16`, in any mix, and computes, accumulates and returns in `f32`: each
+//! entry point casts its inputs to `f32` once, on entry ([`logspace::to_f32`]; a no-op on `f32`),
+//! and builds its own constants in `f32` whatever the device's default float dtype. Under
+//! autodiff the cast is differentiable, so the gradient w.r.t. a `bf16` student comes back in
+//! `bf16`: the `f32` gradient, rounded. `ChunkedHeadLoss` is the one place that computes in
+//! the inputs' dtype: its head matmuls, while each chunk's log-softmax and divergence are `f32`.
+//!
 //! ## Speed and memory
 //!
-//! On flex with `f32` tensors most row-wise losses (FKL, RKL, JSD, skew KL/RKL, TVD, AKL, TAID,
+//! On flex (any float dtype, once cast to `f32`) most row-wise losses (FKL, RKL, JSD, skew KL/RKL, TVD, AKL, TAID,
 //! top-k, with or without the hard-label mix) run as one fused forward+backward kernel that
 //! allocates a single pooled `rows × vocab` gradient buffer; everything else runs the
 //! op-composed path, with the same results (see the `fused` module). With the `flex` or

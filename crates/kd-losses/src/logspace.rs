@@ -4,8 +4,37 @@
 //! computed as log-softmax (max-shifted log-sum-exp), mixtures of distributions as a log-sum-exp of
 //! log-probabilities, and probabilities are only formed as `exp(log p)` when they multiply a finite
 //! log-ratio.
+//!
+//! Precision lives here too: every loss entry point passes its float inputs through [`to_f32`]
+//! once, so all of this math runs and accumulates in `f32` whatever the inputs' dtype, and the
+//! few tensors a loss creates itself (`f32_on`, `mask_f32`) are `f32` whatever the device's
+//! default float dtype.
 
-use burn::tensor::{Int, Tensor, activation};
+use burn::tensor::{
+    Bool, DType, Device, FloatDType, Int, Tensor, TensorCreationOptions, activation,
+};
+
+/// The float dtype every loss computes, accumulates and returns in.
+pub const LOSS_DTYPE: FloatDType = FloatDType::F32;
+
+/// Casts a float tensor (`f32`, `f64`, `bf16` or `f16`) to [`LOSS_DTYPE`]; the identity on `f32`.
+///
+/// The one cast point of each loss route. Under autodiff the cast is differentiable and its
+/// backward casts the gradient back, so the gradient w.r.t. a `bf16` input is the `f32` gradient
+/// rounded to `bf16`.
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.cast(LOSS_DTYPE)
+}
+
+/// Creation options for an `f32` tensor on `device` (not the device's default float dtype).
+pub(crate) fn f32_on(device: &Device) -> TensorCreationOptions {
+    (device, DType::F32).into()
+}
+
+/// A boolean mask as `f32` `1.0` / `0.0`.
+pub(crate) fn mask_f32<const D: usize>(mask: Tensor<D, Bool>) -> Tensor<D> {
+    mask.cast(LOSS_DTYPE)
+}
 
 /// Logits below this value are raised to it before any softmax.
 ///
@@ -74,7 +103,7 @@ pub fn gather_rows(x: Tensor<2>, index: Tensor<1, Int>) -> Tensor<1> {
 
 /// One-hot rows as floats: `1` at `index[i]`, `0` elsewhere. // -> [rows, vocab]
 pub fn one_hot_rows(index: Tensor<1, Int>, vocab: usize) -> Tensor<2> {
-    index.one_hot::<2>(vocab).float()
+    index.one_hot::<2>(vocab).cast(LOSS_DTYPE)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KdError, Result, check_range, check_temperature};
-use crate::logspace::scaled_logits;
+use crate::logspace::{f32_on, mask_f32, scaled_logits, to_f32};
 
 /// Which variance whitening divides by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +79,8 @@ impl MiniLlmConfig {
     }
 }
 
-/// Sampled responses with student and teacher logits at every position.
+/// Sampled responses with student and teacher logits at every position. The logits and
+/// log-probabilities may be of any float dtype (cast to `f32` on entry).
 #[derive(Debug, Clone)]
 pub struct MiniLlmBatch {
     /// Current (trainable) student logits; position `t` predicts `tokens[t]`. Shape: `[batch, len, vocab]`.
@@ -141,6 +142,10 @@ impl MiniLlmOutput {
 /// `reward`, `discounted_return`, `remaining_length`, `advantage_raw`, `advantage`, `ratio`,
 /// `pg_term`, `reg_term`.
 ///
+/// The logits and old log-probabilities may be `f32`, `f64`, `bf16` or `f16` (mixed too): they
+/// are cast to `f32` on entry and every output is `f32`; the student's gradient comes back in
+/// its own dtype.
+///
 /// # Shapes
 /// Logits `[batch, len, vocab]`; `tokens`, `mask` `[batch, len]`.
 ///
@@ -168,7 +173,7 @@ fn future_sum_matrix(len: usize, gamma: f64, device: &burn::tensor::Device) -> T
             g[s * len + t] = gamma.powi((s - t) as i32) as f32;
         }
     }
-    Tensor::from_data(TensorData::new(g, [len, len]), device)
+    Tensor::from_data(TensorData::new(g, [len, len]), f32_on(device))
 }
 
 impl MiniLlm {
@@ -186,6 +191,11 @@ impl MiniLlm {
             old_student_logits,
             old_logprobs,
         } = batch;
+        // The one cast point of this loss: every float input to f32, all math in f32 after.
+        let student_logits = to_f32(student_logits);
+        let teacher_logits = to_f32(teacher_logits);
+        let old_student_logits = old_student_logits.map(to_f32);
+        let old_logprobs = old_logprobs.map(to_f32);
         let dims = student_logits.dims();
         let [b, len, vocab] = dims;
         let check = |what: &str, got: Vec<usize>, want: Vec<usize>| -> Result<()> {
@@ -225,7 +235,7 @@ impl MiniLlm {
         }
         let device = student_logits.device();
         let tau = c.temperature;
-        let m = mask.clone().float(); // [b, len]
+        let m = mask_f32(mask.clone()); // [b, len]
         let invalid = mask.bool_not();
 
         let logq_old = match old_logprobs {
@@ -251,7 +261,7 @@ impl MiniLlm {
                     a_q.sub(hi.clone()).exp().add(a_p.sub(hi.clone()).exp()).log().add(hi);
                 logq_old.clone().sub(log_mix).exp().mask_fill(invalid.clone(), 1.0)
             }
-            None => Tensor::<2>::ones([b, len], &device),
+            None => Tensor::<2>::ones([b, len], f32_on(&device)),
         };
 
         // Rewards, discounted returns, length normalisation, whitening.

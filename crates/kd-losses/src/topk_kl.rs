@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::divergence::{Extra, KdOutput, Reduction, finish, valid_rows};
 use crate::error::{KdError, Result, check_temperature};
 use crate::fused;
-use crate::logspace::{logsumexp, scaled_logits, sum_rows};
+use crate::logspace::{f32_on, logsumexp, scaled_logits, sum_rows, to_f32};
 
 /// How the missing teacher mass outside the top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +54,8 @@ impl TopKKlConfig {
     }
 }
 
-/// A batch for [`TopKKl`]: dense student logits and a sparse teacher.
+/// A batch for [`TopKKl`]: dense student logits and a sparse teacher. The logits and
+/// log-probabilities may be of any float dtype (cast to `f32` on entry).
 #[derive(Debug, Clone)]
 pub struct SparseKdBatch {
     /// Student logits. Shape: `[rows, vocab]`.
@@ -92,10 +93,15 @@ pub struct SparseKdBatch {
 /// Times `T²` when `scale_by_t2`. Diagnostics (`tail_bucket`): `teacher_tail_mass`,
 /// `student_tail_mass`.
 ///
-/// On `f32` flex tensors (with or without autodiff) the call runs one fused kernel instead
-/// ([`crate::fused::topk`], same results): value and gradient in one call, and a single
-/// `rows × vocab` allocation, the student gradient, taken from the fused path's buffer pool
-/// (none when the student is untracked); [`crate::fused::with_path`] forces the composed path.
+/// The student logits and teacher log-probabilities may be `f32`, `f64`, `bf16` or `f16` (mixed
+/// too): they are cast to `f32` on entry, everything runs and accumulates in `f32`, the loss is
+/// `f32`, and the student's gradient comes back in its own dtype.
+///
+/// On flex tensors (with or without autodiff, any float dtype once cast) the call runs one fused
+/// kernel instead ([`crate::fused::topk`], same results): value and gradient in one call, and a
+/// single `rows × vocab` allocation, the student gradient, taken from the fused path's buffer
+/// pool (none when the student is untracked); [`crate::fused::with_path`] forces the composed
+/// path.
 ///
 /// # Shapes
 /// `student_logits` `[rows, vocab]`; `teacher_topk_ids`, `teacher_topk_logprobs` `[rows, k]`.
@@ -156,6 +162,8 @@ impl TopKKl {
             labels,
             mask,
         } = batch;
+        // The one cast point of this loss: f32 from here on (the fused kernel included).
+        let (student_logits, lp) = (to_f32(student_logits), to_f32(lp));
         let [rows, vocab] = student_logits.dims();
         for (what, d) in [("teacher_topk_ids", ids.dims()), ("teacher_topk_logprobs", lp.dims())] {
             if d[0] != rows || d != ids.dims() {
@@ -174,7 +182,7 @@ impl TopKKl {
 
         let t = self.config.temperature;
         let scale = if self.config.scale_by_t2 { t * t } else { 1.0 };
-        // f32 on flex: one fused kernel, one `rows × vocab` buffer (the student gradient).
+        // On flex: one fused kernel, one `rows × vocab` buffer (the student gradient).
         let fused = fused::topk_terms(fused::TopKCall {
             spec: fused::topk::TopKSpec {
                 convention: self.config.convention,
@@ -258,18 +266,27 @@ fn student_log_tail(
     let index = Tensor::<1, Int>::from_data(TensorData::new(exact_rows, [m]), &device);
     let s_sel = s.clone().select(0, index.clone()); // [m, vocab]
     let ids_sel = ids.clone().select(0, index.clone()); // [m, k]
-    let in_topk = Tensor::<2>::zeros([m, vocab], &device)
-        .scatter(1, ids_sel.clone(), Tensor::ones(ids_sel.dims(), &device), IndexingUpdateOp::Add)
+    let in_topk = Tensor::<2>::zeros([m, vocab], f32_on(&device))
+        .scatter(
+            1,
+            ids_sel.clone(),
+            Tensor::ones(ids_sel.dims(), f32_on(&device)),
+            IndexingUpdateOp::Add,
+        )
         .greater_elem(0.5); // [m, vocab]
     // log Σ_{v ∉ ids} exp(s_v) − log Σ_v exp(s_v)
     let exact = logsumexp(s_sel.mask_fill(in_topk, -1e30))
         .sub(log_norm.clone().select(0, index.clone()))
         .squeeze_dim::<1>(1); // [m]
-    let is_exact = Tensor::<1>::zeros([rows], &device)
-        .select_assign(0, index.clone(), Tensor::ones([m], &device), IndexingUpdateOp::Add)
+    let is_exact = Tensor::<1>::zeros([rows], f32_on(&device))
+        .select_assign(0, index.clone(), Tensor::ones([m], f32_on(&device)), IndexingUpdateOp::Add)
         .greater_elem(0.5); // [rows]
-    let exact_full =
-        Tensor::<1>::zeros([rows], &device).select_assign(0, index, exact, IndexingUpdateOp::Add); // [rows]
+    let exact_full = Tensor::<1>::zeros([rows], f32_on(&device)).select_assign(
+        0,
+        index,
+        exact,
+        IndexingUpdateOp::Add,
+    ); // [rows]
     fast.mask_where(is_exact, exact_full)
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
-use crate::logspace::{log_softmax, sum_rows};
+use crate::logspace::{f32_on, log_softmax, sum_rows};
 
 /// Config of [`UniversalLogitDistillation`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ fn sorted_padded(probs: Tensor<2>, width: usize) -> Tensor<2> {
     if vocab == width {
         sorted
     } else {
-        let zeros = Tensor::<2>::zeros([rows, width - vocab], &sorted.device());
+        let zeros = Tensor::<2>::zeros([rows, width - vocab], f32_on(&sorted.device()));
         Tensor::cat(vec![sorted, zeros], 1)
     }
 }

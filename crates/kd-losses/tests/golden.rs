@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+use common::json::{flat, floats, golden_dir, host, ints, mask, num};
 use kd_losses::fused::{Path, fused_calls, with_path};
 use kd_losses::{
     DeltaKdConfig, DistillationScalingLaw, KdBatch, LossConfig, MiniLlmBatch, MiniLlmConfig,
@@ -73,68 +72,6 @@ impl Report {
             }
         }
     }
-}
-
-fn golden_dir() -> PathBuf {
-    match std::env::var_os("KD_GOLDEN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"),
-    }
-}
-
-// ---------- JSON → tensors ----------
-
-fn num(v: &Value) -> f64 {
-    match v {
-        Value::Bool(b) => f64::from(u8::from(*b)),
-        _ => v.as_f64().unwrap_or_else(|| panic!("expected a number, got {v}")),
-    }
-}
-
-/// Flattens nested arrays of numbers and returns the values and the shape.
-fn flat(v: &Value) -> (Vec<f64>, Vec<usize>) {
-    fn walk(v: &Value, depth: usize, out: &mut Vec<f64>, shape: &mut Vec<usize>) {
-        match v {
-            Value::Array(items) => {
-                if shape.len() <= depth {
-                    shape.push(items.len());
-                }
-                for item in items {
-                    walk(item, depth + 1, out, shape);
-                }
-            }
-            other => out.push(num(other)),
-        }
-    }
-    let (mut out, mut shape) = (Vec::new(), Vec::new());
-    walk(v, 0, &mut out, &mut shape);
-    (out, shape)
-}
-
-fn floats<const D: usize>(v: &Value, device: &Device) -> Tensor<D> {
-    let (data, shape) = flat(v);
-    let data: Vec<f32> = data.into_iter().map(|x| x as f32).collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn ints<const D: usize>(v: &Value, device: &Device) -> Tensor<D, Int> {
-    let (data, shape) = flat(v);
-    let data: Vec<i64> = data.into_iter().map(|x| x as i64).collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn mask<const D: usize>(v: &Value, device: &Device) -> Tensor<D, Bool> {
-    ints::<D>(v, device).equal_elem(1)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 fn scalar(v: &Value) -> Vec<f64> {

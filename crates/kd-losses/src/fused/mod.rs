@@ -1,9 +1,12 @@
 //! Fused CPU path: one forward+backward kernel per loss family, registered as a burn autodiff op.
 //!
 //! The driver tries the fused path first; the op-composed path runs instead unless
-//! the loss has a fused kernel ([`crate::Divergence::fused_kind`]), both tensors are `f32` on the
-//! flex backend (with or without autodiff), the vocabularies match, and the calling thread has
-//! not forced the composed path with [`with_path`]. Results are the same as the composed path
+//! the loss has a fused kernel ([`crate::Divergence::fused_kind`]), both tensors are on the flex
+//! backend (with or without autodiff), the vocabularies match, and the calling thread has
+//! not forced the composed path with [`with_path`]. The kernels read `f32` rows: the callers cast
+//! inputs of any other float dtype to `f32` before routing (one autodiff cast, whose backward
+//! turns the kernel's `f32` gradient back into the input's dtype), so `bf16`, `f16` and `f64`
+//! logits take the fused path too. Results are the same as the composed path
 //! (both are checked against the golden files and each other).
 //!
 //! When the student is tracked, the gradient is computed in the forward pass, already multiplied
@@ -162,6 +165,7 @@ mod flex {
     use super::topk::{TopKBatch, TopKRowOut, run_topk_rows};
     use super::{FusedCall, FusedTerms, Path, TopKCall, current_path};
     use crate::Extra;
+    use crate::logspace::f32_on;
 
     /// The gradient computed in the forward, and the upstream it assumed per row.
     #[derive(Debug, Clone)]
@@ -286,7 +290,7 @@ mod flex {
     fn extras(spec: &RowSpec, rows: &[RowOut], device: &burn::tensor::Device) -> Vec<Extra> {
         let col = |f: fn(&RowOut) -> f64| -> Tensor<1> {
             let v: Vec<f32> = rows.iter().map(|r| f(r) as f32).collect();
-            Tensor::from_data(TensorData::new(v, [rows.len()]), device)
+            Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device))
         };
         let mut extras = match spec.kind {
             FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } => {
@@ -352,7 +356,8 @@ mod flex {
     /// The one fused op: runs `kernel` on the student's host rows (with a pooled gradient
     /// buffer, which the kernel fills with `weights[i] ×` row i's gradient, when the student is
     /// tracked) and returns its per-row values as a tensor whose backward hands that gradient
-    /// over. `None` (nothing run) when the student is not an `f32` flex tensor.
+    /// over. `None` (nothing run) when the student is not an `f32` flex tensor (the callers have
+    /// cast it to `f32` already, so in practice: not on flex).
     fn fused_op<R>(
         student: &Tensor<2>,
         weights: &[f32],
@@ -413,7 +418,7 @@ mod flex {
             let device = call.student.device();
             let col = |f: fn(&TopKRowOut) -> f64| -> Tensor<1> {
                 let v: Vec<f32> = rows_out.iter().map(|r| f(r) as f32).collect();
-                Tensor::from_data(TensorData::new(v, [rows]), &device)
+                Tensor::from_data(TensorData::new(v, [rows]), f32_on(&device))
             };
             vec![
                 Extra::row("teacher_tail_mass", col(|r| r.teacher_tail)),

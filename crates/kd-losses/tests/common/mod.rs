@@ -31,3 +31,5 @@ macro_rules! backend_tests {
         )*
     };
 }
+
+pub mod json;
