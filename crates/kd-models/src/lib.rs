@@ -94,7 +94,9 @@ pub use error::{ModelError, Result};
 pub use gpt2::Gpt2;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use load::{load_pretrained, save_pretrained};
+pub use load::{
+    LoadOptions, load_pretrained, load_pretrained_with, save_pretrained, save_pretrained_as,
+};
 pub use model::{CausalLm, ModelOutput};
 pub use sampling::{GenerationConfig, GenerationOutput, Sampling, generate};
 pub use tokenizer::Tokenizer;
