@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{IGNORE_INDEX, TokenDataset};
 use crate::error::{Result, TrainError};
-use crate::model::LanguageModel;
+use crate::model::{HiddenAndHead, LanguageModel};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,16 +140,36 @@ pub fn masked_cross_entropy_mean(logits: Tensor<3>, labels: Tensor<2, Int>) -> T
     sum.div(count.clamp_min(1.0))
 }
 
+/// Logits per evaluation chunk: above this many (`rows × vocab`), [`evaluate`] applies the output
+/// head to the final hidden states a chunk of rows at a time instead of forming the batch's full
+/// logits (64 Mi values, 256 MB in `f32`; a `[4 × 1024, 151936]` batch is 2.5 GB, more than a
+/// wgpu/Vulkan device can allocate as one buffer).
+pub const EVAL_CHUNK_LOGITS: usize = 64 << 20;
+
 /// Held-out loss and perplexity of `model` on `data`, batch by batch in order.
 ///
 /// `max_batches` bounds the cost (`None` = the whole set). Pass a model on a plain device (for a
-/// student under training, `student.valid()`), so no graph is recorded.
+/// student under training, `student.valid()`), so no graph is recorded. Batches whose logits
+/// would exceed [`EVAL_CHUNK_LOGITS`] go through the output head chunk by chunk when the model
+/// exposes it ([`LanguageModel::hidden_and_head`]), with the same result.
 pub fn evaluate<M: LanguageModel>(
     model: &M,
     data: &TokenDataset,
     batch_size: usize,
     max_batches: Option<usize>,
     device: &Device,
+) -> EvalRecord {
+    evaluate_in_chunks(model, data, batch_size, max_batches, device, EVAL_CHUNK_LOGITS)
+}
+
+/// [`evaluate`] with its chunking threshold as an argument (tests use small ones).
+fn evaluate_in_chunks<M: LanguageModel>(
+    model: &M,
+    data: &TokenDataset,
+    batch_size: usize,
+    max_batches: Option<usize>,
+    device: &Device,
+    chunk_logits: usize,
 ) -> EvalRecord {
     let b = batch_size.max(1);
     let mut total = 0.0f64;
@@ -160,13 +180,50 @@ pub fn evaluate<M: LanguageModel>(
             break;
         }
         let batch = data.batch(chunk, device);
-        let logits = model.logits(batch.input_ids);
-        let (sum, _) = masked_cross_entropy(logits, batch.labels);
-        total += f64::from(sum.into_scalar::<f32>());
+        let [rows, seq] = batch.input_ids.dims();
+        let large = rows * seq * model.vocab_size() > chunk_logits;
+        total += match large.then(|| model.hidden_and_head(batch.input_ids.clone())).flatten() {
+            Some(hh) => chunked_cross_entropy_sum(hh, batch.labels, chunk_logits),
+            None => {
+                let logits = model.logits(batch.input_ids);
+                let (sum, _) = masked_cross_entropy(logits, batch.labels);
+                f64::from(sum.into_scalar::<f32>())
+            }
+        };
         tokens += batch.counted as u64;
     }
     let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
     EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None, exact_match: None }
+}
+
+/// The summed cross-entropy of `labels` under the head applied to `hh.hidden` a chunk of rows at
+/// a time (each chunk's logits in `f32`, at most [`EVAL_CHUNK_LOGITS`] of them).
+fn chunked_cross_entropy_sum(
+    hh: HiddenAndHead,
+    labels: Tensor<2, Int>,
+    chunk_logits: usize,
+) -> f64 {
+    let [b, s, h] = hh.hidden.dims();
+    let rows = b * s;
+    let vocab = hh.weight.dims()[0];
+    let hidden = hh.hidden.reshape([rows, h]);
+    let labels = labels.reshape([rows]);
+    let chunk = (chunk_logits / vocab).max(1);
+    let mut total = 0.0;
+    for start in (0..rows).step_by(chunk) {
+        let end = (start + chunk).min(rows);
+        let hc = hidden.clone().slice([start..end, 0..h]); // [n, hidden]
+        // (W · hᵀ)ᵀ keeps the large head in its stored layout, as the models' tied head does.
+        let mut logits = hh.weight.clone().matmul(hc.transpose()).transpose(); // [n, vocab]
+        if let Some(bias) = &hh.bias {
+            logits = logits.add(bias.clone().unsqueeze());
+        }
+        let logits = logits.cast(burn::tensor::FloatDType::F32).unsqueeze_dim::<3>(0);
+        let labels = labels.clone().slice([start..end]).unsqueeze_dim::<2>(0);
+        let (sum, _) = masked_cross_entropy(logits, labels);
+        total += f64::from(sum.into_scalar::<f32>());
+    }
+    total
 }
 
 /// ROUGE-L F1 between a generated text and a reference: the longest common subsequence of
@@ -223,6 +280,47 @@ mod tests {
         assert_eq!(count.into_scalar::<f32>(), 2.0);
         let mean = masked_cross_entropy_mean(logits, labels).into_scalar::<f32>();
         assert!((mean - 4f32.ln()).abs() < 1e-5);
+    }
+
+    /// Evaluation through the head chunk by chunk (chunks of 3 rows, so chunks straddle rows
+    /// and sequences, the last one short) gives the dense evaluation's loss, for a tied head
+    /// (LLaMA) and an untied one with its layout (GPT-2).
+    #[test]
+    fn chunked_evaluation_matches_the_dense_one() {
+        use crate::data::pack_tokens;
+        use kd_models::{CausalLm, Gpt2Config, LlamaConfig, ModelConfig};
+        let device = Device::flex();
+        let tokens: Vec<u32> = (0..90).map(|i| (i * 7 % 19) as u32).collect();
+        let data = TokenDataset::new("t", pack_tokens(&tokens, 8)).unwrap();
+        let configs = [
+            ModelConfig::Llama(LlamaConfig {
+                vocab_size: 20,
+                hidden_size: 8,
+                intermediate_size: 16,
+                num_hidden_layers: 1,
+                num_attention_heads: 2,
+                num_key_value_heads: 1,
+                head_dim: 4,
+                max_position_embeddings: 16,
+                ..Default::default()
+            }),
+            ModelConfig::Gpt2(Gpt2Config {
+                vocab_size: 20,
+                n_positions: 16,
+                n_embd: 8,
+                n_layer: 1,
+                n_head: 2,
+                tie_word_embeddings: false,
+                ..Default::default()
+            }),
+        ];
+        for config in configs {
+            let model = CausalLm::init(&config, &device).unwrap();
+            let dense = evaluate_in_chunks(&model, &data, 3, None, &device, usize::MAX);
+            let chunked = evaluate_in_chunks(&model, &data, 3, None, &device, 3 * 20);
+            assert_eq!(dense.tokens, chunked.tokens);
+            assert!((dense.loss - chunked.loss).abs() < 1e-6 * dense.loss, "{dense:?} {chunked:?}");
+        }
     }
 
     #[test]
