@@ -64,7 +64,7 @@ fn batch(device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
 /// Logits as `f32` values at the real (unpadded) positions.
 fn real_logits(logits: Tensor<3>) -> Vec<f32> {
     let [_, _, v] = logits.dims();
-    let all = logits.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+    let all = logits.cast(FloatDType::F32).into_data().try_into_vec_as::<f32>().unwrap();
     // Row 0's first two positions are padding.
     all.chunks(v)
         .enumerate()
@@ -137,7 +137,7 @@ fn gradients_flow_through_half_precision_compute_to_f32_parameters() {
             };
             let g = table.grad(&grads).expect("the embedding table has a gradient");
             assert_eq!(g.dtype(), DType::F32, "gradients of f32 parameters are f32");
-            g.into_data().to_vec::<f32>().unwrap()
+            g.into_data().try_into_vec_as::<f32>().unwrap()
         };
         let want = grad_of(&reference);
         for dtype in [FloatDType::BF16, FloatDType::F16] {

@@ -219,7 +219,7 @@ fn chunked_cross_entropy_sum(
             logits = logits.add(bias.clone().unsqueeze());
         }
         let logits = logits.cast(burn::tensor::FloatDType::F32).unsqueeze_dim::<3>(0);
-        let labels = labels.clone().slice([start..end]).unsqueeze_dim::<2>(0);
+        let labels = labels.clone().slice(start..end).unsqueeze_dim::<2>(0);
         let (sum, _) = masked_cross_entropy(logits, labels);
         total += f64::from(sum.into_scalar::<f32>());
     }

@@ -199,7 +199,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
             }
         };
         let chunked = match (&self.chunked, cx.chunked_head_rows) {
-            (Some(c), _) => Some(c.clone()),
+            (Some(c), _) => Some(*c),
             (None, Some(rows)) => Some(ChunkedHeadLoss::new(rows)?),
             (None, None) => None,
         };
