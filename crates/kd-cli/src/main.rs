@@ -38,7 +38,7 @@ use crate::config::ConfigBuilder;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "\
-kd: knowledge distillation for language models (kd-rs, burn, CPU)
+kd: knowledge distillation for language models (kd-rs, burn; CPU or GPU)
 
 USAGE:
   kd demo     [--out DIR] [--quick]
@@ -59,6 +59,7 @@ USAGE:
               the held-out curves of several runs in one chart
   kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
               [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
+  (seqkd-generate, eval and generate also take --device D and --dtype f32|bf16|f16)
 
 OPTIONS (train, distill):
   --config FILE         TOML run config ([student], [teacher], [data], [train])
@@ -70,6 +71,11 @@ OPTIONS (train, distill):
   --loss NAME           method.divergence.loss    --temperature T    method.divergence.temperature
                         (method kd)
   --seed N              train.seed                --out DIR          train.output_dir
+  --device D            run.device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N]
+                        (GPU backends are cargo features: --features vulkan, ...)
+  --teacher-device D    run.teacher_device (default: --device)
+  --dtype P             train.dtype: f32 (default), bf16, f16 (f32 master weights)
+  --teacher-dtype P     train.teacher_dtype (default: --dtype)
   --resume              continue from the latest checkpoint in the output directory
 ";
 
@@ -282,6 +288,21 @@ fn template_for(o: &Opts, model_dir: &std::path::Path) -> Result<PromptRenderer>
     Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(&tokenizer))?)
 }
 
+/// `--device` and `--dtype` of the inference commands (`eval`, `generate`, `seqkd-generate`):
+/// the model is loaded memory-mapped onto that device in that precision.
+fn load_for_inference(o: &Opts, dir: &std::path::Path) -> Result<(CausalLm, Device)> {
+    let spec: device::DeviceSpec = o.get("device").unwrap_or("cpu").parse()?;
+    let device = spec.device()?;
+    let precision: kd_train::Precision = o.get("dtype").unwrap_or("f32").parse()?;
+    if !device.supports_dtype(precision.float_dtype()) {
+        bail!("--dtype {precision}: device `{spec}` does not compute in it (try f16 or f32)");
+    }
+    let options = kd_models::LoadOptions::default().with_dtype(precision.float_dtype());
+    let model = CausalLm::from_pretrained_with(dir, &options, &device)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    Ok((model, device))
+}
+
 fn cmd_eval(args: &[String]) -> Result<()> {
     let o = Opts::parse(args, &["exact-match"])?;
     o.check_known(&[
@@ -294,6 +315,8 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         "rouge",
         "max-new-tokens",
         "template",
+        "device",
+        "dtype",
     ])?;
     let exact = o.flag("exact-match");
     let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
@@ -304,8 +327,7 @@ fn cmd_eval(args: &[String]) -> Result<()> {
         Some("instruction") => config::DataFormat::Instruction,
         Some(other) => bail!("--format {other}: expected text or instruction"),
     };
-    let device = Device::flex();
-    let model = CausalLm::from_pretrained(&model_dir, &device)?;
+    let (model, device) = load_for_inference(&o, &model_dir)?;
     let tok = tokenizer_for(&o, &model_dir)?;
     let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
     let template = template_for(&o, &model_dir)?;
@@ -360,11 +382,12 @@ fn cmd_generate(args: &[String]) -> Result<()> {
         "top-p",
         "seed",
         "tokenizer",
+        "device",
+        "dtype",
     ])?;
     let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
     let prompt = o.get("prompt").context("--prompt TEXT is required")?;
-    let device = Device::flex();
-    let model = CausalLm::from_pretrained(&model_dir, &device)?;
+    let (model, device) = load_for_inference(&o, &model_dir)?;
     let tok = tokenizer_for(&o, &model_dir)?;
     let ids = tok.encode_prompt(prompt)?;
     let sampling = match o.parsed::<f64>("temperature")? {
@@ -451,6 +474,8 @@ fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
         "original-fraction",
         "batch",
         "template",
+        "device",
+        "dtype",
     ])?;
     let teacher_dir = PathBuf::from(o.get("teacher").context("--teacher DIR is required")?);
     let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
@@ -475,8 +500,7 @@ fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
     }
     settings.validate()?;
     let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
-    let device = Device::flex();
-    let teacher = CausalLm::from_pretrained(&teacher_dir, &device)?;
+    let (teacher, device) = load_for_inference(&o, &teacher_dir)?;
     let tok = tokenizer_for(&o, &teacher_dir)?;
     let examples = kd_train::data::read_instruction_jsonl(&data, &template_for(&o, &teacher_dir)?)?;
     let provenance = seqkd::Provenance {

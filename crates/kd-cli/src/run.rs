@@ -249,8 +249,9 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
         config.data.eval = Some(eval_path);
     }
     let teacher_dir = config.teacher.pretrained.clone();
-    let plain = Device::flex();
-    let teacher = load_model(&config.teacher, "teacher", &plain)?;
+    let plain = config.run.teacher_device.as_ref().unwrap_or(&config.run.device).device()?;
+    let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
+    let teacher = load_model_as(&config.teacher, "teacher", &plain, precision)?;
     let provenance = seqkd::Provenance {
         teacher: teacher_dir.unwrap_or_else(|| PathBuf::from("<init>")),
         teacher_params: teacher.num_params(),

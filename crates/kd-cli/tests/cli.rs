@@ -398,6 +398,13 @@ fn distill_on_a_device_in_half_precision() {
         let args = ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
         let report = kd(&[&args[..], &["--seq-len", "32"]].concat());
         assert!(report.contains("perplexity"), "{report}");
+        // The inference commands on the device, in the precision it trained in.
+        let on = ["--device", device, "--dtype", dtype];
+        let report = kd(&[&args[..], &["--seq-len", "32"], &on[..]].concat());
+        assert!(report.contains("perplexity"), "{report}");
+        let generate = ["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon"];
+        let text = kd(&[&generate[..], &["--max-new-tokens", "3"], &on[..]].concat());
+        assert!(text.starts_with("Once upon"), "{text}");
     }
     let r = Command::new(env!("CARGO_BIN_EXE_kd"))
         .args(["distill", "--config", cfg.to_str().unwrap(), "--device", "tpu"])
