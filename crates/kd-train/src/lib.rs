@@ -9,7 +9,11 @@
 //!   [`MethodConfig`]: [`methods`] `sft`, `kd` (any dense [`kd_losses`] divergence by name, TAID's
 //!   schedule, the hard-label mix, a top-k teacher), `seqkd`, `gkd` (on-policy) and `minillm`
 //!   (policy gradient with teacher-mixed sampling). The student trains on an autodiff device, the
-//!   teacher runs on the plain device without a graph, in the same process.
+//!   teacher runs without a graph on the same device or its own
+//!   ([`Trainer::with_teacher_on`]: another GPU, or the CPU), in the same process.
+//! - [`precision`]: `TrainConfig::dtype` trains in bf16 or f16 over `f32` master weights (f16 with
+//!   dynamic loss scaling) and serves the teacher in half precision; `chunked_head_rows` applies
+//!   the output heads chunk by chunk so the `[tokens, vocab]` logits are never formed.
 //! - [`rollout`]: seeded batched sampling with the KV cache (temperature, top-k, top-p, EOS,
 //!   teacher mixing) that returns tokens, sampling log-probabilities and masks; scoring of
 //!   sampled sequences in one forward.
