@@ -41,6 +41,9 @@ pub struct TrainState {
     /// The method's own state ([`crate::methods::Method::state`]; `null` when stateless).
     #[serde(default)]
     pub method: serde_json::Value,
+    /// Steps skipped because their loss or gradients were not finite (`on_non_finite = skip`).
+    #[serde(default)]
+    pub non_finite_steps: u64,
     /// Dynamic loss scaling (f16 training only).
     #[serde(default)]
     pub loss_scaler: Option<crate::precision::LossScaler>,

@@ -90,4 +90,4 @@ pub use optim::{AdamW, AdamWConfig};
 pub use precision::{LossScaleConfig, Precision};
 pub use rouge::RougeEval;
 pub use schedule::{DecayKind, LrSchedule};
-pub use trainer::{TrainConfig, TrainReport, Trainer, latest_checkpoint};
+pub use trainer::{NonFinitePolicy, TrainConfig, TrainReport, Trainer, latest_checkpoint};

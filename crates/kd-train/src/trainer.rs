@@ -87,6 +87,23 @@ pub struct TrainConfig {
     /// rows, so neither model's full `[tokens, vocab]` logits are formed (default `None`; methods
     /// that support it: `kd`, where `method.chunk_rows` overrides it).
     pub chunked_head_rows: Option<usize>,
+    /// What a step whose loss or gradients are NaN/infinite does (default `stop`): `stop` ends
+    /// the run with [`TrainError::NonFiniteLoss`] / [`TrainError::NonFiniteGradient`]; `skip`
+    /// leaves the weights as they were, records the step with `extra.non_finite = 1` (its loss
+    /// and gradient norm as 0) and goes on. f16 gradient overflows are always skipped by the loss
+    /// scaler instead.
+    pub on_non_finite: NonFinitePolicy,
+}
+
+/// See [`TrainConfig::on_non_finite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// End the run with an error naming the step (the default).
+    #[default]
+    Stop,
+    /// Skip the update, count the step, go on.
+    Skip,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +134,7 @@ impl Default for TrainConfig {
             teacher_dtype: None,
             loss_scale: LossScaleConfig::default(),
             chunked_head_rows: None,
+            on_non_finite: NonFinitePolicy::Stop,
         }
     }
 }
@@ -248,6 +266,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 seed: config.seed,
                 rng: rng.state(),
                 method: serde_json::Value::Null,
+                non_finite_steps: 0,
                 loss_scaler: (config.dtype == Precision::F16)
                     .then(|| LossScaler::new(&config.loss_scale)),
                 tokens_seen: 0,
@@ -484,18 +503,28 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         for (k, (sum, n)) in sums {
             extra.insert(k.to_string(), sum / n as f64);
         }
-        if !loss_sum.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, loss: loss_sum });
+        let skip = self.config.on_non_finite == NonFinitePolicy::Skip;
+        let step = self.state.step + 1;
+        let bad_loss = !loss_sum.is_finite();
+        if bad_loss && !skip {
+            return Err(TrainError::NonFiniteLoss { step, loss: loss_sum });
         }
         let loss_scale = self.state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
-        let grad_norm = acc.global_norm() / loss_scale;
+        let grad_norm = if bad_loss { f64::NAN } else { acc.global_norm() / loss_scale };
         let overflowed = !grad_norm.is_finite();
-        if let Some(scaler) = self.state.loss_scaler.as_mut() {
+        if let Some(scaler) = self.state.loss_scaler.as_mut()
+            && !bad_loss
+        {
             extra.insert("loss_scale".into(), loss_scale);
             extra.insert("overflow".into(), if overflowed { 1.0 } else { 0.0 });
             scaler.update(overflowed, &self.config.loss_scale);
         } else if overflowed {
-            return Err(TrainError::NonFiniteGradient { step: self.state.step + 1 });
+            if !skip {
+                return Err(TrainError::NonFiniteGradient { step });
+            }
+            log::warn!("step {step}: non-finite loss or gradients; the update is skipped");
+            extra.insert("non_finite".into(), 1.0);
+            self.state.non_finite_steps += 1;
         }
         if !overflowed {
             // Unscale and clip in one factor.
@@ -503,15 +532,18 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
         }
         self.state.step += 1;
-        self.method.end_step(self.state.step, loss_sum)?;
+        if !overflowed {
+            self.method.end_step(self.state.step, loss_sum)?;
+        }
         self.state.tokens_seen += tokens;
         self.state.cursor = order.cursor();
         let secs = start.elapsed().as_secs_f64();
         Ok(StepRecord {
             step: self.state.step,
-            loss: loss_sum,
+            // A skipped step (f16 overflow, or a non-finite step under `skip`) records its norm
+            // as 0, and its loss as 0 when that was not finite (metrics are JSON: no NaN).
+            loss: if bad_loss { 0.0 } else { loss_sum },
             lr,
-            // An f16 step whose gradients overflowed was skipped: its norm is recorded as 0.
             grad_norm: if overflowed { 0.0 } else { grad_norm },
             tokens,
             tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },

@@ -223,3 +223,50 @@ fn half_precision_needs_a_model_that_supports_it() {
     let e = Trainer::<Bigram>::new(config, model, &device).unwrap_err().to_string();
     assert!(e.contains("dtype") && e.contains("bf16"), "{e}");
 }
+
+/// A student with a NaN in one norm weight makes every loss NaN: `stop` (the default) ends the
+/// run at step 1 with `NonFiniteLoss`; `skip` leaves the weights untouched, flags every step
+/// `non_finite` with finite (0) loss and norm in the metrics, and counts them.
+#[test]
+fn non_finite_steps_stop_the_run_or_are_skipped_and_counted() {
+    use kd_train::params::load_param_values;
+    use kd_train::{NonFinitePolicy, TrainError};
+    let device = Device::flex().autodiff();
+    let poisoned = || {
+        let student = seeded(1, 8, 1, &device);
+        let mut values = param_values(&student);
+        // One weight of a norm every position passes through.
+        let (_, data) = values.iter_mut().find(|(k, _)| k.contains("norm")).unwrap();
+        let mut v = data.try_to_vec::<f32>().unwrap();
+        v[0] = f32::NAN;
+        *data = burn::tensor::TensorData::new(v, data.shape().clone());
+        load_param_values(student, &values).unwrap()
+    };
+    let sft = MethodConfig::default();
+    let mut t =
+        Trainer::<CausalLm>::new(config(sft.clone(), 3, None), poisoned(), &device).unwrap();
+    match t.fit(&data(), None) {
+        Err(TrainError::NonFiniteLoss { step: 1, .. }) => {}
+        other => panic!("expected NonFiniteLoss at step 1, got {other:?}"),
+    }
+
+    let student = poisoned();
+    let bits = |m: &CausalLm| -> Vec<(String, Vec<u32>)> {
+        let values = param_values(m);
+        let f = |d: &burn::tensor::TensorData| {
+            d.try_to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+        };
+        values.iter().map(|(k, d)| (k.clone(), f(d))).collect()
+    };
+    let before = bits(&student);
+    let config = TrainConfig { on_non_finite: NonFinitePolicy::Skip, ..config(sft, 3, None) };
+    let mut t = Trainer::<CausalLm>::new(config, student, &device).unwrap();
+    let history = t.fit(&data(), None).unwrap().history;
+    assert_eq!(history.len(), 3);
+    for r in &history {
+        assert_eq!(r.extra["non_finite"], 1.0);
+        assert_eq!((r.loss, r.grad_norm), (0.0, 0.0));
+    }
+    assert_eq!(t.checkpoint().state.non_finite_steps, 3);
+    assert_eq!(bits(&t.into_student()), before, "a skipped step leaves the weights as they were");
+}
