@@ -345,3 +345,39 @@ fn pooled_gradient_buffers_carry_nothing_over() {
         }
     }
 }
+
+/// A NaN or `+inf` logit in a row makes that row's value and gradient NaN on the fused path, as
+/// on the op-composed path; the other rows are unaffected. (The floor at `LOGIT_FLOOR` and the
+/// SIMD `exp`/`ln` clamps would each turn a NaN into a finite number: the kernels check rows.)
+#[test]
+fn non_finite_logits_give_nan_rows_not_finite_losses() {
+    let (rows, vocab) = (3, 37);
+    let mask = vec![true; rows];
+    for loss in losses() {
+        for (side, bad) in
+            [("student", f32::NAN), ("teacher", f32::NAN), ("teacher", f32::INFINITY)]
+        {
+            let mut s = pseudo(rows * vocab, 11, 4.0);
+            let mut t = pseudo(rows * vocab, 12, 4.0);
+            // Row 1, in the vector body and in the tail.
+            for at in [vocab + 3, 2 * vocab - 1] {
+                if side == "student" { s[at] = bad } else { t[at] = bad }
+            }
+            let before = fused_calls();
+            let r = run(loss.as_ref(), &s, &t, rows, vocab, &mask, Reduction::None, Path::Auto);
+            let what = format!("{} with {bad} in the {side}", loss.name());
+            assert_eq!(fused_calls(), before + 1, "{what}: the fused kernel ran");
+            assert!(r.per_row[1].is_nan(), "{what}: row 1 = {}", r.per_row[1]);
+            assert!(
+                r.per_row[0].is_finite() && r.per_row[2].is_finite(),
+                "{what}: {:?}",
+                r.per_row
+            );
+            assert!(
+                r.grad[vocab..2 * vocab].iter().all(|g| g.is_nan()),
+                "{what}: row 1's gradient"
+            );
+            assert!(r.grad[..vocab].iter().all(|g| g.is_finite()), "{what}: row 0's gradient");
+        }
+    }
+}

@@ -376,3 +376,34 @@ fn out_of_range_and_shape_errors() {
     batch.teacher_topk_logprobs = Tensor::<2>::from_floats([[-1.0, -2.0]], &Device::flex());
     assert!(matches!(loss.forward(batch, Reduction::Mean), Err(KdError::ShapeMismatch { .. })));
 }
+
+/// A NaN or `+inf` among the logits a row reads (the student's, or the teacher's top-k
+/// log-probabilities) gives that row a NaN value and gradient on the fused path, for every
+/// convention; the other rows are unaffected. The renormalised-both convention reads the student
+/// only at the teacher's ids.
+#[test]
+fn non_finite_inputs_give_nan_rows() {
+    let all =
+        [TopKConvention::TailBucket, TopKConvention::RenormTeacher, TopKConvention::RenormBoth];
+    for convention in all {
+        for (side, bad) in
+            [("student", f32::NAN), ("student", f32::INFINITY), ("teacher", f32::NAN)]
+        {
+            let mut c = case();
+            if side == "student" {
+                let id = c.ids[K]; // row 1's first teacher id: read by every convention
+                c.student[VOCAB + id] = bad as f64;
+            } else {
+                c.lp[K + 1] = bad as f64;
+            }
+            let valid = vec![true; c.rows];
+            let (_, per_row, grad) =
+                run(&c, convention, 1.0, false, &valid, Path::Auto, Reduction::None);
+            let what = format!("{convention:?} with {bad} in the {side}");
+            assert!(per_row[1].is_nan(), "{what}: {per_row:?}");
+            assert!(per_row[0].is_finite() && per_row[2].is_finite(), "{what}: {per_row:?}");
+            assert!(grad[VOCAB..2 * VOCAB].iter().all(|g| g.is_nan()), "{what}: row 1's gradient");
+            assert!(grad[..VOCAB].iter().all(|g| g.is_finite()), "{what}: row 0's gradient");
+        }
+    }
+}

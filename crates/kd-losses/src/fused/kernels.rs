@@ -109,6 +109,23 @@ pub(super) fn scaled<V: Lanes>(x: V, inv_t: V) -> V {
     x.max(V::splat(LOGIT_FLOOR as f32)).mul(inv_t)
 }
 
+/// 1 in the lanes that hold NaN or `+inf`, else 0 (`-inf` is a valid logit: it is floored).
+/// The floor, `max` and the SIMD `exp`/`ln` clamps would each turn a NaN into a finite number,
+/// so rows are checked explicitly and a non-finite input gives a NaN row, as the op-composed
+/// path does.
+#[inline(always)]
+pub(super) fn non_finite<V: Lanes>(x: V) -> V {
+    x.select_lt(V::splat(f32::INFINITY), V::splat(0.0), V::splat(1.0))
+}
+
+/// The row result for a row with a NaN or `+inf` input: NaN everywhere, gradient included.
+pub(super) fn nan_row(grad: Option<&mut [f32]>) -> RowOut {
+    if let Some(g) = grad {
+        g.fill(f32::NAN);
+    }
+    RowOut { value: f64::NAN, soft: f64::NAN, hard: f64::NAN, extras: [f64::NAN; 5] }
+}
+
 /// Loads the `n < V::N` elements of a tail, padding with `pad`.
 #[inline(always)]
 pub(super) fn load_tail<V: Lanes>(x: &[f32], pad: f32) -> V {
@@ -133,26 +150,30 @@ fn shifted<V: Lanes>(s: V, t: V, inv_t: V, ms: V, mt: V, mix: Option<f32>) -> (V
     (sc.sub(ms), teacher_side(sc, scaled(t, inv_t), mix).sub(mt))
 }
 
-/// Maxima of `s/T` and of the teacher side (both floored) in one pass.
+/// Maxima of `s/T` and of the teacher side (both floored) in one pass, and whether every input
+/// is finite or `-inf` ([`non_finite`]).
 #[inline(always)]
-fn maxima<V: Lanes>(s: &[f32], t: &[f32], inv_t: f32, mix: Option<f32>) -> (f32, f32) {
+fn maxima<V: Lanes>(s: &[f32], t: &[f32], inv_t: f32, mix: Option<f32>) -> (f32, f32, bool) {
     let it = V::splat(inv_t);
     let (mut ms, mut mt) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let mut bad = V::splat(0.0);
     let full = s.len() / V::N * V::N;
     let mut i = 0;
     while i < full {
-        let sv = V::load(&s[i..]);
+        let (sv, tv) = (V::load(&s[i..]), V::load(&t[i..]));
+        bad = bad.add(non_finite(sv)).add(non_finite(tv));
         ms = ms.max(scaled(sv, it));
-        mt = mt.max(teacher_side(scaled(sv, it), scaled(V::load(&t[i..]), it), mix));
+        mt = mt.max(teacher_side(scaled(sv, it), scaled(tv, it), mix));
         i += V::N;
     }
     if full < s.len() {
         let sv = load_tail(&s[full..], f32::NEG_INFINITY);
-        ms = ms.max(scaled(sv, it));
         let tv = load_tail(&t[full..], f32::NEG_INFINITY);
+        bad = bad.add(non_finite(sv)).add(non_finite(tv));
+        ms = ms.max(scaled(sv, it));
         mt = mt.max(teacher_side(scaled(sv, it), scaled(tv, it), mix));
     }
-    (ms.hmax(), mt.hmax())
+    (ms.hmax(), mt.hmax(), bad.sum() == 0.0)
 }
 
 /// What a pass needs to shift a row: `1/T`, both maxima and TAID's mixing weight.
@@ -430,7 +451,10 @@ fn row_impl<V: Lanes>(
         FusedKind::Taid { t } => Some(t as f32),
         _ => None,
     };
-    let (ms, mt) = maxima::<V>(s, t, inv_t, mix);
+    let (ms, mt, finite) = maxima::<V>(s, t, inv_t, mix);
+    if !finite {
+        return nan_row(grad);
+    }
     let shift = Shift { inv_t, ms, mt, mix };
     let tracked = grad.is_some();
     let hard = label.zip(spec.hard_weight).map(|(label, w)| Hard { label, weight: w as f32 });

@@ -29,7 +29,7 @@
 
 use std::cell::RefCell;
 
-use super::kernels::{Shift, for_valid_rows, load_tail, pass, scaled};
+use super::kernels::{Shift, for_valid_rows, load_tail, non_finite, pass, scaled};
 use super::simd::{self, Isa, Lanes, Portable, exp};
 use crate::TopKConvention;
 use crate::logspace::LOGIT_FLOOR;
@@ -92,20 +92,26 @@ fn lse(x: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// `max z` over a slice (`-inf` when empty).
+/// (also: whether every entry is finite or `-inf`, see [`super::kernels::non_finite`]).
 #[inline(always)]
-fn max_scaled<V: Lanes>(s: &[f32], inv_t: f32) -> f32 {
+fn max_scaled<V: Lanes>(s: &[f32], inv_t: f32) -> (f32, bool) {
     let it = V::splat(inv_t);
     let mut m = V::splat(f32::NEG_INFINITY);
+    let mut bad = V::splat(0.0);
     let full = s.len() / V::N * V::N;
     let mut i = 0;
     while i < full {
-        m = m.max(scaled(V::load(&s[i..]), it));
+        let sv = V::load(&s[i..]);
+        bad = bad.add(non_finite(sv));
+        m = m.max(scaled(sv, it));
         i += V::N;
     }
     if full < s.len() {
-        m = m.max(scaled(load_tail(&s[full..], f32::NEG_INFINITY), it));
+        let sv = load_tail(&s[full..], f32::NEG_INFINITY);
+        bad = bad.add(non_finite(sv));
+        m = m.max(scaled(sv, it));
     }
-    m.hmax()
+    (m.hmax(), bad.sum() == 0.0)
 }
 
 /// `g ← g · f` over a row.
@@ -157,7 +163,7 @@ fn exact_log_tail<V: Lanes>(s: &[f32], ids: &[usize], inv_t: f32, log_norm: f64)
         let last = &s[sorted.last().map_or(0, |l| l + 1)..];
         let m = gaps()
             .chain([last])
-            .map(|g| max_scaled::<V>(g, inv_t))
+            .map(|g| max_scaled::<V>(g, inv_t).0)
             .fold(f32::NEG_INFINITY, f32::max);
         if m == f32::NEG_INFINITY {
             return 1e-30f64.ln();
@@ -179,6 +185,13 @@ fn row_impl<V: Lanes>(
 ) -> TopKRowOut {
     let t = spec.temperature;
     let inv_t = (1.0 / t) as f32;
+    // A NaN or +inf among the inputs this row reads gives a NaN row (the floors below would
+    // make it finite); the full-vocabulary conventions check the whole student row in their
+    // max pass.
+    let bad = |x: f32| x.is_nan() || x == f32::INFINITY;
+    if lp.iter().any(|&x| bad(x)) || ids.iter().any(|&i| bad(s[i])) {
+        return nan_topk_row(grad);
+    }
     let z = |v: usize| (s[v] as f64).max(LOGIT_FLOOR) * inv_t as f64;
     let lpt = || lp.iter().map(|x| *x as f64 / t);
     let tail = spec.convention == TopKConvention::TailBucket;
@@ -193,7 +206,10 @@ fn row_impl<V: Lanes>(
         // log q̃_i = z_i − logsumexp_k z: no full-vocabulary pass.
         (0.0, 0.0, lse(ids.iter().map(|&i| z(i))))
     } else {
-        let ms = max_scaled::<V>(s, inv_t);
+        let (ms, finite) = max_scaled::<V>(s, inv_t);
+        if !finite {
+            return nan_topk_row(grad);
+        }
         let shift = Shift { inv_t, ms, mt: ms, mix: None };
         let [zs] = pass::<V, 1>(
             s,
@@ -292,6 +308,14 @@ fn row_portable(
 }
 
 type Grad<'a> = Option<&'a mut [f32]>;
+
+/// The result for a row with a NaN or `+inf` input: NaN everywhere, gradient included.
+fn nan_topk_row(grad: Grad) -> TopKRowOut {
+    if let Some(g) = grad {
+        g.fill(f32::NAN);
+    }
+    TopKRowOut { value: f64::NAN, teacher_tail: f64::NAN, student_tail: f64::NAN }
+}
 
 /// Runs every row. `weights[i]` multiplies row i's gradient; an invalid row is ignored: its
 /// outputs are 0 and its gradient row is zeroed. The gradient buffer's previous contents do not
