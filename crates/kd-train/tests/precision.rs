@@ -224,7 +224,8 @@ fn half_precision_needs_a_model_that_supports_it() {
     assert!(e.contains("dtype") && e.contains("bf16"), "{e}");
 }
 
-/// A student with a NaN in one norm weight makes every loss NaN: `stop` (the default) ends the
+/// A student with a NaN in one norm weight makes every loss NaN (and so does a NaN teacher under
+/// kd, through the fused kernel): `stop` (the default) ends the
 /// run at step 1 with `NonFiniteLoss`; `skip` leaves the weights untouched, flags every step
 /// `non_finite` with finite (0) loss and norm in the metrics, and counts them.
 #[test]
@@ -259,8 +260,8 @@ fn non_finite_steps_stop_the_run_or_are_skipped_and_counted() {
         values.iter().map(|(k, d)| (k.clone(), f(d))).collect()
     };
     let before = bits(&student);
-    let config = TrainConfig { on_non_finite: NonFinitePolicy::Skip, ..config(sft, 3, None) };
-    let mut t = Trainer::<CausalLm>::new(config, student, &device).unwrap();
+    let skip = TrainConfig { on_non_finite: NonFinitePolicy::Skip, ..config(sft, 3, None) };
+    let mut t = Trainer::<CausalLm>::new(skip, student, &device).unwrap();
     let history = t.fit(&data(), None).unwrap().history;
     assert_eq!(history.len(), 3);
     for r in &history {
@@ -269,4 +270,23 @@ fn non_finite_steps_stop_the_run_or_are_skipped_and_counted() {
     }
     assert_eq!(t.checkpoint().state.non_finite_steps, 3);
     assert_eq!(bits(&t.into_student()), before, "a skipped step leaves the weights as they were");
+
+    // A NaN-poisoned teacher under kd (the fused forward-KL kernel on flex) stops the run too.
+    let teacher = {
+        let teacher = seeded(2, 16, 2, &Device::flex());
+        let mut values = param_values(&teacher);
+        let (_, data) = values.iter_mut().find(|(k, _)| k.contains("norm")).unwrap();
+        let mut v = data.try_to_vec::<f32>().unwrap();
+        v[0] = f32::NAN;
+        *data = burn::tensor::TensorData::new(v, data.shape().clone());
+        load_param_values(teacher, &values).unwrap()
+    };
+    let mut t = Trainer::new(config(kd(), 3, None), seeded(1, 8, 1, &device), &device)
+        .unwrap()
+        .with_teacher(teacher)
+        .unwrap();
+    match t.fit(&data(), None) {
+        Err(TrainError::NonFiniteLoss { step: 1, .. }) => {}
+        other => panic!("kd with a NaN teacher: expected NonFiniteLoss at step 1, got {other:?}"),
+    }
 }
