@@ -14,10 +14,17 @@ use kd_train::{MethodConfig, Precision, StepRecord, TrainConfig, Trainer};
 const VOCAB: usize = 24;
 const SEQ: usize = 10;
 
-/// One pair of models, made once on flex (seeded under a lock: burn's device RNG is global).
+/// burn's device RNG is global and parameters initialise lazily from it: every model built in
+/// these tests is built under this lock (the tests run in parallel threads).
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One pair of models, made on flex from fixed seeds.
 fn models() -> (CausalLm, CausalLm) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = rng_lock();
     let device = Device::flex();
     let make = |seed: u64, hidden: usize| {
         device.seed(seed);
@@ -41,8 +48,11 @@ fn models() -> (CausalLm, CausalLm) {
 
 /// `model` with the same parameter values on `device`.
 fn on(model: &CausalLm, device: &Device) -> CausalLm {
+    let _guard = rng_lock(); // the fresh model's lazy initialisers draw from the global RNG
     let fresh = CausalLm::init(&model.config(), device).unwrap();
-    load_param_values(fresh, &param_values(model)).unwrap()
+    let moved = load_param_values(fresh, &param_values(model)).unwrap();
+    let _ = param_values(&moved);
+    moved
 }
 
 fn data() -> TokenDataset {

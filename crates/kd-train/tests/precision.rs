@@ -24,11 +24,17 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
+/// burn's device RNG is global and parameters initialise lazily from it: every model of these
+/// tests is built and materialised under this lock (the tests run in parallel threads).
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Seeding and initialising under one lock (burn's device RNG is global), parameters
 /// materialised before the lock is released.
 fn seeded(seed: u64, hidden: usize, layers: usize, device: &Device) -> CausalLm {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = rng_lock();
     device.seed(seed);
     let config = ModelConfig::Llama(LlamaConfig {
         vocab_size: VOCAB,
@@ -218,7 +224,12 @@ fn half_precision_needs_a_model_that_supports_it() {
         }
     }
     let device = Device::flex().autodiff();
-    let model = Bigram { table: EmbeddingConfig::new(VOCAB, VOCAB).init(&device) };
+    let model = {
+        let _guard = rng_lock();
+        let model = Bigram { table: EmbeddingConfig::new(VOCAB, VOCAB).init(&device) };
+        let _ = param_values(&model);
+        model
+    };
     let config = TrainConfig { dtype: Precision::Bf16, ..config(MethodConfig::default(), 2, None) };
     let e = Trainer::<Bigram>::new(config, model, &device).unwrap_err().to_string();
     assert!(e.contains("dtype") && e.contains("bf16"), "{e}");
