@@ -285,7 +285,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         })
     }
 
-    /// Adds the teacher (moved to the plain device, no gradients).
+    /// Adds the teacher (moved to the student's plain device, no gradients, its parameters cast to
+    /// [`Trainer::teacher_precision`]).
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] when the method uses no teacher (e.g. `sft`);
