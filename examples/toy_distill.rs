@@ -25,6 +25,7 @@ use kd_losses::{
     Divergence, ForwardKlConfig, KdBatch, LossConfig, Reduction, TaidConfig, TaidScheduleConfig,
     TvdConfig,
 };
+use kd_models::sampling::Rng;
 
 const CONTEXTS: usize = 64;
 const VOCAB: usize = 48;
@@ -58,22 +59,9 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// A small deterministic generator (SplitMix64) so the example needs no RNG dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 /// Teacher logits: a Zipf-like ranking over a random permutation of the vocabulary per context.
 fn teacher_logits(device: &Device) -> Tensor<2> {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut data = Vec::with_capacity(CONTEXTS * VOCAB);
     for _ in 0..CONTEXTS {
         let mut order: Vec<usize> = (0..VOCAB).collect();

@@ -99,8 +99,13 @@ pub struct GenerationOutput {
     pub step_logits: Option<Tensor<3>>,
 }
 
-/// A small seeded pseudo-random generator (SplitMix64): fast, reproducible across platforms.
-#[derive(Debug, Clone)]
+/// The workspace's one seeded pseudo-random generator (SplitMix64): fast, reproducible across
+/// platforms and versions (no dependency whose stream could change under us).
+///
+/// kd-models samples tokens with it; kd-train draws its data order, SeqKD's kept originals and
+/// rollout sampling from it, and the benches and examples draw their synthetic data from it.
+/// Its whole state is one `u64`, so checkpoints store it and resume the exact stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rng {
     state: u64,
 }
@@ -129,6 +134,26 @@ impl Rng {
     /// A uniform draw from `[0, 1)`.
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A uniform draw from `[0, 1)` in single precision (24 random bits).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A uniform draw from `0..n`, unbiased (rejection of the last partial block of `u64`s).
+    ///
+    /// # Panics
+    /// When `n == 0`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "Rng::below: empty range");
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
     }
 }
 

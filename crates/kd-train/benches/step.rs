@@ -24,6 +24,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::Device;
+use kd_models::sampling::Rng;
 use kd_models::{CausalLm, Gpt2Config, ModelConfig};
 use kd_train::MethodConfig;
 use kd_train::data::{TokenDataset, pack_tokens};
@@ -160,15 +161,9 @@ fn main() {
     let teacher = CausalLm::init(&gpt2(s.vocab, s.teacher), &plain).expect("teacher");
     let student = CausalLm::init(&gpt2(s.vocab, s.student), &device).expect("student");
     // Random tokens, exactly one batch of full blocks: every step sees all of them.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let tokens: Vec<u32> = (0..s.batch * s.seq + 1)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % s.vocab as u64) as u32
-        })
-        .collect();
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+    let tokens: Vec<u32> =
+        (0..s.batch * s.seq + 1).map(|_| rng.below(s.vocab as u64) as u32).collect();
     let data = TokenDataset::new("bench", pack_tokens(&tokens, s.seq)).expect("data");
     let config = TrainConfig {
         steps: (s.warmup + s.timed) as u64,

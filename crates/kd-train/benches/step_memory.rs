@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
+use kd_models::sampling::Rng;
 use kd_models::{CausalLm, LlamaConfig, ModelConfig};
 use kd_train::data::{TokenDataset, pack_tokens};
 use kd_train::methods::kd::{KdConfig, TopKTeacher};
@@ -250,15 +251,9 @@ fn proc_status_mb(key: &str) -> f64 {
 
 /// Random token ids in `[0, vocab)`: exactly `batch` blocks of `seq`.
 fn data(s: Shape, batch: usize) -> TokenDataset {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let tokens: Vec<u32> = (0..batch * s.seq + 1)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % s.vocab as u64) as u32
-        })
-        .collect();
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+    let tokens: Vec<u32> =
+        (0..batch * s.seq + 1).map(|_| rng.below(s.vocab as u64) as u32).collect();
     TokenDataset::new("bench", pack_tokens(&tokens, s.seq)).expect("data")
 }
 

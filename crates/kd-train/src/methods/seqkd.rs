@@ -18,7 +18,7 @@ use burn::tensor::Device;
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{SplitMix64, TokenDataset, instruction_block};
+use crate::data::{TokenDataset, instruction_block};
 use crate::error::{Result, TrainError};
 use crate::methods::sft::cross_entropy_batch;
 use crate::methods::{MicroBatchLoss, SpecialTokens, StepContext, TeacherUse, split_block};
@@ -90,8 +90,8 @@ impl SeqKdConfig {
         if self.original_fraction <= 0.0 {
             return false;
         }
-        let mut r = SplitMix64(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        ((r.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < self.original_fraction
+        let mut r = Rng::new(self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        r.next_f64() < self.original_fraction
     }
 }
 
