@@ -43,16 +43,16 @@ pub fn recompute(doc: &Value) -> Result<Value> {
         new_cases.push(c2);
     }
     out["cases"] = Value::Array(new_cases);
-    if loss == "taid" {
-        if let Some(schedules) = doc.get("schedules").and_then(Value::as_array) {
-            let mut new_s = Vec::with_capacity(schedules.len());
-            for s in schedules {
-                let mut s2 = s.clone();
-                s2["records"] = losses::taid::replay(&Case::new(s))?;
-                new_s.push(s2);
-            }
-            out["schedules"] = Value::Array(new_s);
+    if loss == "taid"
+        && let Some(schedules) = doc.get("schedules").and_then(Value::as_array)
+    {
+        let mut new_s = Vec::with_capacity(schedules.len());
+        for s in schedules {
+            let mut s2 = s.clone();
+            s2["records"] = losses::taid::replay(&Case::new(s))?;
+            new_s.push(s2);
         }
+        out["schedules"] = Value::Array(new_s);
     }
     Ok(out)
 }

@@ -129,7 +129,10 @@ fn rows(rng: &mut Rng, kind: Kind, vt: Option<usize>) -> Rows {
     let (n, v) = kind.shape();
     let student = logits(rng, kind, n, v);
     let teacher = if kind == Kind::NearIdentical && vt.is_none() {
-        student.iter().map(|r| r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect()).collect()
+        student
+            .iter()
+            .map(|r| r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect())
+            .collect()
     } else {
         logits(rng, kind, n, vt.unwrap_or(v))
     };
@@ -166,7 +169,13 @@ fn table(loss: &str) -> Vec<(String, Kind, Value)> {
     let std = |cfg: Value, t2: Value| -> Vec<(String, Kind, Value)> {
         Kind::STANDARD
             .iter()
-            .map(|&(k, name)| (name.to_string(), k, if k == Kind::Temperature2 { t2.clone() } else { cfg.clone() }))
+            .map(|&(k, name)| {
+                (
+                    name.to_string(),
+                    k,
+                    if k == Kind::Temperature2 { t2.clone() } else { cfg.clone() },
+                )
+            })
             .collect()
     };
     let extra = |name: &str, cfg: Value| (name.to_string(), Kind::Extra(6), cfg);
@@ -175,18 +184,38 @@ fn table(loss: &str) -> Vec<(String, Kind, Value)> {
             let c = json!({"temperature": 1.0, "scale_by_t2": false});
             let mut t = std(c.clone(), c);
             t.remove(5);
-            t.insert(5, ("temperature_2_0".into(), Kind::Temperature2, json!({"temperature": 2.0, "scale_by_t2": true})));
-            t.insert(6, ("temperature_2_1".into(), Kind::Temperature2, json!({"temperature": 2.0, "scale_by_t2": false})));
+            t.insert(
+                5,
+                (
+                    "temperature_2_0".into(),
+                    Kind::Temperature2,
+                    json!({"temperature": 2.0, "scale_by_t2": true}),
+                ),
+            );
+            t.insert(
+                6,
+                (
+                    "temperature_2_1".into(),
+                    Kind::Temperature2,
+                    json!({"temperature": 2.0, "scale_by_t2": false}),
+                ),
+            );
             t
         }
         "hinton_kd" => {
-            let mut t = std(json!({"alpha": 0.5, "temperature": 1.0}), json!({"alpha": 0.7, "temperature": 2.0}));
+            let mut t = std(
+                json!({"alpha": 0.5, "temperature": 1.0}),
+                json!({"alpha": 0.7, "temperature": 2.0}),
+            );
             t.push(extra("alpha_1_temperature_4", json!({"alpha": 1.0, "temperature": 4.0})));
             t.push(extra("alpha_0", json!({"alpha": 0.0, "temperature": 3.0})));
             t
         }
         "gkd_jsd" => {
-            let mut t = std(json!({"beta": 0.5, "temperature": 1.0}), json!({"beta": 0.5, "temperature": 2.0}));
+            let mut t = std(
+                json!({"beta": 0.5, "temperature": 1.0}),
+                json!({"beta": 0.5, "temperature": 2.0}),
+            );
             t[1].2 = json!({"beta": 0.1, "temperature": 1.0});
             t[2].2 = json!({"beta": 0.9, "temperature": 1.0});
             t.push(extra("beta_0_forward_kl", json!({"beta": 0.0, "temperature": 1.0})));
@@ -194,16 +223,22 @@ fn table(loss: &str) -> Vec<(String, Kind, Value)> {
             t.push(extra("beta_0_temperature_2", json!({"beta": 0.0, "temperature": 2.0})));
             t
         }
-        "js" => std(json!({"beta": 0.5, "temperature": 1.0}), json!({"beta": 0.5, "temperature": 2.0})),
+        "js" => {
+            std(json!({"beta": 0.5, "temperature": 1.0}), json!({"beta": 0.5, "temperature": 2.0}))
+        }
         "tvd" => std(json!({"temperature": 1.0}), json!({"temperature": 2.0})),
         "skew_forward_kl" | "skew_reverse_kl" => {
-            let mut t = std(json!({"alpha": 0.1, "temperature": 1.0}), json!({"alpha": 0.1, "temperature": 2.0}));
+            let mut t = std(
+                json!({"alpha": 0.1, "temperature": 1.0}),
+                json!({"alpha": 0.1, "temperature": 2.0}),
+            );
             t.push(extra("alpha_0.3", json!({"alpha": 0.3, "temperature": 1.0})));
             t.push(extra("alpha_0.05", json!({"alpha": 0.05, "temperature": 1.0})));
             t
         }
         "akl" => {
-            let mut t = std(json!({"mu": 0.5, "temperature": 1.0}), json!({"mu": 0.5, "temperature": 2.0}));
+            let mut t =
+                std(json!({"mu": 0.5, "temperature": 1.0}), json!({"mu": 0.5, "temperature": 2.0}));
             t.push(extra("mu_0.3", json!({"mu": 0.3, "temperature": 1.0})));
             t.push(extra("mu_0.8", json!({"mu": 0.8, "temperature": 1.0})));
             t
@@ -238,12 +273,23 @@ fn table(loss: &str) -> Vec<(String, Kind, Value)> {
                 t.push((format!("temperature_2_{j}"), Kind::Temperature2, d));
             }
             t.push(("large".into(), Kind::Large, divs[2].clone()));
-            t.push(extra("js_beta_0.1", json!({"divergence": "js", "beta": 0.1, "temperature": 1.0})));
+            t.push(extra(
+                "js_beta_0.1",
+                json!({"divergence": "js", "beta": 0.1, "temperature": 1.0}),
+            ));
             t
         }
         "alpha_divergence" => {
-            let mut t = std(json!({"alpha": 0.5, "temperature": 1.0}), json!({"alpha": 0.5, "temperature": 2.0}));
-            for (name, a) in [("alpha_1_forward_kl", 1.0), ("alpha_0_reverse_kl", 0.0), ("alpha_0.9", 0.9), ("alpha_1.5", 1.5)] {
+            let mut t = std(
+                json!({"alpha": 0.5, "temperature": 1.0}),
+                json!({"alpha": 0.5, "temperature": 2.0}),
+            );
+            for (name, a) in [
+                ("alpha_1_forward_kl", 1.0),
+                ("alpha_0_reverse_kl", 0.0),
+                ("alpha_0.9", 0.9),
+                ("alpha_1.5", 1.5),
+            ] {
                 t.push(extra(name, json!({"alpha": a, "temperature": 1.0})));
             }
             t
@@ -278,7 +324,8 @@ fn table(loss: &str) -> Vec<(String, Kind, Value)> {
             t
         }
         "uld" => {
-            let c = |ts: f64, tt: f64| json!({"student_temperature": ts, "teacher_temperature": tt});
+            let c =
+                |ts: f64, tt: f64| json!({"student_temperature": ts, "teacher_temperature": tt});
             let mut t = std(c(1.0, 1.0), c(2.0, 2.0));
             t.push(extra("different_temperatures", c(1.0, 2.0)));
             t
@@ -314,7 +361,11 @@ fn row_cases(rng: &mut Rng, loss: &str) -> Vec<Value> {
             if loss == "delta_kd" {
                 let (n, v) = kind.shape();
                 inputs.push(("teacher_base_logits", mat(&logits(rng, kind, n, v))));
-                let sb = if name == "zero_student_base" { vec![vec![0.0; v]; n] } else { logits(rng, kind, n, v) };
+                let sb = if name == "zero_student_base" {
+                    vec![vec![0.0; v]; n]
+                } else {
+                    logits(rng, kind, n, v)
+                };
                 inputs.push(("student_base_logits", mat(&sb)));
             }
             case(&name, config, inputs)
@@ -333,7 +384,10 @@ fn topk(teacher: &[f64], k: usize) -> (Vec<i64>, Vec<f64>) {
         order.truncate(k);
         let mass: f64 = order.iter().map(|&i| lp[i].exp()).sum();
         if 1.0 - mass >= 1e-4 {
-            return (order.iter().map(|&i| i as i64).collect(), order.iter().map(|&i| lp[i]).collect());
+            return (
+                order.iter().map(|&i| i as i64).collect(),
+                order.iter().map(|&i| lp[i]).collect(),
+            );
         }
         row.iter_mut().for_each(|x| *x *= 0.5);
     }
@@ -352,7 +406,8 @@ fn topk_cases(rng: &mut Rng) -> Vec<Value> {
             if large && conv == "renorm_both" {
                 continue;
             }
-            let config = json!({"convention": conv, "temperature": temp, "scale_by_t2": temp != 1.0});
+            let config =
+                json!({"convention": conv, "temperature": temp, "scale_by_t2": temp != 1.0});
             let inputs = vec![
                 ("student_logits", mat(&r.student)),
                 ("teacher_topk_ids", int_mat(&ids)),
@@ -379,7 +434,9 @@ fn minillm_cases(rng: &mut Rng) -> Vec<Value> {
         }
         c
     };
-    let table: Vec<(&str, Value, (usize, usize), Kind, bool)> = vec![
+    // (name, config, (L, V), logit kind, whether old_student_logits differ)
+    type Row = (&'static str, Value, (usize, usize), Kind, bool);
+    let table: Vec<Row> = vec![
         ("script_defaults", base.clone(), (6, 13), Kind::Extra(0), false),
         (
             "argument_defaults_no_mix",
@@ -397,24 +454,40 @@ fn minillm_cases(rng: &mut Rng) -> Vec<Value> {
         ("temperature_2", with(&[("temperature", json!(2.0))]), (5, 12), Kind::Extra(0), false),
         ("peaked", base.clone(), (5, 10), Kind::Peaked, false),
         ("near_identical", base.clone(), (5, 9), Kind::NearIdentical, false),
-        ("no_single_step_reg", with(&[("gamma", json!(0.9)), ("single_step_reg", json!(false))]), (4, 8), Kind::Extra(0), true),
+        (
+            "no_single_step_reg",
+            with(&[("gamma", json!(0.9)), ("single_step_reg", json!(false))]),
+            (4, 8),
+            Kind::Extra(0),
+            true,
+        ),
         ("large", base.clone(), (8, 1000), Kind::Extra(0), false),
     ];
     table
         .into_iter()
         .map(|(name, config, (l, v), kind, old)| {
-            let draw = |rng: &mut Rng| -> Vec<Vec<Vec<f64>>> { (0..2).map(|_| logits(rng, kind, l, v)).collect() };
+            let draw = |rng: &mut Rng| -> Vec<Vec<Vec<f64>>> {
+                (0..2).map(|_| logits(rng, kind, l, v)).collect()
+            };
             let student = draw(rng);
             let teacher = if kind == Kind::NearIdentical {
                 student
                     .iter()
-                    .map(|b| b.iter().map(|r| r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect()).collect())
+                    .map(|b| {
+                        b.iter()
+                            .map(|r| {
+                                r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect()
+                            })
+                            .collect()
+                    })
                     .collect()
             } else {
                 draw(rng)
             };
-            let tokens: Vec<Vec<i64>> = (0..2).map(|_| (0..l).map(|_| rng.below(v) as i64).collect()).collect();
-            let mask: Vec<Vec<i64>> = vec![vec![1; l], (0..l).map(|t| i64::from(t + 2 < l)).collect()];
+            let tokens: Vec<Vec<i64>> =
+                (0..2).map(|_| (0..l).map(|_| rng.below(v) as i64).collect()).collect();
+            let mask: Vec<Vec<i64>> =
+                vec![vec![1; l], (0..l).map(|t| i64::from(t + 2 < l)).collect()];
             let mut inputs = vec![
                 ("student_logits", Value::Array(student.iter().map(|b| mat(b)).collect())),
                 ("teacher_logits", Value::Array(teacher.iter().map(|b| mat(b)).collect())),
@@ -425,8 +498,12 @@ fn minillm_cases(rng: &mut Rng) -> Vec<Value> {
                 let o: Vec<Value> = student
                     .iter()
                     .map(|b| {
-                        let rows: Vec<Vec<f64>> =
-                            b.iter().map(|r| r.iter().map(|&x| round_to(x + 0.5 * rng.normal(), 1e-4)).collect()).collect();
+                        let rows: Vec<Vec<f64>> = b
+                            .iter()
+                            .map(|r| {
+                                r.iter().map(|&x| round_to(x + 0.5 * rng.normal(), 1e-4)).collect()
+                            })
+                            .collect();
                         mat(&rows)
                     })
                     .collect();
@@ -440,9 +517,21 @@ fn minillm_cases(rng: &mut Rng) -> Vec<Value> {
 /// TAID schedule replays: the committed four configurations, with fresh loss curves.
 fn taid_schedules(rng: &mut Rng) -> Vec<Value> {
     let configs = [
-        ("defaults_decreasing", json!({"t_start": 0.4, "t_end": 1.0, "alpha": 0.0005, "beta": 0.99, "num_train_steps": 20}), false),
-        ("fast_adaptive_clamped", json!({"t_start": 0.2, "t_end": 0.9, "alpha": 0.3, "beta": 0.9, "num_train_steps": 1000}), false),
-        ("noisy_non_monotone", json!({"t_start": 0.4, "t_end": 1.0, "alpha": 0.05, "beta": 0.5, "num_train_steps": 50}), true),
+        (
+            "defaults_decreasing",
+            json!({"t_start": 0.4, "t_end": 1.0, "alpha": 0.0005, "beta": 0.99, "num_train_steps": 20}),
+            false,
+        ),
+        (
+            "fast_adaptive_clamped",
+            json!({"t_start": 0.2, "t_end": 0.9, "alpha": 0.3, "beta": 0.9, "num_train_steps": 1000}),
+            false,
+        ),
+        (
+            "noisy_non_monotone",
+            json!({"t_start": 0.4, "t_end": 1.0, "alpha": 0.05, "beta": 0.5, "num_train_steps": 50}),
+            true,
+        ),
         (
             "adaptive_disabled",
             json!({"t_start": 0.4, "t_end": 1.0, "alpha": 0.0005, "beta": 0.99, "num_train_steps": 12, "disable_adaptive": true}),
@@ -497,14 +586,24 @@ fn scaling_law_doc(rng: &mut Rng) -> Value {
 pub fn description(loss: &str) -> &'static str {
     match loss {
         "ab_divergence" => "ABKD alpha-beta divergence with its special cases",
-        "akl" => "w_head*KL(p||q) + w_tail*KL(q||p); weights from detached |p-q| over teacher head/tail split at cumulative mass mu",
-        "alpha_divergence" => "Amari alpha-divergence (1 - sum p^a q^(1-a)) / (a(1-a)); a=1 -> KL(p||q), a=0 -> KL(q||p)",
-        "atkd" => "teacher-uncertainty split at the lower median; alpha*mean_easy(NCKD) + (1-alpha)*mean_hard(TCKD+NCKD)",
-        "delta_kd" => "(1-lambda_sft)*KL(softmax((z_sb + alpha*(z_t - z_tb))/T) || q^T) + lambda_sft*CE",
+        "akl" => {
+            "w_head*KL(p||q) + w_tail*KL(q||p); weights from detached |p-q| over teacher head/tail split at cumulative mass mu"
+        }
+        "alpha_divergence" => {
+            "Amari alpha-divergence (1 - sum p^a q^(1-a)) / (a(1-a)); a=1 -> KL(p||q), a=0 -> KL(q||p)"
+        }
+        "atkd" => {
+            "teacher-uncertainty split at the lower median; alpha*mean_easy(NCKD) + (1-alpha)*mean_hard(TCKD+NCKD)"
+        }
+        "delta_kd" => {
+            "(1-lambda_sft)*KL(softmax((z_sb + alpha*(z_t - z_tb))/T) || q^T) + lambda_sft*CE"
+        }
         "dkd" => "warmup_factor*(alpha*T^2*TCKD + beta*T^2*NCKD), target class = label",
         "fdistill" => "f-DISTILL step-wise terms: kl, rkl, js(beta), tvd",
         "forward_kl" => "KL(p_teacher^T || q_student^T) per row; times T^2 when scale_by_t2",
-        "gkd_jsd" => "TRL generalized JSD: beta*KL(p||m)+(1-beta)*KL(q||m), m=beta*p+(1-beta)*q; beta=0 -> KL(p||q), beta=1 -> KL(q||p)",
+        "gkd_jsd" => {
+            "TRL generalized JSD: beta*KL(p||m)+(1-beta)*KL(q||m), m=beta*p+(1-beta)*q; beta=0 -> KL(p||q), beta=1 -> KL(q||p)"
+        }
         "hinton_kd" => "alpha*T^2*KL(p^T||q^T) + (1-alpha)*CE(q^1, label)",
         "js" => "Jensen-Shannon divergence (generalized JSD with beta=0.5)",
         "minillm" => "MiniLLM token-level PPO objective with single-step reverse-KL regulariser",
@@ -513,9 +612,13 @@ pub fn description(loss: &str) -> &'static str {
         "skew_forward_kl" => "KL(p || alpha*p + (1-alpha)*q), mixture differentiated",
         "skew_reverse_kl" => "KL(q || (1-alpha)*p + alpha*q), mixture differentiated",
         "taid" => "-sum_v p_t(v) log q(v), p_t = softmax((1-t)*stopgrad(student) + t*teacher)",
-        "topk_kl" => "KL against a teacher given only by top-k log-probs; conventions renorm_teacher, renorm_both, tail_bucket",
+        "topk_kl" => {
+            "KL against a teacher given only by top-k log-probs; conventions renorm_teacher, renorm_both, tail_bucket"
+        }
         "tvd" => "0.5*sum|p^T - q^T|",
-        "uld" => "sum_k |sort_desc(q)_k - sort_desc(p)_k| with zero padding to the larger vocabulary",
+        "uld" => {
+            "sum_k |sort_desc(q)_k - sort_desc(p)_k| with zero padding to the larger vocabulary"
+        }
         _ => "",
     }
 }

@@ -104,7 +104,9 @@ impl<'a> Case<'a> {
     /// A 2-d array of integers.
     pub fn int_mat(&self, path: &str) -> Result<Vec<Vec<i64>>> {
         let rows = self.get(path)?.as_array().ok_or_else(|| self.err(path, "a 2-d array"))?;
-        rows.iter().map(|r| ints(r).ok_or_else(|| self.err(path, "a 2-d array of integers"))).collect()
+        rows.iter()
+            .map(|r| ints(r).ok_or_else(|| self.err(path, "a 2-d array of integers")))
+            .collect()
     }
 
     /// An error naming this case, for a field whose content is inconsistent.

@@ -89,7 +89,8 @@ pub struct FileReport {
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| GoldenError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| GoldenError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text)
+        .map_err(|source| GoldenError::Json { path: path.to_path_buf(), source })
 }
 
 /// The `*.json` files of a directory, sorted by name.
@@ -121,7 +122,8 @@ pub fn check_dir(dir: &Path) -> Result<Vec<FileReport>> {
             let doc = read_json(&path)?;
             let got = recompute(&doc)?;
             let cases = doc.get("cases").and_then(|c| c.as_array()).map_or(0, Vec::len);
-            let file = path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            let file =
+                path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
             Ok(FileReport { file, cases, comparison: compare(&doc, &got) })
         })
         .collect()

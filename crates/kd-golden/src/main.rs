@@ -55,7 +55,10 @@ fn run(args: &[String]) -> Result<bool, GoldenError> {
         Command::Check { dir, tolerance } => {
             let reports = check_dir(&dir)?;
             let mut ok = !reports.is_empty();
-            println!("{:<22} {:>5} {:>9} {:>10} {:>10}  worst", "file", "cases", "numbers", "max_abs", "max_rel");
+            println!(
+                "{:<22} {:>5} {:>9} {:>10} {:>10}  worst",
+                "file", "cases", "numbers", "max_abs", "max_rel"
+            );
             for r in &reports {
                 let c = &r.comparison;
                 let pass = c.passes(tolerance);
@@ -74,7 +77,11 @@ fn run(args: &[String]) -> Result<bool, GoldenError> {
                     println!("    mismatch: {m}");
                 }
             }
-            println!("{} files, tolerance {tolerance:e}: {}", reports.len(), if ok { "ok" } else { "FAILED" });
+            println!(
+                "{} files, tolerance {tolerance:e}: {}",
+                reports.len(),
+                if ok { "ok" } else { "FAILED" }
+            );
             Ok(ok)
         }
         Command::Generate { dir, seed } => {

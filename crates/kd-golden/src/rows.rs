@@ -41,7 +41,10 @@ impl RowBatch {
         let mask = case.ints("inputs.mask")?;
         let n = student.len();
         if labels.len() != n || mask.len() != n || !(teacher.is_empty() || teacher.len() == n) {
-            return Err(case.invalid("inputs", "student_logits, teacher_logits, labels and mask with one entry per row"));
+            return Err(case.invalid(
+                "inputs",
+                "student_logits, teacher_logits, labels and mask with one entry per row",
+            ));
         }
         Ok(Self { student, teacher, labels, mask })
     }
@@ -67,10 +70,12 @@ impl RowBatch {
     /// When the label is outside `0..V`.
     pub fn label(&self, case: &Case<'_>, i: usize) -> Result<usize> {
         let v = self.student[i].len();
-        usize::try_from(self.labels[i])
-            .ok()
-            .filter(|&y| y < v)
-            .ok_or_else(|| case.invalid("inputs.labels", "a class index below the vocabulary size on every valid row"))
+        usize::try_from(self.labels[i]).ok().filter(|&y| y < v).ok_or_else(|| {
+            case.invalid(
+                "inputs.labels",
+                "a class index below the vocabulary size on every valid row",
+            )
+        })
     }
 }
 
@@ -107,7 +112,13 @@ pub fn cross_entropy<'t>(tape: &'t Tape, la: &[Var<'t>], lb: &[Var<'t>]) -> Var<
 }
 
 /// `log(w_a e^{la} + w_b e^{lb})` elementwise, through a two-term logsumexp.
-pub fn log_mix<'t>(tape: &'t Tape, la: &[Var<'t>], wa: f64, lb: &[Var<'t>], wb: f64) -> Vec<Var<'t>> {
+pub fn log_mix<'t>(
+    tape: &'t Tape,
+    la: &[Var<'t>],
+    wa: f64,
+    lb: &[Var<'t>],
+    wb: f64,
+) -> Vec<Var<'t>> {
     let (ca, cb) = (wa.ln(), wb.ln());
     la.iter().zip(lb).map(|(&a, &b)| tape.logsumexp(&[a + ca, b + cb])).collect()
 }

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kd_golden::{DEFAULT_TOLERANCE, LOSS_NAMES, check_dir, compare, generate, generate_dir, read_json, recompute};
+use kd_golden::{
+    DEFAULT_TOLERANCE, LOSS_NAMES, check_dir, compare, generate, generate_dir, read_json, recompute,
+};
 use serde_json::Value;
 
 fn committed_dir() -> PathBuf {
@@ -39,10 +41,16 @@ fn committed_files_are_reproduced() {
     let mut failures = Vec::new();
     for r in &reports {
         let c = &r.comparison;
-        eprintln!("{:<22} {:>3} cases {:>6} numbers  max_abs {:.2e}  max_rel {:.2e}  {}", r.file, r.cases, c.numbers, c.max_abs, c.max_rel, c.worst);
+        eprintln!(
+            "{:<22} {:>3} cases {:>6} numbers  max_abs {:.2e}  max_rel {:.2e}  {}",
+            r.file, r.cases, c.numbers, c.max_abs, c.max_rel, c.worst
+        );
         assert!(c.numbers > 0, "{}: nothing compared", r.file);
         if !c.passes(DEFAULT_TOLERANCE) {
-            failures.push(format!("{}: max_rel {:e} at {}; mismatches {:?}", r.file, c.max_rel, c.worst, c.mismatches));
+            failures.push(format!(
+                "{}: max_rel {:e} at {}; mismatches {:?}",
+                r.file, c.max_rel, c.worst, c.mismatches
+            ));
         }
     }
     assert!(failures.is_empty(), "not reproduced:\n{}", failures.join("\n"));
@@ -56,7 +64,14 @@ fn skeleton(doc: &Value) -> Vec<(String, Value, Vec<String>, Vec<String>)> {
         .map(|cases| {
             cases
                 .iter()
-                .map(|c| (c["name"].as_str().unwrap_or("").to_string(), c["config"].clone(), keys(&c["inputs"]), keys(&c["outputs"])))
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or("").to_string(),
+                        c["config"].clone(),
+                        keys(&c["inputs"]),
+                        keys(&c["outputs"]),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -69,12 +84,23 @@ fn generated_files_round_trip_with_the_committed_layout() {
     assert_eq!(written.len(), LOSS_NAMES.len());
     for r in check_dir(&scratch.0).expect("check the generated files") {
         // serde_json's default float parsing may be off by one ulp, hence not exactly 0.
-        assert!(r.comparison.passes(1e-12), "{}: {:?} at {}", r.file, r.comparison.max_rel, r.comparison.worst);
+        assert!(
+            r.comparison.passes(1e-12),
+            "{}: {:?} at {}",
+            r.file,
+            r.comparison.max_rel,
+            r.comparison.worst
+        );
     }
     for loss in LOSS_NAMES {
-        let committed = read_json(&committed_dir().join(format!("{loss}.json"))).expect("committed file");
+        let committed =
+            read_json(&committed_dir().join(format!("{loss}.json"))).expect("committed file");
         let fresh = read_json(&scratch.0.join(format!("{loss}.json"))).expect("generated file");
-        assert_eq!(skeleton(&fresh), skeleton(&committed), "{loss}: case names, configs or fields differ");
+        assert_eq!(
+            skeleton(&fresh),
+            skeleton(&committed),
+            "{loss}: case names, configs or fields differ"
+        );
         assert_eq!(fresh["loss"], committed["loss"]);
         assert_eq!(fresh["description"], committed["description"]);
     }

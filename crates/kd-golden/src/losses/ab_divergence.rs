@@ -55,12 +55,12 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let tape = Tape::new();
     let student: Vec<_> = rb.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(rb.rows());
-    for i in 0..rb.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !rb.valid(i) {
             per_row.push(None);
             continue;
         }
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &consts(&tape, &rb.teacher[i]), t);
         per_row.push(Some(row(&tape, &lp, &lq, a, b)));
     }

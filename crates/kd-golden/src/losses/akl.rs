@@ -51,12 +51,12 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let (mut hw, mut tw) = (RowExtra::new("head_weight", n), RowExtra::new("tail_weight", n));
     let (mut fx, mut rx) = (RowExtra::new("fkl", n), RowExtra::new("rkl", n));
     let mut hs = RowExtra::ints("head_size", n);
-    for i in 0..n {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
         let p: Vec<f64> = log_softmax_f64(&b.teacher[i], t).iter().map(|x| x.exp()).collect();
         let q: Vec<f64> = lq.iter().map(|x| x.val().exp()).collect();
@@ -70,6 +70,7 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
         hs.set(i, head as f64);
         per_row.push(Some(fkl * w_head + rkl * w_tail));
     }
-    let extras = vec![hw.into_pair(), tw.into_pair(), fx.into_pair(), rx.into_pair(), hs.into_pair()];
+    let extras =
+        vec![hw.into_pair(), tw.into_pair(), fx.into_pair(), rx.into_pair(), hs.into_pair()];
     Ok(finish(&tape, &student, &per_row, extras))
 }

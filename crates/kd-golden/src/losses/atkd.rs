@@ -48,7 +48,7 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let mut per_row = Vec::with_capacity(n);
     let (mut ux, mut hx) = (RowExtra::new("uncertainty", n), RowExtra::ints("is_hard", n));
     let (mut tx, mut nx) = (RowExtra::new("tckd", n), RowExtra::new("nckd", n));
-    for i in 0..n {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
@@ -56,9 +56,9 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
         let y = labels[i];
         let teacher = tape.vars(&b.teacher[i]);
         let lp = log_softmax(&tape, &teacher, tt);
-        let lq = log_softmax(&tape, &student[i], ts);
+        let lq = log_softmax(&tape, s, ts);
         let tc = tckd(&tape, &lp, &lq, y);
-        let nc = nckd(&tape, &teacher, &student[i], y, tt, ts);
+        let nc = nckd(&tape, &teacher, s, y, tt, ts);
         ux.set(i, u[i]);
         hx.set(i, f64::from(u8::from(hard[i])));
         tx.set(i, tc.val());

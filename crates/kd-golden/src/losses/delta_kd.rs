@@ -31,8 +31,9 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let tape = Tape::new();
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(b.rows());
-    let (mut kx, mut sx) = (RowExtra::new("kd_term", b.rows()), RowExtra::new("sft_term", b.rows()));
-    for i in 0..b.rows() {
+    let (mut kx, mut sx) =
+        (RowExtra::new("kd_term", b.rows()), RowExtra::new("sft_term", b.rows()));
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
@@ -41,12 +42,12 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
             .map(|v| student_base[i][v] + alpha * (b.teacher[i][v] - teacher_base[i][v]))
             .collect();
         let lr = consts(&tape, &log_softmax_f64(&target, t));
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let kd = kl(&tape, &lr, &lq);
         kx.set(i, kd.val());
         let v = if lambda > 0.0 {
             let y = b.label(case, i)?;
-            let sft = -log_softmax(&tape, &student[i], 1.0)[y];
+            let sft = -log_softmax(&tape, s, 1.0)[y];
             sx.set(i, sft.val());
             kd * (1.0 - lambda) + sft * lambda
         } else {

@@ -60,17 +60,17 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(b.rows());
     let (mut tx, mut nx) = (RowExtra::new("tckd", b.rows()), RowExtra::new("nckd", b.rows()));
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
         let y = b.label(case, i)?;
         let teacher = tape.vars(&b.teacher[i]);
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &teacher, t);
         let tc = tckd(&tape, &lp, &lq, y);
-        let nc = nckd(&tape, &teacher, &student[i], y, t, t);
+        let nc = nckd(&tape, &teacher, s, y, t, t);
         tx.set(i, tc.val());
         nx.set(i, nc.val());
         per_row.push(Some((tc * (alpha * t * t) + nc * (beta * t * t)) * warmup));

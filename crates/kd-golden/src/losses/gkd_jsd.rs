@@ -30,12 +30,12 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let mut per_row = Vec::with_capacity(b.rows());
     let mut kt = RowExtra::new("kl_teacher_mix", b.rows());
     let mut ks = RowExtra::new("kl_student_mix", b.rows());
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
         let v = if beta == 0.0 {
             kl(&tape, &lp, &lq)

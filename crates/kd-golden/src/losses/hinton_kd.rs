@@ -26,16 +26,16 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let mut per_row = Vec::with_capacity(b.rows());
     let mut soft_x = RowExtra::new("soft_term", b.rows());
     let mut hard_x = RowExtra::new("hard_term", b.rows());
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
         let y = b.label(case, i)?;
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
         let soft = kl(&tape, &lp, &lq) * (t * t);
-        let hard = -log_softmax(&tape, &student[i], 1.0)[y];
+        let hard = -log_softmax(&tape, s, 1.0)[y];
         soft_x.set(i, soft.val());
         hard_x.set(i, hard.val());
         per_row.push(Some(soft * alpha + hard * (1.0 - alpha)));

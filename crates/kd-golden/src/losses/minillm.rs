@@ -73,10 +73,9 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
                 continue;
             }
             let v = student[b][l].len();
-            tok[b][l] = usize::try_from(tokens[b][l])
-                .ok()
-                .filter(|&x| x < v)
-                .ok_or_else(|| case.invalid("inputs.tokens", "token ids below the vocabulary size"))?;
+            tok[b][l] = usize::try_from(tokens[b][l]).ok().filter(|&x| x < v).ok_or_else(|| {
+                case.invalid("inputs.tokens", "token ids below the vocabulary size")
+            })?;
             let k = tok[b][l];
             logq_old[b][l] = log_softmax_f64(&old[b][l], tau)[k];
             lp_reward[b][l] = log_softmax_f64(&teacher[b][l], 1.0)[k];
@@ -114,8 +113,10 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let mean = flat.iter().sum::<f64>() / m;
     let ss: f64 = flat.iter().map(|x| (x - mean) * (x - mean)).sum();
     let var = if unbiased { ss / (m - 1.0) } else { ss / m };
-    let adv: Vec<Vec<f64>> =
-        adv_raw.iter().map(|r| r.iter().map(|x| (x - mean) / (var + 1e-8).sqrt()).collect()).collect();
+    let adv: Vec<Vec<f64>> = adv_raw
+        .iter()
+        .map(|r| r.iter().map(|x| (x - mean) / (var + 1e-8).sqrt()).collect())
+        .collect();
 
     let tape = Tape::new();
     let svars: Vec<Vec<Vec<Var<'_>>>> =
@@ -155,7 +156,8 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let grad: Vec<Value> = svars
         .iter()
         .map(|b| {
-            let rows: Vec<Vec<f64>> = b.iter().map(|r| r.iter().map(|&x| grads.wrt(x)).collect()).collect();
+            let rows: Vec<Vec<f64>> =
+                b.iter().map(|r| r.iter().map(|&x| grads.wrt(x)).collect()).collect();
             json::mat(&rows)
         })
         .collect();

@@ -16,9 +16,11 @@ use crate::json::{self, Case};
 /// `(L_S, L_S_supervised)` of one point.
 pub fn point(c: &Case<'_>, n_s: f64, d_s: f64, l_t: f64) -> Result<(f64, f64)> {
     let k = |name: &str| c.f64(&format!("coefficients.{name}"));
-    let sup = k("E")? + (k("A")? / n_s.powf(k("alpha")?) + k("B")? / d_s.powf(k("beta")?)).powf(k("gamma")?);
-    let data = (k("A_prime")? / n_s.powf(k("alpha_prime")?) + k("B_prime")? / d_s.powf(k("beta_prime")?))
-        .powf(k("gamma_prime")?);
+    let sup = k("E")?
+        + (k("A")? / n_s.powf(k("alpha")?) + k("B")? / d_s.powf(k("beta")?)).powf(k("gamma")?);
+    let data = (k("A_prime")? / n_s.powf(k("alpha_prime")?)
+        + k("B_prime")? / d_s.powf(k("beta_prime")?))
+    .powf(k("gamma_prime")?);
     let (c0, c1, d1, f1) = (k("c0")?, k("c1")?, k("d1")?, k("f1")?);
     let l_s = l_t + l_t.powf(-c0) * (1.0 + (l_t / (sup * d1)).powf(1.0 / f1)).powf(-c1 * f1) * data;
     Ok((l_s, sup))

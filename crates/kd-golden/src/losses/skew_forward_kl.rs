@@ -25,12 +25,12 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(b.rows());
     let mut ce = RowExtra::new("per_row_cross_entropy_form", b.rows());
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
-        let lq = log_softmax(&tape, &student[i], t);
+        let lq = log_softmax(&tape, s, t);
         let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
         let lm = log_mix(&tape, &lp, alpha, &lq, 1.0 - alpha);
         ce.set(i, cross_entropy(&tape, &lp, &lm).val());

@@ -23,7 +23,9 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::{self, Case};
-use crate::rows::{RowBatch, RowExtra, consts, cross_entropy, finish, kl, log_softmax, log_softmax_f64};
+use crate::rows::{
+    RowBatch, RowExtra, consts, cross_entropy, finish, kl, log_softmax, log_softmax_f64,
+};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -38,15 +40,15 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(b.rows());
     let mut klx = RowExtra::new("per_row_kl_form", b.rows());
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
         let mixed: Vec<f64> =
-            b.student[i].iter().zip(&b.teacher[i]).map(|(s, te)| (1.0 - t) * s + t * te).collect();
+            b.student[i].iter().zip(&b.teacher[i]).map(|(x, te)| (1.0 - t) * x + t * te).collect();
         let lpt = consts(&tape, &log_softmax_f64(&mixed, temp));
-        let lq = log_softmax(&tape, &student[i], temp);
+        let lq = log_softmax(&tape, s, temp);
         klx.set(i, kl(&tape, &lpt, &lq).val());
         per_row.push(Some(cross_entropy(&tape, &lpt, &lq)));
     }
@@ -63,7 +65,8 @@ pub fn replay(schedule: &Case<'_>) -> Result<Value> {
     let alpha = schedule.f64("config.alpha")?;
     let beta = schedule.f64("config.beta")?;
     let steps = schedule.f64("config.num_train_steps")?;
-    let disabled = schedule.find("config.disable_adaptive").and_then(Value::as_bool).unwrap_or(false);
+    let disabled =
+        schedule.find("config.disable_adaptive").and_then(Value::as_bool).unwrap_or(false);
     let losses = schedule.vec("losses")?;
     let (mut t, mut momentum, mut prev): (f64, f64, Option<f64>) = (t_start, 0.0, None);
     let mut records = Vec::with_capacity(losses.len());

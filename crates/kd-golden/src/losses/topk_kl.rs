@@ -46,8 +46,9 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let n = b.rows();
     let mut per_row = Vec::with_capacity(n);
-    let (mut tx, mut sx) = (RowExtra::new("teacher_tail_mass", n), RowExtra::new("student_tail_mass", n));
-    for i in 0..n {
+    let (mut tx, mut sx) =
+        (RowExtra::new("teacher_tail_mass", n), RowExtra::new("student_tail_mass", n));
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
@@ -57,8 +58,10 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
             .iter()
             .map(|&id| usize::try_from(id).ok().filter(|&id| id < v))
             .collect::<Option<_>>()
-            .ok_or_else(|| case.invalid("inputs.teacher_topk_ids", "ids below the vocabulary size"))?;
-        let lq_full = log_softmax(&tape, &student[i], t);
+            .ok_or_else(|| {
+                case.invalid("inputs.teacher_topk_ids", "ids below the vocabulary size")
+            })?;
+        let lq_full = log_softmax(&tape, s, t);
         let lq: Vec<Var<'_>> = idx.iter().map(|&id| lq_full[id]).collect();
         // Teacher at temperature T, renormalised over K (plus the tail bucket).
         let mass: f64 = lps[i].iter().map(|lp| lp.exp()).sum();
@@ -73,7 +76,8 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
                 tape.sum(&terms)
             }
             _ => {
-                let terms: Vec<Var<'_>> = lpt.iter().zip(&lq).map(|(&p, &q)| (p - q) * p.exp()).collect();
+                let terms: Vec<Var<'_>> =
+                    lpt.iter().zip(&lq).map(|(&p, &q)| (p - q) * p.exp()).collect();
                 let head = tape.sum(&terms);
                 if tail {
                     let p_tail = tail_t / z;

@@ -30,13 +30,15 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let tape = Tape::new();
     let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let mut per_row = Vec::with_capacity(b.rows());
-    for i in 0..b.rows() {
+    for (i, s) in student.iter().enumerate() {
         if !b.valid(i) {
             per_row.push(None);
             continue;
         }
-        let q = sort_desc(log_softmax(&tape, &student[i], ts).into_iter().map(Var::exp).collect());
-        let p = sort_desc(log_softmax(&tape, &tape.vars(&b.teacher[i]), tt).into_iter().map(Var::exp).collect());
+        let q = sort_desc(log_softmax(&tape, s, ts).into_iter().map(Var::exp).collect());
+        let p = sort_desc(
+            log_softmax(&tape, &tape.vars(&b.teacher[i]), tt).into_iter().map(Var::exp).collect(),
+        );
         let zero = tape.var(0.0);
         let k = q.len().max(p.len());
         let terms: Vec<Var<'_>> = (0..k)
