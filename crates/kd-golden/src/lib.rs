@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 pub use check::{Comparison, compare, recompute};
 pub use error::{GoldenError, Result};
+pub use generate::generate_dir;
 
 /// Every golden file this crate knows, by its `loss` field (= file stem).
 pub const LOSS_NAMES: [&str; 20] = [
@@ -128,5 +129,3 @@ pub fn check_dir(dir: &Path) -> Result<Vec<FileReport>> {
         })
         .collect()
 }
-
-pub use generate::generate_dir;
