@@ -1,23 +1,25 @@
 //! Model configs parsed from (and written back to) Hugging Face `config.json`.
 //!
-//! Both the transformers-4 layout (`rope_theta` + `rope_scaling`) and the transformers-5 layout
-//! (`rope_parameters`) are read. Keys this crate does not use are ignored; keys it needs but that
-//! are absent take the default of the reference `transformers` config class.
+//! [`ModelConfig`] dispatches on `model_type` to the architecture registered for it; each
+//! architecture declares the keys it reads as a `serde`-derived struct in its own file
+//! ([`Gpt2Config`] in [`gpt2`](crate::gpt2), [`LlamaConfig`] in [`llama`](crate::llama) with the
+//! Mistral and Qwen2 additions beside it). Both the transformers-4 layout (`rope_theta` +
+//! `rope_scaling`) and the transformers-5 layout (`rope_parameters`) are read. Keys this crate
+//! does not use are ignored; keys it needs but that are absent (or `null`) take the default of
+//! the reference `transformers` config class. A value of the wrong type is a
+//! [`ModelError::Config`] naming the key (`rope_scaling.factor`) and what was expected.
 
 use std::path::Path;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+use crate::registry::MODEL_TYPES;
 
-/// The config of any supported architecture, as read from `config.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    /// `model_type: "gpt2"`.
-    Gpt2(Gpt2Config),
-    /// `model_type` one of `"llama"`, `"mistral"`, `"qwen2"`.
-    Llama(LlamaConfig),
-}
+pub use crate::gpt2::Gpt2Config;
+pub use crate::layers::Activation;
+pub use crate::llama::{LlamaConfig, RopeScaling};
+pub use crate::registry::ModelConfig;
 
 impl ModelConfig {
     /// Parses a `config.json` file.
@@ -43,756 +45,85 @@ impl ModelConfig {
         let obj = value
             .as_object()
             .ok_or_else(|| ModelError::config("<root>", "config.json must be a JSON object"))?;
-        let model_type = get_str(obj, "model_type")?
-            .ok_or_else(|| ModelError::config("model_type", "missing"))?;
-        match model_type.as_str() {
-            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json_map(obj)?)),
-            "llama" | "mistral" | "qwen2" => Ok(Self::Llama(LlamaConfig::from_json_map(obj)?)),
-            _ => Err(ModelError::UnsupportedModelType { model_type }),
-        }
+        let model_type = match obj.get("model_type") {
+            None | Some(Value::Null) => return Err(ModelError::config("model_type", "missing")),
+            Some(Value::String(t)) => t.clone(),
+            Some(v) => {
+                return Err(ModelError::config(
+                    "model_type",
+                    format!("expected a string, got {v}"),
+                ));
+            }
+        };
+        Self::parse(&model_type, obj)
+            .unwrap_or(Err(ModelError::UnsupportedModelType { model_type }))
+    }
+
+    /// Every `model_type` this crate loads.
+    pub fn supported_model_types() -> Vec<&'static str> {
+        MODEL_TYPES.iter().flat_map(|types| types.iter().copied()).collect()
     }
 
     /// The config as a `config.json` value (what `save_pretrained` would write).
     pub fn to_json(&self) -> Value {
-        match self {
-            Self::Gpt2(c) => c.to_json(),
-            Self::Llama(c) => c.to_json(),
-        }
+        self.arch().to_json()
     }
 
     /// `model_type` (`gpt2`, `llama`, `mistral` or `qwen2`).
     pub fn model_type(&self) -> &str {
-        match self {
-            Self::Gpt2(_) => "gpt2",
-            Self::Llama(c) => c.model_type.as_str(),
-        }
+        self.arch().model_type()
     }
 
     /// Vocabulary size (rows of the embedding and of the output head).
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.vocab_size,
-            Self::Llama(c) => c.vocab_size,
-        }
+        self.arch().vocab_size()
     }
 
     /// Width of the residual stream.
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.n_embd,
-            Self::Llama(c) => c.hidden_size,
-        }
+        self.arch().hidden_size()
     }
 
     /// Number of transformer blocks.
     pub fn num_hidden_layers(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.n_layer,
-            Self::Llama(c) => c.num_hidden_layers,
-        }
+        self.arch().num_hidden_layers()
     }
 
     /// Longest sequence the model supports (GPT-2 `n_positions`, LLaMA `max_position_embeddings`).
     pub fn max_position_embeddings(&self) -> usize {
-        match self {
-            Self::Gpt2(c) => c.n_positions,
-            Self::Llama(c) => c.max_position_embeddings,
-        }
+        self.arch().max_position_embeddings()
     }
 
     /// `bos_token_id`, when the config has one.
     pub fn bos_token_id(&self) -> Option<u32> {
-        match self {
-            Self::Gpt2(c) => c.bos_token_id,
-            Self::Llama(c) => c.bos_token_id,
-        }
+        self.arch().bos_token_id()
     }
 
     /// `eos_token_id` (a list: LLaMA-3 style configs have several).
     pub fn eos_token_ids(&self) -> &[u32] {
-        match self {
-            Self::Gpt2(c) => &c.eos_token_id,
-            Self::Llama(c) => &c.eos_token_id,
-        }
+        self.arch().eos_token_ids()
     }
 
     /// `pad_token_id`, when the config has one.
     pub fn pad_token_id(&self) -> Option<u32> {
-        match self {
-            Self::Gpt2(c) => c.pad_token_id,
-            Self::Llama(c) => c.pad_token_id,
-        }
+        self.arch().pad_token_id()
     }
 
     /// Standard deviation of the normal initializer (`initializer_range`).
     pub fn initializer_range(&self) -> f64 {
-        match self {
-            Self::Gpt2(c) => c.initializer_range,
-            Self::Llama(c) => c.initializer_range,
-        }
+        self.arch().initializer_range()
     }
 
     /// Whether the output head shares the token-embedding matrix.
     pub fn tie_word_embeddings(&self) -> bool {
-        match self {
-            Self::Gpt2(c) => c.tie_word_embeddings,
-            Self::Llama(c) => c.tie_word_embeddings,
-        }
-    }
-}
-
-/// Feed-forward activation (`activation_function` / `hidden_act`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: `0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))`.
-    GeluTanh,
-    /// `gelu`: the exact erf form `0.5 x (1 + erf(x/√2))`.
-    Gelu,
-    /// `relu`.
-    Relu,
-    /// `silu` / `swish`: `x · sigmoid(x)`.
-    Silu,
-}
-
-impl Activation {
-    /// Parses a `transformers` activation name.
-    ///
-    /// # Errors
-    /// [`ModelError::UnsupportedConfig`] naming `key` and the value.
-    pub fn from_hf_name(key: &str, name: &str) -> Result<Self> {
-        match name {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
-            "gelu" => Ok(Self::Gelu),
-            "relu" => Ok(Self::Relu),
-            "silu" | "swish" => Ok(Self::Silu),
-            _ => Err(ModelError::UnsupportedConfig { key: key.into(), value: name.into() }),
-        }
-    }
-
-    /// The canonical `transformers` name.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Self::GeluTanh => "gelu_new",
-            Self::Gelu => "gelu",
-            Self::Relu => "relu",
-            Self::Silu => "silu",
-        }
-    }
-}
-
-/// GPT-2 hyper-parameters (`GPT2Config` in `transformers`, same key names).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gpt2Config {
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Number of learned positions (maximum sequence length).
-    pub n_positions: usize,
-    /// Width of the residual stream.
-    pub n_embd: usize,
-    /// Number of blocks.
-    pub n_layer: usize,
-    /// Number of attention heads.
-    pub n_head: usize,
-    /// Inner MLP width; `None` means `4 * n_embd`.
-    pub n_inner: Option<usize>,
-    /// MLP activation (`activation_function`).
-    pub activation_function: Activation,
-    /// Epsilon of every layer norm.
-    pub layer_norm_epsilon: f64,
-    /// Scale attention scores by `1/√head_dim`.
-    pub scale_attn_weights: bool,
-    /// Additionally scale attention scores of block `i` by `1/(i+1)`.
-    pub scale_attn_by_inverse_layer_idx: bool,
-    /// Output head tied to `wte` (GPT-2 checkpoints always are).
-    pub tie_word_embeddings: bool,
-    /// Standard deviation of the normal initializer.
-    pub initializer_range: f64,
-    /// Beginning-of-sequence id.
-    pub bos_token_id: Option<u32>,
-    /// End-of-sequence ids.
-    pub eos_token_id: Vec<u32>,
-    /// Padding id.
-    pub pad_token_id: Option<u32>,
-}
-
-impl Default for Gpt2Config {
-    /// The `transformers` defaults (GPT-2 small).
-    fn default() -> Self {
-        Self {
-            vocab_size: 50257,
-            n_positions: 1024,
-            n_embd: 768,
-            n_layer: 12,
-            n_head: 12,
-            n_inner: None,
-            activation_function: Activation::GeluTanh,
-            layer_norm_epsilon: 1e-5,
-            scale_attn_weights: true,
-            scale_attn_by_inverse_layer_idx: false,
-            tie_word_embeddings: true,
-            initializer_range: 0.02,
-            bos_token_id: Some(50256),
-            eos_token_id: vec![50256],
-            pad_token_id: None,
-        }
-    }
-}
-
-impl Gpt2Config {
-    /// Head width `n_embd / n_head`.
-    pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
-    }
-
-    /// Inner MLP width (`n_inner`, default `4 * n_embd`).
-    pub fn inner_dim(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
-    }
-
-    /// Checks the sizes are consistent.
-    ///
-    /// # Errors
-    /// [`ModelError::Config`] naming the first inconsistent key.
-    pub fn validate(&self) -> Result<()> {
-        positive("vocab_size", self.vocab_size)?;
-        positive("n_positions", self.n_positions)?;
-        positive("n_layer", self.n_layer)?;
-        positive("n_head", self.n_head)?;
-        if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return Err(ModelError::config(
-                "n_embd",
-                format!("{} is not a positive multiple of n_head = {}", self.n_embd, self.n_head),
-            ));
-        }
-        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
-            return Err(ModelError::config("layer_norm_epsilon", "must be > 0"));
-        }
-        Ok(())
-    }
-
-    fn from_json_map(obj: &Map<String, Value>) -> Result<Self> {
-        let d = Self::default();
-        let activation_function = match get_str(obj, "activation_function")? {
-            Some(name) => Activation::from_hf_name("activation_function", &name)?,
-            None => d.activation_function,
-        };
-        let config = Self {
-            vocab_size: get_usize(obj, "vocab_size")?.unwrap_or(d.vocab_size),
-            n_positions: get_usize(obj, "n_positions")?.unwrap_or(d.n_positions),
-            n_embd: get_usize(obj, "n_embd")?.unwrap_or(d.n_embd),
-            n_layer: get_usize(obj, "n_layer")?.unwrap_or(d.n_layer),
-            n_head: get_usize(obj, "n_head")?.unwrap_or(d.n_head),
-            n_inner: get_usize(obj, "n_inner")?,
-            activation_function,
-            layer_norm_epsilon: get_f64(obj, "layer_norm_epsilon")?.unwrap_or(d.layer_norm_epsilon),
-            scale_attn_weights: get_bool(obj, "scale_attn_weights")?.unwrap_or(true),
-            scale_attn_by_inverse_layer_idx: get_bool(obj, "scale_attn_by_inverse_layer_idx")?
-                .unwrap_or(false),
-            tie_word_embeddings: get_bool(obj, "tie_word_embeddings")?.unwrap_or(true),
-            initializer_range: get_f64(obj, "initializer_range")?.unwrap_or(0.02),
-            bos_token_id: get_token(obj, "bos_token_id")?,
-            eos_token_id: get_tokens(obj, "eos_token_id")?,
-            pad_token_id: get_token(obj, "pad_token_id")?,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The config as a `config.json` value.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": self.vocab_size,
-            "n_positions": self.n_positions,
-            "n_embd": self.n_embd,
-            "n_layer": self.n_layer,
-            "n_head": self.n_head,
-            "n_inner": self.n_inner,
-            "activation_function": self.activation_function.hf_name(),
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "scale_attn_weights": self.scale_attn_weights,
-            "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
-            "reorder_and_upcast_attn": false,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "initializer_range": self.initializer_range,
-            "attn_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "resid_pdrop": 0.0,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": tokens_json(&self.eos_token_id),
-            "pad_token_id": self.pad_token_id,
-            "dtype": "float32",
-        })
-    }
-}
-
-/// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    /// `rope_type: "default"`: plain `θ^(-2i/d)` frequencies.
-    Default,
-    /// `rope_type: "linear"`: every frequency divided by `factor` (positions interpolated).
-    Linear {
-        /// Interpolation factor.
-        factor: f64,
-    },
-    /// `rope_type: "llama3"`: low frequencies divided by `factor`, high frequencies kept,
-    /// a smooth blend in between (LLaMA 3.1+).
-    Llama3 {
-        /// Scale of the low frequencies.
-        factor: f64,
-        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
-        low_freq_factor: f64,
-        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
-        high_freq_factor: f64,
-        /// Context length of the unscaled pre-training.
-        original_max_position_embeddings: usize,
-    },
-}
-
-/// LLaMA-family hyper-parameters (`LlamaConfig`; Mistral and Qwen2 configs map onto it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    /// `llama`, `mistral` or `qwen2` (written back unchanged on save).
-    pub model_type: String,
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Width of the residual stream.
-    pub hidden_size: usize,
-    /// Inner width of the SwiGLU MLP.
-    pub intermediate_size: usize,
-    /// Number of blocks.
-    pub num_hidden_layers: usize,
-    /// Number of query heads.
-    pub num_attention_heads: usize,
-    /// Number of key/value heads (GQA; `1` is MQA, `num_attention_heads` is plain MHA).
-    pub num_key_value_heads: usize,
-    /// Head width (default `hidden_size / num_attention_heads`).
-    pub head_dim: usize,
-    /// Longest supported sequence.
-    pub max_position_embeddings: usize,
-    /// Epsilon of every RMSNorm.
-    pub rms_norm_eps: f64,
-    /// RoPE base `θ`.
-    pub rope_theta: f64,
-    /// RoPE frequency scaling.
-    pub rope_scaling: RopeScaling,
-    /// Sliding-window attention: on the windowed layers a query at index `i` attends only to
-    /// keys `j` with `i − window < j ≤ i` (itself and the `window − 1` tokens before it), as
-    /// `transformers` masks it. `None`: full causal attention on every layer (LLaMA; Qwen2
-    /// without `use_sliding_window`; Mistral with `sliding_window: null`).
-    pub sliding_window: Option<usize>,
-    /// With a window, layers `i ≥ max_window_layers` use it and the ones below attend fully
-    /// (Qwen2's `max_window_layers`; `0`, every layer windowed, for Mistral).
-    pub max_window_layers: usize,
-    /// Output head tied to `embed_tokens`.
-    pub tie_word_embeddings: bool,
-    /// MLP activation (`hidden_act`, `silu` for all of these families).
-    pub hidden_act: Activation,
-    /// Bias on `q_proj`, `k_proj`, `v_proj` (true for Qwen2, `attention_bias` for LLaMA).
-    pub qkv_bias: bool,
-    /// Bias on `o_proj` (`attention_bias` for LLaMA, false for Qwen2).
-    pub o_bias: bool,
-    /// Bias on the MLP projections (`mlp_bias`).
-    pub mlp_bias: bool,
-    /// Standard deviation of the normal initializer.
-    pub initializer_range: f64,
-    /// Beginning-of-sequence id.
-    pub bos_token_id: Option<u32>,
-    /// End-of-sequence ids.
-    pub eos_token_id: Vec<u32>,
-    /// Padding id.
-    pub pad_token_id: Option<u32>,
-}
-
-impl Default for LlamaConfig {
-    /// The `transformers` `LlamaConfig` defaults (LLaMA-2 7B sizes).
-    fn default() -> Self {
-        Self {
-            model_type: "llama".into(),
-            vocab_size: 32000,
-            hidden_size: 4096,
-            intermediate_size: 11008,
-            num_hidden_layers: 32,
-            num_attention_heads: 32,
-            num_key_value_heads: 32,
-            head_dim: 128,
-            max_position_embeddings: 2048,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            rope_scaling: RopeScaling::Default,
-            sliding_window: None,
-            max_window_layers: 0,
-            tie_word_embeddings: false,
-            hidden_act: Activation::Silu,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            initializer_range: 0.02,
-            bos_token_id: Some(1),
-            eos_token_id: vec![2],
-            pad_token_id: None,
-        }
-    }
-}
-
-impl LlamaConfig {
-    /// Checks the sizes are consistent.
-    ///
-    /// # Errors
-    /// [`ModelError::Config`] naming the first inconsistent key.
-    pub fn validate(&self) -> Result<()> {
-        positive("vocab_size", self.vocab_size)?;
-        positive("hidden_size", self.hidden_size)?;
-        positive("intermediate_size", self.intermediate_size)?;
-        positive("num_hidden_layers", self.num_hidden_layers)?;
-        positive("num_attention_heads", self.num_attention_heads)?;
-        positive("num_key_value_heads", self.num_key_value_heads)?;
-        positive("max_position_embeddings", self.max_position_embeddings)?;
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            return Err(ModelError::config(
-                "head_dim",
-                format!("{} must be a positive even number (RoPE rotates pairs)", self.head_dim),
-            ));
-        }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
-            return Err(ModelError::config(
-                "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads = {}",
-                    self.num_key_value_heads, self.num_attention_heads
-                ),
-            ));
-        }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return Err(ModelError::config("rms_norm_eps", "must be > 0"));
-        }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return Err(ModelError::config("rope_theta", "must be > 0"));
-        }
-        if self.sliding_window == Some(0) {
-            return Err(ModelError::config("sliding_window", "must be > 0 (or null)"));
-        }
-        Ok(())
-    }
-
-    /// The attention window of layer `layer` (`None`: full causal attention).
-    pub fn layer_window(&self, layer: usize) -> Option<usize> {
-        self.sliding_window.filter(|_| layer >= self.max_window_layers)
-    }
-
-    fn from_json_map(obj: &Map<String, Value>) -> Result<Self> {
-        let model_type = get_str(obj, "model_type")?.unwrap_or_else(|| "llama".into());
-        let is_qwen2 = model_type == "qwen2";
-        let d = Self::default();
-        let hidden_size = get_usize(obj, "hidden_size")?.unwrap_or(d.hidden_size);
-        let num_attention_heads =
-            get_usize(obj, "num_attention_heads")?.unwrap_or(d.num_attention_heads);
-        positive("num_attention_heads", num_attention_heads)?;
-        let head_dim = match get_usize(obj, "head_dim")? {
-            Some(h) => h,
-            None => hidden_size / num_attention_heads,
-        };
-        let hidden_act = match get_str(obj, "hidden_act")? {
-            Some(name) => Activation::from_hf_name("hidden_act", &name)?,
-            None => Activation::Silu,
-        };
-        let attention_bias = get_bool(obj, "attention_bias")?.unwrap_or(false);
-        let (rope_theta, rope_scaling) = parse_rope(obj)?;
-        let num_hidden_layers = get_usize(obj, "num_hidden_layers")?.unwrap_or(d.num_hidden_layers);
-        let (sliding_window, max_window_layers) =
-            parse_sliding_window(obj, &model_type, num_hidden_layers)?;
-        let config = Self {
-            vocab_size: get_usize(obj, "vocab_size")?.unwrap_or(d.vocab_size),
-            hidden_size,
-            intermediate_size: get_usize(obj, "intermediate_size")?.unwrap_or(d.intermediate_size),
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: get_usize(obj, "num_key_value_heads")?
-                .unwrap_or(num_attention_heads),
-            head_dim,
-            max_position_embeddings: get_usize(obj, "max_position_embeddings")?
-                .unwrap_or(d.max_position_embeddings),
-            rms_norm_eps: get_f64(obj, "rms_norm_eps")?.unwrap_or(d.rms_norm_eps),
-            rope_theta,
-            rope_scaling,
-            sliding_window,
-            max_window_layers,
-            tie_word_embeddings: get_bool(obj, "tie_word_embeddings")?.unwrap_or(false),
-            hidden_act,
-            qkv_bias: is_qwen2 || attention_bias,
-            o_bias: !is_qwen2 && attention_bias,
-            mlp_bias: get_bool(obj, "mlp_bias")?.unwrap_or(false),
-            initializer_range: get_f64(obj, "initializer_range")?.unwrap_or(0.02),
-            bos_token_id: get_token(obj, "bos_token_id")?,
-            eos_token_id: get_tokens(obj, "eos_token_id")?,
-            pad_token_id: get_token(obj, "pad_token_id")?,
-            model_type,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The config as a `config.json` value (transformers-4 layout: `rope_theta` +
-    /// `rope_scaling`, which transformers 5 also reads).
-    pub fn to_json(&self) -> Value {
-        let rope_scaling = match self.rope_scaling {
-            RopeScaling::Default => Value::Null,
-            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => json!({
-                "rope_type": "llama3",
-                "factor": factor,
-                "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_max_position_embeddings,
-            }),
-        };
-        let architecture = match self.model_type.as_str() {
-            "mistral" => "MistralForCausalLM",
-            "qwen2" => "Qwen2ForCausalLM",
-            _ => "LlamaForCausalLM",
-        };
-        let mut value = json!({
-            "architectures": [architecture],
-            "model_type": self.model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": rope_scaling,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": self.hidden_act.hf_name(),
-            "mlp_bias": self.mlp_bias,
-            "initializer_range": self.initializer_range,
-            "attention_dropout": 0.0,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": tokens_json(&self.eos_token_id),
-            "pad_token_id": self.pad_token_id,
-            "dtype": "float32",
-        });
-        if self.model_type != "qwen2" {
-            value["attention_bias"] = json!(self.qkv_bias);
-        }
-        match self.model_type.as_str() {
-            "mistral" => value["sliding_window"] = json!(self.sliding_window),
-            "qwen2" => {
-                value["use_sliding_window"] = json!(self.sliding_window.is_some());
-                value["sliding_window"] = json!(self.sliding_window);
-                value["max_window_layers"] = json!(self.max_window_layers);
-                let layer_types: Vec<&str> = (0..self.num_hidden_layers)
-                    .map(|i| match self.layer_window(i) {
-                        Some(_) => "sliding_attention",
-                        None => "full_attention",
-                    })
-                    .collect();
-                value["layer_types"] = json!(layer_types);
-            }
-            _ => {}
-        }
-        value
-    }
-}
-
-/// Reads the sliding window as `transformers` configs define it; returns the window and the
-/// first windowed layer.
-///
-/// - `llama`: no window (`LlamaConfig` has none).
-/// - `mistral`: `sliding_window` (default 4096; `null` = none) on every layer.
-/// - `qwen2`: `sliding_window` (default 4096) only with `use_sliding_window: true`, on layers
-///   `i ≥ max_window_layers` (default 28). A transformers-5 `layer_types` list, when present,
-///   decides which layers are windowed instead; it must be full layers then windowed ones.
-fn parse_sliding_window(
-    obj: &Map<String, Value>,
-    model_type: &str,
-    num_hidden_layers: usize,
-) -> Result<(Option<usize>, usize)> {
-    let window = || -> Result<Option<usize>> {
-        match obj.get("sliding_window") {
-            Some(Value::Null) => Ok(None),
-            None => Ok(Some(4096)),
-            Some(_) => get_usize(obj, "sliding_window"),
-        }
-    };
-    match model_type {
-        "mistral" => Ok((window()?, 0)),
-        "qwen2" => {
-            if get_bool(obj, "use_sliding_window")? != Some(true) {
-                let max = get_usize(obj, "max_window_layers")?.unwrap_or(28);
-                return Ok((None, max));
-            }
-            let window = window()?;
-            let Some(types) = obj.get("layer_types").filter(|v| !v.is_null()) else {
-                return Ok((window, get_usize(obj, "max_window_layers")?.unwrap_or(28)));
-            };
-            let bad = |reason: String| ModelError::config("layer_types", reason);
-            let types = types.as_array().ok_or_else(|| bad("expected a list".into()))?;
-            let sliding = types
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("sliding_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(ModelError::UnsupportedConfig {
-                        key: "layer_types".into(),
-                        value: t.to_string(),
-                    }),
-                })
-                .collect::<Result<Vec<bool>>>()?;
-            if sliding.len() != num_hidden_layers {
-                return Err(bad(format!(
-                    "{} entries for num_hidden_layers = {num_hidden_layers}",
-                    sliding.len()
-                )));
-            }
-            let first = sliding.iter().position(|&s| s).unwrap_or(num_hidden_layers);
-            if sliding[first..].iter().any(|&s| !s) {
-                return Err(ModelError::UnsupportedConfig {
-                    key: "layer_types".into(),
-                    value: "full-attention layers after sliding-window ones".into(),
-                });
-            }
-            Ok((window, first))
-        }
-        _ => Ok((None, 0)),
-    }
-}
-
-/// Reads `rope_theta` and the scaling from either config layout.
-fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
-    // transformers 5: everything in `rope_parameters`; transformers 4: `rope_theta` at the top
-    // level and an optional `rope_scaling` dict.
-    let params = match obj.get("rope_parameters") {
-        Some(Value::Object(p)) => Some(("rope_parameters", p)),
-        Some(Value::Null) | None => match obj.get("rope_scaling") {
-            Some(Value::Object(p)) => Some(("rope_scaling", p)),
-            Some(Value::Null) | None => None,
-            Some(_) => return Err(ModelError::config("rope_scaling", "expected an object")),
-        },
-        Some(_) => return Err(ModelError::config("rope_parameters", "expected an object")),
-    };
-    let top_theta = get_f64(obj, "rope_theta")?;
-    let Some((name, p)) = params else {
-        return Ok((top_theta.unwrap_or(10000.0), RopeScaling::Default));
-    };
-    let theta = get_f64(p, "rope_theta")?.or(top_theta).unwrap_or(10000.0);
-    let rope_type = match get_str(p, "rope_type")? {
-        Some(t) => t,
-        None => get_str(p, "type")?.unwrap_or_else(|| "default".into()),
-    };
-    let need = |key: &str| -> Result<f64> {
-        get_f64(p, key)?.ok_or_else(|| {
-            ModelError::config(&format!("{name}.{key}"), "missing for this rope_type")
-        })
-    };
-    let scaling = match rope_type.as_str() {
-        "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear { factor: need("factor")? },
-        "llama3" => RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: get_usize(p, "original_max_position_embeddings")?
-                .ok_or_else(|| {
-                    ModelError::config(
-                        &format!("{name}.original_max_position_embeddings"),
-                        "missing for rope_type llama3",
-                    )
-                })?,
-        },
-        other => {
-            return Err(ModelError::UnsupportedConfig {
-                key: format!("{name}.rope_type"),
-                value: other.to_string(),
-            });
-        }
-    };
-    Ok((theta, scaling))
-}
-
-fn positive(key: &str, v: usize) -> Result<()> {
-    if v == 0 { Err(ModelError::config(key, "must be > 0")) } else { Ok(()) }
-}
-
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
-}
-
-fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
-    present(obj, key)
-        .map(|v| {
-            v.as_u64().and_then(|u| usize::try_from(u).ok()).ok_or_else(|| {
-                ModelError::config(key, format!("expected an unsigned integer, got {v}"))
-            })
-        })
-        .transpose()
-}
-
-fn get_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
-    present(obj, key)
-        .map(|v| {
-            v.as_f64().ok_or_else(|| ModelError::config(key, format!("expected a number, got {v}")))
-        })
-        .transpose()
-}
-
-fn get_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
-    present(obj, key)
-        .map(|v| {
-            v.as_bool().ok_or_else(|| ModelError::config(key, format!("expected a bool, got {v}")))
-        })
-        .transpose()
-}
-
-fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    present(obj, key)
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| ModelError::config(key, format!("expected a string, got {v}")))
-        })
-        .transpose()
-}
-
-fn as_token(key: &str, v: &Value) -> Result<u32> {
-    v.as_u64()
-        .and_then(|u| u32::try_from(u).ok())
-        .ok_or_else(|| ModelError::config(key, format!("expected a token id, got {v}")))
-}
-
-fn get_token(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>> {
-    present(obj, key).map(|v| as_token(key, v)).transpose()
-}
-
-/// A token id or a list of them (LLaMA 3 has several `eos_token_id`s).
-fn get_tokens(obj: &Map<String, Value>, key: &str) -> Result<Vec<u32>> {
-    match present(obj, key) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items.iter().map(|v| as_token(key, v)).collect(),
-        Some(v) => Ok(vec![as_token(key, v)?]),
-    }
-}
-
-fn tokens_json(ids: &[u32]) -> Value {
-    match ids {
-        [] => Value::Null,
-        [one] => json!(one),
-        many => json!(many),
+        self.arch().tie_word_embeddings()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -913,5 +244,105 @@ mod tests {
         let c =
             Gpt2Config { n_embd: 32, n_head: 4, n_layer: 2, vocab_size: 50, ..Default::default() };
         assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), ModelConfig::Gpt2(c));
+    }
+
+    #[test]
+    fn absent_keys_take_the_transformers_defaults() {
+        let c = ModelConfig::from_json(&json!({"model_type": "gpt2"})).unwrap();
+        let d = Gpt2Config {
+            bos_token_id: None,
+            eos_token_id: vec![],
+            pad_token_id: None,
+            ..Default::default()
+        };
+        assert_eq!(c, ModelConfig::Gpt2(d));
+        // `null` is "not set" too.
+        let c = ModelConfig::from_json(&json!({"model_type": "gpt2", "n_embd": null})).unwrap();
+        assert_eq!(c.hidden_size(), 768);
+        let c = llama_of(json!({"model_type": "llama"}));
+        let d = LlamaConfig {
+            bos_token_id: None,
+            eos_token_id: vec![],
+            pad_token_id: None,
+            ..Default::default()
+        };
+        assert_eq!(c, d);
+    }
+
+    #[test]
+    fn gpt2_reads_the_transformers_alternative_names() {
+        let v = json!({"model_type": "gpt2", "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 64});
+        let ModelConfig::Gpt2(c) = ModelConfig::from_json(&v).unwrap() else { panic!() };
+        assert_eq!((c.n_embd, c.n_layer, c.n_head, c.n_positions), (32, 3, 4, 64));
+    }
+
+    #[test]
+    fn typed_errors_name_the_key() {
+        let config = |extra: Value| {
+            let mut v = json!({"model_type": "llama", "hidden_size": 32,
+                "num_attention_heads": 4});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ModelConfig::from_json(&v).unwrap_err()
+        };
+        let is_config = |err: &ModelError, want: &str| matches!(err, ModelError::Config { key, .. } if key == want);
+        let err = config(json!({"vocab_size": -3}));
+        assert!(is_config(&err, "vocab_size"), "{err}");
+        let err = config(json!({"rms_norm_eps": "small"}));
+        assert!(is_config(&err, "rms_norm_eps"), "{err}");
+        let err = config(json!({"eos_token_id": [1, "two"]}));
+        assert!(is_config(&err, "eos_token_id"), "{err}");
+        let err = config(json!({"rope_scaling": {"rope_type": "linear"}}));
+        assert!(is_config(&err, "rope_scaling.factor"), "{err}");
+        let err = config(json!({"rope_parameters": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0}}));
+        assert!(is_config(&err, "rope_parameters.original_max_position_embeddings"), "{err}");
+        let err = config(json!({"rope_scaling": "linear"}));
+        assert!(is_config(&err, "rope_scaling"), "{err}");
+        let err = config(json!({"num_attention_heads": 0}));
+        assert!(is_config(&err, "num_attention_heads"), "{err}");
+        let err = config(json!({"num_key_value_heads": 3}));
+        assert!(is_config(&err, "num_key_value_heads"), "{err}");
+        let err = config(json!({"hidden_act": "mish"}));
+        assert!(
+            matches!(&err, ModelError::UnsupportedConfig { key, value }
+                if key == "hidden_act" && value == "mish"),
+            "{err}"
+        );
+        let err = config(json!({"rope_scaling": {"type": "dynamic", "factor": 2.0}}));
+        assert!(
+            matches!(&err, ModelError::UnsupportedConfig { key, value }
+                if key == "rope_scaling.type" && value == "dynamic"),
+            "{err}"
+        );
+        let err = ModelConfig::from_json(&json!({"n_embd": 8})).unwrap_err();
+        assert!(is_config(&err, "model_type"), "{err}");
+        let err = ModelConfig::from_json(&json!({"model_type": 2})).unwrap_err();
+        assert!(is_config(&err, "model_type"), "{err}");
+        let err = ModelConfig::from_json(&json!([1])).unwrap_err();
+        assert!(is_config(&err, "<root>"), "{err}");
+    }
+
+    #[test]
+    fn rope_type_falls_back_to_the_legacy_type_key() {
+        let c = llama_of(json!({"model_type": "llama", "hidden_size": 32,
+            "num_attention_heads": 4, "rope_scaling": {"type": "linear", "factor": 2.0}}));
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let c = llama_of(json!({"model_type": "llama", "hidden_size": 32,
+            "num_attention_heads": 4, "rope_theta": 7.0,
+            "rope_scaling": {"rope_type": "default", "type": "linear"}}));
+        assert_eq!((c.rope_theta, c.rope_scaling), (7.0, RopeScaling::Default));
+    }
+
+    #[test]
+    fn every_registered_model_type_parses_and_is_named_in_the_error() {
+        let types = ModelConfig::supported_model_types();
+        assert_eq!(types, ["gpt2", "llama", "mistral", "qwen2"]);
+        let message = ModelError::UnsupportedModelType { model_type: "x".into() }.to_string();
+        for model_type in types {
+            let config = ModelConfig::from_json(&json!({"model_type": model_type})).unwrap();
+            assert_eq!(config.model_type(), model_type);
+            assert!(message.contains(model_type), "{message} lacks {model_type}");
+        }
     }
 }

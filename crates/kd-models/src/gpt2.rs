@@ -7,22 +7,192 @@
 //! logits = ln_f(h) · wteᵀ                                  output head tied to the embedding
 //! ```
 //!
+//! [`Gpt2Config`] is `transformers`' `GPT2Config`, read from `config.json` by `serde`.
+//!
 //! The HF `Conv1D` weights are stored `[in, out]`, which is already burn's `Linear` layout, so
 //! they load without a transpose. Field names are the HF keys (`transformer.` prefix dropped).
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
-use crate::config::{Activation, Gpt2Config};
-use crate::error::Result;
+use crate::arch::{ArchConfig, Architecture, CausalModel};
+use crate::error::{ModelError, Result};
+use crate::hf_config::{from_object, positive, positive_f64, token_ids, tokens_json};
 use crate::kv_cache::KvCache;
 use crate::layers::{
-    LayerNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
-    fused_attention, init_embedding, init_linear, linear, tied_logits,
+    Activation, LayerNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
+    fused_attention, init_embedding, init_linear, linear,
 };
-use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
-use crate::model::ModelOutput;
+use crate::weights::{HfLinear, NamedTensor, Weights, export_linear};
+
+/// GPT-2 hyper-parameters (`GPT2Config` in `transformers`, same key names), read from
+/// `config.json` with `model_type: "gpt2"`.
+///
+/// A key that is absent (or `null`) takes the `transformers` default ([`Gpt2Config::default`]),
+/// except the special tokens, which are then unset. `transformers`' alternative names
+/// (`hidden_size`, `num_hidden_layers`, `num_attention_heads`, `max_position_embeddings`) are
+/// read too.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Number of learned positions (maximum sequence length).
+    #[serde(alias = "max_position_embeddings")]
+    pub n_positions: usize,
+    /// Width of the residual stream.
+    #[serde(alias = "hidden_size")]
+    pub n_embd: usize,
+    /// Number of blocks.
+    #[serde(alias = "num_hidden_layers")]
+    pub n_layer: usize,
+    /// Number of attention heads.
+    #[serde(alias = "num_attention_heads")]
+    pub n_head: usize,
+    /// Inner MLP width; `None` means `4 * n_embd`.
+    pub n_inner: Option<usize>,
+    /// MLP activation (`activation_function`).
+    pub activation_function: Activation,
+    /// Epsilon of every layer norm.
+    pub layer_norm_epsilon: f64,
+    /// Scale attention scores by `1/√head_dim`.
+    pub scale_attn_weights: bool,
+    /// Additionally scale attention scores of block `i` by `1/(i+1)`.
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Output head tied to `wte` (GPT-2 checkpoints always are).
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the normal initializer.
+    pub initializer_range: f64,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence ids (`config.json` holds one id or a list).
+    #[serde(default, deserialize_with = "token_ids")]
+    pub eos_token_id: Vec<u32>,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl Default for Gpt2Config {
+    /// The `transformers` defaults (GPT-2 small).
+    fn default() -> Self {
+        Self {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd: 768,
+            n_layer: 12,
+            n_head: 12,
+            n_inner: None,
+            activation_function: Activation::GeluTanh,
+            layer_norm_epsilon: 1e-5,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            tie_word_embeddings: true,
+            initializer_range: 0.02,
+            bos_token_id: Some(50256),
+            eos_token_id: vec![50256],
+            pad_token_id: None,
+        }
+    }
+}
+
+impl Gpt2Config {
+    /// Head width `n_embd / n_head`.
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Inner MLP width (`n_inner`, default `4 * n_embd`).
+    pub fn inner_dim(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// Checks the sizes are consistent.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the first inconsistent key.
+    pub fn validate(&self) -> Result<()> {
+        positive("vocab_size", self.vocab_size)?;
+        positive("n_positions", self.n_positions)?;
+        positive("n_layer", self.n_layer)?;
+        positive("n_head", self.n_head)?;
+        if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(ModelError::config(
+                "n_embd",
+                format!("{} is not a positive multiple of n_head = {}", self.n_embd, self.n_head),
+            ));
+        }
+        positive_f64("layer_norm_epsilon", self.layer_norm_epsilon)
+    }
+
+    /// The config as a `config.json` value (what `save_pretrained` writes).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": self.n_inner,
+            "activation_function": self.activation_function.hf_name(),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "scale_attn_weights": self.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
+            "reorder_and_upcast_attn": false,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
+            "attn_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "resid_pdrop": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": tokens_json(&self.eos_token_id),
+            "pad_token_id": self.pad_token_id,
+            "dtype": "float32",
+        })
+    }
+}
+
+impl ArchConfig for Gpt2Config {
+    fn model_type(&self) -> &str {
+        "gpt2"
+    }
+    fn to_json(&self) -> Value {
+        Gpt2Config::to_json(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn hidden_size(&self) -> usize {
+        self.n_embd
+    }
+    fn num_hidden_layers(&self) -> usize {
+        self.n_layer
+    }
+    fn max_position_embeddings(&self) -> usize {
+        self.n_positions
+    }
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+    fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_id
+    }
+    fn pad_token_id(&self) -> Option<u32> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+}
 
 /// Causal self-attention with a fused query/key/value projection (`attn`).
 #[derive(Module, Debug)]
@@ -168,10 +338,24 @@ impl Gpt2 {
             compute_dtype: None,
         })
     }
+}
 
-    /// Builds the model from checkpoint tensors (keys in the `save_pretrained` layout; the loader
-    /// maps the hub layout onto it).
-    pub(crate) fn from_weights(config: &Gpt2Config, w: &mut Weights) -> Result<Self> {
+impl Architecture for Gpt2 {
+    type Config = Gpt2Config;
+    const MODEL_TYPES: &'static [&'static str] = &["gpt2"];
+    const KEY_PREFIX: &'static str = "transformer.";
+
+    fn parse_config(_model_type: &str, obj: &Map<String, Value>) -> Result<Gpt2Config> {
+        let config: Gpt2Config = from_object(obj, &[])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn init(config: &Gpt2Config, device: &Device) -> Result<Self> {
+        Self::init(config, device)
+    }
+
+    fn from_weights(config: &Gpt2Config, w: &mut Weights) -> Result<Self> {
         config.validate()?;
         let (e, inner) = (config.n_embd, config.inner_dim());
         let eps = config.layer_norm_epsilon;
@@ -223,8 +407,11 @@ impl Gpt2 {
         })
     }
 
-    /// Every parameter under its `save_pretrained` key, in the HF storage layout.
-    pub(crate) fn named_tensors(&self) -> Vec<NamedTensor> {
+    fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    fn named_tensors(&self) -> Vec<NamedTensor> {
         let mut out = vec![
             NamedTensor::from_tensor("transformer.wte.weight", self.wte.weight.val()),
             NamedTensor::from_tensor("transformer.wpe.weight", self.wpe.weight.val()),
@@ -256,48 +443,32 @@ impl Gpt2 {
         }
         out
     }
+}
 
-    /// Logits (and optionally every hidden state) for a batch.
-    ///
-    /// - `input_ids` `[batch, seq]`: the new tokens (the whole sequence without a cache).
-    /// - `attention_mask` `[batch, past + seq]`, `1` = real token, `0` = padding; `None` = no
-    ///   padding.
-    /// - `position_ids` `[batch, seq]`; `None` = `max(cumsum(mask) − 1, 0)` with a mask (so
-    ///   left-padded rows match their unpadded logits), else `past .. past + seq`.
-    /// - `cache`: appended to; `past` is its length before the call.
-    ///
+impl CausalModel for Gpt2 {
+    fn num_layers(&self) -> usize {
+        self.h.len()
+    }
+
+    fn token_embedding(&self) -> &Embedding {
+        &self.wte
+    }
+
+    fn lm_head(&self) -> Option<&Linear> {
+        self.lm_head.as_ref()
+    }
+
+    fn compute_dtype(&self) -> Option<FloatDType> {
+        self.compute_dtype
+    }
+
+    fn set_compute_dtype(&mut self, dtype: Option<FloatDType>) {
+        self.compute_dtype = dtype;
+    }
+
     /// Hidden states follow `transformers`: index 0 is `wte + wpe`, index `i` the output of
-    /// block `i`, the last one after `ln_f`.
-    ///
-    /// # Panics
-    /// When the mask or position shapes disagree with `input_ids`, or a position is
-    /// `≥ n_positions`.
-    pub fn forward_with(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Option<Tensor<2, Int>>,
-        position_ids: Option<Tensor<2, Int>>,
-        cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-    ) -> ModelOutput {
-        let (h, hidden) =
-            self.trunk(input_ids, attention_mask, position_ids, cache, output_hidden_states);
-        let logits = self.lm_head_forward(h); // [b, s, vocab]
-        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
-    }
-
-    /// The output head: logits from final hidden states (after the final norm).
-    /// // [b, s, hidden] -> [b, s, vocab]
-    pub fn lm_head_forward(&self, h: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => linear(head, h),
-            None => tied_logits(h, self.wte.weight.val()),
-        }
-    }
-
-    /// Runs the embedding and all blocks; returns the final (normed) hidden state and, when
-    /// asked, every hidden state.
-    pub(crate) fn trunk(
+    /// block `i`, the last one after `ln_f`. A position `≥ n_positions` panics.
+    fn trunk(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,

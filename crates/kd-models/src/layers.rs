@@ -8,7 +8,49 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData, activation};
 
-use crate::config::Activation;
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+/// Feed-forward activation (`activation_function` / `hidden_act`), read from `config.json` by
+/// its `transformers` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: `0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))`.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+    /// `gelu`: the exact erf form `0.5 x (1 + erf(x/√2))`.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// `relu`.
+    #[serde(rename = "relu")]
+    Relu,
+    /// `silu` / `swish`: `x · sigmoid(x)`.
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+}
+
+impl Activation {
+    /// Parses a `transformers` activation name.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedConfig`] naming `key` and the value.
+    pub fn from_hf_name(key: &str, name: &str) -> Result<Self> {
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name);
+        Self::deserialize(de)
+            .map_err(|_| ModelError::UnsupportedConfig { key: key.into(), value: name.into() })
+    }
+
+    /// The canonical `transformers` name.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::GeluTanh => "gelu_new",
+            Self::Gelu => "gelu",
+            Self::Relu => "relu",
+            Self::Silu => "silu",
+        }
+    }
+}
 
 /// Layer normalisation with HF parameter names (`weight`, `bias`).
 ///
@@ -296,6 +338,21 @@ pub(crate) fn tensor_from_vec<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_names_round_trip() {
+        for act in [Activation::GeluTanh, Activation::Gelu, Activation::Relu, Activation::Silu] {
+            assert_eq!(Activation::from_hf_name("k", act.hf_name()).unwrap(), act);
+        }
+        assert_eq!(Activation::from_hf_name("k", "swish").unwrap(), Activation::Silu);
+        assert_eq!(Activation::from_hf_name("k", "gelu_fast").unwrap(), Activation::GeluTanh);
+        let err = Activation::from_hf_name("hidden_act", "mish").unwrap_err();
+        assert!(
+            matches!(&err, ModelError::UnsupportedConfig { key, value }
+                if key == "hidden_act" && value == "mish"),
+            "{err}"
+        );
+    }
 
     fn vec2(t: Tensor<2>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()

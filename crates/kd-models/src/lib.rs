@@ -6,10 +6,12 @@
 //! | piece | what |
 //! | --- | --- |
 //! | [`CausalLm`] | any supported model behind one `forward` (a burn [`Module`](burn::module::Module), trainable) |
-//! | [`gpt2`] | GPT-2: learned positions, `gelu_new`, `Conv1D` weights, tied head |
-//! | [`llama`] | LLaMA/Mistral/Qwen2: RMSNorm, SwiGLU, rotate-half RoPE (+ llama3/linear scaling), GQA/MQA, tied or untied head, Qwen2 q/k/v biases, sliding-window attention |
-//! | [`config`] | `config.json` parsing (transformers 4 `rope_theta`/`rope_scaling` and 5 `rope_parameters`) |
-//! | [`load`] | `config.json` + `model.safetensors` (f32/f16/bf16, sharded or not, `save_pretrained` or hub layout); saving back |
+//! | [`gpt2`] | GPT-2: its `config.json` keys and model; learned positions, `gelu_new`, `Conv1D` weights, tied head |
+//! | [`llama`] | LLaMA/Mistral/Qwen2: their `config.json` keys and the shared decoder; RMSNorm, SwiGLU, rotate-half RoPE (+ llama3/linear scaling), GQA/MQA, tied or untied head, Qwen2 q/k/v biases, sliding-window attention |
+//! | [`arch`] | what every architecture implements ([`CausalModel`], [`ArchConfig`]); [`CausalLm`] and [`ModelConfig`] only delegate |
+//! | [`config`] | `config.json` → the architecture of its `model_type` (`serde`-derived per architecture; transformers 4 `rope_theta`/`rope_scaling` and 5 `rope_parameters`) |
+//! | [`load`] | a model directory: `config.json` → architecture → weights (f32/f16/bf16, sharded or not, `save_pretrained` or hub layout); saving back |
+//! | [`weights`] | safetensors reading and writing: memory map, shards and index, stored-dtype conversion |
 //! | [`kv_cache`], [`sampling`] | incremental decoding; greedy / temperature / top-k / top-p generation, batched, seeded, streaming |
 //! | [`tokenizer`] | `tokenizer.json` via the `tokenizers` crate, special tokens and BOS policy |
 //! | [`ModelError`] | the one error type |
@@ -78,17 +80,24 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod config;
 pub mod error;
 pub mod gpt2;
+mod hf_config;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
 pub mod load;
+mod mistral;
 pub mod model;
+mod qwen2;
+mod registry;
 pub mod sampling;
 pub mod tokenizer;
+pub mod weights;
 
+pub use arch::{ArchConfig, CausalModel};
 pub use config::{Activation, Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use gpt2::Gpt2;

@@ -1,5 +1,10 @@
-//! LLaMA (`LlamaForCausalLM`), also serving Mistral and Qwen2 checkpoints; a port of the
-//! `transformers` implementation.
+//! LLaMA (`LlamaForCausalLM`), the decoder shared by the family: LLaMA 1/2/3, Mistral and Qwen2
+//! checkpoints; a port of the `transformers` implementation.
+//!
+//! [`LlamaConfig`] holds the family's hyper-parameters. `config.json` is read by `serde`: the
+//! LLaMA keys here, the keys Mistral and Qwen2 add in their own files (`mistral.rs`,
+//! `qwen2.rs`), both transformers-4 (`rope_theta` + `rope_scaling`) and transformers-5
+//! (`rope_parameters`) RoPE layouts.
 //!
 //! ```text
 //! h₀ = embed_tokens[ids]                                        no absolute positions
@@ -22,16 +27,449 @@ use std::f64::consts::PI;
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
-use crate::config::{Activation, LlamaConfig, RopeScaling};
-use crate::error::Result;
+use crate::arch::{ArchConfig, Architecture, CausalModel};
+use crate::error::{ModelError, Result};
+use crate::hf_config::{from_object, int, positive, positive_f64, token_ids, tokens_json};
 use crate::kv_cache::KvCache;
 use crate::layers::{
-    RmsNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
-    fused_attention, init_embedding, init_linear, linear, repeat_kv, tensor_from_vec, tied_logits,
+    Activation, RmsNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
+    fused_attention, init_embedding, init_linear, linear, repeat_kv, tensor_from_vec,
 };
-use crate::load::{HfLinear, NamedTensor, Weights, export_linear};
-use crate::model::ModelOutput;
+use crate::mistral::{self, MistralKeys};
+use crate::qwen2::{self, Qwen2Keys};
+use crate::weights::{HfLinear, NamedTensor, Weights, export_linear};
+
+/// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// `rope_type: "default"`: plain `θ^(-2i/d)` frequencies.
+    Default,
+    /// `rope_type: "linear"`: every frequency divided by `factor` (positions interpolated).
+    Linear {
+        /// Interpolation factor.
+        factor: f64,
+    },
+    /// `rope_type: "llama3"`: low frequencies divided by `factor`, high frequencies kept,
+    /// a smooth blend in between (LLaMA 3.1+).
+    Llama3 {
+        /// Scale of the low frequencies.
+        factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// Context length of the unscaled pre-training.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// LLaMA-family hyper-parameters (`LlamaConfig`; Mistral and Qwen2 configs map onto it).
+///
+/// Read from `config.json` by `serde` per `model_type`: the LLaMA keys plus Mistral's window
+/// (`mistral.rs`) or Qwen2's biases and windowed layers (`qwen2.rs`). An absent or `null` key takes the `transformers` `LlamaConfig` default
+/// ([`LlamaConfig::default`]), the special tokens are then unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// `llama`, `mistral` or `qwen2` (written back unchanged on save).
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Inner width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Number of blocks.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (GQA; `1` is MQA, `num_attention_heads` is plain MHA).
+    pub num_key_value_heads: usize,
+    /// Head width (default `hidden_size / num_attention_heads`).
+    pub head_dim: usize,
+    /// Longest supported sequence.
+    pub max_position_embeddings: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// RoPE base `θ`.
+    pub rope_theta: f64,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
+    /// Sliding-window attention: on the windowed layers a query at index `i` attends only to
+    /// keys `j` with `i − window < j ≤ i` (itself and the `window − 1` tokens before it), as
+    /// `transformers` masks it. `None`: full causal attention on every layer (LLaMA; Qwen2
+    /// without `use_sliding_window`; Mistral with `sliding_window: null`).
+    pub sliding_window: Option<usize>,
+    /// With a window, layers `i ≥ max_window_layers` use it and the ones below attend fully
+    /// (Qwen2's `max_window_layers`; `0`, every layer windowed, for Mistral).
+    pub max_window_layers: usize,
+    /// Output head tied to `embed_tokens`.
+    pub tie_word_embeddings: bool,
+    /// MLP activation (`hidden_act`, `silu` for all of these families).
+    pub hidden_act: Activation,
+    /// Bias on `q_proj`, `k_proj`, `v_proj` (true for Qwen2, `attention_bias` for LLaMA).
+    pub qkv_bias: bool,
+    /// Bias on `o_proj` (`attention_bias` for LLaMA, false for Qwen2).
+    pub o_bias: bool,
+    /// Bias on the MLP projections (`mlp_bias`).
+    pub mlp_bias: bool,
+    /// Standard deviation of the normal initializer.
+    pub initializer_range: f64,
+    /// Beginning-of-sequence id.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence ids.
+    pub eos_token_id: Vec<u32>,
+    /// Padding id.
+    pub pad_token_id: Option<u32>,
+}
+
+impl Default for LlamaConfig {
+    /// The `transformers` `LlamaConfig` defaults (LLaMA-2 7B sizes).
+    fn default() -> Self {
+        Self {
+            model_type: "llama".into(),
+            vocab_size: 32000,
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 32,
+            head_dim: 128,
+            max_position_embeddings: 2048,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_scaling: RopeScaling::Default,
+            sliding_window: None,
+            max_window_layers: 0,
+            tie_word_embeddings: false,
+            hidden_act: Activation::Silu,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            initializer_range: 0.02,
+            bos_token_id: Some(1),
+            eos_token_id: vec![2],
+            pad_token_id: None,
+        }
+    }
+}
+
+impl LlamaConfig {
+    /// Checks the sizes are consistent.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the first inconsistent key.
+    pub fn validate(&self) -> Result<()> {
+        positive("vocab_size", self.vocab_size)?;
+        positive("hidden_size", self.hidden_size)?;
+        positive("intermediate_size", self.intermediate_size)?;
+        positive("num_hidden_layers", self.num_hidden_layers)?;
+        positive("num_attention_heads", self.num_attention_heads)?;
+        positive("num_key_value_heads", self.num_key_value_heads)?;
+        positive("max_position_embeddings", self.max_position_embeddings)?;
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(ModelError::config(
+                "head_dim",
+                format!("{} must be a positive even number (RoPE rotates pairs)", self.head_dim),
+            ));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(ModelError::config(
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads = {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            ));
+        }
+        positive_f64("rms_norm_eps", self.rms_norm_eps)?;
+        positive_f64("rope_theta", self.rope_theta)?;
+        if self.sliding_window == Some(0) {
+            return Err(ModelError::config("sliding_window", "must be > 0 (or null)"));
+        }
+        Ok(())
+    }
+
+    /// The attention window of layer `layer` (`None`: full causal attention).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| layer >= self.max_window_layers)
+    }
+
+    /// Parses the `config.json` object of `model_type` `llama`, `mistral` or `qwen2`.
+    fn from_object(model_type: &str, obj: &Map<String, Value>) -> Result<Self> {
+        let keys: LlamaKeys = from_object(obj, &[])?;
+        positive("num_attention_heads", keys.num_attention_heads)?;
+        let (rope_theta, rope_scaling) = keys.rope()?;
+        let ((sliding_window, max_window_layers), (qkv_bias, o_bias)) = match model_type {
+            "mistral" => {
+                (MistralKeys::parse(obj)?.windows(), (keys.attention_bias, keys.attention_bias))
+            }
+            "qwen2" => (Qwen2Keys::parse(obj)?.windows(keys.num_hidden_layers)?, qwen2::BIASES),
+            _ => ((None, 0), (keys.attention_bias, keys.attention_bias)),
+        };
+        let config = Self {
+            model_type: model_type.to_string(),
+            vocab_size: keys.vocab_size,
+            hidden_size: keys.hidden_size,
+            intermediate_size: keys.intermediate_size,
+            num_hidden_layers: keys.num_hidden_layers,
+            num_attention_heads: keys.num_attention_heads,
+            num_key_value_heads: keys.num_key_value_heads.unwrap_or(keys.num_attention_heads),
+            head_dim: keys.head_dim.unwrap_or(keys.hidden_size / keys.num_attention_heads),
+            max_position_embeddings: keys.max_position_embeddings,
+            rms_norm_eps: keys.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            sliding_window,
+            max_window_layers,
+            tie_word_embeddings: keys.tie_word_embeddings,
+            hidden_act: keys.hidden_act,
+            qkv_bias,
+            o_bias,
+            mlp_bias: keys.mlp_bias,
+            initializer_range: keys.initializer_range,
+            bos_token_id: keys.bos_token_id,
+            eos_token_id: keys.eos_token_id,
+            pad_token_id: keys.pad_token_id,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as a `config.json` value (transformers-4 layout: `rope_theta` +
+    /// `rope_scaling`, which transformers 5 also reads).
+    pub fn to_json(&self) -> Value {
+        let rope_scaling = match self.rope_scaling {
+            RopeScaling::Default => Value::Null,
+            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
+        let architecture = match self.model_type.as_str() {
+            "mistral" => mistral::ARCHITECTURE,
+            "qwen2" => qwen2::ARCHITECTURE,
+            _ => ARCHITECTURE,
+        };
+        let mut value = json!({
+            "architectures": [architecture],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": self.hidden_act.hf_name(),
+            "mlp_bias": self.mlp_bias,
+            "initializer_range": self.initializer_range,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": tokens_json(&self.eos_token_id),
+            "pad_token_id": self.pad_token_id,
+            "dtype": "float32",
+        });
+        if self.model_type != "qwen2" {
+            value["attention_bias"] = json!(self.qkv_bias);
+        }
+        match self.model_type.as_str() {
+            "mistral" => mistral::write_keys(&mut value, self.sliding_window),
+            "qwen2" => qwen2::write_keys(
+                &mut value,
+                self.sliding_window,
+                self.max_window_layers,
+                self.num_hidden_layers,
+            ),
+            _ => {}
+        }
+        value
+    }
+}
+
+/// The `architectures` entry `save_pretrained` writes for `model_type: "llama"`.
+const ARCHITECTURE: &str = "LlamaForCausalLM";
+
+/// The keys of `transformers`' `LlamaConfig`, shared by the family (Mistral and Qwen2 read the
+/// same names), with its defaults.
+#[derive(Debug, Deserialize)]
+struct LlamaKeys {
+    #[serde(default = "int::<32000>")]
+    vocab_size: usize,
+    #[serde(default = "int::<4096>")]
+    hidden_size: usize,
+    #[serde(default = "int::<11008>")]
+    intermediate_size: usize,
+    #[serde(default = "int::<32>")]
+    num_hidden_layers: usize,
+    #[serde(default = "int::<32>")]
+    num_attention_heads: usize,
+    /// Default: `num_attention_heads` (plain multi-head attention).
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    /// Default: `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "int::<2048>")]
+    max_position_embeddings: usize,
+    #[serde(default = "rms_norm_eps")]
+    rms_norm_eps: f64,
+    /// transformers 4: `rope_theta` at the top level (default 10000) ...
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    /// ... and an optional `rope_scaling` dict;
+    #[serde(default)]
+    rope_scaling: Option<RopeKeys>,
+    /// transformers 5: everything in `rope_parameters` (wins over the other two).
+    #[serde(default)]
+    rope_parameters: Option<RopeKeys>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "silu")]
+    hidden_act: Activation,
+    /// Bias on q/k/v/o (LLaMA, Mistral).
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default = "initializer_range")]
+    initializer_range: f64,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "token_ids")]
+    eos_token_id: Vec<u32>,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+}
+
+fn rms_norm_eps() -> f64 {
+    1e-6
+}
+
+fn silu() -> Activation {
+    Activation::Silu
+}
+
+fn initializer_range() -> f64 {
+    0.02
+}
+
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
+#[derive(Debug, Deserialize)]
+struct RopeKeys {
+    /// `rope_parameters` holds the base too.
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_type: Option<RopeType>,
+    /// The name older configs use for `rope_type`.
+    #[serde(default, rename = "type")]
+    legacy_type: Option<RopeType>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    low_freq_factor: Option<f64>,
+    #[serde(default)]
+    high_freq_factor: Option<f64>,
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
+}
+
+/// The RoPE types this port implements (any other name is unsupported).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RopeType {
+    Default,
+    Linear,
+    Llama3,
+}
+
+impl LlamaKeys {
+    /// `rope_theta` and the scaling, from either config layout.
+    fn rope(&self) -> Result<(f64, RopeScaling)> {
+        let (name, p) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => ("rope_parameters", p),
+            (None, Some(p)) => ("rope_scaling", p),
+            (None, None) => return Ok((self.rope_theta.unwrap_or(10000.0), RopeScaling::Default)),
+        };
+        let theta = p.rope_theta.or(self.rope_theta).unwrap_or(10000.0);
+        let need = |value: Option<f64>, key: &str| {
+            value.ok_or_else(|| {
+                ModelError::config(&format!("{name}.{key}"), "missing for this rope_type")
+            })
+        };
+        let scaling = match p.rope_type.or(p.legacy_type).unwrap_or(RopeType::Default) {
+            RopeType::Default => RopeScaling::Default,
+            RopeType::Linear => RopeScaling::Linear { factor: need(p.factor, "factor")? },
+            RopeType::Llama3 => RopeScaling::Llama3 {
+                factor: need(p.factor, "factor")?,
+                low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: p.original_max_position_embeddings.ok_or_else(
+                    || {
+                        ModelError::config(
+                            &format!("{name}.original_max_position_embeddings"),
+                            "missing for rope_type llama3",
+                        )
+                    },
+                )?,
+            },
+        };
+        Ok((theta, scaling))
+    }
+}
+
+impl ArchConfig for LlamaConfig {
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+    fn to_json(&self) -> Value {
+        LlamaConfig::to_json(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+    fn num_hidden_layers(&self) -> usize {
+        self.num_hidden_layers
+    }
+    fn max_position_embeddings(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+    fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_id
+    }
+    fn pad_token_id(&self) -> Option<u32> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+}
 
 /// Rotary position embedding: the inverse frequencies `ω` of one head.
 #[derive(Module, Debug)]
@@ -296,9 +734,22 @@ impl Llama {
             compute_dtype: None,
         })
     }
+}
 
-    /// Builds the model from checkpoint tensors (`save_pretrained` layout).
-    pub(crate) fn from_weights(config: &LlamaConfig, w: &mut Weights) -> Result<Self> {
+impl Architecture for Llama {
+    type Config = LlamaConfig;
+    const MODEL_TYPES: &'static [&'static str] = &["llama", "mistral", "qwen2"];
+    const KEY_PREFIX: &'static str = "model.";
+
+    fn parse_config(model_type: &str, obj: &Map<String, Value>) -> Result<LlamaConfig> {
+        LlamaConfig::from_object(model_type, obj)
+    }
+
+    fn init(config: &LlamaConfig, device: &Device) -> Result<Self> {
+        Llama::init(config, device)
+    }
+
+    fn from_weights(config: &LlamaConfig, w: &mut Weights) -> Result<Self> {
         config.validate()?;
         let c = config;
         let (hidden, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
@@ -355,8 +806,11 @@ impl Llama {
         })
     }
 
-    /// Every parameter under its `save_pretrained` key, in the HF storage layout.
-    pub(crate) fn named_tensors(&self) -> Vec<NamedTensor> {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn named_tensors(&self) -> Vec<NamedTensor> {
         let mut out = vec![NamedTensor::from_tensor(
             "model.embed_tokens.weight",
             self.embed_tokens.weight.val(),
@@ -390,43 +844,32 @@ impl Llama {
         }
         out
     }
+}
 
-    /// Logits (and optionally every hidden state) for a batch.
-    ///
-    /// Arguments as [`crate::Gpt2::forward_with`]: `input_ids` `[batch, seq]`, `attention_mask`
-    /// `[batch, past + seq]` (`1` = token), `position_ids` `[batch, seq]` (default
-    /// `max(cumsum(mask) − 1, 0)`, or `past..past + seq` without a mask), an optional cache.
+impl CausalModel for Llama {
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn token_embedding(&self) -> &Embedding {
+        &self.embed_tokens
+    }
+
+    fn lm_head(&self) -> Option<&Linear> {
+        self.lm_head.as_ref()
+    }
+
+    fn compute_dtype(&self) -> Option<FloatDType> {
+        self.compute_dtype
+    }
+
+    fn set_compute_dtype(&mut self, dtype: Option<FloatDType>) {
+        self.compute_dtype = dtype;
+    }
+
     /// Hidden states: index 0 the embeddings, index `i` the output of layer `i`, the last one
     /// after `model.norm`.
-    ///
-    /// # Panics
-    /// When the mask or position shapes disagree with `input_ids`.
-    pub fn forward_with(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Option<Tensor<2, Int>>,
-        position_ids: Option<Tensor<2, Int>>,
-        cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-    ) -> ModelOutput {
-        let (h, hidden) =
-            self.trunk(input_ids, attention_mask, position_ids, cache, output_hidden_states);
-        let logits = self.lm_head_forward(h); // [b, s, vocab]
-        ModelOutput { logits, hidden_states: output_hidden_states.then_some(hidden) }
-    }
-
-    /// The output head: logits from final hidden states (after the final norm).
-    /// // [b, s, hidden] -> [b, s, vocab]
-    pub fn lm_head_forward(&self, h: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => linear(head, h),
-            None => tied_logits(h, self.embed_tokens.weight.val()),
-        }
-    }
-
-    /// Runs the embedding and all blocks; returns the final (normed) hidden state and, when
-    /// asked, every hidden state.
-    pub(crate) fn trunk(
+    fn trunk(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,

@@ -1,4 +1,6 @@
-//! Loading and saving Hugging Face model directories (`config.json` + `model.safetensors`).
+//! Loading and saving Hugging Face model directories (`config.json` + `model.safetensors`):
+//! `config.json` → [`ModelConfig`] → the architecture → its weights, read by the
+//! [`weights`](crate::weights) reader.
 //!
 //! # Loading
 //!
@@ -48,67 +50,21 @@
 //! # }
 //! ```
 
-use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::module::Param;
-use burn::nn::{Embedding, Linear};
-use burn::tensor::{
-    DType, Device, Element, FloatDType, Tensor, TensorCreationOptions, TensorData, bf16, f16,
-};
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, TensorInfo};
-use safetensors::{SafeTensorError, SafeTensors, View};
+use burn::tensor::{Device, FloatDType};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::gpt2::Gpt2;
-use crate::layers::{LayerNorm, RmsNorm};
-use crate::llama::Llama;
 use crate::model::CausalLm;
+use crate::weights::{self, Weights};
 
-/// File name of the weights in a model directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the shard index of a sharded checkpoint.
-pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub use crate::weights::{LoadOptions, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+
 /// File name of the config in a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the generation defaults in a model directory.
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-
-/// How to load a checkpoint ([`load_pretrained_with`], [`load_from_bytes_with`]).
-///
-/// The default loads every parameter in the device's default float dtype (`f32` unless changed),
-/// which is what [`load_pretrained`] does.
-///
-/// # Example: parameters in bf16, whatever the checkpoint stores
-///
-/// ```
-/// use burn::tensor::FloatDType;
-/// use kd_models::load::LoadOptions;
-///
-/// let options = LoadOptions::default().with_dtype(FloatDType::BF16);
-/// assert_eq!(options.dtype, Some(FloatDType::BF16));
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// The dtype of the loaded parameters. Stored tensors are converted to it one at a time; a
-    /// tensor stored in it is copied bit for bit. `None`: the device's default float dtype —
-    /// `f32` unless changed through burn's device settings — which is how loading worked before
-    /// this option existed.
-    pub dtype: Option<FloatDType>,
-}
-
-impl LoadOptions {
-    /// These options with the parameter dtype set to `dtype`.
-    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
-        self.dtype = Some(dtype);
-        self
-    }
-}
 
 /// Loads a model from a Hugging Face directory (`config.json` + `model.safetensors` or a sharded
 /// checkpoint) onto `device`, with default [`LoadOptions`].
@@ -138,12 +94,7 @@ pub fn load_pretrained_with(
 ) -> Result<CausalLm> {
     let dir = dir.as_ref();
     let config = ModelConfig::from_file(dir.join(CONFIG_FILE))?;
-    let files = weight_files(dir)?;
-    let mut weights = Weights::new(&config, options, device)?;
-    for path in files {
-        let map = map_file(&path)?;
-        weights.add_file(path, Buffer::Mapped(map))?;
-    }
+    let weights = weights::read_dir(dir, config.key_prefix(), options, device)?;
     load_with_weights(&config, weights)
 }
 
@@ -171,16 +122,12 @@ pub fn load_from_bytes_with(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<CausalLm> {
-    let mut weights = Weights::new(config, options, device)?;
-    weights.add_file(PathBuf::from("<memory>"), Buffer::Owned(safetensors))?;
+    let weights = weights::read_bytes(safetensors, config.key_prefix(), options, device)?;
     load_with_weights(config, weights)
 }
 
 fn load_with_weights(config: &ModelConfig, mut weights: Weights) -> Result<CausalLm> {
-    let model = match config {
-        ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::from_weights(c, &mut weights)?),
-        ModelConfig::Llama(c) => CausalLm::Llama(Llama::from_weights(c, &mut weights)?),
-    };
+    let model = CausalLm::from_weights(config, &mut weights)?;
     let unused = weights.unused();
     if !unused.is_empty() {
         log::warn!("{} checkpoint tensors were not used: {:?}", unused.len(), unused);
@@ -214,19 +161,13 @@ pub fn save_pretrained_as(
 fn save(model: &CausalLm, dir: &Path, dtype: Option<FloatDType>) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
-    let mut tensors = model.named_tensors();
-    if let Some(dtype) = dtype {
-        for tensor in &mut tensors {
-            tensor.dtype = safetensors_dtype(dtype.into());
-        }
-    }
+    let dtype_name = weights::write_file(model.named_tensors(), dtype, &dir.join(WEIGHTS_FILE))?;
 
     let config = model.config();
     let mut value = config.to_json();
     // transformers ≥ 4.56 reads `dtype`, older versions `torch_dtype`.
-    let name = torch_dtype_name(majority_dtype(&tensors));
-    value["dtype"] = serde_json::json!(name);
-    value["torch_dtype"] = serde_json::json!(name);
+    value["dtype"] = serde_json::json!(dtype_name);
+    value["torch_dtype"] = serde_json::json!(dtype_name);
     let config_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&value).expect("a JSON value serializes");
     std::fs::write(&config_path, text + "\n")
@@ -246,638 +187,44 @@ fn save(model: &CausalLm, dir: &Path, dtype: Option<FloatDType>) -> Result<()> {
     let generation_path = dir.join(GENERATION_CONFIG_FILE);
     let text = serde_json::to_string_pretty(&generation).expect("a JSON value serializes");
     std::fs::write(&generation_path, text + "\n")
-        .map_err(|source| ModelError::Io { path: generation_path, source })?;
-
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let weights_path = dir.join(WEIGHTS_FILE);
-    // Each tensor is read back and encoded only when the writer reaches it.
-    let named = tensors.iter().map(|t| (t.name.as_str(), t));
-    safetensors::serialize_to_file(named, Some(metadata), &weights_path).map_err(|e| match e {
-        SafeTensorError::IoError(source) => ModelError::Io { path: weights_path.clone(), source },
-        other => ModelError::Safetensors { path: weights_path.clone(), reason: other.to_string() },
-    })
+        .map_err(|source| ModelError::Io { path: generation_path, source })
 }
 
-/// The safetensors files of a model directory: `model.safetensors`, else the shards listed in
-/// `model.safetensors.index.json`.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index_path = dir.join(WEIGHTS_INDEX_FILE);
-    if !index_path.is_file() {
-        return Err(ModelError::Io {
-            path: single,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} found"),
-            ),
-        });
-    }
-    let text = std::fs::read_to_string(&index_path)
-        .map_err(|source| ModelError::Io { path: index_path.clone(), source })?;
-    let index: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|source| ModelError::Json { path: index_path.clone(), source })?;
-    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-        ModelError::config("weight_map", format!("missing in {}", index_path.display()))
-    })?;
-    let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
-}
-
-/// Maps a weights file read-only.
-fn map_file(path: &Path) -> Result<Mmap> {
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only and only read through `Buffer::bytes`. Its contents stay valid
-    // as long as no other process truncates or rewrites the file while the model loads, which
-    // the module docs require (the same contract as every memory-mapped checkpoint loader).
-    unsafe { Mmap::map(&file) }.map_err(io)
-}
-
-/// The bytes of one safetensors file: mapped from disk or owned.
-#[derive(Debug)]
-enum Buffer {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Buffer {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Mapped(map) => map,
-            Self::Owned(bytes) => bytes,
-        }
+impl CausalLm {
+    /// Loads a Hugging Face model directory (`config.json` + `model.safetensors`).
+    ///
+    /// # Errors
+    /// See [`load_pretrained`].
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        load_pretrained(dir, device)
     }
 
-    /// Hands the resident pages of `range` (tensor data already read) back to the OS. A later
-    /// read of the range faults the pages in again from the file.
-    #[cfg(unix)]
-    fn release(&self, range: Range<usize>) {
-        if let Self::Mapped(map) = self {
-            // SAFETY: `MADV_DONTNEED` on a read-only shared file mapping only drops page-table
-            // entries; the next access reads the same bytes from the file, so every slice of the
-            // map keeps its contents. The range lies inside the map (checked by the caller).
-            let released = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    range.start,
-                    range.len(),
-                )
-            };
-            if let Err(e) = released {
-                log::debug!("madvise(DONTNEED) failed: {e}");
-            }
-        }
+    /// Loads a Hugging Face model directory with its parameters in the dtype of `options`
+    /// (bf16, say, with no `f32` copy of a bf16 checkpoint).
+    ///
+    /// # Errors
+    /// See [`load_pretrained_with`].
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        load_pretrained_with(dir, options, device)
     }
 
-    #[cfg(not(unix))]
-    fn release(&self, _range: Range<usize>) {}
-}
-
-/// One loaded safetensors file.
-#[derive(Debug)]
-struct WeightFile {
-    path: PathBuf,
-    buffer: Buffer,
-    /// Offset of the data section (after the 8-byte length and the JSON header).
-    data_start: usize,
-}
-
-/// How a Hugging Face checkpoint stores a linear layer's weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HfLinear {
-    /// `torch.nn.Linear`: `[out, in]`, transposed for burn.
-    Linear,
-    /// GPT-2 `Conv1D`: `[in, out]`, burn's layout already.
-    Conv1D,
-}
-
-/// One stored tensor, located in one of the loaded files.
-#[derive(Debug)]
-struct Entry {
-    file: usize,
-    stored_name: String,
-    info: TensorInfo,
-}
-
-/// The tensors of a checkpoint, looked up by canonical (`save_pretrained`) key and turned into
-/// parameters of one dtype on demand.
-#[derive(Debug)]
-pub(crate) struct Weights {
-    files: Vec<WeightFile>,
-    entries: HashMap<String, Entry>,
-    used: HashSet<String>,
-    prefix: &'static str,
-    device: Device,
-    /// The dtype of every parameter built.
-    dtype: FloatDType,
-}
-
-impl Weights {
-    fn new(config: &ModelConfig, options: &LoadOptions, device: &Device) -> Result<Self> {
-        let prefix = match config {
-            ModelConfig::Gpt2(_) => "transformer.",
-            ModelConfig::Llama(_) => "model.",
-        };
-        let dtype = options.dtype.unwrap_or_else(|| device.settings().float_dtype);
-        if !device.supports_dtype(dtype) {
-            return Err(ModelError::invalid(
-                "dtype",
-                format!("{dtype:?} is not supported by the device {device:?}"),
-            ));
-        }
-        Ok(Self {
-            files: Vec::new(),
-            entries: HashMap::new(),
-            used: HashSet::new(),
-            prefix,
-            device: device.clone(),
-            dtype,
-        })
+    /// Writes the model as a Hugging Face directory that reloads to the same logits.
+    ///
+    /// # Errors
+    /// See [`save_pretrained`].
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        save_pretrained(self, dir)
     }
 
-    /// Parses the header of one safetensors file and indexes its tensors.
-    fn add_file(&mut self, path: PathBuf, buffer: Buffer) -> Result<()> {
-        let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(buffer.bytes())
-            .map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
-        let file = self.files.len();
-        for (name, info) in metadata.tensors() {
-            // Hub GPT-2 files (and base-model saves) lack the `transformer.` / `model.` prefix.
-            let canonical = if name.starts_with(self.prefix) || name.starts_with("lm_head.") {
-                name.clone()
-            } else {
-                format!("{}{name}", self.prefix)
-            };
-            self.entries.insert(canonical, Entry { file, stored_name: name, info: info.clone() });
-        }
-        self.files.push(WeightFile { path, buffer, data_start: 8 + header_len });
-        Ok(())
-    }
-
-    /// Marks a key as intentionally unused (tied heads, buffers).
-    pub(crate) fn skip(&mut self, key: &str) {
-        self.used.insert(key.to_string());
-    }
-
-    /// Stored keys that no module consumed (legacy buffers excluded).
-    fn unused(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| !self.used.contains(*k))
-            .filter(|(k, _)| {
-                !(k.ends_with(".attn.bias")
-                    || k.ends_with(".attn.masked_bias")
-                    || k.ends_with("rotary_emb.inv_freq"))
-            })
-            .map(|(_, e)| e.stored_name.clone())
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// The tensor `key`, checked against the stored shape `expected`, as data of the load
-    /// dtype; a `[rows, cols]` tensor comes out as `[cols, rows]` when `transpose`.
-    fn take(&mut self, key: &str, expected: &[usize], transpose: bool) -> Result<TensorData> {
-        let entry = self.entries.get(key).ok_or_else(|| ModelError::MissingTensor {
-            key: key.into(),
-            expected: expected.to_vec(),
-        })?;
-        if entry.info.shape != expected {
-            return Err(ModelError::ShapeMismatch {
-                key: key.into(),
-                expected: expected.to_vec(),
-                got: entry.info.shape.clone(),
-            });
-        }
-        let file = &self.files[entry.file];
-        let (lo, hi) = entry.info.data_offsets;
-        let range = (file.data_start + lo)..(file.data_start + hi);
-        let raw =
-            file.buffer.bytes().get(range.clone()).ok_or_else(|| ModelError::Safetensors {
-                path: file.path.clone(),
-                reason: format!("data of `{}` lies outside the file", entry.stored_name),
-            })?;
-        let stored = entry.info.dtype;
-        let size = float_size(stored).ok_or_else(|| ModelError::UnsupportedDtype {
-            key: key.into(),
-            dtype: format!("{stored:?}"),
-        })?;
-        let n: usize = expected.iter().product();
-        if raw.len() != n * size {
-            return Err(ModelError::Safetensors {
-                path: file.path.clone(),
-                reason: format!(
-                    "`{}` holds {} bytes, its shape {expected:?} of {stored:?} needs {}",
-                    entry.stored_name,
-                    raw.len(),
-                    n * size
-                ),
-            });
-        }
-        let (shape, transpose) = match (transpose, expected) {
-            (true, &[rows, cols]) => (vec![cols, rows], Some((rows, cols))),
-            _ => (expected.to_vec(), None),
-        };
-        let release =
-            |r: Range<usize>| file.buffer.release(range.start + r.start..range.start + r.end);
-        let data = match self.dtype {
-            FloatDType::F64 => {
-                TensorData::new(decode_as::<f64>(raw, stored, transpose, &release), shape)
-            }
-            FloatDType::F32 | FloatDType::Flex32 => {
-                TensorData::new(decode_as::<f32>(raw, stored, transpose, &release), shape)
-            }
-            FloatDType::F16 => {
-                TensorData::new(decode_as::<f16>(raw, stored, transpose, &release), shape)
-            }
-            FloatDType::BF16 => {
-                TensorData::new(decode_as::<bf16>(raw, stored, transpose, &release), shape)
-            }
-        };
-        self.used.insert(key.to_string());
-        Ok(data)
-    }
-
-    /// A parameter of the load dtype on the load device.
-    fn to_param<const D: usize>(&self, data: TensorData) -> Param<Tensor<D>> {
-        let options = TensorCreationOptions::new(self.device.clone()).with_dtype(self.dtype.into());
-        // What `Param::from_data` does, without its conversion to the device's default dtype.
-        let tensor = self
-            .device
-            .memory_persistent_allocations(data, |data| Tensor::from_data(data, options.clone()));
-        Param::from_tensor(tensor)
-    }
-
-    fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
-        let data = self.take(key, &shape, false)?;
-        Ok(self.to_param(data))
-    }
-
-    /// A linear layer `{prefix}.weight` (+ `{prefix}.bias`) as burn `[d_in, d_out]`.
-    pub(crate) fn linear(
-        &mut self,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        layout: HfLinear,
-    ) -> Result<Linear> {
-        let key = format!("{prefix}.weight");
-        let weight = match layout {
-            HfLinear::Conv1D => self.param(&key, [d_in, d_out])?,
-            HfLinear::Linear => {
-                let data = self.take(&key, &[d_out, d_in], true)?; // [d_in, d_out]
-                self.to_param(data)
-            }
-        };
-        let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [d_out])?) } else { None };
-        Ok(Linear { weight, bias })
-    }
-
-    /// An embedding table `{prefix}.weight`, `[n, d]`.
-    pub(crate) fn embedding(&mut self, prefix: &str, n: usize, d: usize) -> Result<Embedding> {
-        Ok(Embedding { weight: self.param(&format!("{prefix}.weight"), [n, d])? })
-    }
-
-    /// A layer norm `{prefix}.weight`, `{prefix}.bias`.
-    pub(crate) fn layer_norm(&mut self, prefix: &str, d: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.param(&format!("{prefix}.weight"), [d])?,
-            bias: self.param(&format!("{prefix}.bias"), [d])?,
-            eps,
-        })
-    }
-
-    /// An RMSNorm `{prefix}.weight`.
-    pub(crate) fn rms_norm(&mut self, prefix: &str, d: usize, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: self.param(&format!("{prefix}.weight"), [d])?, eps })
-    }
-}
-
-/// Bytes per value of the stored float dtypes this loader reads; `None` for any other dtype.
-fn float_size(dtype: Dtype) -> Option<usize> {
-    match dtype {
-        Dtype::F64 => Some(8),
-        Dtype::F32 => Some(4),
-        Dtype::F16 | Dtype::BF16 => Some(2),
-        _ => None,
-    }
-}
-
-/// A float type a checkpoint stores and a parameter holds.
-trait Float: Element {
-    /// The value encoded little-endian in `bytes` (exactly `size_of::<Self>()` of them).
-    fn from_le(bytes: &[u8]) -> Self;
-}
-
-impl Float for f64 {
-    fn from_le(bytes: &[u8]) -> Self {
-        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-    }
-}
-
-impl Float for f32 {
-    fn from_le(bytes: &[u8]) -> Self {
-        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
-    }
-}
-
-impl Float for f16 {
-    fn from_le(bytes: &[u8]) -> Self {
-        f16::from_bits(u16::from_le_bytes(bytes.try_into().expect("2 bytes")))
-    }
-}
-
-impl Float for bf16 {
-    fn from_le(bytes: &[u8]) -> Self {
-        bf16::from_bits(u16::from_le_bytes(bytes.try_into().expect("2 bytes")))
-    }
-}
-
-/// Stored data read before its pages are released: small next to a weight matrix, large
-/// enough to make the `madvise` calls cheap.
-const CHUNK_BYTES: usize = 8 << 20;
-
-/// Columns per tile of the transpose: the strided writes of a tile stay in a few cache lines.
-const TILE: usize = 32;
-
-/// The stored values `raw` (of float dtype `stored`, length already checked) as `T`.
-fn decode_as<T: Float>(
-    raw: &[u8],
-    stored: Dtype,
-    transpose: Option<(usize, usize)>,
-    release: &dyn Fn(Range<usize>),
-) -> Vec<T> {
-    match stored {
-        Dtype::F64 => decode::<f64, T>(raw, transpose, release),
-        Dtype::F32 => decode::<f32, T>(raw, transpose, release),
-        Dtype::F16 => decode::<f16, T>(raw, transpose, release),
-        Dtype::BF16 => decode::<bf16, T>(raw, transpose, release),
-        other => unreachable!("{other:?} is rejected by float_size"),
-    }
-}
-
-/// Converts little-endian `S` values to `T` (identity when `S = T`), reading `raw` front to
-/// back and calling `release` with each byte range it is done with.
-///
-/// With `transpose = Some((rows, cols))`, `raw` is a row-major `[rows, cols]` matrix and the
-/// result its `[cols, rows]` transpose, built in `T` (2-byte moves for half types).
-fn decode<S: Float, T: Float>(
-    raw: &[u8],
-    transpose: Option<(usize, usize)>,
-    release: &dyn Fn(Range<usize>),
-) -> Vec<T> {
-    let size = size_of::<S>();
-    let n = raw.len() / size;
-    match transpose {
-        None => {
-            let step = CHUNK_BYTES / size * size;
-            let mut out = Vec::with_capacity(n);
-            for (i, chunk) in raw.chunks(step).enumerate() {
-                out.extend(chunk.chunks_exact(size).map(|b| T::from_elem(S::from_le(b))));
-                release(i * step..i * step + chunk.len());
-            }
-            out
-        }
-        Some((rows, cols)) => {
-            let row_bytes = cols * size;
-            let rows_per_chunk = (CHUNK_BYTES / row_bytes.max(1)).max(1);
-            let mut out = vec![T::default(); n];
-            for r0 in (0..rows).step_by(rows_per_chunk) {
-                let r1 = (r0 + rows_per_chunk).min(rows);
-                // out[c, r] = raw[r, c], tile by tile of columns.
-                for c0 in (0..cols).step_by(TILE) {
-                    let c1 = (c0 + TILE).min(cols);
-                    for r in r0..r1 {
-                        let row = &raw[r * row_bytes + c0 * size..r * row_bytes + c1 * size];
-                        for (c, b) in (c0..c1).zip(row.chunks_exact(size)) {
-                            out[c * rows + r] = T::from_elem(S::from_le(b));
-                        }
-                    }
-                }
-                release(r0 * row_bytes..r1 * row_bytes);
-            }
-            out
-        }
-    }
-}
-
-/// The safetensors dtype a parameter of `dtype` is written as.
-fn safetensors_dtype(dtype: DType) -> Dtype {
-    match dtype {
-        DType::F64 => Dtype::F64,
-        DType::F16 => Dtype::F16,
-        DType::BF16 => Dtype::BF16,
-        _ => Dtype::F32,
-    }
-}
-
-/// The burn dtype of a written safetensors dtype.
-fn burn_dtype(dtype: Dtype) -> DType {
-    match dtype {
-        Dtype::F64 => DType::F64,
-        Dtype::F16 => DType::F16,
-        Dtype::BF16 => DType::BF16,
-        _ => DType::F32,
-    }
-}
-
-/// The `torch_dtype` name of a written dtype.
-fn torch_dtype_name(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::F64 => "float64",
-        Dtype::F16 => "float16",
-        Dtype::BF16 => "bfloat16",
-        _ => "float32",
-    }
-}
-
-/// The dtype holding most of the values (a mixed-precision model is named by its bulk).
-fn majority_dtype(tensors: &[NamedTensor]) -> Dtype {
-    let mut counts: Vec<(Dtype, usize)> = Vec::new();
-    for t in tensors {
-        let n: usize = t.shape.iter().product();
-        match counts.iter_mut().find(|(d, _)| *d == t.dtype) {
-            Some((_, count)) => *count += n,
-            None => counts.push((t.dtype, n)),
-        }
-    }
-    counts.into_iter().max_by_key(|&(_, n)| n).map_or(Dtype::F32, |(d, _)| d)
-}
-
-/// A parameter on its way to a safetensors file: HF key, HF shape, the dtype it is written in
-/// and how to read its values (only when the writer reaches it).
-pub(crate) struct NamedTensor {
-    pub(crate) name: String,
-    shape: Vec<usize>,
-    dtype: Dtype,
-    read: Box<dyn Fn() -> TensorData>,
-}
-
-impl fmt::Debug for NamedTensor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NamedTensor")
-            .field("name", &self.name)
-            .field("shape", &self.shape)
-            .field("dtype", &self.dtype)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NamedTensor {
-    /// `tensor` under `name`, written in its own dtype.
-    pub(crate) fn from_tensor<const D: usize>(name: &str, tensor: Tensor<D>) -> Self {
-        Self {
-            name: name.to_string(),
-            shape: tensor.dims().to_vec(),
-            dtype: safetensors_dtype(tensor.dtype()),
-            read: Box::new(move || tensor.clone().into_data()),
-        }
-    }
-
-    fn num_bytes(&self) -> usize {
-        self.shape.iter().product::<usize>() * float_size(self.dtype).expect("a float dtype")
-    }
-}
-
-impl View for &NamedTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        let data = (self.read)().convert_dtype(burn_dtype(self.dtype));
-        let bytes = le_bytes(data);
-        assert_eq!(
-            bytes.len(),
-            self.num_bytes(),
-            "`{}` encodes to the size it announced",
-            self.name
-        );
-        Cow::Owned(bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.num_bytes()
-    }
-}
-
-/// The values of `data` (a float dtype) encoded little-endian, as safetensors stores them.
-fn le_bytes(data: TensorData) -> Vec<u8> {
-    if cfg!(target_endian = "little") {
-        // TensorData holds contiguous native-endian values: on little-endian targets its bytes
-        // are the safetensors encoding already.
-        return data.into_bytes().try_into_vec::<u8>().unwrap_or_else(|bytes| bytes.to_vec());
-    }
-    match data.dtype() {
-        DType::F64 => data.iter::<f64>().flat_map(f64::to_le_bytes).collect(),
-        DType::F16 => data.iter::<f16>().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
-        DType::BF16 => data.iter::<bf16>().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
-        _ => data.iter::<f32>().flat_map(f32::to_le_bytes).collect(),
-    }
-}
-
-/// `{prefix}.weight` (+ `.bias`) of a burn linear layer in the HF storage layout.
-pub(crate) fn export_linear(prefix: &str, linear: &Linear, layout: HfLinear) -> Vec<NamedTensor> {
-    let weight = linear.weight.val(); // [d_in, d_out]
-    let weight = match layout {
-        HfLinear::Conv1D => weight,
-        HfLinear::Linear => weight.transpose(), // [d_out, d_in]
-    };
-    let mut out = vec![NamedTensor::from_tensor(&format!("{prefix}.weight"), weight)];
-    if let Some(bias) = &linear.bias {
-        out.push(NamedTensor::from_tensor(&format!("{prefix}.bias"), bias.val()));
-    }
-    out
-}
-
-impl LayerNorm {
-    pub(crate) fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        vec![
-            NamedTensor::from_tensor(&format!("{prefix}.weight"), self.weight.val()),
-            NamedTensor::from_tensor(&format!("{prefix}.bias"), self.bias.val()),
-        ]
-    }
-}
-
-impl RmsNorm {
-    pub(crate) fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        vec![NamedTensor::from_tensor(&format!("{prefix}.weight"), self.weight.val())]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
-
-    use super::*;
-
-    fn no_release(_: Range<usize>) {}
-
-    #[test]
-    fn stored_dtypes_convert() {
-        let one_f16 = f16::from_f32(1.5).to_bits().to_le_bytes();
-        assert_eq!(decode_as::<f32>(&one_f16, Dtype::F16, None, &no_release), vec![1.5]);
-        let bf = bf16::from_f32(-2.0).to_bits().to_le_bytes();
-        assert_eq!(decode_as::<f32>(&bf, Dtype::BF16, None, &no_release), vec![-2.0]);
-        let x = 0.1f64.to_le_bytes();
-        assert_eq!(decode_as::<f32>(&x, Dtype::F64, None, &no_release), vec![0.1f32]);
-        // f32 → bf16 rounds to nearest even, as `bf16::from_f32`.
-        let y = 1.007_812_5f32 + 1e-4;
-        let got = decode_as::<bf16>(&y.to_le_bytes(), Dtype::F32, None, &no_release);
-        assert_eq!(got, vec![bf16::from_f32(y)]);
-        assert_eq!(float_size(Dtype::I32), None);
-    }
-
-    #[test]
-    fn same_dtype_is_bit_exact() {
-        let values = [f16::from_f32(0.333), f16::NAN, f16::NEG_INFINITY, f16::from_bits(1)];
-        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
-        let got = decode_as::<f16>(&raw, Dtype::F16, None, &no_release);
-        let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&got), bits(&values));
-    }
-
-    #[test]
-    fn transpose_is_row_major_in_every_type() {
-        let m = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
-        let raw: Vec<u8> = m.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = decode_as::<f32>(&raw, Dtype::F32, Some((2, 3)), &no_release);
-        assert_eq!(t, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-        let raw: Vec<u8> =
-            m.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect();
-        let t = decode_as::<bf16>(&raw, Dtype::BF16, Some((2, 3)), &no_release);
-        assert_eq!(t, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0].map(bf16::from_f32).to_vec());
-        // Wider than a tile and taller than a chunk.
-        let (rows, cols) = (CHUNK_BYTES / (4 * 40) + 3, 40);
-        let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let raw: Vec<u8> = m.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = decode_as::<f32>(&raw, Dtype::F32, Some((rows, cols)), &no_release);
-        for (r, c) in [(0, 0), (1, 39), (rows - 1, 0), (rows - 1, 33), (rows / 2, 17)] {
-            assert_eq!(t[c * rows + r], m[r * cols + c], "({r}, {c})");
-        }
-    }
-
-    #[test]
-    fn every_byte_is_released_once_in_order() {
-        for transpose in [None, Some((CHUNK_BYTES / 8 + 5, 2))] {
-            let n = CHUNK_BYTES / 4 + 10;
-            let raw = vec![0u8; n * 4];
-            let ranges = RefCell::new(Vec::new());
-            let _ = decode::<f32, bf16>(&raw, transpose, &|r| ranges.borrow_mut().push(r));
-            let ranges = ranges.into_inner();
-            assert!(ranges.len() > 1, "{transpose:?}: released in chunks");
-            let mut next = 0;
-            for r in ranges {
-                assert_eq!(r.start, next);
-                next = r.end;
-            }
-            assert_eq!(next, raw.len());
-        }
+    /// As [`CausalLm::save_pretrained`], every parameter converted to `dtype` as it is written.
+    ///
+    /// # Errors
+    /// See [`save_pretrained_as`].
+    pub fn save_pretrained_as(&self, dir: impl AsRef<Path>, dtype: FloatDType) -> Result<()> {
+        save_pretrained_as(self, dir, dtype)
     }
 }
