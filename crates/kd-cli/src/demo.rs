@@ -13,10 +13,10 @@ use kd_losses::LossConfig;
 use kd_models::{CausalLm, GenerationConfig, LlamaConfig, ModelConfig, Sampling, Tokenizer};
 use kd_train::MethodConfig;
 use kd_train::methods::kd::KdConfig;
-use kd_train::plot::{Chart, Series};
 use kd_train::{EvalRecord, TrainConfig};
 
 use crate::config::{ConfigBuilder, DataConfig, DataFormat, ModelSource, RunConfig};
+use crate::plot::{Chart, Series};
 use crate::run::{JobResult, load_data, load_tokenizer, run_job};
 
 /// The assets directory compiled into the binary's source tree.

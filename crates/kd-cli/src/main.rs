@@ -16,6 +16,7 @@
 mod config;
 mod demo;
 mod device;
+mod plot;
 mod run;
 mod seqkd;
 
@@ -443,9 +444,9 @@ fn cmd_plot(args: &[String]) -> Result<()> {
         let name = PathBuf::from(dir)
             .file_name()
             .map_or(dir.to_string(), |n| n.to_string_lossy().to_string());
-        series.push(kd_train::plot::Series { name, points });
+        series.push(crate::plot::Series { name, points });
     }
-    let chart = kd_train::plot::Chart {
+    let chart = crate::plot::Chart {
         title: o.get("title").unwrap_or("held-out").to_string(),
         x_label: "step".into(),
         y_label: metric.replace('_', " "),

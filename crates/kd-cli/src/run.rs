@@ -14,12 +14,12 @@ use kd_train::data::{
 use kd_train::methods::SpecialTokens;
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
-use kd_train::plot::{Chart, Series, write_png_stack};
 use kd_train::{
     EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer, latest_checkpoint,
 };
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
+use crate::plot::{Chart, Series, write_png_stack};
 use crate::seqkd;
 use kd_train::template::PromptRenderer;
 

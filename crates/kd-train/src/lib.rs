@@ -27,7 +27,7 @@
 //!   template, custom).
 //! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L (and, with
 //!   [`exact_match`], the exact match of the final number) of greedy answers to held-out
-//!   instruction prompts at every evaluation; [`plot`]: curves as PNG.
+//!   instruction prompts at every evaluation (`kd` draws the curves as PNG charts).
 //! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the
 //!   method's state (TAID's schedule, MiniLLM's rollouts), written atomically; a resumed run
 //!   reproduces the uninterrupted one exactly.
@@ -72,7 +72,6 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
-pub mod plot;
 pub mod precision;
 pub mod rollout;
 pub mod rouge;
