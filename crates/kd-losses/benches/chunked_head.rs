@@ -25,7 +25,8 @@ use kd_losses::{
 
 mod common;
 
-use common::{Counting, random, time_call};
+use common::rng::bell;
+use common::{Counting, time_call};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -60,7 +61,7 @@ fn main() {
     let device = Device::flex().autodiff();
     let tensor = |shape: [usize; 2], seed: u64, std: f32| {
         Tensor::<2>::from_data(
-            TensorData::new(random(shape[0] * shape[1], seed, std), shape),
+            TensorData::new(bell(shape[0] * shape[1], seed, std), shape),
             &device,
         )
     };

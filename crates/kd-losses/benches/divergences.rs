@@ -27,7 +27,8 @@ use kd_losses::{
 
 mod common;
 
-use common::{Counting, LIVE, PEAK, median, random};
+use common::rng::bell;
+use common::{Counting, LIVE, PEAK, median};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -103,8 +104,8 @@ fn main() {
     );
     let device = Device::flex().autodiff();
     for &(n, v) in shapes {
-        let s = Tensor::<2>::from_data(TensorData::new(random(n * v, 1, 3.0), [n, v]), &device);
-        let t = Tensor::<2>::from_data(TensorData::new(random(n * v, 2, 3.0), [n, v]), &device);
+        let s = Tensor::<2>::from_data(TensorData::new(bell(n * v, 1, 3.0), [n, v]), &device);
+        let t = Tensor::<2>::from_data(TensorData::new(bell(n * v, 2, 3.0), [n, v]), &device);
         let floor_ms = (3 * n * v * 4) as f64 / speed * 1e3;
         let losses: [(&str, Box<dyn Divergence>); 3] = [
             ("fkl", Box::new(ForwardKlConfig::new().init().unwrap())),

@@ -29,7 +29,8 @@ use kd_losses::{
 
 mod common;
 
-use common::{Counting, random, time_call};
+use common::rng::bell;
+use common::{Counting, time_call};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -83,10 +84,10 @@ fn main() {
     println!("flex f32, {} rayon threads; N={n} V={v} k={k}", rayon::current_num_threads());
 
     let device = Device::flex().autodiff();
-    let teacher_host = random(n * v, 2, 3.0);
+    let teacher_host = bell(n * v, 2, 3.0);
     // Student = 0.8·teacher + noise: correlated, as during distillation.
     let student_host: Vec<f32> =
-        teacher_host.iter().zip(random(n * v, 1, 1.5)).map(|(t, e)| 0.8 * t + e).collect();
+        teacher_host.iter().zip(bell(n * v, 1, 1.5)).map(|(t, e)| 0.8 * t + e).collect();
     let (ids_host, lp_host) = top_k(&teacher_host, n, v, k);
     let student = Tensor::<2>::from_data(TensorData::new(student_host, [n, v]), &device);
     let teacher = Tensor::<2>::from_data(TensorData::new(teacher_host, [n, v]), &device);

@@ -1,26 +1,19 @@
 //! The αβ-divergence of ABKD, with its limiting special cases.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::logspace::{log_softmax, sum_rows};
 
-/// Config of [`AbDivergence`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AbDivergenceConfig {
-    /// `α` (finite; default `0.2`).
-    pub alpha: f64,
-    /// `β` (finite; default `0.7`).
-    pub beta: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for AbDivergenceConfig {
-    fn default() -> Self {
-        Self { alpha: 0.2, beta: 0.7, temperature: 1.0 }
+loss_config! {
+    /// Config of [`AbDivergence`].
+    pub struct AbDivergenceConfig {
+        /// `α` (finite; default `0.2`).
+        alpha: f64 = 0.2,
+        /// `β` (finite; default `0.7`).
+        beta: f64 = 0.7,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
@@ -29,15 +22,16 @@ impl AbDivergenceConfig {
     pub fn new(alpha: f64, beta: f64) -> Self {
         Self { alpha, beta, temperature: 1.0 }
     }
+
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α` or `β` is not finite or `T ≤ 0`.
     pub fn init(&self) -> Result<AbDivergence> {
         let inf = f64::INFINITY;
-        check_range("ab_divergence", "alpha", self.alpha, -inf, inf, "a finite value")?;
-        check_range("ab_divergence", "beta", self.beta, -inf, inf, "a finite value")?;
-        check_temperature("ab_divergence", "temperature", self.temperature)?;
+        check_range(AbDivergence::ID, "alpha", self.alpha, -inf, inf, "a finite value")?;
+        check_range(AbDivergence::ID, "beta", self.beta, -inf, inf, "a finite value")?;
+        check_temperature(AbDivergence::ID, "temperature", self.temperature)?;
         Ok(AbDivergence { config: self.clone() })
     }
 }
@@ -69,7 +63,7 @@ pub struct AbDivergence {
 
 impl Divergence for AbDivergence {
     fn name(&self) -> &'static str {
-        "ab_divergence"
+        AbDivergence::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)

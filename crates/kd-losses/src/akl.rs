@@ -1,46 +1,30 @@
 //! Adaptive KL (AKL): forward and reverse KL weighted by where the student's errors lie.
 
-use burn::tensor::{IndexingUpdateOp, Tensor};
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{f32_on, kl_rows, log_softmax, mask_f32, sum_rows};
+use burn::tensor::{IndexingUpdateOp, Tensor};
 
-/// Config of [`AdaptiveKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdaptiveKlConfig {
-    /// Cumulative teacher mass `μ ∈ [0, 1]` that defines the head (default `0.5`).
-    pub mu: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for AdaptiveKlConfig {
-    fn default() -> Self {
-        Self { mu: 0.5, temperature: 1.0 }
+loss_config! {
+    /// Config of [`AdaptiveKl`].
+    pub struct AdaptiveKlConfig, new: "Defaults: `μ = 0.5`, `T = 1`." {
+        /// Cumulative teacher mass `μ ∈ [0, 1]` that defines the head (default `0.5`).
+        mu: f64 = 0.5 => with_mu,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
 impl AdaptiveKlConfig {
-    /// Defaults: `μ = 0.5`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `μ`.
-    pub fn with_mu(mut self, mu: f64) -> Self {
-        self.mu = mu;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `μ ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<AdaptiveKl> {
-        check_range("akl", "mu", self.mu, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("akl", "temperature", self.temperature)?;
+        check_range(AdaptiveKl::ID, "mu", self.mu, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(AdaptiveKl::ID, "temperature", self.temperature)?;
         Ok(AdaptiveKl { config: self.clone() })
     }
 }
@@ -79,7 +63,7 @@ impl Divergence for AdaptiveKl {
         Some(FusedKind::Akl { mu: self.config.mu })
     }
     fn name(&self) -> &'static str {
-        "akl"
+        AdaptiveKl::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)
@@ -115,12 +99,13 @@ impl Divergence for AdaptiveKl {
         let fkl = kl_rows(log_p.clone(), log_q.clone());
         let rkl = kl_rows(log_q, log_p);
         let value = fkl.clone().mul(w_head.clone()).add(rkl.clone().mul(w_tail.clone()));
+        let [head_weight, tail_weight, fkl_name, rkl_name, head_size] = FusedKind::AKL_EXTRAS;
         Ok(TokenTerms::new(value)
-            .with(Extra::row("head_weight", w_head))
-            .with(Extra::row("tail_weight", w_tail))
-            .with(Extra::row("fkl", fkl))
-            .with(Extra::row("rkl", rkl))
-            .with(Extra::row("head_size", sum_rows(head))))
+            .with(Extra::row(head_weight, w_head))
+            .with(Extra::row(tail_weight, w_tail))
+            .with(Extra::row(fkl_name, fkl))
+            .with(Extra::row(rkl_name, rkl))
+            .with(Extra::row(head_size, sum_rows(head))))
     }
 }
 

@@ -1,45 +1,29 @@
 //! Amari's α-divergence between teacher and student.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::logspace::{kl_rows, log_softmax, sum_rows};
 
-/// Config of [`AlphaDivergence`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlphaDivergenceConfig {
-    /// Order `α` (any finite real; default `0.5`). `1` = forward KL, `0` = reverse KL.
-    pub alpha: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for AlphaDivergenceConfig {
-    fn default() -> Self {
-        Self { alpha: 0.5, temperature: 1.0 }
+loss_config! {
+    /// Config of [`AlphaDivergence`].
+    pub struct AlphaDivergenceConfig, new: "Defaults: `α = 0.5`, `T = 1`." {
+        /// Order `α` (any finite real; default `0.5`). `1` = forward KL, `0` = reverse KL.
+        alpha: f64 = 0.5 => with_alpha,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
 impl AlphaDivergenceConfig {
-    /// Defaults: `α = 0.5`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `α`.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α` is not finite or `T ≤ 0`.
     pub fn init(&self) -> Result<AlphaDivergence> {
         let inf = f64::INFINITY;
-        check_range("alpha_divergence", "alpha", self.alpha, -inf, inf, "a finite value")?;
-        check_temperature("alpha_divergence", "temperature", self.temperature)?;
+        check_range(AlphaDivergence::ID, "alpha", self.alpha, -inf, inf, "a finite value")?;
+        check_temperature(AlphaDivergence::ID, "temperature", self.temperature)?;
         Ok(AlphaDivergence { config: self.clone() })
     }
 }
@@ -70,7 +54,7 @@ pub struct AlphaDivergence {
 
 impl Divergence for AlphaDivergence {
     fn name(&self) -> &'static str {
-        "alpha_divergence"
+        AlphaDivergence::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)

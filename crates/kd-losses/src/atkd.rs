@@ -1,44 +1,33 @@
 //! Adaptive-teaching KD (ATKD): easy tokens get only NCKD, hard tokens get TCKD + NCKD.
 
-use burn::tensor::{Int, Tensor};
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::dkd::decoupled;
 use crate::error::{Result, check_range, check_temperature};
 use crate::logspace::{f32_on, mask_f32};
+use burn::tensor::{Int, Tensor};
 
-/// Config of [`AdaptiveTeachingKd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdaptiveTeachingKdConfig {
-    /// Weight `α ∈ [0, 1]` of the easy group; the hard group gets `1 − α` (default `0.2`).
-    pub alpha: f64,
-    /// Temperature of the student side (default `1`).
-    pub student_temperature: f64,
-    /// Temperature of the teacher side (default `1`).
-    pub teacher_temperature: f64,
-}
-
-impl Default for AdaptiveTeachingKdConfig {
-    fn default() -> Self {
-        Self { alpha: 0.2, student_temperature: 1.0, teacher_temperature: 1.0 }
+loss_config! {
+    /// Config of [`AdaptiveTeachingKd`].
+    pub struct AdaptiveTeachingKdConfig, new: "Defaults: `α = 0.2`, both temperatures 1." {
+        /// Weight `α ∈ [0, 1]` of the easy group; the hard group gets `1 − α` (default `0.2`).
+        alpha: f64 = 0.2,
+        /// Temperature of the student side (default `1`).
+        student_temperature: f64 = 1.0,
+        /// Temperature of the teacher side (default `1`).
+        teacher_temperature: f64 = 1.0,
     }
 }
 
 impl AdaptiveTeachingKdConfig {
-    /// Defaults: `α = 0.2`, both temperatures 1.
-    pub fn new() -> Self {
-        Self::default()
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1]` or a temperature is `≤ 0`.
     pub fn init(&self) -> Result<AdaptiveTeachingKd> {
-        check_range("atkd", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("atkd", "student_temperature", self.student_temperature)?;
-        check_temperature("atkd", "teacher_temperature", self.teacher_temperature)?;
+        check_range(AdaptiveTeachingKd::ID, "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(AdaptiveTeachingKd::ID, "student_temperature", self.student_temperature)?;
+        check_temperature(AdaptiveTeachingKd::ID, "teacher_temperature", self.teacher_temperature)?;
         Ok(AdaptiveTeachingKd { config: self.clone() })
     }
 }
@@ -72,7 +61,11 @@ pub struct AdaptiveTeachingKd {
 
 impl Divergence for AdaptiveTeachingKd {
     fn name(&self) -> &'static str {
-        "atkd"
+        AdaptiveTeachingKd::ID
+    }
+    fn couples_rows(&self) -> bool {
+        // The easy/hard split is a batch statistic.
+        Self::COUPLES_ROWS
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings {
@@ -83,7 +76,7 @@ impl Divergence for AdaptiveTeachingKd {
         }
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
-        let labels = inputs.labels("atkd")?;
+        let labels = inputs.labels(AdaptiveTeachingKd::ID)?;
         let alpha = self.config.alpha;
         let valid = inputs.valid; // [rows]
         let rows = valid.dims()[0];

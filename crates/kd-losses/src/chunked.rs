@@ -14,10 +14,6 @@ use crate::divergence::{Divergence, KdBatch, Reduction, valid_rows};
 use crate::error::{KdError, Result};
 use crate::logspace::{LOSS_DTYPE, f32_on, to_f32};
 
-/// Losses whose per-row value depends on other rows (a batch median, per-group means): chunking
-/// would change them, so [`ChunkedHeadLoss`] refuses them.
-const BATCH_COUPLED: &[&str] = &["atkd"];
-
 /// The teacher side of a [`ChunkedHeadBatch`].
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // moved once per call; a box would only add noise
@@ -150,7 +146,7 @@ pub struct ChunkedHeadOutput {
 /// when any shape above disagrees, [`KdError::VocabMismatch`] for different vocabularies of a
 /// same-vocabulary loss, [`KdError::UnknownOption`] for [`Reduction::None`] (per-row losses
 /// have no chunk-wise gradient without knowing their upstream) and for losses whose rows are
-/// coupled (`atkd`), and every error of [`Divergence::forward`].
+/// coupled ([`Divergence::couples_rows`]: `atkd`), and every error of [`Divergence::forward`].
 ///
 /// Reference: Hsu et al., *Liger Kernel: Efficient Triton Kernels for LLM Training* (2024),
 /// <https://arxiv.org/abs/2410.10989>, <https://github.com/linkedin/Liger-Kernel>.
@@ -220,11 +216,13 @@ impl ChunkedHeadLoss {
         reduction: Reduction,
     ) -> Result<ChunkedHeadOutput> {
         let name = divergence.name();
-        if BATCH_COUPLED.contains(&name) {
+        // A loss whose per-row value depends on other rows (a batch median, per-group means)
+        // would change under chunking.
+        if divergence.couples_rows() {
             return Err(KdError::UnknownOption {
                 loss: "chunked_head",
                 name: "loss",
-                expected: "a loss whose rows are independent (every dense loss but atkd)",
+                expected: "a loss whose rows are independent (`Divergence::couples_rows` false)",
                 got: name.to_string(),
             });
         }

@@ -1,45 +1,34 @@
 //! Delta-KD: distil the *change* the teacher's fine-tuning made, applied to the student's base.
 
-use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{
     Divergence, DriverSettings, Extra, KdBatch, KdOutput, Reduction, TokenInputs, TokenTerms,
 };
 use crate::error::{KdError, Result, check_range, check_temperature};
 use crate::logspace::{kl_rows, log_softmax, to_f32};
+use burn::tensor::Tensor;
 
-/// Config of [`DeltaKd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeltaKdConfig {
-    /// Scale `α ≥ 0` of the teacher's logit shift (default `1`).
-    pub alpha: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-    /// Weight `λ ∈ [0, 1]` of the hard-label SFT cross-entropy (default `0`).
-    pub lambda_sft: f64,
-}
-
-impl Default for DeltaKdConfig {
-    fn default() -> Self {
-        Self { alpha: 1.0, temperature: 1.0, lambda_sft: 0.0 }
+loss_config! {
+    /// Config of [`DeltaKd`].
+    pub struct DeltaKdConfig, new: "Defaults: `α = 1`, `T = 1`, `λ = 0`." {
+        /// Scale `α ≥ 0` of the teacher's logit shift (default `1`).
+        alpha: f64 = 1.0,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
+        /// Weight `λ ∈ [0, 1]` of the hard-label SFT cross-entropy (default `0`).
+        lambda_sft: f64 = 0.0,
     }
 }
 
 impl DeltaKdConfig {
-    /// Defaults: `α = 1`, `T = 1`, `λ = 0`.
-    pub fn new() -> Self {
-        Self::default()
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`KdError::InvalidHyperparameter`] when `α < 0`, `λ ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<DeltaKd> {
-        check_range("delta_kd", "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
-        check_range("delta_kd", "lambda_sft", self.lambda_sft, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("delta_kd", "temperature", self.temperature)?;
+        check_range(DeltaKd::ID, "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
+        check_range(DeltaKd::ID, "lambda_sft", self.lambda_sft, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(DeltaKd::ID, "temperature", self.temperature)?;
         Ok(DeltaKd { config: self.clone() })
     }
 }
@@ -79,7 +68,7 @@ struct DeltaKdTerm {
 
 impl Divergence for DeltaKdTerm {
     fn name(&self) -> &'static str {
-        "delta_kd"
+        DeltaKd::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings {
@@ -131,9 +120,10 @@ impl DeltaKd {
         };
         let mut out =
             term.forward(KdBatch { teacher_logits: shifted.detach(), ..batch }, reduction)?;
-        out.extras.retain(|e| e.name != "soft_term");
+        let [soft_name, hard_name] = crate::types::HARD_LABEL_EXTRAS;
+        out.extras.retain(|e| e.name != soft_name);
         for e in &mut out.extras {
-            if e.name == "hard_term" {
+            if e.name == hard_name {
                 e.name = "sft_term";
             }
         }

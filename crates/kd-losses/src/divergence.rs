@@ -12,6 +12,8 @@ use burn::tensor::{Bool, Int, Tensor};
 use crate::error::{KdError, Result, check_range};
 use crate::fused::{self, ExpectedUpstream, FusedCall, FusedKind};
 use crate::logspace::{gather_rows, log_softmax, mask_f32, scaled_logits, to_f32};
+pub use crate::types::Extra;
+use crate::types::HARD_LABEL_EXTRAS;
 
 /// How per-row losses are combined into the returned `loss`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -94,28 +96,6 @@ impl TokenInputs {
     /// The labels, or the error naming the loss that needs them.
     pub fn labels(&self, loss: &'static str) -> Result<Tensor<1, Int>> {
         self.labels.clone().ok_or(KdError::MissingInput { loss, name: "labels" })
-    }
-}
-
-/// A named diagnostic returned beside the loss (the golden files' `extras`).
-#[derive(Debug, Clone)]
-pub struct Extra {
-    /// Name, as in the golden files (e.g. `tckd`, `head_weight`).
-    pub name: &'static str,
-    /// Values, detached from the graph: `[rows]` (0 on ignored rows) or `[1]` for scalars.
-    pub value: Tensor<1>,
-    /// `true` when the value has one entry per row.
-    pub per_row: bool,
-}
-
-impl Extra {
-    /// A per-row diagnostic. Shape: `[rows]`.
-    pub fn row(name: &'static str, value: Tensor<1>) -> Self {
-        Self { name, value, per_row: true }
-    }
-    /// A scalar diagnostic. Shape: `[1]`.
-    pub fn scalar(name: &'static str, value: Tensor<1>) -> Self {
-        Self { name, value, per_row: false }
     }
 }
 
@@ -223,6 +203,14 @@ pub trait Divergence: fmt::Debug + Send + Sync {
         None
     }
 
+    /// Whether a row's value depends on other rows of the batch (a batch median, per-group
+    /// means), so that the loss cannot be computed a chunk of rows at a time
+    /// (`ChunkedHeadLoss` refuses such losses). `false` unless the loss says otherwise; the
+    /// kd-losses losses answer their `couples_rows` flag in [`crate::LOSSES`].
+    fn couples_rows(&self) -> bool {
+        false
+    }
+
     /// Computes the loss of a batch.
     ///
     /// The logits may be `f32`, `f64`, `bf16` or `f16` (mixed too); they are cast to `f32` once,
@@ -250,6 +238,9 @@ impl<L: Divergence + ?Sized> Divergence for Box<L> {
     }
     fn fused_kind(&self) -> Option<FusedKind> {
         (**self).fused_kind()
+    }
+    fn couples_rows(&self) -> bool {
+        (**self).couples_rows()
     }
 }
 
@@ -286,6 +277,9 @@ impl<L: Divergence> Divergence for HardLabelMix<L> {
     }
     fn fused_kind(&self) -> Option<FusedKind> {
         self.inner.fused_kind()
+    }
+    fn couples_rows(&self) -> bool {
+        self.inner.couples_rows()
     }
 }
 
@@ -439,8 +433,9 @@ pub(crate) fn run<L: Divergence + ?Sized>(
         (Some(w), Some(labels)) => {
             // Hard-label cross-entropy at T = 1: −log softmax(student)[label].
             let ce = gather_rows(log_softmax(scaled_logits(student_logits, 1.0)), labels).neg();
-            extras.push(Extra::row("soft_term", soft.clone()));
-            extras.push(Extra::row("hard_term", ce.clone()));
+            let [soft_name, hard_name] = HARD_LABEL_EXTRAS;
+            extras.push(Extra::row(soft_name, soft.clone()));
+            extras.push(Extra::row(hard_name, ce.clone()));
             soft.mul_scalar(1.0 - w).add(ce.mul_scalar(w))
         }
         _ => soft,

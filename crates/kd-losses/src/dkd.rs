@@ -1,11 +1,10 @@
 //! Decoupled knowledge distillation (DKD): target-class and non-target-class KL, weighted apart.
 
-use burn::tensor::{Int, Tensor};
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::logspace::{gather_rows, kl_rows, log_softmax, logsumexp, one_hot_rows};
+use burn::tensor::{Int, Tensor};
 
 /// Offset subtracted from the target logit to renormalise over the non-target classes, as in the
 /// original code (`logits/T − 1000·onehot(y)`).
@@ -52,32 +51,22 @@ pub(crate) fn decoupled(
     Decoupled { tckd, nckd, teacher_log_rest: lp_rest, teacher_log_target }
 }
 
-/// Config of [`DecoupledKd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DecoupledKdConfig {
-    /// Weight `α ≥ 0` of TCKD (default `1`).
-    pub alpha: f64,
-    /// Weight `β ≥ 0` of NCKD (default `8`).
-    pub beta: f64,
-    /// Temperature `T > 0` (default `4`); both terms are scaled by `T²`.
-    pub temperature: f64,
-    /// Warm-up factor in `[0, 1]` multiplying the whole loss (default `1`;
-    /// the original code ramps it as `min(epoch / warmup, 1)`).
-    pub warmup_factor: f64,
-}
-
-impl Default for DecoupledKdConfig {
-    fn default() -> Self {
-        Self { alpha: 1.0, beta: 8.0, temperature: 4.0, warmup_factor: 1.0 }
+loss_config! {
+    /// Config of [`DecoupledKd`].
+    pub struct DecoupledKdConfig, new: "Defaults of the original code: `α = 1`, `β = 8`, `T = 4`, warm-up 1." {
+        /// Weight `α ≥ 0` of TCKD (default `1`).
+        alpha: f64 = 1.0,
+        /// Weight `β ≥ 0` of NCKD (default `8`).
+        beta: f64 = 8.0,
+        /// Temperature `T > 0` (default `4`); both terms are scaled by `T²`.
+        temperature: f64 = 4.0,
+        /// Warm-up factor in `[0, 1]` multiplying the whole loss (default `1`;
+        /// the original code ramps it as `min(epoch / warmup, 1)`).
+        warmup_factor: f64 = 1.0,
     }
 }
 
 impl DecoupledKdConfig {
-    /// Defaults of the original code: `α = 1`, `β = 8`, `T = 4`, warm-up 1.
-    pub fn new() -> Self {
-        Self::default()
-    }
     /// Validates the config.
     ///
     /// # Errors
@@ -85,10 +74,17 @@ impl DecoupledKdConfig {
     /// leaves `[0, 1]`, or `T ≤ 0`.
     pub fn init(&self) -> Result<DecoupledKd> {
         let inf = f64::INFINITY;
-        check_range("dkd", "alpha", self.alpha, 0.0, inf, "a value ≥ 0")?;
-        check_range("dkd", "beta", self.beta, 0.0, inf, "a value ≥ 0")?;
-        check_range("dkd", "warmup_factor", self.warmup_factor, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("dkd", "temperature", self.temperature)?;
+        check_range(DecoupledKd::ID, "alpha", self.alpha, 0.0, inf, "a value ≥ 0")?;
+        check_range(DecoupledKd::ID, "beta", self.beta, 0.0, inf, "a value ≥ 0")?;
+        check_range(
+            DecoupledKd::ID,
+            "warmup_factor",
+            self.warmup_factor,
+            0.0,
+            1.0,
+            "a value in [0, 1]",
+        )?;
+        check_temperature(DecoupledKd::ID, "temperature", self.temperature)?;
         Ok(DecoupledKd { config: self.clone() })
     }
 }
@@ -120,7 +116,7 @@ pub struct DecoupledKd {
 
 impl Divergence for DecoupledKd {
     fn name(&self) -> &'static str {
-        "dkd"
+        DecoupledKd::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings {
@@ -130,7 +126,7 @@ impl Divergence for DecoupledKd {
         .scaled_by_t2(true)
     }
     fn per_token(&self, inputs: TokenInputs) -> Result<TokenTerms> {
-        let labels = inputs.labels("dkd")?;
+        let labels = inputs.labels(DecoupledKd::ID)?;
         let c = &self.config;
         let d = decoupled(inputs.student, inputs.teacher, labels);
         let value = d

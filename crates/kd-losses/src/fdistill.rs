@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
@@ -22,21 +23,15 @@ pub enum FDivergenceKind {
     Tvd,
 }
 
-/// Config of [`FDistill`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FDistillConfig {
-    /// The divergence (default `kl`).
-    pub divergence: FDivergenceKind,
-    /// Student weight `β ∈ [0, 1]` of the JS mixture (default `0.5`).
-    pub beta: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for FDistillConfig {
-    fn default() -> Self {
-        Self { divergence: FDivergenceKind::Kl, beta: 0.5, temperature: 1.0 }
+loss_config! {
+    /// Config of [`FDistill`].
+    pub struct FDistillConfig {
+        /// The divergence (default `kl`).
+        divergence: FDivergenceKind = FDivergenceKind::Kl,
+        /// Student weight `β ∈ [0, 1]` of the JS mixture (default `0.5`).
+        beta: f64 = 0.5,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
@@ -45,13 +40,14 @@ impl FDistillConfig {
     pub fn new(divergence: FDivergenceKind) -> Self {
         Self { divergence, ..Self::default() }
     }
+
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `β ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<FDistill> {
-        check_range("fdistill", "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("fdistill", "temperature", self.temperature)?;
+        check_range(FDistill::ID, "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(FDistill::ID, "temperature", self.temperature)?;
         Ok(FDistill { config: self.clone() })
     }
 }
@@ -92,7 +88,7 @@ impl Divergence for FDistill {
         }
     }
     fn name(&self) -> &'static str {
-        "fdistill"
+        FDistill::ID
     }
     fn settings(&self) -> DriverSettings {
         match self.config.divergence {

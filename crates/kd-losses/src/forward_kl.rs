@@ -1,49 +1,28 @@
 //! Forward KL, `KL(p‖q)`: the classic mass-covering distillation loss.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_softmax};
 
-/// Config of [`ForwardKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ForwardKlConfig {
-    /// Softmax temperature `T > 0` for both sides (default `1`).
-    pub temperature: f64,
-    /// Multiply by `T²` so gradient magnitudes do not shrink with `T` (default `false`).
-    pub scale_by_t2: bool,
-}
-
-impl Default for ForwardKlConfig {
-    fn default() -> Self {
-        Self { temperature: 1.0, scale_by_t2: false }
+loss_config! {
+    /// Config of [`ForwardKl`].
+    pub struct ForwardKlConfig, new: "Defaults: `T = 1`, no `T²` scaling." {
+        /// Softmax temperature `T > 0` for both sides (default `1`).
+        temperature: f64 = 1.0 => with_temperature,
+        /// Multiply by `T²` so gradient magnitudes do not shrink with `T` (default `false`).
+        scale_by_t2: bool = false => with_scale_by_t2,
     }
 }
 
 impl ForwardKlConfig {
-    /// Defaults: `T = 1`, no `T²` scaling.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
-    /// Sets `T²` scaling.
-    pub fn with_scale_by_t2(mut self, scale: bool) -> Self {
-        self.scale_by_t2 = scale;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0` or not finite.
     pub fn init(&self) -> Result<ForwardKl> {
-        check_temperature("forward_kl", "temperature", self.temperature)?;
+        check_temperature(ForwardKl::ID, "temperature", self.temperature)?;
         Ok(ForwardKl { config: self.clone() })
     }
 }
@@ -97,7 +76,7 @@ impl Divergence for ForwardKl {
         Some(FusedKind::ForwardKl)
     }
     fn name(&self) -> &'static str {
-        "forward_kl"
+        ForwardKl::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)
@@ -109,7 +88,7 @@ impl Divergence for ForwardKl {
         let ce = cross_entropy_rows(log_p.clone(), log_q.clone()).detach();
         let scale = self.settings().soft_scale;
         Ok(TokenTerms::new(kl_rows(log_p, log_q))
-            .with(Extra::row("per_row_cross_entropy_form", ce.mul_scalar(scale))))
+            .with(Extra::row(FusedKind::CROSS_ENTROPY_FORM[0], ce.mul_scalar(scale))))
     }
 }
 

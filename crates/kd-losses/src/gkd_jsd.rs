@@ -1,49 +1,28 @@
 //! Generalized Jensen–Shannon divergence JSD(β) of GKD (TRL's `generalized_jsd_loss`).
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_mix, log_softmax};
 
-/// Config of [`GeneralizedJsd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GeneralizedJsdConfig {
-    /// Interpolation `β ∈ [0, 1]` (default `0.5`); `0` = forward KL, `1` = reverse KL.
-    pub beta: f64,
-    /// Temperature `T > 0` (default `1`); no `T²` factor.
-    pub temperature: f64,
-}
-
-impl Default for GeneralizedJsdConfig {
-    fn default() -> Self {
-        Self { beta: 0.5, temperature: 1.0 }
+loss_config! {
+    /// Config of [`GeneralizedJsd`].
+    pub struct GeneralizedJsdConfig, new: "Defaults: `β = 0.5`, `T = 1`." {
+        /// Interpolation `β ∈ [0, 1]` (default `0.5`); `0` = forward KL, `1` = reverse KL.
+        beta: f64 = 0.5 => with_beta,
+        /// Temperature `T > 0` (default `1`); no `T²` factor.
+        temperature: f64 = 1.0 => with_temperature,
     }
 }
 
 impl GeneralizedJsdConfig {
-    /// Defaults: `β = 0.5`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `β`.
-    pub fn with_beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `β ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<GeneralizedJsd> {
-        self.init_named("gkd_jsd")
+        self.init_named(GeneralizedJsd::ID)
     }
 
     pub(crate) fn init_named(&self, name: &'static str) -> Result<GeneralizedJsd> {
@@ -114,9 +93,10 @@ impl Divergence for GeneralizedJsd {
         let kl_pm = kl_rows(log_p, log_m.clone());
         let kl_qm = kl_rows(log_q, log_m);
         let value = kl_pm.clone().mul_scalar(beta).add(kl_qm.clone().mul_scalar(1.0 - beta));
+        let [teacher_mix, student_mix] = FusedKind::JSD_EXTRAS;
         Ok(TokenTerms::new(value)
-            .with(Extra::row("kl_teacher_mix", kl_pm))
-            .with(Extra::row("kl_student_mix", kl_qm)))
+            .with(Extra::row(teacher_mix, kl_pm))
+            .with(Extra::row(student_mix, kl_qm)))
     }
 }
 

@@ -1,50 +1,29 @@
 //! Hinton et al.'s knowledge distillation: soft `T²·KL` plus hard-label cross-entropy.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_softmax};
 
-/// Config of [`HintonKd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HintonKdConfig {
-    /// Weight `α ∈ [0, 1]` of the soft term; the hard CE gets `1 − α` (default `0.5`).
-    pub alpha: f64,
-    /// Temperature `T > 0` of the soft term (default `2`); the CE is at `T = 1`.
-    pub temperature: f64,
-}
-
-impl Default for HintonKdConfig {
-    fn default() -> Self {
-        Self { alpha: 0.5, temperature: 2.0 }
+loss_config! {
+    /// Config of [`HintonKd`].
+    pub struct HintonKdConfig, new: "Defaults: `α = 0.5`, `T = 2`." {
+        /// Weight `α ∈ [0, 1]` of the soft term; the hard CE gets `1 − α` (default `0.5`).
+        alpha: f64 = 0.5 => with_alpha,
+        /// Temperature `T > 0` of the soft term (default `2`); the CE is at `T = 1`.
+        temperature: f64 = 2.0 => with_temperature,
     }
 }
 
 impl HintonKdConfig {
-    /// Defaults: `α = 0.5`, `T = 2`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `α`.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<HintonKd> {
-        check_range("hinton_kd", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("hinton_kd", "temperature", self.temperature)?;
+        check_range(HintonKd::ID, "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(HintonKd::ID, "temperature", self.temperature)?;
         Ok(HintonKd { config: self.clone() })
     }
 }
@@ -83,7 +62,7 @@ impl Divergence for HintonKd {
         Some(FusedKind::ForwardKl)
     }
     fn name(&self) -> &'static str {
-        "hinton_kd"
+        HintonKd::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings {

@@ -1,45 +1,29 @@
 //! Jensen–Shannon divergence: generalized JSD at `β = 0.5`.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::Result;
 use crate::fused::FusedKind;
 use crate::gkd_jsd::{GeneralizedJsd, GeneralizedJsdConfig};
 
-/// Config of [`JensenShannon`]: the [`GeneralizedJsdConfig`] keys, `β` defaulting to `0.5`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JensenShannonConfig {
-    /// Mixture weight `β ∈ [0, 1]` (default and textbook value `0.5`).
-    pub beta: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for JensenShannonConfig {
-    fn default() -> Self {
-        Self { beta: 0.5, temperature: 1.0 }
+loss_config! {
+    /// Config of [`JensenShannon`]: the [`GeneralizedJsdConfig`] keys, `β` defaulting to `0.5`.
+    pub struct JensenShannonConfig, new: "Defaults: `β = 0.5`, `T = 1`." {
+        /// Mixture weight `β ∈ [0, 1]` (default and textbook value `0.5`).
+        beta: f64 = 0.5,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0 => with_temperature,
     }
 }
 
 impl JensenShannonConfig {
-    /// Defaults: `β = 0.5`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `β ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<JensenShannon> {
         let inner = GeneralizedJsdConfig { beta: self.beta, temperature: self.temperature };
-        Ok(JensenShannon { inner: inner.init_named("js")? })
+        Ok(JensenShannon { inner: inner.init_named(JensenShannon::ID)? })
     }
 }
 
@@ -65,7 +49,7 @@ impl Divergence for JensenShannon {
         self.inner.fused_kind()
     }
     fn name(&self) -> &'static str {
-        "js"
+        JensenShannon::ID
     }
     fn settings(&self) -> DriverSettings {
         self.inner.settings()

@@ -98,6 +98,7 @@ pub mod alpha_divergence;
 pub mod atkd;
 #[cfg(any(feature = "autodiff", feature = "flex"))]
 pub mod chunked;
+mod config;
 pub mod delta_kd;
 pub mod divergence;
 pub mod dkd;
@@ -117,6 +118,7 @@ pub mod skew_reverse_kl;
 pub mod taid;
 pub mod topk_kl;
 pub mod tvd;
+mod types;
 pub mod uld;
 
 mod registry;
@@ -140,7 +142,7 @@ pub use gkd_jsd::{GeneralizedJsd, GeneralizedJsdConfig};
 pub use hinton_kd::{HintonKd, HintonKdConfig};
 pub use js::{JensenShannon, JensenShannonConfig};
 pub use minillm::{MiniLlm, MiniLlmBatch, MiniLlmConfig, MiniLlmOutput, WhiteningVariance};
-pub use registry::{LOSS_NAMES, LossConfig};
+pub use registry::{LOSS_NAMES, LOSSES, LossConfig, LossInfo, loss_info};
 pub use reverse_kl::{ReverseKl, ReverseKlConfig};
 pub use scaling_law::{DistillationScalingLaw, ScalingLawCoefficients};
 pub use skew_forward_kl::{SkewForwardKl, SkewForwardKlConfig};

@@ -5,6 +5,7 @@
 use burn::tensor::{Bool, Int, Tensor, TensorData, activation};
 use serde::{Deserialize, Serialize};
 
+use crate::config::loss_config;
 use crate::error::{KdError, Result, check_range, check_temperature};
 use crate::logspace::{f32_on, mask_f32, scaled_logits, to_f32};
 
@@ -18,40 +19,25 @@ pub enum WhiteningVariance {
     Unbiased,
 }
 
-/// Config of [`MiniLlm`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MiniLlmConfig {
-    /// Temperature `τ` of the student policy and the regulariser (default `1`).
-    pub temperature: f64,
-    /// Discount `γ ∈ [0, 1]` of the returns (default `0.95`).
-    pub gamma: f64,
-    /// PPO clip range `ε > 0` of the ratio (default `0.2`).
-    pub cliprange: f64,
-    /// Rewards are divided by this (`None` = no scaling; default `None`).
-    pub reward_scaling: Option<f64>,
-    /// Rewards are clipped to `±` this (`None` or `0` = no clipping; default `Some(1)`).
-    pub cliprange_reward: Option<f64>,
-    /// Teacher-mix probability `α` of the sampling policy (`None` = pure student sampling).
-    pub teacher_mixed_alpha: Option<f64>,
-    /// Add the single-step reverse-KL regulariser to the loss (default `true`).
-    pub single_step_reg: bool,
-    /// Variance used by whitening (default `unbiased`).
-    pub whitening_variance: WhiteningVariance,
-}
-
-impl Default for MiniLlmConfig {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            gamma: 0.95,
-            cliprange: 0.2,
-            reward_scaling: None,
-            cliprange_reward: Some(1.0),
-            teacher_mixed_alpha: None,
-            single_step_reg: true,
-            whitening_variance: WhiteningVariance::Unbiased,
-        }
+loss_config! {
+    /// Config of [`MiniLlm`].
+    pub struct MiniLlmConfig {
+        /// Temperature `τ` of the student policy and the regulariser (default `1`).
+        temperature: f64 = 1.0,
+        /// Discount `γ ∈ [0, 1]` of the returns (default `0.95`).
+        gamma: f64 = 0.95,
+        /// PPO clip range `ε > 0` of the ratio (default `0.2`).
+        cliprange: f64 = 0.2,
+        /// Rewards are divided by this (`None` = no scaling; default `None`).
+        reward_scaling: Option<f64> = None,
+        /// Rewards are clipped to `±` this (`None` or `0` = no clipping; default `Some(1)`).
+        cliprange_reward: Option<f64> = Some(1.0),
+        /// Teacher-mix probability `α` of the sampling policy (`None` = pure student sampling).
+        teacher_mixed_alpha: Option<f64> = None,
+        /// Add the single-step reverse-KL regulariser to the loss (default `true`).
+        single_step_reg: bool = true,
+        /// Variance used by whitening (default `unbiased`).
+        whitening_variance: WhiteningVariance = WhiteningVariance::Unbiased,
     }
 }
 
@@ -63,17 +49,17 @@ impl MiniLlmConfig {
     /// `≤ 0`, a negative reward clip, or `α ∉ [0, 1]`.
     pub fn init(&self) -> Result<MiniLlm> {
         let inf = f64::INFINITY;
-        check_temperature("minillm", "temperature", self.temperature)?;
-        check_range("minillm", "gamma", self.gamma, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("minillm", "cliprange", self.cliprange)?;
+        check_temperature(MiniLlm::ID, "temperature", self.temperature)?;
+        check_range(MiniLlm::ID, "gamma", self.gamma, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(MiniLlm::ID, "cliprange", self.cliprange)?;
         if let Some(s) = self.reward_scaling {
-            check_temperature("minillm", "reward_scaling", s)?;
+            check_temperature(MiniLlm::ID, "reward_scaling", s)?;
         }
         if let Some(c) = self.cliprange_reward {
-            check_range("minillm", "cliprange_reward", c, 0.0, inf, "a value ≥ 0")?;
+            check_range(MiniLlm::ID, "cliprange_reward", c, 0.0, inf, "a value ≥ 0")?;
         }
         if let Some(a) = self.teacher_mixed_alpha {
-            check_range("minillm", "teacher_mixed_alpha", a, 0.0, 1.0, "a value in [0, 1]")?;
+            check_range(MiniLlm::ID, "teacher_mixed_alpha", a, 0.0, 1.0, "a value in [0, 1]")?;
         }
         Ok(MiniLlm { config: self.clone() })
     }
@@ -213,7 +199,7 @@ impl MiniLlm {
             check("old_logprobs vs student [batch, len]", old.dims().to_vec(), vec![b, len])?;
             if old_student_logits.is_some() {
                 return Err(KdError::UnknownOption {
-                    loss: "minillm",
+                    loss: MiniLlm::ID,
                     name: "old_logprobs",
                     expected: "either old_student_logits or old_logprobs, not both",
                     got: "both".into(),
@@ -227,7 +213,7 @@ impl MiniLlm {
             ids.as_slice::<i64>().unwrap_or(&[]).iter().find(|&&i| i < 0 || i as usize >= vocab)
         {
             return Err(KdError::InvalidHyperparameter {
-                loss: "minillm",
+                loss: MiniLlm::ID,
                 name: "tokens",
                 expected: "ids in [0, vocab)",
                 got: *bad as f64,

@@ -1,49 +1,28 @@
 //! Reverse KL, `KL(q‖p)`: the mode-seeking loss of MiniLLM-style distillation.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_softmax};
 
-/// Config of [`ReverseKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReverseKlConfig {
-    /// Softmax temperature `T > 0` for both sides (default `1`).
-    pub temperature: f64,
-    /// Multiply by `T²` (default `false`).
-    pub scale_by_t2: bool,
-}
-
-impl Default for ReverseKlConfig {
-    fn default() -> Self {
-        Self { temperature: 1.0, scale_by_t2: false }
+loss_config! {
+    /// Config of [`ReverseKl`].
+    pub struct ReverseKlConfig, new: "Defaults: `T = 1`, no `T²` scaling." {
+        /// Softmax temperature `T > 0` for both sides (default `1`).
+        temperature: f64 = 1.0 => with_temperature,
+        /// Multiply by `T²` (default `false`).
+        scale_by_t2: bool = false => with_scale_by_t2,
     }
 }
 
 impl ReverseKlConfig {
-    /// Defaults: `T = 1`, no `T²` scaling.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
-    /// Sets `T²` scaling.
-    pub fn with_scale_by_t2(mut self, scale: bool) -> Self {
-        self.scale_by_t2 = scale;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0` or not finite.
     pub fn init(&self) -> Result<ReverseKl> {
-        check_temperature("reverse_kl", "temperature", self.temperature)?;
+        check_temperature(ReverseKl::ID, "temperature", self.temperature)?;
         Ok(ReverseKl { config: self.clone() })
     }
 }
@@ -85,7 +64,7 @@ impl Divergence for ReverseKl {
         Some(FusedKind::ReverseKl)
     }
     fn name(&self) -> &'static str {
-        "reverse_kl"
+        ReverseKl::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)

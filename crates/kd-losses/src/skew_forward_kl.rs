@@ -1,45 +1,29 @@
 //! Skew forward KL `KL(p‖αp + (1−α)q)` of DistiLLM.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_mix, log_softmax};
 
-/// Config of [`SkewForwardKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SkewForwardKlConfig {
-    /// Skew `α ∈ [0, 1)`: teacher weight inside the mixture (default `0.1`).
-    pub alpha: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for SkewForwardKlConfig {
-    fn default() -> Self {
-        Self { alpha: 0.1, temperature: 1.0 }
+loss_config! {
+    /// Config of [`SkewForwardKl`].
+    pub struct SkewForwardKlConfig, new: "Defaults: `α = 0.1`, `T = 1`." {
+        /// Skew `α ∈ [0, 1)`: teacher weight inside the mixture (default `0.1`).
+        alpha: f64 = 0.1 => with_alpha,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
 impl SkewForwardKlConfig {
-    /// Defaults: `α = 0.1`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `α`.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1)` or `T ≤ 0`.
     pub fn init(&self) -> Result<SkewForwardKl> {
         check_range(
-            "skew_forward_kl",
+            SkewForwardKl::ID,
             "alpha",
             self.alpha,
             0.0,
@@ -47,7 +31,7 @@ impl SkewForwardKlConfig {
             1.0 - f64::EPSILON,
             "a value in [0, 1)",
         )?;
-        check_temperature("skew_forward_kl", "temperature", self.temperature)?;
+        check_temperature(SkewForwardKl::ID, "temperature", self.temperature)?;
         Ok(SkewForwardKl { config: self.clone() })
     }
 }
@@ -80,7 +64,7 @@ impl Divergence for SkewForwardKl {
         Some(FusedKind::SkewForwardKl { alpha: self.config.alpha })
     }
     fn name(&self) -> &'static str {
-        "skew_forward_kl"
+        SkewForwardKl::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)
@@ -92,7 +76,7 @@ impl Divergence for SkewForwardKl {
         let log_m = log_mix(log_p.clone(), a, log_q, 1.0 - a); // [rows, vocab]
         let ce = cross_entropy_rows(log_p.clone(), log_m.clone()).detach();
         Ok(TokenTerms::new(kl_rows(log_p, log_m))
-            .with(Extra::row("per_row_cross_entropy_form", ce)))
+            .with(Extra::row(FusedKind::CROSS_ENTROPY_FORM[0], ce)))
     }
 }
 

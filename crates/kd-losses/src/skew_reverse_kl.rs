@@ -1,45 +1,29 @@
 //! Skew reverse KL `KL(q‖(1−α)p + αq)` of DistiLLM.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{kl_rows, log_mix, log_softmax};
 
-/// Config of [`SkewReverseKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SkewReverseKlConfig {
-    /// Skew `α ∈ [0, 1]`: student weight inside the mixture (default `0.1`).
-    pub alpha: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for SkewReverseKlConfig {
-    fn default() -> Self {
-        Self { alpha: 0.1, temperature: 1.0 }
+loss_config! {
+    /// Config of [`SkewReverseKl`].
+    pub struct SkewReverseKlConfig, new: "Defaults: `α = 0.1`, `T = 1`." {
+        /// Skew `α ∈ [0, 1]`: student weight inside the mixture (default `0.1`).
+        alpha: f64 = 0.1 => with_alpha,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
 impl SkewReverseKlConfig {
-    /// Defaults: `α = 0.1`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `α`.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `α ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<SkewReverseKl> {
-        check_range("skew_reverse_kl", "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("skew_reverse_kl", "temperature", self.temperature)?;
+        check_range(SkewReverseKl::ID, "alpha", self.alpha, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(SkewReverseKl::ID, "temperature", self.temperature)?;
         Ok(SkewReverseKl { config: self.clone() })
     }
 }
@@ -70,7 +54,7 @@ impl Divergence for SkewReverseKl {
         Some(FusedKind::SkewReverseKl { alpha: self.config.alpha })
     }
     fn name(&self) -> &'static str {
-        "skew_reverse_kl"
+        SkewReverseKl::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)

@@ -2,45 +2,31 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, Extra, TokenInputs, TokenTerms};
 use crate::error::{Result, check_range, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{cross_entropy_rows, kl_rows, log_softmax};
 
-/// Config of [`Taid`] at a fixed interpolation `t`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TaidConfig {
-    /// Interpolation `t ∈ [0, 1]` from the student (`0`) to the teacher (`1`); kd-train sets it
-    /// each step from a [`TaidSchedule`] (default `0.4`, the paper's start).
-    pub t: f64,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for TaidConfig {
-    fn default() -> Self {
-        Self { t: 0.4, temperature: 1.0 }
+loss_config! {
+    /// Config of [`Taid`] at a fixed interpolation `t`.
+    pub struct TaidConfig, new: "Defaults: `t = 0.4`, `T = 1`." {
+        /// Interpolation `t ∈ [0, 1]` from the student (`0`) to the teacher (`1`); kd-train sets it
+        /// each step from a [`TaidSchedule`] (default `0.4`, the paper's start).
+        t: f64 = 0.4 => with_t,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
     }
 }
 
 impl TaidConfig {
-    /// Defaults: `t = 0.4`, `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `t`.
-    pub fn with_t(mut self, t: f64) -> Self {
-        self.t = t;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `t ∉ [0, 1]` or `T ≤ 0`.
     pub fn init(&self) -> Result<Taid> {
-        check_range("taid", "t", self.t, 0.0, 1.0, "a value in [0, 1]")?;
-        check_temperature("taid", "temperature", self.temperature)?;
+        check_range(Taid::ID, "t", self.t, 0.0, 1.0, "a value in [0, 1]")?;
+        check_temperature(Taid::ID, "temperature", self.temperature)?;
         Ok(Taid { config: self.clone() })
     }
 }
@@ -83,7 +69,7 @@ impl Divergence for Taid {
         Some(FusedKind::Taid { t: self.config.t })
     }
     fn name(&self) -> &'static str {
-        "taid"
+        Taid::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)
@@ -96,38 +82,25 @@ impl Divergence for Taid {
         let log_q = log_softmax(inputs.student);
         let kl = kl_rows(log_pt.clone(), log_q.clone()).detach();
         Ok(TokenTerms::new(cross_entropy_rows(log_pt, log_q))
-            .with(Extra::row("per_row_kl_form", kl)))
+            .with(Extra::row(FusedKind::TAID_EXTRAS[0], kl)))
     }
 }
 
-/// Config of the adaptive `t` schedule of TAID.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TaidScheduleConfig {
-    /// Initial `t` (default `0.4`).
-    pub t_start: f64,
-    /// Final and maximal `t` (default `1`).
-    pub t_end: f64,
-    /// Step size of the adaptive increment (default `5e-4`).
-    pub alpha: f64,
-    /// Momentum of the relative loss change (default `0.99`).
-    pub beta: f64,
-    /// Steps over which the linear floor goes from `t_start` to `t_end`.
-    pub num_train_steps: u64,
-    /// Follow the linear floor only (default `false`).
-    pub disable_adaptive: bool,
-}
-
-impl Default for TaidScheduleConfig {
-    fn default() -> Self {
-        Self {
-            t_start: 0.4,
-            t_end: 1.0,
-            alpha: 5e-4,
-            beta: 0.99,
-            num_train_steps: 1000,
-            disable_adaptive: false,
-        }
+loss_config! {
+    /// Config of the adaptive `t` schedule of TAID.
+    pub struct TaidScheduleConfig {
+        /// Initial `t` (default `0.4`).
+        t_start: f64 = 0.4,
+        /// Final and maximal `t` (default `1`).
+        t_end: f64 = 1.0,
+        /// Step size of the adaptive increment (default `5e-4`).
+        alpha: f64 = 5e-4,
+        /// Momentum of the relative loss change (default `0.99`).
+        beta: f64 = 0.99,
+        /// Steps over which the linear floor goes from `t_start` to `t_end`.
+        num_train_steps: u64 = 1000,
+        /// Follow the linear floor only (default `false`).
+        disable_adaptive: bool = false,
     }
 }
 
@@ -138,12 +111,12 @@ impl TaidScheduleConfig {
     /// [`crate::KdError::InvalidHyperparameter`] when `t_start`, `t_end` or `beta` leave `[0, 1]`,
     /// `t_start > t_end`, `alpha < 0` or `num_train_steps = 0`.
     pub fn init(&self) -> Result<TaidSchedule> {
-        check_range("taid", "t_start", self.t_start, 0.0, 1.0, "a value in [0, 1]")?;
-        check_range("taid", "t_end", self.t_end, self.t_start, 1.0, "a value in [t_start, 1]")?;
-        check_range("taid", "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
-        check_range("taid", "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
+        check_range(Taid::ID, "t_start", self.t_start, 0.0, 1.0, "a value in [0, 1]")?;
+        check_range(Taid::ID, "t_end", self.t_end, self.t_start, 1.0, "a value in [t_start, 1]")?;
+        check_range(Taid::ID, "beta", self.beta, 0.0, 1.0, "a value in [0, 1]")?;
+        check_range(Taid::ID, "alpha", self.alpha, 0.0, f64::INFINITY, "a value ≥ 0")?;
         check_range(
-            "taid",
+            Taid::ID,
             "num_train_steps",
             self.num_train_steps as f64,
             1.0,

@@ -1,41 +1,23 @@
 //! KL against a sparse teacher given only by its top-k token ids and log-probabilities
 //! (offline distillation from stored teacher outputs).
 
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Extra, KdOutput, Reduction, finish, valid_rows};
 use crate::error::{KdError, Result, check_temperature};
 use crate::fused;
 use crate::logspace::{f32_on, logsumexp, scaled_logits, sum_rows, to_f32};
+pub use crate::types::TopKConvention;
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 
-/// How the missing teacher mass outside the top-k is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TopKConvention {
-    /// Renormalise the teacher over its k ids; student not renormalised.
-    RenormTeacher,
-    /// Renormalise both teacher and student over the teacher's k ids.
-    RenormBoth,
-    /// Keep the teacher's leftover mass as one extra "tail" bucket on both sides.
-    TailBucket,
-}
-
-/// Config of [`TopKKl`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TopKKlConfig {
-    /// Convention for the missing mass (default `tail_bucket`).
-    pub convention: TopKConvention,
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-    /// Multiply by `T²` (default `false`).
-    pub scale_by_t2: bool,
-}
-
-impl Default for TopKKlConfig {
-    fn default() -> Self {
-        Self { convention: TopKConvention::TailBucket, temperature: 1.0, scale_by_t2: false }
+loss_config! {
+    /// Config of [`TopKKl`].
+    pub struct TopKKlConfig {
+        /// Convention for the missing mass (default `tail_bucket`).
+        convention: TopKConvention = TopKConvention::TailBucket,
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0,
+        /// Multiply by `T²` (default `false`).
+        scale_by_t2: bool = false,
     }
 }
 
@@ -44,12 +26,13 @@ impl TopKKlConfig {
     pub fn new(convention: TopKConvention) -> Self {
         Self { convention, ..Self::default() }
     }
+
     /// Validates the config.
     ///
     /// # Errors
     /// [`KdError::InvalidHyperparameter`] when `T ≤ 0`.
     pub fn init(&self) -> Result<TopKKl> {
-        check_temperature("topk_kl", "temperature", self.temperature)?;
+        check_temperature(TopKKl::ID, "temperature", self.temperature)?;
         Ok(TopKKl { config: self.clone() })
     }
 }
@@ -148,7 +131,7 @@ impl TopKKl {
     /// Student tail masses `Q_tail` below this value are recomputed exactly (see the type docs).
     ///
     /// Above it, the `f32` error of `1 − Σ_k q_i` (about `1e-7`) is at most `1e-4` relative.
-    pub const EXACT_TAIL_BELOW: f64 = 1e-3;
+    pub const EXACT_TAIL_BELOW: f64 = crate::types::EXACT_TAIL_BELOW;
 
     /// Computes the loss of a sparse batch.
     ///
@@ -225,8 +208,9 @@ impl TopKKl {
                 let log_q_tail = student_log_tail(&s, &log_norm, &log_q_k, &ids, &valid_host);
                 let head = sum_rows(log_p.clone().exp().mul(log_p.sub(log_q_k)));
                 let p_tail = log_p_tail.clone().exp();
-                extras.push(Extra::row("teacher_tail_mass", p_tail.clone()));
-                extras.push(Extra::row("student_tail_mass", log_q_tail.clone().exp()));
+                let [teacher_name, student_name] = TopKConvention::TAIL_EXTRAS;
+                extras.push(Extra::row(teacher_name, p_tail.clone()));
+                extras.push(Extra::row(student_name, log_q_tail.clone().exp()));
                 head.add(p_tail.mul(log_p_tail.sub(log_q_tail)))
             }
         };
@@ -297,7 +281,7 @@ fn check_ids(ids: &Tensor<2, Int>, vocab: usize, valid: &[bool]) -> Result<Vec<u
     let data = ids.to_data().convert::<i64>();
     let flat = data.as_slice::<i64>().unwrap_or(&[]);
     let invalid = |got: i64, expected: &'static str| KdError::InvalidHyperparameter {
-        loss: "topk_kl",
+        loss: TopKKl::ID,
         name: "teacher_topk_ids",
         expected,
         got: got as f64,

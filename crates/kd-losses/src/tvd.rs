@@ -1,42 +1,26 @@
 //! Total variation distance `½ Σ |p − q|`.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
 use crate::fused::FusedKind;
 use crate::logspace::{log_softmax, sum_rows};
 
-/// Config of [`Tvd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TvdConfig {
-    /// Temperature `T > 0` (default `1`).
-    pub temperature: f64,
-}
-
-impl Default for TvdConfig {
-    fn default() -> Self {
-        Self { temperature: 1.0 }
+loss_config! {
+    /// Config of [`Tvd`].
+    pub struct TvdConfig, new: "Defaults: `T = 1`." {
+        /// Temperature `T > 0` (default `1`).
+        temperature: f64 = 1.0 => with_temperature,
     }
 }
 
 impl TvdConfig {
-    /// Defaults: `T = 1`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the temperature.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = temperature;
-        self
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when `T ≤ 0`.
     pub fn init(&self) -> Result<Tvd> {
-        check_temperature("tvd", "temperature", self.temperature)?;
+        check_temperature(Tvd::ID, "temperature", self.temperature)?;
         Ok(Tvd { config: self.clone() })
     }
 }
@@ -74,7 +58,7 @@ impl Divergence for Tvd {
         Some(FusedKind::Tvd)
     }
     fn name(&self) -> &'static str {
-        "tvd"
+        Tvd::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings::at_temperature(self.config.temperature)

@@ -1,40 +1,37 @@
 //! Universal Logit Distillation (ULD): a Wasserstein-1 style loss across different vocabularies.
 
-use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
-
+use crate::config::loss_config;
 use crate::divergence::{Divergence, DriverSettings, TokenInputs, TokenTerms};
 use crate::error::{Result, check_temperature};
 use crate::logspace::{f32_on, log_softmax, sum_rows};
+use burn::tensor::Tensor;
 
-/// Config of [`UniversalLogitDistillation`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UniversalLogitDistillationConfig {
-    /// Temperature of the student softmax (default `1`).
-    pub student_temperature: f64,
-    /// Temperature of the teacher softmax (default `1`).
-    pub teacher_temperature: f64,
-}
-
-impl Default for UniversalLogitDistillationConfig {
-    fn default() -> Self {
-        Self { student_temperature: 1.0, teacher_temperature: 1.0 }
+loss_config! {
+    /// Config of [`UniversalLogitDistillation`].
+    pub struct UniversalLogitDistillationConfig, new: "Defaults: both temperatures 1." {
+        /// Temperature of the student softmax (default `1`).
+        student_temperature: f64 = 1.0,
+        /// Temperature of the teacher softmax (default `1`).
+        teacher_temperature: f64 = 1.0,
     }
 }
 
 impl UniversalLogitDistillationConfig {
-    /// Defaults: both temperatures 1.
-    pub fn new() -> Self {
-        Self::default()
-    }
     /// Validates the config.
     ///
     /// # Errors
     /// [`crate::KdError::InvalidHyperparameter`] when a temperature is `≤ 0`.
     pub fn init(&self) -> Result<UniversalLogitDistillation> {
-        check_temperature("uld", "student_temperature", self.student_temperature)?;
-        check_temperature("uld", "teacher_temperature", self.teacher_temperature)?;
+        check_temperature(
+            UniversalLogitDistillation::ID,
+            "student_temperature",
+            self.student_temperature,
+        )?;
+        check_temperature(
+            UniversalLogitDistillation::ID,
+            "teacher_temperature",
+            self.teacher_temperature,
+        )?;
         Ok(UniversalLogitDistillation { config: self.clone() })
     }
 }
@@ -77,7 +74,7 @@ fn sorted_padded(probs: Tensor<2>, width: usize) -> Tensor<2> {
 
 impl Divergence for UniversalLogitDistillation {
     fn name(&self) -> &'static str {
-        "uld"
+        UniversalLogitDistillation::ID
     }
     fn settings(&self) -> DriverSettings {
         DriverSettings {

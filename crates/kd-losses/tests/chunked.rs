@@ -2,7 +2,10 @@
 //! values and gradients w.r.t. hidden states, head weight and bias, for several losses,
 //! reductions, masks and chunk sizes, and the error cases.
 
+mod common;
+
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use common::rng::bell;
 use kd_losses::fused::{Path, with_path};
 use kd_losses::{
     ChunkedHeadBatch, ChunkedHeadLoss, ChunkedTeacher, Divergence, KdBatch, KdError, LossConfig,
@@ -13,23 +16,9 @@ const ROWS: usize = 7;
 const HIDDEN: usize = 5;
 const VOCAB: usize = 11;
 
-fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
-            let b = ((x >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
-            (a + b - 1.0) * std * 2.45
-        })
-        .collect()
-}
-
 fn tensor<const D: usize>(shape: [usize; D], seed: u64, std: f32, device: &Device) -> Tensor<D> {
     let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(random(n, seed, std), shape), device)
+    Tensor::from_data(TensorData::new(bell(n, seed, std), shape), device)
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {

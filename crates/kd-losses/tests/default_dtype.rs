@@ -5,7 +5,10 @@
 //! A device's default dtypes can be set once per process, before its first tensor, so this is
 //! its own test binary with a single test.
 
+mod common;
+
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use common::rng::uniform;
 use kd_losses::{
     ChunkedHeadBatch, ChunkedHeadLoss, ChunkedTeacher, Divergence, KdBatch, LOSS_NAMES, LossConfig,
     MiniLlmBatch, MiniLlmConfig, Reduction, SparseKdBatch, TopKConvention, TopKKlConfig,
@@ -14,22 +17,9 @@ use kd_losses::{
 const ROWS: usize = 6;
 const VOCAB: usize = 9;
 
-/// Reproducible values in about `[-3, 3]`.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
-}
-
 /// A tensor of the values in the device's default dtype (`bf16`) and its `f32` copy.
 fn pair<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> [Tensor<D>; 2] {
-    let data = TensorData::new(values(shape.iter().product(), seed), shape);
+    let data = TensorData::new(uniform(shape.iter().product(), seed, 3.0), shape);
     let default = Tensor::<D>::from_data(data, device);
     assert_eq!(default.dtype(), DType::BF16, "the device default");
     let f32 = Tensor::from_data(default.to_data(), (device, DType::F32));

@@ -16,6 +16,7 @@ mod common;
 
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use common::json::{floats, floats_f64, golden_dir, golden_file, host, ints, mask};
+use common::rng::bell_f64;
 use kd_losses::fused::fused_calls;
 use kd_losses::{
     ChunkedHeadBatch, ChunkedHeadLoss, ChunkedTeacher, DeltaKdConfig, Divergence, KdBatch,
@@ -326,21 +327,6 @@ const ROWS: usize = 7;
 const HIDDEN: usize = 5;
 const VOCAB: usize = 11;
 
-/// Reproducible values with standard deviation about `std`.
-fn random(n: usize, seed: u64, std: f64) -> Vec<f64> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let a = (x >> 40) as f64 / (1u64 << 24) as f64;
-            let b = ((x >> 16) & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
-            (a + b - 1.0) * std * 2.45
-        })
-        .collect()
-}
-
 /// A random tensor in `p`, untracked.
 fn random_in<const D: usize>(
     shape: [usize; D],
@@ -350,7 +336,7 @@ fn random_in<const D: usize>(
     device: &Device,
 ) -> Tensor<D> {
     let n = shape.iter().product();
-    let data = TensorData::new(random(n, seed, std), shape);
+    let data = TensorData::new(bell_f64(n, seed, std), shape);
     Tensor::<D>::from_data(data, (device, DType::F64)).cast(p.float)
 }
 
@@ -496,7 +482,7 @@ fn large_bf16_logits_stay_finite(device: &Device) {
     let (rows, vocab) = (6, 9);
     let levels = [-1e4, -5e3, -10.0, 0.0, 3.0, 5e3, 1e4];
     let pick = |seed: u64| -> Vec<f64> {
-        random(rows * vocab, seed, 1.0)
+        bell_f64(rows * vocab, seed, 1.0)
             .into_iter()
             .map(|x| levels[((x.abs() * 997.0) as usize) % levels.len()])
             .collect()

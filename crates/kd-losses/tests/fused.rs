@@ -2,7 +2,10 @@
 //! ±200, vocabularies that are not multiples of 8 or 16, a single row, rows of `-inf` except one
 //! entry, masking and every reduction, with and without a hard-label mix.
 
+mod common;
+
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use common::rng::uniform;
 use kd_losses::fused::{FusedKind, Path, fused_calls, with_path};
 use kd_losses::{
     AdaptiveKlConfig, Divergence, FDistillConfig, FDivergenceKind, ForwardKlConfig,
@@ -35,18 +38,6 @@ fn losses() -> Vec<Box<dyn Divergence>> {
         Box::new(HardLabelMix::new(TvdConfig::new().init().unwrap(), 0.5).unwrap()),
         Box::new(AdaptiveKlConfig { mu: 0.3, temperature: 1.0 }.init().unwrap()),
     ]
-}
-
-fn pseudo(n: usize, seed: u64, spread: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * spread
-        })
-        .collect()
 }
 
 struct Run {
@@ -271,7 +262,7 @@ fn compare(s: &[f32], t: &[f32], rows: usize, vocab: usize, mask: &[bool]) {
 #[test]
 fn fused_path_is_taken_for_flex_f32_and_composed_when_asked() {
     assert_eq!(ForwardKlConfig::new().init().unwrap().fused_kind(), Some(FusedKind::ForwardKl));
-    let (s, t) = (pseudo(3 * 11, 1, 3.0), pseudo(3 * 11, 2, 3.0));
+    let (s, t) = (uniform(3 * 11, 1, 3.0), uniform(3 * 11, 2, 3.0));
     let loss = ReverseKlConfig::new().init().unwrap();
     let before = fused_calls();
     run(&loss, &s, &t, 3, 11, &[true; 3], Reduction::Mean, Path::Auto);
@@ -293,8 +284,8 @@ fn fused_path_is_taken_for_flex_f32_and_composed_when_asked() {
 #[test]
 fn spread_logits_and_odd_vocabularies() {
     for (rows, vocab) in [(1, 7), (4, 13), (5, 17), (3, 33), (2, 1000)] {
-        let s = pseudo(rows * vocab, rows as u64, 200.0);
-        let t = pseudo(rows * vocab, vocab as u64, 200.0);
+        let s = uniform(rows * vocab, rows as u64, 200.0);
+        let t = uniform(rows * vocab, vocab as u64, 200.0);
         let mask: Vec<bool> = (0..rows).map(|i| rows == 1 || i != 1).collect();
         compare(&s, &t, rows, vocab, &mask);
     }
@@ -303,7 +294,7 @@ fn spread_logits_and_odd_vocabularies() {
 #[test]
 fn teacher_rows_of_minus_infinity_except_one_entry() {
     let (rows, vocab) = (3, 19);
-    let s = pseudo(rows * vocab, 9, 5.0);
+    let s = uniform(rows * vocab, 9, 5.0);
     let mut t = vec![f32::NEG_INFINITY; rows * vocab];
     for r in 0..rows {
         t[r * vocab + (r * 5) % vocab] = 1.0;
@@ -314,8 +305,8 @@ fn teacher_rows_of_minus_infinity_except_one_entry() {
 #[test]
 fn fully_masked_batch_is_zero_on_both_paths() {
     let (rows, vocab) = (3, 10);
-    let s = pseudo(rows * vocab, 3, 4.0);
-    let t = pseudo(rows * vocab, 4, 4.0);
+    let s = uniform(rows * vocab, 3, 4.0);
+    let t = uniform(rows * vocab, 4, 4.0);
     for loss in losses() {
         let f = run(&*loss, &s, &t, rows, vocab, &[false; 3], Reduction::Mean, Path::Auto);
         assert_eq!(f.loss, vec![0.0], "{}", loss.name());
@@ -330,8 +321,8 @@ fn pooled_gradient_buffers_carry_nothing_over() {
     let (rows, vocab) = (4, 53);
     let mask = [true, false, true, false];
     for loss in losses() {
-        let a = (pseudo(rows * vocab, 21, 50.0), pseudo(rows * vocab, 22, 50.0));
-        let b = (pseudo(rows * vocab, 23, 3.0), pseudo(rows * vocab, 24, 3.0));
+        let a = (uniform(rows * vocab, 21, 50.0), uniform(rows * vocab, 22, 50.0));
+        let b = (uniform(rows * vocab, 23, 3.0), uniform(rows * vocab, 24, 3.0));
         run(&*loss, &a.0, &a.1, rows, vocab, &[true; 4], Reduction::Sum, Path::Auto);
         let f = run(&*loss, &b.0, &b.1, rows, vocab, &mask, Reduction::Mean, Path::Auto);
         let c = run(&*loss, &b.0, &b.1, rows, vocab, &mask, Reduction::Mean, Path::Composed);
@@ -357,8 +348,8 @@ fn non_finite_logits_give_nan_rows_not_finite_losses() {
         for (side, bad) in
             [("student", f32::NAN), ("teacher", f32::NAN), ("teacher", f32::INFINITY)]
         {
-            let mut s = pseudo(rows * vocab, 11, 4.0);
-            let mut t = pseudo(rows * vocab, 12, 4.0);
+            let mut s = uniform(rows * vocab, 11, 4.0);
+            let mut t = uniform(rows * vocab, 12, 4.0);
             // Row 1, in the vector body and in the tail.
             for at in [vocab + 3, 2 * vocab - 1] {
                 if side == "student" { s[at] = bad } else { t[at] = bad }

@@ -1,11 +1,15 @@
-//! Shared by the kd-losses benches: a counting allocator for peak memory, a deterministic
-//! pseudo-random generator for logits, the median, and a timing loop.
+//! Shared by the kd-losses benches: a counting allocator for peak memory, the tests'
+//! deterministic pseudo-random generator for logits, the median, and a timing loop.
 // Each bench uses a subset.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// The tests' deterministic generator (`bell` gives the benches' logits).
+#[path = "../../tests/common/rng.rs"]
+pub mod rng;
 
 /// System allocator that tracks live and peak bytes (install it with `#[global_allocator]`).
 pub struct Counting;
@@ -36,22 +40,6 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
-}
-
-/// `n` pseudo-random values with roughly the given standard deviation (xorshift; the sum of two
-/// uniforms gives a cheap bell shape).
-pub fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
-            let b = ((x >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
-            (a + b - 1.0) * std * 2.45
-        })
-        .collect()
 }
 
 /// The median (upper one for an even count).

@@ -25,7 +25,9 @@
 //! and buffer pool. The kernels use AVX2+FMA when the CPU has them (detected at run time) and a
 //! portable build otherwise; both are tested on every machine.
 
+mod dispatch;
 pub mod kernels;
+mod passes;
 #[cfg(feature = "flex")]
 mod pool;
 pub mod simd;
@@ -92,7 +94,7 @@ pub(crate) struct FusedTerms {
     /// `hard_term`).
     pub values: burn::tensor::Tensor<1>,
     /// Diagnostics, as the composed path names them.
-    pub extras: Vec<crate::Extra>,
+    pub extras: Vec<crate::types::Extra>,
 }
 
 /// Arguments of one fused call.
@@ -161,11 +163,11 @@ mod flex {
     use burn::tensor::DispatchTensor;
     use burn::tensor::{DType, Int, Tensor, TensorData};
 
-    use super::kernels::{FusedKind, RowBatch, RowOut, RowSpec, run_rows};
+    use super::kernels::{RowBatch, RowOut, RowSpec, run_rows};
     use super::topk::{TopKBatch, TopKRowOut, run_topk_rows};
     use super::{FusedCall, FusedTerms, Path, TopKCall, current_path};
-    use crate::Extra;
     use crate::logspace::f32_on;
+    use crate::types::{Extra, HARD_LABEL_EXTRAS};
 
     /// The gradient computed in the forward, and the upstream it assumed per row.
     #[derive(Debug, Clone)]
@@ -292,27 +294,19 @@ mod flex {
             let v: Vec<f32> = rows.iter().map(|r| f(r) as f32).collect();
             Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device))
         };
-        let mut extras = match spec.kind {
-            FusedKind::ForwardKl | FusedKind::SkewForwardKl { .. } => {
-                vec![Extra::row("per_row_cross_entropy_form", col(|r| r.extras[0]))]
-            }
-            FusedKind::Taid { .. } => vec![Extra::row("per_row_kl_form", col(|r| r.extras[0]))],
-            FusedKind::ReverseKl | FusedKind::SkewReverseKl { .. } | FusedKind::Tvd => Vec::new(),
-            FusedKind::Jsd { .. } => vec![
-                Extra::row("kl_teacher_mix", col(|r| r.extras[0])),
-                Extra::row("kl_student_mix", col(|r| r.extras[1])),
-            ],
-            FusedKind::Akl { .. } => vec![
-                Extra::row("head_weight", col(|r| r.extras[0])),
-                Extra::row("tail_weight", col(|r| r.extras[1])),
-                Extra::row("fkl", col(|r| r.extras[2])),
-                Extra::row("rkl", col(|r| r.extras[3])),
-                Extra::row("head_size", col(|r| r.extras[4])),
-            ],
-        };
+        let mut extras: Vec<Extra> = (spec.kind.extra_names().iter().enumerate())
+            .map(|(k, name)| {
+                let v: Vec<f32> = rows.iter().map(|r| r.extras[k] as f32).collect();
+                Extra::row(
+                    *name,
+                    Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device)),
+                )
+            })
+            .collect();
         if spec.hard_weight.is_some() {
-            extras.push(Extra::row("soft_term", col(|r| r.soft)));
-            extras.push(Extra::row("hard_term", col(|r| r.hard)));
+            let [soft_name, hard_name] = HARD_LABEL_EXTRAS;
+            extras.push(Extra::row(soft_name, col(|r| r.soft)));
+            extras.push(Extra::row(hard_name, col(|r| r.hard)));
         }
         extras
     }
@@ -414,18 +408,17 @@ mod flex {
             let out = run_topk_rows(&call.spec, &batch, grad);
             (out.iter().map(|r| r.value as f32).collect(), out)
         })?;
-        let extras = if call.spec.convention == crate::TopKConvention::TailBucket {
-            let device = call.student.device();
-            let col = |f: fn(&TopKRowOut) -> f64| -> Tensor<1> {
-                let v: Vec<f32> = rows_out.iter().map(|r| f(r) as f32).collect();
-                Tensor::from_data(TensorData::new(v, [rows]), f32_on(&device))
-            };
-            vec![
-                Extra::row("teacher_tail_mass", col(|r| r.teacher_tail)),
-                Extra::row("student_tail_mass", col(|r| r.student_tail)),
-            ]
-        } else {
-            Vec::new()
+        let device = call.student.device();
+        let col = |f: fn(&TopKRowOut) -> f64| -> Tensor<1> {
+            let v: Vec<f32> = rows_out.iter().map(|r| f(r) as f32).collect();
+            Tensor::from_data(TensorData::new(v, [rows]), f32_on(&device))
+        };
+        let extras = match call.spec.convention.extra_names() {
+            [teacher_name, student_name] => vec![
+                Extra::row(*teacher_name, col(|r| r.teacher_tail)),
+                Extra::row(*student_name, col(|r| r.student_tail)),
+            ],
+            _ => Vec::new(),
         };
         Some(FusedTerms { values, extras })
     }

@@ -29,10 +29,11 @@
 
 use std::cell::RefCell;
 
-use super::kernels::{Shift, for_valid_rows, load_tail, non_finite, pass, scaled};
-use super::simd::{self, Isa, Lanes, Portable, exp};
-use crate::TopKConvention;
+use super::dispatch::{RowKernel, run_kernel};
+use super::passes::{Shift, max_scaled, pass, scale_row, sum_exp};
+use super::simd::{self, Isa, Lanes, exp};
 use crate::logspace::LOGIT_FLOOR;
+use crate::types::{EXACT_TAIL_BELOW, TopKConvention};
 
 /// Shared parameters of one top-k kernel call.
 #[derive(Debug, Clone, Copy)]
@@ -89,57 +90,6 @@ fn lse(x: impl Iterator<Item = f64> + Clone) -> f64 {
         return m;
     }
     m + x.map(|v| (v - m).exp()).sum::<f64>().ln()
-}
-
-/// `max z` over a slice (`-inf` when empty).
-/// (also: whether every entry is finite or `-inf`, see [`super::kernels::non_finite`]).
-#[inline(always)]
-fn max_scaled<V: Lanes>(s: &[f32], inv_t: f32) -> (f32, bool) {
-    let it = V::splat(inv_t);
-    let mut m = V::splat(f32::NEG_INFINITY);
-    let mut bad = V::splat(0.0);
-    let full = s.len() / V::N * V::N;
-    let mut i = 0;
-    while i < full {
-        let sv = V::load(&s[i..]);
-        bad = bad.add(non_finite(sv));
-        m = m.max(scaled(sv, it));
-        i += V::N;
-    }
-    if full < s.len() {
-        let sv = load_tail(&s[full..], f32::NEG_INFINITY);
-        bad = bad.add(non_finite(sv));
-        m = m.max(scaled(sv, it));
-    }
-    (m.hmax(), bad.sum() == 0.0)
-}
-
-/// `g ← g · f` over a row.
-#[inline(always)]
-fn scale_row<V: Lanes>(g: &mut [f32], f: f32) {
-    let fv = V::splat(f);
-    let full = g.len() / V::N * V::N;
-    let mut i = 0;
-    while i < full {
-        V::load(&g[i..]).mul(fv).store(&mut g[i..]);
-        i += V::N;
-    }
-    g[full..].iter_mut().for_each(|x| *x *= f);
-}
-
-/// `Σ_v e^(z_v − m)` over a slice, `z = max(s, floor)/T`.
-#[inline(always)]
-fn sum_exp<V: Lanes>(s: &[f32], inv_t: f32, m: f32) -> f64 {
-    let shift = Shift { inv_t, ms: m, mt: m, mix: None };
-    let [z] = pass::<V, 1>(
-        s,
-        s,
-        &shift,
-        None,
-        #[inline(always)]
-        |a, _, _| ([exp(a)], a),
-    );
-    z
 }
 
 /// `log Q_tail` from the row's entries outside the ids: a max-shifted log-sum-exp over the gaps
@@ -244,7 +194,7 @@ fn row_impl<V: Lanes>(
             let log_p_tail = log_tail - log_zt;
             let p_tail = log_p_tail.exp();
             let fast = 1.0 - head_q;
-            let log_q_tail = if fast < crate::TopKKl::EXACT_TAIL_BELOW {
+            let log_q_tail = if fast < EXACT_TAIL_BELOW {
                 exact_log_tail::<V>(s, ids, inv_t, log_norm)
             } else {
                 fast.ln()
@@ -290,27 +240,8 @@ fn row_impl<V: Lanes>(
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_avx2(spec: &TopKSpec, s: &[f32], ids: &[usize], lp: &[f32], w: f32, g: Grad) -> TopKRowOut {
-    row_impl::<simd::Avx2>(spec, s, ids, lp, w, g)
-}
-
-fn row_portable(
-    spec: &TopKSpec,
-    s: &[f32],
-    ids: &[usize],
-    lp: &[f32],
-    w: f32,
-    g: Grad,
-) -> TopKRowOut {
-    row_impl::<Portable>(spec, s, ids, lp, w, g)
-}
-
-type Grad<'a> = Option<&'a mut [f32]>;
-
 /// The result for a row with a NaN or `+inf` input: NaN everywhere, gradient included.
-fn nan_topk_row(grad: Grad) -> TopKRowOut {
+fn nan_topk_row(grad: Option<&mut [f32]>) -> TopKRowOut {
     if let Some(g) = grad {
         g.fill(f32::NAN);
     }
@@ -347,17 +278,29 @@ pub fn run_topk_rows_on(
     assert_eq!(ids.len(), logprobs.len(), "ids vs log-probs length");
     let k = ids.len().checked_div(rows).unwrap_or(0);
     assert_eq!(ids.len(), rows * k, "ids length");
-    for_valid_rows(vocab, valid, grad, |i, g| {
+    run_kernel(isa, vocab, valid, grad, &TopKRows { spec, batch, k })
+}
+
+/// The top-k kernel as the row dispatch runs it.
+struct TopKRows<'a> {
+    spec: &'a TopKSpec,
+    batch: &'a TopKBatch<'a>,
+    /// Teacher entries per row.
+    k: usize,
+}
+
+impl RowKernel for TopKRows<'_> {
+    type Out = TopKRowOut;
+
+    #[inline(always)]
+    fn row<V: Lanes>(&self, i: usize, grad: Option<&mut [f32]>) -> TopKRowOut {
+        let TopKBatch { student, vocab, ids, logprobs, weights, .. } = *self.batch;
+        let k = self.k;
         let (row_ids, lp) = (&ids[i * k..(i + 1) * k], &logprobs[i * k..(i + 1) * k]);
         assert!(row_ids.iter().all(|&id| id < vocab), "teacher id out of range");
         let s = &student[i * vocab..(i + 1) * vocab];
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2Fma` is only produced by `simd::detect` after run-time detection.
-            Isa::Avx2Fma => unsafe { row_avx2(spec, s, row_ids, lp, weights[i], g) },
-            _ => row_portable(spec, s, row_ids, lp, weights[i], g),
-        }
-    })
+        row_impl::<V>(self.spec, s, row_ids, lp, weights[i], grad)
+    }
 }
 
 #[cfg(test)]

@@ -33,3 +33,4 @@ macro_rules! backend_tests {
 }
 
 pub mod json;
+pub mod rng;
