@@ -116,7 +116,10 @@ mod tests {
         on_disk.sort();
         let mut embedded: Vec<String> = ASSETS.iter().map(|a| a.path.to_string()).collect();
         embedded.sort();
-        assert_eq!(embedded, on_disk, "ASSETS must list exactly the files under assets/ and configs/");
+        assert_eq!(
+            embedded, on_disk,
+            "ASSETS must list exactly the files under assets/ and configs/"
+        );
     }
 
     #[test]
@@ -125,7 +128,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         materialize(&root).unwrap();
         for asset in ASSETS {
-            assert_eq!(std::fs::read(root.join(asset.path)).unwrap(), asset.bytes, "{}", asset.path);
+            assert_eq!(
+                std::fs::read(root.join(asset.path)).unwrap(),
+                asset.bytes,
+                "{}",
+                asset.path
+            );
         }
         // A second call rewrites nothing: the modification times stay.
         let teacher = root.join("crates/kd-cli/assets/arithmetic/teacher/model.safetensors");
@@ -135,12 +143,15 @@ mod tests {
         // A damaged file is restored.
         std::fs::write(&teacher, b"broken").unwrap();
         materialize(&root).unwrap();
-        assert_eq!(std::fs::metadata(&teacher).unwrap().len() as usize, ASSETS
-            .iter()
-            .find(|a| a.path.ends_with("teacher/model.safetensors"))
-            .unwrap()
-            .bytes
-            .len());
+        assert_eq!(
+            std::fs::metadata(&teacher).unwrap().len() as usize,
+            ASSETS
+                .iter()
+                .find(|a| a.path.ends_with("teacher/model.safetensors"))
+                .unwrap()
+                .bytes
+                .len()
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

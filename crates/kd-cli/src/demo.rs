@@ -19,9 +19,11 @@ use crate::config::{ConfigBuilder, DataConfig, DataFormat, ModelSource, RunConfi
 use crate::plot::{Chart, Series};
 use crate::run::{JobResult, load_data, load_tokenizer, run_job};
 
-/// The assets directory compiled into the binary's source tree.
-fn default_assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
+/// The demo's files, written out of the binary (`crate::assets`) below `<out>/shipped/` in the
+/// repository's layout, so the configs' repository-relative paths resolve against the returned
+/// root and `kd demo` needs no source tree.
+fn shipped_root(out: &Path) -> Result<PathBuf> {
+    crate::assets::materialize(&out.join("shipped"))
 }
 
 /// Sizes and budgets of a demo run.
@@ -149,28 +151,18 @@ fn sample(model: &CausalLm, tok: &Tokenizer, prompt: &str) -> Result<String> {
     Ok(tok.decode(&out.sequences[0], true)?.replace('\n', " "))
 }
 
-/// `kd demo [--out DIR] [--assets DIR] [--quick]`.
-pub fn cmd_demo(args: &[String]) -> Result<()> {
-    let mut quick = false;
-    let mut out = PathBuf::from("runs/demo");
-    let mut assets = default_assets();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
-            "--assets" => assets = PathBuf::from(it.next().context("--assets needs a value")?),
-            other => anyhow::bail!(
-                "kd demo: unknown argument `{other}` (use --out DIR, --assets DIR, --quick)"
-            ),
-        }
-    }
-    run_demo(&out, &assets, if quick { Settings::quick() } else { Settings::full() })
+/// `kd demo [--out DIR] [--assets DIR] [--quick]`: `assets` replaces the shipped tokenizer and
+/// TinyStories slice of part 1.
+pub fn cmd_demo(out: &Path, assets: Option<&Path>, quick: bool) -> Result<()> {
+    run_demo(out, assets, if quick { Settings::quick() } else { Settings::full() })
 }
 
-fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
+fn run_demo(out: &Path, assets: Option<&Path>, s: Settings) -> Result<()> {
     let start = Instant::now();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let root = shipped_root(out)?;
+    let shipped = root.join("crates/kd-cli/assets");
+    let assets = assets.unwrap_or(&shipped);
     let tok = load_tokenizer(assets)?;
     let data_config = DataConfig {
         tokenizer: Some(assets.to_path_buf()),
@@ -311,7 +303,7 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
             })
         })
         .collect();
-    let methods = method_comparison(out, &s)?;
+    let methods = method_comparison(out, &root, &s)?;
     let summary = serde_json::json!({ "tinystories": summary, "arithmetic": methods });
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     println!();
@@ -327,9 +319,8 @@ fn run_demo(out: &Path, assets: &Path, s: Settings) -> Result<()> {
 /// Part 2: methods on the arithmetic word problems with the shipped teacher: SFT and forward-KL
 /// KD from scratch, then GKD and more SFT from the shipped SFT student (what the full
 /// comparison in docs/methods.md runs over three seeds, with SeqKD and MiniLLM).
-fn method_comparison(out: &Path, s: &Settings) -> Result<Vec<serde_json::Value>> {
-    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+fn method_comparison(out: &Path, root: &Path, s: &Settings) -> Result<Vec<serde_json::Value>> {
+    let configs = root.join("crates/kd-cli/configs");
     let sft_student = root.join("crates/kd-cli/assets/arithmetic/student-sft");
     let half = (s.method_steps / 2).max(1);
     let rows: [(&str, &str, u64, bool); 4] = [
@@ -413,7 +404,7 @@ mod tests {
     #[test]
     fn quick_demo_runs_end_to_end() {
         let out = std::env::temp_dir().join(format!("kd-demo-quick-{}", std::process::id()));
-        run_demo(&out, &default_assets(), Settings::quick()).unwrap();
+        run_demo(&out, None, Settings::quick()).unwrap();
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
                 .unwrap();

@@ -11,26 +11,36 @@
 //! ```
 //!
 //! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]`, `[train]` and `[method]` (see
-//! `crates/kd-cli/configs/`); every key can be overridden with `--set section.key=value`.
+//! `crates/kd-cli/configs/`); every key can be overridden with `--set section.key=value`, and the
+//! named flags (`--steps`, `--lr`, `--teacher`, ...) override their keys.
+//!
+//! The command line is clap's: `kd --help`, `kd <command> --help`, `kd --version`. Exit status:
+//! 0 on success, 2 for a usage or input error, 1 for a run that failed ([`error`]). Logging goes
+//! through `log` to `env_logger` (`RUST_LOG`; default `info` for kd's crates, `warn` with
+//! `--quiet`); progress bars are drawn when stderr is a terminal, plain progress lines otherwise
+//! ([`progress`]).
 
+mod assets;
 mod config;
 mod demo;
 mod device;
+mod error;
 mod plot;
+mod progress;
 mod run;
 mod seqkd;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kd_models::{CausalLm, GenerationConfig, Sampling};
 use kd_train::template::PromptRenderer;
 
 use crate::config::ConfigBuilder;
+use crate::error::Input;
 
 /// mimalloc keeps freed memory for reuse (feature `mimalloc`, on by default); see
 /// `docs/performance.md`, "Distillation step", for what it changes.
@@ -38,205 +48,381 @@ use crate::config::ConfigBuilder;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-kd: knowledge distillation for language models (kd-rs, burn; CPU or GPU)
+/// The exit codes and environment, at the end of `kd --help`.
+const AFTER_HELP: &str = "\
+Exit status: 0 success; 2 a usage or input error (unknown flag, bad value, invalid config key,
+missing or unreadable model, data, tokenizer or checkpoint, device not built); 1 a run that
+failed after it started (non-finite loss, writing outputs, generation).
 
-USAGE:
-  kd demo     [--out DIR] [--quick]
-  kd train    [--config FILE] [OPTIONS]      train a student alone (next-token cross-entropy)
-  kd distill  [--config FILE] [OPTIONS]      distil a teacher into a student
-              --method sft|kd|seqkd|gkd|minillm   (default kd; [method] section of the config)
-  kd seqkd-generate --teacher DIR --data FILE --out FILE.jsonl [--tokenizer PATH]
-              [--seq-len N] [--temperature T] [--max-new-tokens N] [--seed S]
-              [--original-fraction R] [--batch N] [--template auto|dolly|plain|chat]
-              the teacher answers every prompt (SeqKD data)
-  kd eval     --model DIR --data FILE [--tokenizer PATH] [--seq-len N] [--batch-size N]
-              [--template auto|dolly|plain|chat]
-              [--rouge N [--max-new-tokens M] [--exact-match]]   (instruction JSONL: ROUGE-L
-              and exact-match accuracy of the final number of N greedy answers;
-              training reports it at every evaluation: train.eval_rouge_prompts, eval_max_new_tokens)
-  kd export   --checkpoint DIR --out DIR [--config student_config.json] [--tokenizer PATH]
-  kd plot     --runs DIR,DIR,... --out FILE.png [--metric loss|rouge_l|exact_match] [--title T]
-              the held-out curves of several runs in one chart
-  kd generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
-              [--top-k K] [--top-p P] [--seed S] [--tokenizer PATH]
-  (seqkd-generate, eval and generate also take --device D and --dtype f32|bf16|f16)
+Logging: RUST_LOG (env_logger syntax: RUST_LOG=debug, RUST_LOG=kd_train=debug); default info for
+kd's own crates, warn with --quiet. Progress bars are drawn when stderr is a terminal; otherwise
+(pipes, CI) a plain progress line is logged now and then, with its ETA.";
 
-OPTIONS (train, distill):
-  --config FILE         TOML run config ([student], [teacher], [data], [train])
-  --set KEY=VALUE       override any config key, e.g. --set train.lr=3e-4 (repeatable)
-  --student DIR         student.pretrained        --teacher DIR      teacher.pretrained
-  --data FILE           data.train                --tokenizer PATH   data.tokenizer
-  --steps N             train.steps               --lr X             train.lr
-  --method NAME         method.name (its defaults)
-  --loss NAME           method.divergence.loss    --temperature T    method.divergence.temperature
-                        (method kd)
-  --seed N              train.seed                --out DIR          train.output_dir
-  --device D            run.device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N]
-                        (GPU backends are cargo features: --features vulkan, ...)
-  --teacher-device D    run.teacher_device (default: --device)
-  --dtype P             train.dtype: f32 (default), bf16, f16 (f32 master weights)
-  --teacher-dtype P     train.teacher_dtype (default: --dtype)
-  --resume              continue from the latest checkpoint in the output directory
-";
-
-/// A minimal logger: `[  12.3s] message` on stderr.
-struct Logger {
-    start: Instant,
-    level: log::LevelFilter,
+/// kd: knowledge distillation for language models (kd-rs, burn; CPU or GPU).
+#[derive(Debug, Parser)]
+#[command(name = "kd", version, long_about = None, after_long_help = AFTER_HELP)]
+struct Cli {
+    /// Only warnings and errors, no progress bars (RUST_LOG still wins when set).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl log::Log for Logger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level
-    }
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            let t = self.start.elapsed().as_secs_f64();
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "[{t:7.1}s] {}", record.args());
-        }
-    }
-    fn flush(&self) {}
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The end-to-end TinyStories demo (< 10 min on a laptop CPU).
+    #[command(args_override_self = true)]
+    Demo(DemoArgs),
+    /// Train a student alone (next-token cross-entropy; method sft).
+    #[command(args_override_self = true)]
+    Train(RunArgs),
+    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm).
+    #[command(args_override_self = true)]
+    Distill(RunArgs),
+    /// The teacher answers every prompt of an instruction file (SeqKD data).
+    #[command(name = "seqkd-generate", args_override_self = true)]
+    SeqkdGenerate(SeqKdArgs),
+    /// Held-out loss and perplexity of a model (and ROUGE-L / exact match of greedy answers).
+    #[command(args_override_self = true)]
+    Eval(EvalArgs),
+    /// Turn a checkpoint into a Hugging Face directory.
+    #[command(args_override_self = true)]
+    Export(ExportArgs),
+    /// The held-out curves of several runs in one chart.
+    #[command(args_override_self = true)]
+    Plot(PlotArgs),
+    /// Sample a continuation of a prompt.
+    #[command(args_override_self = true)]
+    Generate(GenerateArgs),
 }
 
-fn init_logger(quiet: bool) {
-    let level = match std::env::var("KD_LOG").as_deref() {
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("warn") => log::LevelFilter::Warn,
-        _ if quiet => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Info,
-    };
-    let logger = Box::leak(Box::new(Logger { start: Instant::now(), level }));
-    if log::set_logger(logger).is_ok() {
-        log::set_max_level(level);
-    }
+/// `kd demo`.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "runs/demo")]
+    out: PathBuf,
+    /// Tokenizer and TinyStories slice (default: the assets shipped with kd-cli).
+    #[arg(long, value_name = "DIR")]
+    assets: Option<PathBuf>,
+    /// A few steps of each stage (a smoke test, minutes).
+    #[arg(long)]
+    quick: bool,
 }
 
-/// Parsed command-line options (everything after the subcommand).
-#[derive(Debug, Default)]
-struct Opts {
-    values: Vec<(String, String)>,
-    flags: Vec<String>,
+/// `kd train` / `kd distill`: each flag overrides one config key.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML run config ([run], [student], [teacher], [data], [train], [method]).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override any config key, e.g. --set train.lr=3e-4 (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// student.pretrained: a Hugging Face directory (replaces [student.init]).
+    #[arg(long, value_name = "DIR")]
+    student: Option<String>,
+    /// teacher.pretrained.
+    #[arg(long, value_name = "DIR")]
+    teacher: Option<String>,
+    /// data.train.
+    #[arg(long, value_name = "FILE")]
+    data: Option<String>,
+    /// data.tokenizer: a directory with tokenizer.json, or the file.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<String>,
+    /// train.steps.
+    #[arg(long, value_name = "N")]
+    steps: Option<u64>,
+    /// train.lr.
+    #[arg(long, value_name = "X")]
+    lr: Option<f64>,
+    /// method.name: sft, kd, seqkd, gkd or minillm (starting from that method's defaults).
+    #[arg(long, value_name = "NAME")]
+    method: Option<String>,
+    /// method.divergence.loss of method kd (any kd-losses name, e.g. reverse_kl, taid).
+    #[arg(long, value_name = "NAME")]
+    loss: Option<String>,
+    /// method.divergence.temperature of method kd.
+    #[arg(long, value_name = "T")]
+    temperature: Option<f64>,
+    /// train.seed.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// train.output_dir.
+    #[arg(long, value_name = "DIR")]
+    out: Option<String>,
+    /// run.device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N] (GPU backends are
+    /// cargo features: --features vulkan, ...).
+    #[arg(long, value_name = "D")]
+    device: Option<String>,
+    /// run.teacher_device (default: --device).
+    #[arg(long, value_name = "D")]
+    teacher_device: Option<String>,
+    /// train.dtype: f32 (default), bf16, f16 (f32 master weights).
+    #[arg(long, value_name = "P")]
+    dtype: Option<String>,
+    /// train.teacher_dtype (default: --dtype).
+    #[arg(long, value_name = "P")]
+    teacher_dtype: Option<String>,
+    /// Continue from the latest checkpoint in the output directory.
+    #[arg(long)]
+    resume: bool,
 }
 
-impl Opts {
-    fn parse(args: &[String], flags: &[&str]) -> Result<Self> {
-        let mut o = Self::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let Some(name) = a.strip_prefix("--") else {
-                bail!("unexpected argument `{a}`\n\n{USAGE}");
-            };
-            if let Some((k, v)) = name.split_once('=') {
-                o.values.push((k.to_string(), v.to_string()));
-            } else if flags.contains(&name) {
-                o.flags.push(name.to_string());
-            } else {
-                let v = it.next().with_context(|| format!("--{name} needs a value"))?;
-                o.values.push((name.to_string(), v.clone()));
-            }
-        }
-        Ok(o)
-    }
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.values.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-    fn flag(&self, name: &str) -> bool {
-        self.flags.iter().any(|f| f == name)
-    }
-    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.get(name)
-            .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")))
-            .transpose()
-    }
-    fn check_known(&self, known: &[&str]) -> Result<()> {
-        for (k, _) in &self.values {
-            if !known.contains(&k.as_str()) {
-                bail!("unknown option --{k}\n\n{USAGE}");
-            }
-        }
-        Ok(())
-    }
+/// `--template` of instruction data.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TemplateArg {
+    /// The model's chat template when it has one, else dolly.
+    Auto,
+    /// MiniLLM's Dolly template.
+    Dolly,
+    /// The prompt as it is.
+    Plain,
+    /// The tokenizer's chat template.
+    Chat,
 }
 
-/// Builds the run config of `kd train` / `kd distill` from `--config` and the overrides.
-fn run_config(o: &Opts) -> Result<ConfigBuilder> {
-    o.check_known(&[
-        "config",
-        "set",
-        "student",
-        "teacher",
-        "data",
-        "tokenizer",
-        "steps",
-        "lr",
-        "loss",
-        "temperature",
-        "seed",
-        "out",
-        "method",
-        "device",
-        "teacher-device",
-        "dtype",
-        "teacher-dtype",
-    ])?;
-    let mut b = ConfigBuilder::from_file(o.get("config").map(PathBuf::from).as_deref())?;
-    if let Some(method) = o.get("method") {
+/// `--format` of `kd eval`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// Plain text, packed into blocks.
+    Text,
+    /// JSONL prompt/response pairs.
+    Instruction,
+}
+
+/// Where an inference command computes.
+#[derive(Debug, Args)]
+struct InferenceArgs {
+    /// Device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N].
+    #[arg(long, value_name = "D", default_value = "cpu")]
+    device: String,
+    /// Precision the model is loaded in: f32, bf16 or f16.
+    #[arg(long, value_name = "P", default_value = "f32")]
+    dtype: String,
+}
+
+/// `kd seqkd-generate`.
+#[derive(Debug, Args)]
+struct SeqKdArgs {
+    /// The teacher (a Hugging Face directory).
+    #[arg(long, value_name = "DIR")]
+    teacher: PathBuf,
+    /// Instruction JSONL whose prompts it answers.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// The answers (JSONL; its provenance is written beside it).
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: PathBuf,
+    /// Tokenizer (default: the teacher's directory).
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// Prompt and answer stay within this many tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    seq_len: usize,
+    /// Sampling temperature.
+    #[arg(long, value_name = "T")]
+    temperature: Option<f64>,
+    /// Sample among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+    /// Most new tokens per answer.
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
+    /// Sampling seed.
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Fraction of the examples that keep their original response.
+    #[arg(long, value_name = "R")]
+    original_fraction: Option<f64>,
+    /// Prompts per generation batch.
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value = "auto")]
+    template: TemplateArg,
+    #[command(flatten)]
+    on: InferenceArgs,
+}
+
+/// `kd eval`.
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// The model (a Hugging Face directory).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Held-out text or instruction JSONL.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Tokenizer (default: the model's directory).
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// Tokens per block.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    seq_len: usize,
+    /// Blocks per batch.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    batch_size: usize,
+    /// Data format (default: instruction for .jsonl, else text).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Also the ROUGE-L F1 of greedy answers to the first N prompts (instruction data).
+    #[arg(long, value_name = "N")]
+    rouge: Option<usize>,
+    /// Most new tokens per answer (with --rouge).
+    #[arg(long, value_name = "M", default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Also the exact-match accuracy of the final number of those answers (with --rouge).
+    #[arg(long)]
+    exact_match: bool,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value = "auto")]
+    template: TemplateArg,
+    #[command(flatten)]
+    on: InferenceArgs,
+}
+
+/// `kd export`.
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// A checkpoint directory (`<out>/checkpoint-N`).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// The Hugging Face directory to write.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The student's config.json (default: `student_config.json` beside the checkpoint).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Tokenizer files to copy beside the model.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+}
+
+/// The held-out metric `kd plot` draws.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricArg {
+    /// Held-out loss.
+    Loss,
+    /// ROUGE-L F1 of greedy answers.
+    #[value(name = "rouge_l")]
+    RougeL,
+    /// Exact match of the final number.
+    #[value(name = "exact_match")]
+    ExactMatch,
+}
+
+/// `kd plot`.
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// Run directories (their metrics.jsonl), comma-separated.
+    #[arg(long, value_name = "DIR,DIR,...")]
+    runs: String,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE.png")]
+    out: PathBuf,
+    /// What to draw.
+    #[arg(long, value_enum, default_value = "loss")]
+    metric: MetricArg,
+    /// Chart title.
+    #[arg(long, value_name = "T", default_value = "held-out")]
+    title: String,
+}
+
+/// `kd generate`.
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// The model (a Hugging Face directory).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// The text to continue.
+    #[arg(long, value_name = "TEXT")]
+    prompt: String,
+    /// Most new tokens.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature (0 or absent: greedy).
+    #[arg(long, value_name = "T")]
+    temperature: Option<f64>,
+    /// Sample among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Tokenizer (default: the model's directory).
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    on: InferenceArgs,
+}
+
+/// Builds the run config of `kd train` / `kd distill` from `--config` and the flags (flags and
+/// `--set` override the file's keys).
+fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
+    let mut b = ConfigBuilder::from_file(o.config.as_deref())?;
+    if let Some(method) = &o.method {
         // A new method starts from its own defaults (then --set and the flags apply to it).
         kd_train::MethodConfig::by_name(method)?;
         let mut t = toml::Table::new();
-        t.insert("name".into(), toml::Value::String(method.to_string()));
+        t.insert("name".into(), toml::Value::String(method.clone()));
         b.set_value("method", toml::Value::Table(t))?;
     }
-    for kv in o.all("set") {
+    for kv in &o.set {
         let (k, v) =
             kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
         b.set(k.trim(), v.trim())?;
     }
     let strings = [
-        ("student", "student.pretrained"),
-        ("teacher", "teacher.pretrained"),
-        ("data", "data.train"),
-        ("tokenizer", "data.tokenizer"),
-        ("out", "train.output_dir"),
-        ("device", "run.device"),
-        ("teacher-device", "run.teacher_device"),
-        ("dtype", "train.dtype"),
-        ("teacher-dtype", "train.teacher_dtype"),
+        (&o.student, "student.pretrained"),
+        (&o.teacher, "teacher.pretrained"),
+        (&o.data, "data.train"),
+        (&o.tokenizer, "data.tokenizer"),
+        (&o.out, "train.output_dir"),
+        (&o.device, "run.device"),
+        (&o.teacher_device, "run.teacher_device"),
+        (&o.dtype, "train.dtype"),
+        (&o.teacher_dtype, "train.teacher_dtype"),
     ];
     for (flag, key) in strings {
-        if let Some(v) = o.get(flag) {
-            b.set_value(key, toml::Value::String(v.to_string()))?;
+        if let Some(v) = flag {
+            b.set_value(key, toml::Value::String(v.clone()))?;
         }
     }
-    if o.get("student").is_some() {
+    if o.student.is_some() {
         // --student DIR replaces the config's student, a fresh one included.
         b.remove("student.init");
     }
-    for (flag, key) in [("steps", "train.steps"), ("lr", "train.lr"), ("seed", "train.seed")] {
-        if let Some(v) = o.get(flag) {
-            b.set(key, v)?;
-        }
+    let integer = |v: u64| i64::try_from(v).map(toml::Value::Integer);
+    if let Some(n) = o.steps {
+        b.set_value("train.steps", integer(n).context("--steps: too large")?)?;
+    }
+    if let Some(n) = o.seed {
+        b.set_value("train.seed", integer(n).context("--seed: too large")?)?;
+    }
+    if let Some(lr) = o.lr {
+        b.set_value("train.lr", toml::Value::Float(lr))?;
     }
     let is_kd = |b: &ConfigBuilder| !b.has("method.name") || b.get_str("method.name") == Some("kd");
-    if let Some(loss) = o.get("loss") {
+    if let Some(loss) = &o.loss {
         if !is_kd(&b) {
             bail!("--loss sets the divergence of method `kd`; this run's method is another one");
         }
         b.set("method.name", "\"kd\"")?;
         // A new loss starts from its own defaults.
         let mut t = toml::Table::new();
-        t.insert("loss".into(), toml::Value::String(loss.to_string()));
+        t.insert("loss".into(), toml::Value::String(loss.clone()));
         b.set_value("method.divergence", toml::Value::Table(t))?;
     }
-    if let Some(t) = o.get("temperature") {
+    if let Some(t) = o.temperature {
         if !is_kd(&b) {
             bail!(
                 "--temperature sets the divergence temperature of method `kd`; for another \
@@ -247,16 +433,15 @@ fn run_config(o: &Opts) -> Result<ConfigBuilder> {
         if !b.has("method.divergence") {
             b.set("method.divergence.loss", "\"forward_kl\"")?;
         }
-        b.set("method.divergence.temperature", t)?;
+        b.set_value("method.divergence.temperature", toml::Value::Float(t))?;
     }
     Ok(b)
 }
 
-fn cmd_train(args: &[String], distill: bool) -> Result<()> {
-    let o = Opts::parse(args, &["resume"])?;
-    let b = run_config(&o)?;
-    let config = b.build()?;
-    let job = run::run_job(&config, &b.to_toml(), distill, o.flag("resume"), None, None, None)?;
+fn cmd_train(o: &RunArgs, distill: bool) -> Result<()> {
+    let b = run_config(o).input()?;
+    let config = b.build().input()?;
+    let job = run::run_job(&config, &b.to_toml(), distill, o.resume, None, None, None)?;
     let rouge = job.final_eval.rouge_l.map(|r| format!(", ROUGE-L {r:.4}")).unwrap_or_default();
     println!(
         "held-out loss {:.4}, perplexity {:.3}{rouge} after {} steps ({:.0}s); model in {}",
@@ -269,32 +454,34 @@ fn cmd_train(args: &[String], distill: bool) -> Result<()> {
     Ok(())
 }
 
-fn tokenizer_for(o: &Opts, model_dir: &std::path::Path) -> Result<kd_models::Tokenizer> {
-    let path = o.get("tokenizer").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
-    run::load_tokenizer(&path)
+fn tokenizer_for(tokenizer: Option<&Path>, model_dir: &Path) -> Result<kd_models::Tokenizer> {
+    run::load_tokenizer(tokenizer.unwrap_or(model_dir))
 }
 
-/// The prompt template of `--template auto|dolly|plain|chat` (default auto: the model's chat
-/// template, else dolly), with the tokenizer [`tokenizer_for`] reads.
-fn template_for(o: &Opts, model_dir: &std::path::Path) -> Result<PromptRenderer> {
+/// The prompt template of `--template` (auto: the model's chat template, else dolly), with the
+/// tokenizer [`tokenizer_for`] reads.
+fn template_for(
+    template: TemplateArg,
+    tokenizer: Option<&Path>,
+    model_dir: &Path,
+) -> Result<PromptRenderer> {
     use kd_train::template::{PromptTemplate, TemplateName};
-    let name = match o.get("template") {
-        None | Some("auto") => TemplateName::Auto,
-        Some("dolly") => TemplateName::Dolly,
-        Some("plain") => TemplateName::Plain,
-        Some("chat") => TemplateName::Chat,
-        Some(other) => bail!("--template {other}: expected auto, dolly, plain or chat"),
+    let name = match template {
+        TemplateArg::Auto => TemplateName::Auto,
+        TemplateArg::Dolly => TemplateName::Dolly,
+        TemplateArg::Plain => TemplateName::Plain,
+        TemplateArg::Chat => TemplateName::Chat,
     };
-    let tokenizer = o.get("tokenizer").map(PathBuf::from).unwrap_or_else(|| model_dir.into());
-    Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(&tokenizer))?)
+    let tokenizer = tokenizer.unwrap_or(model_dir);
+    Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(tokenizer))?)
 }
 
 /// `--device` and `--dtype` of the inference commands (`eval`, `generate`, `seqkd-generate`):
 /// the model is loaded memory-mapped onto that device in that precision.
-fn load_for_inference(o: &Opts, dir: &std::path::Path) -> Result<(CausalLm, Device)> {
-    let spec: device::DeviceSpec = o.get("device").unwrap_or("cpu").parse()?;
+fn load_for_inference(on: &InferenceArgs, dir: &Path) -> Result<(CausalLm, Device)> {
+    let spec: device::DeviceSpec = on.device.parse()?;
     let device = spec.device()?;
-    let precision: kd_train::Precision = o.get("dtype").unwrap_or("f32").parse()?;
+    let precision: kd_train::Precision = on.dtype.parse()?;
     if !device.supports_dtype(precision.float_dtype()) {
         bail!("--dtype {precision}: device `{spec}` does not compute in it (try f16 or f32)");
     }
@@ -304,142 +491,99 @@ fn load_for_inference(o: &Opts, dir: &std::path::Path) -> Result<(CausalLm, Devi
     Ok((model, device))
 }
 
-fn cmd_eval(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &["exact-match"])?;
-    o.check_known(&[
-        "model",
-        "data",
-        "tokenizer",
-        "seq-len",
-        "batch-size",
-        "format",
-        "rouge",
-        "max-new-tokens",
-        "template",
-        "device",
-        "dtype",
-    ])?;
-    let exact = o.flag("exact-match");
-    let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
-    let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
-    let format = match o.get("format") {
+fn cmd_eval(o: &EvalArgs) -> Result<()> {
+    let format = match o.format {
         None => config::DataFormat::Auto,
-        Some("text") => config::DataFormat::Text,
-        Some("instruction") => config::DataFormat::Instruction,
-        Some(other) => bail!("--format {other}: expected text or instruction"),
+        Some(FormatArg::Text) => config::DataFormat::Text,
+        Some(FormatArg::Instruction) => config::DataFormat::Instruction,
     };
-    let (model, device) = load_for_inference(&o, &model_dir)?;
-    let tok = tokenizer_for(&o, &model_dir)?;
-    let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
-    let template = template_for(&o, &model_dir)?;
-    let set = run::load_blocks(&data, format, &template, &tok, seq_len)?;
-    let batch = o.parsed::<usize>("batch-size")?.unwrap_or(8);
-    let r = kd_train::evaluate(&model, &set, batch, None, &device);
+    let (model, device) = load_for_inference(&o.on, &o.model).input()?;
+    let tok = tokenizer_for(o.tokenizer.as_deref(), &o.model).input()?;
+    let template = template_for(o.template, o.tokenizer.as_deref(), &o.model).input()?;
+    let set = run::load_blocks(&o.data, format, &template, &tok, o.seq_len).input()?;
+    let r = run::evaluate_with_progress(&model, &set, o.batch_size, &device, "eval");
     println!(
         "{}: loss {:.4}  perplexity {:.3}  ({} tokens, {} blocks of {})",
-        model_dir.display(),
+        o.model.display(),
         r.loss,
         r.perplexity,
         r.tokens,
         set.len(),
-        seq_len
+        o.seq_len
     );
-    if let Some(n) = o.parsed::<usize>("rouge")? {
-        let examples = kd_train::data::read_instruction_jsonl(&data, &template)?;
-        let max_new = o.parsed::<usize>("max-new-tokens")?.unwrap_or(64);
+    if let Some(n) = o.rouge {
+        let examples = kd_train::data::read_instruction_jsonl(&o.data, &template).input()?;
         let (scores, count) =
-            run::rouge_eval(&model, &tok, &examples, n, max_new, seq_len, &device)?;
+            run::rouge_eval(&model, &tok, &examples, n, o.max_new_tokens, o.seq_len, &device)?;
         let (rouge, em) = scores.map_or((0.0, 0.0), |s| (s.rouge_l, s.exact_match));
         println!("ROUGE-L F1 of greedy responses: {rouge:.4} (mean of {count} examples)");
-        if exact {
+        if o.exact_match {
             println!("exact-match accuracy of the final number: {em:.4} ({count} examples)");
         }
     }
     Ok(())
 }
 
-fn cmd_export(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &[])?;
-    o.check_known(&["checkpoint", "out", "config", "tokenizer"])?;
-    let ck = PathBuf::from(o.get("checkpoint").context("--checkpoint DIR is required")?);
-    let out = PathBuf::from(o.get("out").context("--out DIR is required")?);
-    let config = o.get("config").map(PathBuf::from);
-    run::export_checkpoint(&ck, config.as_deref(), &out)?;
-    if let Some(t) = o.get("tokenizer") {
-        run::copy_tokenizer(std::path::Path::new(t), &out)?;
+fn cmd_export(o: &ExportArgs) -> Result<()> {
+    run::export_checkpoint(&o.checkpoint, o.config.as_deref(), &o.out)?;
+    if let Some(t) = &o.tokenizer {
+        run::copy_tokenizer(t, &o.out)?;
     }
-    println!("exported {} to {}", ck.display(), out.display());
+    println!("exported {} to {}", o.checkpoint.display(), o.out.display());
     Ok(())
 }
 
-fn cmd_generate(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &[])?;
-    o.check_known(&[
-        "model",
-        "prompt",
-        "max-new-tokens",
-        "temperature",
-        "top-k",
-        "top-p",
-        "seed",
-        "tokenizer",
-        "device",
-        "dtype",
-    ])?;
-    let model_dir = PathBuf::from(o.get("model").context("--model DIR is required")?);
-    let prompt = o.get("prompt").context("--prompt TEXT is required")?;
-    let (model, device) = load_for_inference(&o, &model_dir)?;
-    let tok = tokenizer_for(&o, &model_dir)?;
-    let ids = tok.encode_prompt(prompt)?;
-    let sampling = match o.parsed::<f64>("temperature")? {
+fn cmd_generate(o: &GenerateArgs) -> Result<()> {
+    let (model, device) = load_for_inference(&o.on, &o.model).input()?;
+    let tok = tokenizer_for(o.tokenizer.as_deref(), &o.model).input()?;
+    let ids = tok.encode_prompt(&o.prompt)?;
+    let sampling = match o.temperature {
         None | Some(0.0) => Sampling::Greedy,
-        Some(temperature) => {
-            Sampling::Sample { temperature, top_k: o.parsed("top-k")?, top_p: o.parsed("top-p")? }
-        }
+        Some(temperature) => Sampling::Sample { temperature, top_k: o.top_k, top_p: o.top_p },
     };
     let tokens = kd_train::methods::SpecialTokens::of(&tok);
     let config = GenerationConfig {
-        max_new_tokens: o.parsed("max-new-tokens")?.unwrap_or(64),
+        max_new_tokens: o.max_new_tokens,
         sampling,
         eos_token_ids: tokens.eos_ids,
         pad_token_id: tokens.pad_id,
-        seed: o.parsed("seed")?.unwrap_or(0),
+        seed: o.seed,
         output_step_logits: false,
     };
-    let out = kd_models::generate(&model, &[ids], &config, &device, |_, _| {})?;
+    config.sampling.validate().input()?;
+    let mut progress = progress::Progress::new("generate", o.max_new_tokens as u64, "tokens");
+    let out = kd_models::generate(&model, &[ids], &config, &device, |step, _| {
+        progress.set(step as u64 + 1);
+    })?;
+    progress.finish();
     println!("{}", tok.decode(&out.sequences[0], true)?);
     Ok(())
 }
 
-/// `kd plot --runs DIR,DIR,… --out FILE.png [--metric exact_match|rouge_l|loss] [--title T]`:
-/// the held-out curves of several runs (their `metrics.jsonl`) in one chart.
-fn cmd_plot(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &[])?;
-    o.check_known(&["runs", "out", "metric", "title"])?;
-    let runs = o.get("runs").context("--runs DIR,DIR,... is required")?;
-    let out = PathBuf::from(o.get("out").context("--out FILE.png is required")?);
-    let metric = o.get("metric").unwrap_or("loss");
-    let pick = |e: &kd_train::EvalRecord| -> Result<Option<f64>> {
-        Ok(match metric {
-            "loss" => Some(e.loss),
-            "rouge_l" => e.rouge_l,
-            "exact_match" => e.exact_match,
-            other => bail!("--metric {other}: expected loss, rouge_l or exact_match"),
-        })
+/// `kd plot`: the held-out curves of several runs (their `metrics.jsonl`) in one chart.
+fn cmd_plot(o: &PlotArgs) -> Result<()> {
+    let (metric, pick): (&str, fn(&kd_train::EvalRecord) -> Option<f64>) = match o.metric {
+        MetricArg::Loss => ("loss", |e| Some(e.loss)),
+        MetricArg::RougeL => ("rouge_l", |e| e.rouge_l),
+        MetricArg::ExactMatch => ("exact_match", |e| e.exact_match),
     };
     let mut series = Vec::new();
-    for dir in runs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    for dir in o.runs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let path = PathBuf::from(dir).join(kd_train::trainer::METRICS_FILE);
         let mut points = Vec::new();
-        for line in kd_train::metrics::read_jsonl(&path)? {
+        for line in kd_train::metrics::read_jsonl(&path).input()? {
             if let kd_train::MetricsLine::Eval(e) = line
-                && let Some(y) = pick(&e)?
+                && let Some(y) = pick(&e)
             {
                 points.push((e.step as f64, y));
             }
         }
         if points.is_empty() {
-            bail!("{}: no held-out `{metric}` in its metrics", path.display());
+            return Err(anyhow::anyhow!(
+                "{}: no held-out `{metric}` in its metrics",
+                path.display()
+            ))
+            .input();
         }
         let name = PathBuf::from(dir)
             .file_name()
@@ -447,105 +591,133 @@ fn cmd_plot(args: &[String]) -> Result<()> {
         series.push(crate::plot::Series { name, points });
     }
     let chart = crate::plot::Chart {
-        title: o.get("title").unwrap_or("held-out").to_string(),
+        title: o.title.clone(),
         x_label: "step".into(),
         y_label: metric.replace('_', " "),
         series,
         width: 900,
         height: 560,
     };
-    chart.write_png(&out)?;
-    println!("{} curves in {}", chart.series.len(), out.display());
+    chart.write_png(&o.out)?;
+    println!("{} curves in {}", chart.series.len(), o.out.display());
     Ok(())
 }
 
-fn cmd_seqkd_generate(args: &[String]) -> Result<()> {
-    let o = Opts::parse(args, &[])?;
-    o.check_known(&[
-        "teacher",
-        "data",
-        "out",
-        "tokenizer",
-        "seq-len",
-        "temperature",
-        "top-k",
-        "top-p",
-        "max-new-tokens",
-        "seed",
-        "original-fraction",
-        "batch",
-        "template",
-        "device",
-        "dtype",
-    ])?;
-    let teacher_dir = PathBuf::from(o.get("teacher").context("--teacher DIR is required")?);
-    let data = PathBuf::from(o.get("data").context("--data FILE is required")?);
-    let out = PathBuf::from(o.get("out").context("--out FILE.jsonl is required")?);
+fn cmd_seqkd_generate(o: &SeqKdArgs) -> Result<()> {
     let mut settings = kd_train::methods::seqkd::SeqKdConfig::default();
-    if let Some(t) = o.parsed("temperature")? {
+    if let Some(t) = o.temperature {
         settings.sampling.temperature = t;
     }
-    settings.sampling.top_k = o.parsed("top-k")?;
-    settings.sampling.top_p = o.parsed("top-p")?;
-    if let Some(n) = o.parsed("max-new-tokens")? {
+    settings.sampling.top_k = o.top_k;
+    settings.sampling.top_p = o.top_p;
+    if let Some(n) = o.max_new_tokens {
         settings.sampling.max_new_tokens = n;
     }
-    if let Some(s) = o.parsed("seed")? {
+    if let Some(s) = o.seed {
         settings.seed = s;
     }
-    if let Some(r) = o.parsed("original-fraction")? {
+    if let Some(r) = o.original_fraction {
         settings.original_fraction = r;
     }
-    if let Some(b) = o.parsed("batch")? {
+    if let Some(b) = o.batch {
         settings.generation_batch = b;
     }
-    settings.validate()?;
-    let seq_len = o.parsed::<usize>("seq-len")?.unwrap_or(128);
-    let (teacher, device) = load_for_inference(&o, &teacher_dir)?;
-    let tok = tokenizer_for(&o, &teacher_dir)?;
-    let examples = kd_train::data::read_instruction_jsonl(&data, &template_for(&o, &teacher_dir)?)?;
+    settings.validate().input()?;
+    let (teacher, device) = load_for_inference(&o.on, &o.teacher).input()?;
+    let tok = tokenizer_for(o.tokenizer.as_deref(), &o.teacher).input()?;
+    let template = template_for(o.template, o.tokenizer.as_deref(), &o.teacher).input()?;
+    let examples = kd_train::data::read_instruction_jsonl(&o.data, &template).input()?;
     let provenance = seqkd::Provenance {
-        teacher: teacher_dir,
+        teacher: o.teacher.clone(),
         teacher_params: teacher.num_params(),
-        source: data,
+        source: o.data.clone(),
         examples: examples.len(),
-        seq_len,
+        seq_len: o.seq_len,
         settings: settings.clone(),
         kd_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let (n, tokens, secs) =
-        seqkd::generate(&teacher, &tok, &examples, &settings, seq_len, &provenance, &out, &device)?;
+    let (n, tokens, secs) = seqkd::generate(
+        &teacher,
+        &tok,
+        &examples,
+        &settings,
+        o.seq_len,
+        &provenance,
+        &o.out,
+        &device,
+    )?;
     println!(
         "{n} examples, {tokens} teacher tokens in {secs:.1}s ({:.0} tokens/s); wrote {} and {}",
         tokens as f64 / secs.max(1e-9),
-        out.display(),
-        seqkd::provenance_path(&out).display()
+        o.out.display(),
+        seqkd::provenance_path(&o.out).display()
     );
     Ok(())
 }
 
+fn cmd_demo(o: &DemoArgs) -> Result<()> {
+    demo::cmd_demo(&o.out, o.assets.as_deref(), o.quick)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quiet = args.iter().any(|a| a == "--quiet" || a == "-q");
-    let args: Vec<String> = args.into_iter().filter(|a| a != "--quiet" && a != "-q").collect();
-    init_logger(quiet);
-    let result = match args.first().map(String::as_str) {
-        Some("train") => cmd_train(&args[1..], false),
-        Some("distill") => cmd_train(&args[1..], true),
-        Some("eval") => cmd_eval(&args[1..]),
-        Some("seqkd-generate") => cmd_seqkd_generate(&args[1..]),
-        Some("plot") => cmd_plot(&args[1..]),
-        Some("generate") => cmd_generate(&args[1..]),
-        Some("export") => cmd_export(&args[1..]),
-        Some("demo") => demo::cmd_demo(&args[1..]),
-        Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+    // Usage errors, --help and --version: clap prints them and exits (2 for errors, 0 else).
+    let cli = Cli::parse();
+    progress::init(cli.quiet);
+    let result = match &cli.command {
+        Command::Demo(o) => cmd_demo(o),
+        Command::Train(o) => cmd_train(o, false),
+        Command::Distill(o) => cmd_train(o, true),
+        Command::SeqkdGenerate(o) => cmd_seqkd_generate(o),
+        Command::Eval(o) => cmd_eval(o),
+        Command::Export(o) => cmd_export(o),
+        Command::Plot(o) => cmd_plot(o),
+        Command::Generate(o) => cmd_generate(o),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(error::exit_code(&e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_config_and_the_last_one_wins() {
+        let cli = Cli::try_parse_from([
+            "kd",
+            "distill",
+            "--steps",
+            "3",
+            "--steps",
+            "5",
+            "--lr",
+            "1",
+            "--temperature",
+            "2",
+            "--set",
+            "train.batch_size=4",
+            "--student",
+            "s",
+            "--out",
+            "o",
+        ])
+        .unwrap();
+        let Command::Distill(o) = cli.command else { panic!("{cli:?}") };
+        let b = run_config(&o).unwrap();
+        let c = b.build().unwrap();
+        assert_eq!((c.train.steps, c.train.lr, c.train.batch_size), (5, 1.0, 4));
+        assert_eq!(c.student.pretrained, Some(PathBuf::from("s")));
+        let toml = b.to_toml();
+        assert!(toml.contains("temperature = 2.0") && toml.contains("forward_kl"), "{toml}");
+        let err = Cli::try_parse_from(["kd", "train", "--stepz", "3"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -19,7 +19,9 @@ use kd_train::{
 };
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
+use crate::error::Input;
 use crate::plot::{Chart, Series, write_png_stack};
+use crate::progress::{self, Progress};
 use crate::seqkd;
 use kd_train::template::PromptRenderer;
 
@@ -174,18 +176,21 @@ pub fn export_checkpoint(checkpoint: &Path, config: Option<&Path>, out: &Path) -
             .context("checkpoint has no parent directory")?,
     };
     let model_config = ModelConfig::from_file(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
+        .with_context(|| format!("reading {}", config_path.display()))
+        .input()?;
     let device = Device::flex();
     let model = CausalLm::init(&model_config, &device)?;
-    let ck = kd_train::Checkpoint::load(checkpoint)?;
-    let model = kd_train::params::load_param_values(model, &ck.model).map_err(|errs| {
-        anyhow::anyhow!(
-            "checkpoint {} does not fit {}: {}",
-            checkpoint.display(),
-            config_path.display(),
-            errs.join("; ")
-        )
-    })?;
+    let ck = kd_train::Checkpoint::load(checkpoint).input()?;
+    let model = kd_train::params::load_param_values(model, &ck.model)
+        .map_err(|errs| {
+            anyhow::anyhow!(
+                "checkpoint {} does not fit {}: {}",
+                checkpoint.display(),
+                config_path.display(),
+                errs.join("; ")
+            )
+        })
+        .input()?;
     model.save_pretrained(out)?;
     Ok(())
 }
@@ -230,10 +235,10 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
         config.data.train = Some(path.clone());
         return Ok(config);
     }
-    let tok_path = config.data.tokenizer.clone().context("set data.tokenizer")?;
-    let tok = load_tokenizer(&tok_path)?;
-    let source = config.data.train.clone().context("no training data: set data.train")?;
-    let mut examples = instruction_examples(&config.data, &source)?;
+    let tok_path = config.data.tokenizer.clone().context("set data.tokenizer").input()?;
+    let tok = load_tokenizer(&tok_path).input()?;
+    let source = config.data.train.clone().context("no training data: set data.train").input()?;
+    let mut examples = instruction_examples(&config.data, &source).input()?;
     if config.data.eval.is_none() {
         // The held-out tail, as `load_data` splits it (one block per example).
         let k = kd_train::data::tail_len(examples.len(), config.data.eval_fraction);
@@ -249,9 +254,10 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
         config.data.eval = Some(eval_path);
     }
     let teacher_dir = config.teacher.pretrained.clone();
-    let plain = config.run.teacher_device.as_ref().unwrap_or(&config.run.device).device()?;
+    let plain =
+        config.run.teacher_device.as_ref().unwrap_or(&config.run.device).device().input()?;
     let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
-    let teacher = load_model_as(&config.teacher, "teacher", &plain, precision)?;
+    let teacher = load_model_as(&config.teacher, "teacher", &plain, precision).input()?;
     let provenance = seqkd::Provenance {
         teacher: teacher_dir.unwrap_or_else(|| PathBuf::from("<init>")),
         teacher_params: teacher.num_params(),
@@ -298,15 +304,16 @@ pub fn run_job(
     teacher: Option<CausalLm>,
     data: Option<(&TokenDataset, &TokenDataset)>,
 ) -> Result<JobResult> {
-    let plain = config.run.device.device()?;
+    let plain = config.run.device.device().input()?;
     let device = plain.clone().autodiff();
     let teacher_device = match &config.run.teacher_device {
-        Some(d) => d.device()?,
+        Some(d) => d.device().input()?,
         None => plain.clone(),
     };
     device.seed(config.train.seed);
-    let mut method = resolve_method(config, distill)?;
-    let out = config.train.output_dir.clone().context("set train.output_dir (or --out DIR)")?;
+    let mut method = resolve_method(config, distill).input()?;
+    let out =
+        config.train.output_dir.clone().context("set train.output_dir (or --out DIR)").input()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("run.toml"), config_text)?;
     // What ran where, beside the metrics.
@@ -332,20 +339,20 @@ pub fn run_job(
     };
     log::info!("method: {}", method.name());
     let tok_path = config.data.tokenizer.clone();
-    let tok = tok_path.as_ref().map(|p| load_tokenizer(p)).transpose()?;
+    let tok = tok_path.as_ref().map(|p| load_tokenizer(p)).transpose().input()?;
 
     let owned;
     let mut rouge = None;
     let (train, eval) = match data {
         Some(d) => d,
         None => {
-            let tok = tok.as_ref().context("set data.tokenizer")?;
-            owned = load_data(&config.data, tok)?;
+            let tok = tok.as_ref().context("set data.tokenizer").input()?;
+            owned = load_data(&config.data, tok).input()?;
             // Instruction data: ROUGE-L of greedy answers at every evaluation.
             if config.train.eval_rouge_prompts > 0
-                && let Some(examples) = held_out_examples(&config.data, owned.1.len())?
+                && let Some(examples) = held_out_examples(&config.data, owned.1.len()).input()?
             {
-                rouge = Some(RougeEval::new(&examples, tok.clone())?);
+                rouge = Some(RougeEval::new(&examples, tok.clone()).input()?);
             }
             (&owned.0, &owned.1)
         }
@@ -358,7 +365,7 @@ pub fn run_job(
     );
     let student = match student {
         Some(s) => s,
-        None => load_model(&config.student, "student", &device)?,
+        None => load_model(&config.student, "student", &device).input()?,
     };
     log::info!("model to train: {} parameters", student.num_params());
     let config_json = serde_json::to_string_pretty(&student.config().to_json())?;
@@ -366,14 +373,16 @@ pub fn run_job(
     // The plain-text corpus of language-modelling terms (MiniLLM's PT loss), when given.
     let pt_data = match &config.data.pt {
         Some(path) => {
-            let tok = tok.as_ref().context("set data.tokenizer")?;
-            let template = renderer(&config.data)?;
-            Some(load_blocks(path, DataFormat::Text, &template, tok, config.data.seq_len)?)
+            let tok = tok.as_ref().context("set data.tokenizer").input()?;
+            let template = renderer(&config.data).input()?;
+            let blocks = load_blocks(path, DataFormat::Text, &template, tok, config.data.seq_len);
+            Some(blocks.input()?)
         }
         None => None,
     };
     let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
-    let mut trainer = Trainer::new(train_config, student, &device)?;
+    let mut trainer =
+        Trainer::new(train_config, student, &device).input()?.on_event(progress::train_observer());
     log::info!(
         "student on {} computing in {} (f32 master weights)",
         config.run.device,
@@ -392,18 +401,19 @@ pub fn run_job(
             Some(t) => t,
             None => {
                 let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
-                load_model_as(&config.teacher, "teacher", &teacher_device, precision)?
+                load_model_as(&config.teacher, "teacher", &teacher_device, precision).input()?
             }
         };
         log::info!("teacher: {} parameters", teacher.num_params());
+        let batch = config.train.batch_size;
         let teacher_eval =
-            kd_train::evaluate(&teacher, eval, config.train.batch_size, None, &teacher_device);
+            evaluate_with_progress(&teacher, eval, batch, &teacher_device, "teacher eval");
         log::info!(
             "teacher held-out: loss {:.4}  ppl {:.3}",
             teacher_eval.loss,
             teacher_eval.perplexity
         );
-        trainer = trainer.with_teacher_on(teacher, &teacher_device)?;
+        trainer = trainer.with_teacher_on(teacher, &teacher_device).input()?;
         log::info!(
             "teacher on {} in {}",
             config.run.teacher_device.as_ref().unwrap_or(&config.run.device),
@@ -418,8 +428,8 @@ pub fn run_job(
         );
         trainer = trainer.with_rouge_eval(r);
     }
-    if resume && let Some(ck) = latest_checkpoint(&out)? {
-        trainer.resume_from(&ck)?;
+    if resume && let Some(ck) = latest_checkpoint(&out).input()? {
+        trainer.resume_from(&ck).input()?;
     }
     let report = trainer.fit(train, Some(eval))?;
     let final_eval = match report.evals.last() {
@@ -440,9 +450,37 @@ pub fn run_job(
     Ok(JobResult { report, final_eval, model_dir })
 }
 
+/// Held-out loss and perplexity of `model` on `data` ([`kd_train::evaluate`]), a batch at a time
+/// with [`Progress`] (`what` names it): the token-weighted mean of the batches' losses.
+pub fn evaluate_with_progress(
+    model: &CausalLm,
+    data: &TokenDataset,
+    batch_size: usize,
+    device: &Device,
+    what: &str,
+) -> EvalRecord {
+    let batch_size = batch_size.max(1);
+    let mut progress = Progress::new(what, data.len() as u64, "blocks");
+    let (mut total, mut tokens) = (0.0, 0u64);
+    for (k, chunk) in data.blocks.chunks(batch_size).enumerate() {
+        let part = TokenDataset { blocks: chunk.to_vec() };
+        let r = kd_train::evaluate(model, &part, batch_size, None, device);
+        total += r.loss * r.tokens as f64;
+        tokens += r.tokens;
+        progress.set(((k + 1) * batch_size).min(data.len()) as u64);
+    }
+    progress.finish();
+    let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
+    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None, exact_match: None }
+}
+
+/// Examples per generation batch of [`rouge_eval`].
+const ROUGE_BATCH: usize = 16;
+
 /// Mean ROUGE-L F1 and exact-match accuracy of greedy answers to the first `n` prompts against
 /// their references, the same measurement as the training loop's ([`RougeEval`]): prompt and
-/// answer within `max_len` tokens. Returns the scores and the number of examples scored.
+/// answer within `max_len` tokens, a batch of prompts at a time with [`Progress`]. Returns the
+/// scores and the number of examples scored.
 pub fn rouge_eval(
     model: &CausalLm,
     tok: &Tokenizer,
@@ -452,9 +490,34 @@ pub fn rouge_eval(
     max_len: usize,
     device: &Device,
 ) -> Result<(Option<kd_train::rouge::GenerationScores>, usize)> {
-    let set = RougeEval::new(examples, tok.clone())?;
-    let scores = set.scores(model, n, max_new_tokens, max_len, 16, device)?;
-    Ok((scores, if scores.is_some() { n.min(set.len()) } else { 0 }))
+    let set = RougeEval::new(examples, tok.clone()).input()?;
+    let n = n.min(set.len());
+    let mut progress = Progress::new("rouge", n as u64, "answers");
+    let (mut rouge, mut exact, mut scored) = (0.0, 0.0, 0usize);
+    let mut seen = 0;
+    // RougeEval leaves out examples whose prompt encodes to nothing: walk the examples until `n`
+    // have been scored, as one pass over the first `n` of the set would.
+    for chunk in examples.chunks(ROUGE_BATCH) {
+        if scored >= n {
+            break;
+        }
+        let part = RougeEval::new(chunk, tok.clone())?;
+        let take = part.len().min(n - scored);
+        if let Some(s) = part.scores(model, take, max_new_tokens, max_len, ROUGE_BATCH, device)? {
+            rouge += s.rouge_l * take as f64;
+            exact += s.exact_match * take as f64;
+            scored += take;
+        }
+        seen += chunk.len();
+        progress.set(scored as u64);
+    }
+    progress.finish();
+    log::debug!("rouge: {scored} answers scored from {seen} examples");
+    let scores = (scored > 0).then(|| kd_train::rouge::GenerationScores {
+        rouge_l: rouge / scored as f64,
+        exact_match: exact / scored as f64,
+    });
+    Ok((scores, scored))
 }
 
 /// Train loss and held-out loss of one run, with a ROUGE-L panel below when it was measured.

@@ -20,6 +20,8 @@ use kd_train::methods::SpecialTokens;
 use kd_train::methods::seqkd::{SeqKdConfig, teacher_answers};
 use serde::{Deserialize, Serialize};
 
+use crate::progress::Progress;
+
 /// Where the generated answers came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -93,7 +95,7 @@ pub fn generate(
         which.push(i);
     }
     let tokens = SpecialTokens::of(tok);
-    let every = (prompts.len() / 10).max(1);
+    let mut progress = Progress::new("seqkd", prompts.len() as u64, "teacher answers");
     let answers = teacher_answers(
         teacher,
         &prompts,
@@ -103,15 +105,9 @@ pub fn generate(
         settings.seed,
         settings.generation_batch,
         device,
-        |done, all| {
-            if done % every < settings.generation_batch || done == all {
-                log::info!(
-                    "seqkd: {done}/{all} teacher answers ({:.0}s)",
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        },
+        |done, _| progress.set(done as u64),
     )?;
+    progress.finish();
     let mut rows: Vec<Row> = examples
         .iter()
         .map(|ex| Row {

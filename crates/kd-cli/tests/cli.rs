@@ -1,7 +1,8 @@
-//! The `kd` binary end to end on tiny models: train, resume, distil, export, eval, generate.
+//! The `kd` binary end to end on tiny models: train, resume, distil, export, eval, generate;
+//! its help, version, exit codes and progress lines.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn kd(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kd"))
@@ -16,6 +17,11 @@ fn kd(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Runs `kd` with `args` as they are (no `--quiet`), whatever its exit status.
+fn kd_raw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("the kd binary runs")
 }
 
 fn assets() -> PathBuf {
@@ -180,12 +186,9 @@ fn train_resume_distill_export_eval_generate() {
     let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
     assert_eq!((be(16), be(20)), (800, 800));
 
-    // Bad input is a clear error, not a panic.
-    let bad = Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(["train", "--config", cfg, "--set", "train.stepz=3"])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
+    // Bad input is a clear error (exit status 2), not a panic.
+    let bad = kd_raw(&["train", "--config", cfg, "--set", "train.stepz=3"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("stepz"));
 
     std::fs::remove_dir_all(&dir).unwrap();
@@ -406,11 +409,103 @@ fn distill_on_a_device_in_half_precision() {
         let text = kd(&[&generate[..], &["--max-new-tokens", "3"], &on[..]].concat());
         assert!(text.starts_with("Once upon"), "{text}");
     }
-    let r = Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(["distill", "--config", cfg.to_str().unwrap(), "--device", "tpu"])
-        .output()
-        .unwrap();
-    assert!(!r.status.success());
+    let r = kd_raw(&["distill", "--config", cfg.to_str().unwrap(), "--device", "tpu"]);
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown device `tpu`"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn version_and_help_are_generated() {
+    let v = kd_raw(&["--version"]);
+    assert!(v.status.success(), "{v:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        concat!("kd ", env!("CARGO_PKG_VERSION"))
+    );
+
+    let help = kd_raw(&["--help"]);
+    assert!(help.status.success(), "{help:?}");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["demo", "train", "distill", "seqkd-generate", "eval", "export", "plot"] {
+        assert!(text.contains(command), "{command}: {text}");
+    }
+    assert!(text.contains("Exit status") && text.contains("RUST_LOG"), "{text}");
+
+    let help = kd_raw(&["train", "--help"]);
+    assert!(help.status.success(), "{help:?}");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--config <FILE>",
+        "--set <KEY=VALUE>",
+        "--steps <N>",
+        "--lr <X>",
+        "--teacher-device <D>",
+        "--dtype <P>",
+        "--resume",
+        "--quiet",
+    ] {
+        assert!(text.contains(flag), "{flag}: {text}");
+    }
+    for (command, flag) in [
+        ("eval", "--rouge <N>"),
+        ("generate", "--top-p <P>"),
+        ("seqkd-generate", "--original-fraction <R>"),
+        ("plot", "--metric <METRIC>"),
+        ("demo", "--quick"),
+    ] {
+        let help = kd_raw(&[command, "--help"]);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success() && text.contains(flag), "{command} {flag}: {text}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_failed_runs_exit_1() {
+    // Usage errors: clap's message and usage line, exit status 2.
+    for args in [
+        &["train", "--stepz", "3"][..],
+        &["train", "--steps", "many"],
+        &["eval", "--data", "x.txt"],
+        &["plot", "--runs", "a", "--out", "b.png", "--metric", "bleu"],
+        &["fly"],
+    ] {
+        let r = kd_raw(args);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {r:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("error:") && err.contains("Usage:"), "{args:?}: {err}");
+    }
+    let dir = std::env::temp_dir().join(format!("kd-cli-exit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Input errors: exit status 2, no backtrace.
+    let missing = dir.join("no-model");
+    let data = assets().join("tinystories.txt");
+    let r =
+        kd_raw(&["eval", "--model", missing.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("no-model") && !err.contains("backtrace"), "{err}");
+
+    // Without a terminal, training logs its plain progress lines (with an ETA) on stderr.
+    let cfg = write_config(&dir);
+    let cfg = cfg.to_str().unwrap();
+    let out = dir.join("ok");
+    let ok = kd_raw(&["train", "--config", cfg, "--steps", "2", "--out", out.to_str().unwrap()]);
+    assert!(ok.status.success(), "{ok:?}");
+    let log = String::from_utf8_lossy(&ok.stderr);
+    assert!(log.contains("step 2/2  loss ") && log.contains(" eta "), "{log}");
+    assert!(log.contains("eval step 2: loss ") && log.contains("checkpoint "), "{log}");
+    assert!(!log.contains('\r'), "{log}");
+
+    // A run that fails once started (its student cannot be exported: `model` is a file there):
+    // exit status 1, after the training steps ran.
+    let out = dir.join("blocked");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model"), "not a directory").unwrap();
+    let r = kd_raw(&["train", "--config", cfg, "--steps", "2", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("step 2/2") && err.contains("error: exporting the student"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -28,6 +28,9 @@
 //! - [`metrics`]: held-out loss and perplexity, a JSONL log; [`rouge`]: ROUGE-L (and, with
 //!   [`exact_match`], the exact match of the final number) of greedy answers to held-out
 //!   instruction prompts at every evaluation (`kd` draws the curves as PNG charts).
+//! - [`events`]: the run reports [`TrainEvent`]s (steps, evaluations, checkpoints, resumes) to an
+//!   observer ([`Trainer::on_event`]), by default as plain `log` lines; rendering (progress bars,
+//!   ETAs) is the caller's.
 //! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the
 //!   method's state (TAID's schedule, MiniLLM's rollouts), written atomically; a resumed run
 //!   reproduces the uninterrupted one exactly.
@@ -66,6 +69,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod events;
 pub mod exact_match;
 pub mod methods;
 pub mod metrics;
@@ -81,6 +85,7 @@ pub mod trainer;
 
 pub use checkpoint::{Checkpoint, TrainState};
 pub use error::{Result, TrainError};
+pub use events::TrainEvent;
 pub use kd_losses;
 pub use methods::{Method, MethodConfig};
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate};

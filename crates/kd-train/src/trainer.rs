@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{BatchOrder, DataCursor, TokenDataset};
 use crate::error::{Result, TrainError};
+use crate::events::{Observer, TrainEvent};
 use crate::methods::{Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
 use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, rewrite_jsonl};
 use crate::model::{LanguageModel, VocabAlignment};
@@ -63,7 +64,8 @@ pub struct TrainConfig {
     /// Most new tokens per answer in that evaluation (default `64`; prompt and answer stay
     /// within the held-out block length, see [`crate::rouge`]).
     pub eval_max_new_tokens: usize,
-    /// Log a progress line every this many steps (default `10`).
+    /// Mark every this many steps as periodic in [`TrainEvent::Step`] (default `10`): the
+    /// steps the default observer logs a progress line for.
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and after the last one, when `output_dir` is
     /// set); `0` = only after the last one.
@@ -204,6 +206,9 @@ pub struct TrainReport {
 /// moved to the matching plain device and runs without a graph. Both may differ in depth, width
 /// and (with [`VocabAlignment::SliceToShared`]) vocabulary size.
 ///
+/// Progress goes to an observer as [`TrainEvent`]s ([`Trainer::on_event`]); without one, each
+/// event is logged as a plain line ([`crate::events::log_event`]).
+///
 /// # Example
 /// See `tests/end_to_end.rs`: a few steps of distillation, checkpoint, exact resume.
 #[derive(Debug)]
@@ -220,6 +225,7 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     pt_data: Option<TokenDataset>,
     state: TrainState,
     rouge: Option<RougeEval>,
+    observer: Observer,
 }
 
 impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
@@ -282,6 +288,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             teacher: None,
             device,
             rouge: None,
+            observer: Observer::logging(),
         })
     }
 
@@ -346,6 +353,43 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// `gkd`, `minillm`, `seqkd`). Default: no EOS (responses run to their length cap), pad `0`.
     pub fn with_special_tokens(mut self, eos_ids: Vec<u32>, pad_id: u32) -> Self {
         self.tokens = SpecialTokens { eos_ids, pad_id };
+        self
+    }
+
+    /// Sends every [`TrainEvent`] (steps, evaluations, checkpoints, resumes, skipped steps) to
+    /// `observer` instead of logging it: a caller that renders progress itself (a progress bar,
+    /// an ETA) sets one; call [`crate::events::log_event`] in it to keep the default lines.
+    ///
+    /// # Example
+    /// ```
+    /// # use burn::tensor::Device;
+    /// # use kd_models::{CausalLm, Gpt2Config, ModelConfig};
+    /// # use kd_train::data::{TokenDataset, pack_tokens};
+    /// use kd_train::events::TrainEvent;
+    /// use kd_train::{TrainConfig, Trainer};
+    /// use std::sync::mpsc;
+    ///
+    /// # let device = Device::flex().autodiff();
+    /// # let config = ModelConfig::Gpt2(Gpt2Config {
+    /// #     vocab_size: 16, n_positions: 8, n_embd: 8, n_layer: 1, n_head: 2, ..Default::default()
+    /// # });
+    /// # let student = CausalLm::init(&config, &device)?;
+    /// # let tokens: Vec<u32> = (0..200).map(|i| (i * 7 % 16) as u32).collect();
+    /// # let data = TokenDataset::new("train", pack_tokens(&tokens, 8))?;
+    /// let (send, steps) = mpsc::channel();
+    /// let config = TrainConfig { steps: 2, batch_size: 2, ..Default::default() };
+    /// let trainer = Trainer::<CausalLm>::new(config, student, &device)?;
+    /// let mut trainer = trainer.on_event(move |e| {
+    ///     if let TrainEvent::Step { step, total_steps, .. } = e {
+    ///         send.send((*step, *total_steps)).unwrap();
+    ///     }
+    /// });
+    /// trainer.fit(&data, None)?;
+    /// assert_eq!(steps.try_iter().collect::<Vec<_>>(), [(1, 2), (2, 2)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_event(mut self, observer: impl FnMut(&TrainEvent) + Send + 'static) -> Self {
+        self.observer = Observer::calling(observer);
         self
     }
 
@@ -453,7 +497,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             TrainError::Checkpoint { reason, .. } => TrainError::checkpoint(dir, reason),
             other => other,
         })?;
-        log::info!("resumed from {} at step {}", dir.display(), self.state.step);
+        let event = TrainEvent::Resumed { step: self.state.step, path: dir.to_path_buf() };
+        self.observer.emit(&event);
         Ok(())
     }
 
@@ -523,7 +568,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             if !skip {
                 return Err(TrainError::NonFiniteGradient { step });
             }
-            log::warn!("step {step}: non-finite loss or gradients; the update is skipped");
+            self.observer.emit(&TrainEvent::NonFinite { step });
             extra.insert("non_finite".into(), 1.0);
             self.state.non_finite_steps += 1;
         }
@@ -614,46 +659,40 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             }
             None => None,
         };
+        let first = self.state.step;
+        self.observer.emit(&TrainEvent::Started { first_step: first, total_steps: total });
         if let (0, true, Some(data)) = (self.state.step, self.config.eval_every > 0, eval) {
             // The starting point of the held-out curve.
             let e = self.evaluate(data)?;
-            log::info!("eval step 0: {}", eval_summary(&e));
+            self.observer.emit(&TrainEvent::Eval { record: e.clone() });
             if let Some(p) = &metrics {
                 append_jsonl(p, &[MetricsLine::Eval(e.clone())])?;
             }
             self.state.evals.push(e);
         }
-        let first = self.state.step;
-        let mut window_tokens = 0u64;
-        let mut window_start = Instant::now();
         while self.state.step < total {
             let rec = self.train_step(train, &mut order)?;
-            window_tokens += rec.tokens;
             let step = rec.step;
             let mut lines = vec![MetricsLine::Train(rec.clone())];
-            self.state.history.push(rec.clone());
             let last = step == total;
-            if self.config.log_every > 0 && (step % self.config.log_every == 0 || last) {
-                let elapsed = start.elapsed().as_secs_f64();
-                let done = (step - first) as f64;
-                let eta = elapsed / done.max(1.0) * (total - step) as f64;
-                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                log::info!(
-                    "step {step}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s  eta {}",
-                    rec.loss,
-                    rec.lr,
-                    rec.grad_norm,
-                    tps,
-                    format_duration(eta)
-                );
-                window_tokens = 0;
-                window_start = Instant::now();
-            }
+            self.observer.emit(&TrainEvent::Step {
+                step,
+                total_steps: total,
+                first_step: first,
+                loss: rec.loss,
+                lr: rec.lr,
+                grad_norm: rec.grad_norm,
+                tokens: rec.tokens,
+                tokens_per_sec: rec.tokens_per_s,
+                elapsed: start.elapsed(),
+                periodic: self.config.log_every > 0 && (step % self.config.log_every == 0 || last),
+            });
+            self.state.history.push(rec);
             let eval_now =
                 last || (self.config.eval_every > 0 && step % self.config.eval_every == 0);
             if let (true, Some(data)) = (eval_now, eval) {
                 let e = self.evaluate(data)?;
-                log::info!("eval step {step}: {}  ({} tokens)", eval_summary(&e), e.tokens);
+                self.observer.emit(&TrainEvent::Eval { record: e.clone() });
                 lines.push(MetricsLine::Eval(e.clone()));
                 self.state.evals.push(e);
             }
@@ -663,9 +702,12 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             let ckpt_now = last
                 || (self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0);
             if let (true, Some(dir)) = (ckpt_now, self.config.output_dir.clone()) {
-                self.save_checkpoint(&dir)?;
+                let path = self.save_checkpoint(&dir)?;
+                self.observer.emit(&TrainEvent::Checkpoint { step, path });
             }
         }
+        let steps = self.state.step;
+        self.observer.emit(&TrainEvent::Finished { steps, elapsed: start.elapsed() });
         Ok(TrainReport {
             history: self.state.history.clone(),
             evals: self.state.evals.clone(),
@@ -680,7 +722,6 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(checkpoint_name(self.state.step));
         self.checkpoint().save(&path)?;
-        log::info!("checkpoint {}", path.display());
         let mut all = list_checkpoints(dir)?;
         let keep = self.config.keep_checkpoints.max(1);
         while all.len() > keep {
@@ -754,18 +795,6 @@ pub fn eval_summary(e: &EvalRecord) -> String {
     s
 }
 
-/// `1h02m`, `3m05s`, `12s`.
-pub fn format_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,13 +812,6 @@ mod tests {
         assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389");
         e.rouge_l = Some(0.1875);
         assert_eq!(eval_summary(&e), "loss 2.0000  ppl 7.389  rouge-L 0.1875");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(format_duration(5.4), "5s");
-        assert_eq!(format_duration(185.0), "3m05s");
-        assert_eq!(format_duration(3720.0), "1h02m");
     }
 
     #[test]
