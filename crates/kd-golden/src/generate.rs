@@ -113,8 +113,36 @@ impl Kind {
     }
 }
 
+/// Makes the values of a row pairwise distinct by stepping duplicates up by `step`.
+///
+/// Rounded draws collide often in long rows (~100 ties per 16 × 1000 case), and a tie makes
+/// sort-based losses ambiguous: `uld`'s gradient depends on which of two equal probabilities
+/// is matched with which teacher entry, so implementations that break ties differently would
+/// disagree on a correct result. Generated rows therefore have no ties.
+fn distinct(row: &mut [f64], step: f64) {
+    let mut seen = std::collections::HashSet::with_capacity(row.len());
+    for x in row.iter_mut() {
+        while !seen.insert(x.to_bits()) {
+            *x = round_to(*x + step, step);
+        }
+    }
+}
+
 fn logits(rng: &mut Rng, kind: Kind, n: usize, v: usize) -> Vec<Vec<f64>> {
-    (0..n).map(|_| (0..v).map(|_| round_to(kind.logit(rng), 1e-4)).collect()).collect()
+    (0..n)
+        .map(|_| {
+            let mut row: Vec<f64> = (0..v).map(|_| round_to(kind.logit(rng), 1e-4)).collect();
+            distinct(&mut row, 1e-4);
+            row
+        })
+        .collect()
+}
+
+/// `x + 1e-3·N(0, 1)` elementwise, rounded to 1e-6, made distinct.
+fn perturbed(rng: &mut Rng, row: &[f64]) -> Vec<f64> {
+    let mut out: Vec<f64> = row.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect();
+    distinct(&mut out, 1e-6);
+    out
 }
 
 /// Common inputs of a row-wise case: student, teacher (vocabulary `vt`), labels, mask.
@@ -129,10 +157,7 @@ fn rows(rng: &mut Rng, kind: Kind, vt: Option<usize>) -> Rows {
     let (n, v) = kind.shape();
     let student = logits(rng, kind, n, v);
     let teacher = if kind == Kind::NearIdentical && vt.is_none() {
-        student
-            .iter()
-            .map(|r| r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect())
-            .collect()
+        student.iter().map(|r| perturbed(rng, r)).collect()
     } else {
         logits(rng, kind, n, vt.unwrap_or(v))
     };
@@ -471,16 +496,7 @@ fn minillm_cases(rng: &mut Rng) -> Vec<Value> {
             };
             let student = draw(rng);
             let teacher = if kind == Kind::NearIdentical {
-                student
-                    .iter()
-                    .map(|b| {
-                        b.iter()
-                            .map(|r| {
-                                r.iter().map(|&x| round_to(x + 1e-3 * rng.normal(), 1e-6)).collect()
-                            })
-                            .collect()
-                    })
-                    .collect()
+                student.iter().map(|b| b.iter().map(|r| perturbed(rng, r)).collect()).collect()
             } else {
                 draw(rng)
             };

@@ -107,6 +107,27 @@ fn generated_files_round_trip_with_the_committed_layout() {
 }
 
 #[test]
+fn generated_rows_have_no_ties() {
+    let doc = generate::document("uld", 5).expect("generate");
+    for case in doc["cases"].as_array().expect("cases") {
+        for field in ["student_logits", "teacher_logits"] {
+            for row in case["inputs"][field].as_array().expect("rows") {
+                let mut bits: Vec<u64> = row
+                    .as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|x| x.as_f64().expect("a number").to_bits())
+                    .collect();
+                let n = bits.len();
+                bits.sort_unstable();
+                bits.dedup();
+                assert_eq!(bits.len(), n, "{}: tie in {field}", case["name"]);
+            }
+        }
+    }
+}
+
+#[test]
 fn generation_is_seeded() {
     let a = generate::document("forward_kl", 11).expect("generate");
     let b = generate::document("forward_kl", 11).expect("generate");
