@@ -1,6 +1,6 @@
 //! Loading and saving Hugging Face model directories (`config.json` + `model.safetensors`):
 //! `config.json` → [`ModelConfig`] → the architecture → its weights, read by the
-//! [`weights`](crate::weights) reader.
+//! [`weights`] reader.
 //!
 //! # Loading
 //!

@@ -1,6 +1,6 @@
 //! Reading and writing safetensors weights: memory-mapped files, sharded checkpoints and their
 //! index, stored-dtype conversion, and the HF storage layout of linear and norm layers. Nothing
-//! here knows an architecture: each one asks [`Weights`] for the tensors it needs by key.
+//! here knows an architecture: each one asks `Weights` for the tensors it needs by key.
 //!
 //! Safetensors files are memory-mapped and read one tensor at a time, straight into a parameter
 //! of the dtype asked for in [`LoadOptions::dtype`] (by default the device's default float
