@@ -94,11 +94,10 @@ fn eta(elapsed: f64, done: u64, left: u64) -> f64 {
 
 /// A new bar of `len` units at `pos`, registered with the logger.
 fn new_bar(len: u64, pos: u64, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "{prefix} [{elapsed}] {bar:20.cyan/blue} {pos}/{len} {msg}",
-    )
-    .expect("a valid progress template")
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:20.cyan/blue} {pos}/{len} {msg}")
+            .expect("a valid progress template")
+            .progress_chars("=> ");
     let bar = multi().add(ProgressBar::new(len).with_style(style));
     bar.set_prefix(what.to_string());
     bar.set_position(pos);
