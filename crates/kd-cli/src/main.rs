@@ -196,7 +196,7 @@ enum FormatArg {
 /// Where an inference command computes.
 #[derive(Debug, Args)]
 struct InferenceArgs {
-    /// Device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N].
+    /// Device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N].
     #[arg(long, value_name = "D", default_value = "cpu")]
     device: String,
     /// Precision the model is loaded in: f32, bf16 or f16.

@@ -3,13 +3,13 @@
 //!
 //! On a terminal each long loop draws a bar on stderr and log lines print above it. Anywhere
 //! else (a pipe, a file, CI, the tests) there is no bar: the loops log a plain line now and then
-//! instead (training every `train.log_every` steps, other loops every tenth of the way), each
-//! with its ETA.
+//! instead (training every `train.log_every` steps; generation and evaluation loops at each
+//! tenth of the way, at most every five seconds), each with its ETA.
 
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kd_train::events::{TrainEvent, log_event};
@@ -94,19 +94,23 @@ fn eta(elapsed: f64, done: u64, left: u64) -> f64 {
 
 /// A new bar of `len` units at `pos`, registered with the logger.
 fn new_bar(len: u64, pos: u64, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "{prefix:>10} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}",
-    )
-    .expect("a valid progress template")
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:20.cyan/blue} {pos}/{len} {msg}")
+            .expect("a valid progress template")
+            .progress_chars("=> ");
     let bar = multi().add(ProgressBar::new(len).with_style(style));
     bar.set_prefix(what.to_string());
     bar.set_position(pos);
     bar
 }
 
+/// Least time between two plain progress lines of a [`Progress`].
+const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Progress of a counted loop (answers generated, blocks evaluated, tokens sampled): a bar on a
-/// terminal, else a plain `info` line every tenth of the way and at the end.
+/// terminal, else a plain `info` line at a tenth of the way when [`PLAIN_INTERVAL`] has passed
+/// since the last one (a loop shorter than that logs nothing), and a last line at the end after
+/// earlier ones.
 #[derive(Debug)]
 pub struct Progress {
     what: String,
@@ -115,6 +119,8 @@ pub struct Progress {
     done: u64,
     every: u64,
     start: Instant,
+    /// When the last plain line was logged, if one was.
+    last_line: Option<Instant>,
     bar: Option<ProgressBar>,
 }
 
@@ -132,6 +138,7 @@ impl Progress {
             done: 0,
             every: (total / 10).max(1),
             start: Instant::now(),
+            last_line: None,
             bar,
         }
     }
@@ -140,23 +147,25 @@ impl Progress {
     pub fn set(&mut self, done: u64) {
         let before = self.done;
         self.done = done.min(self.total);
-        match &self.bar {
-            Some(bar) => bar.set_position(self.done),
-            None if self.done / self.every > before / self.every || self.done == self.total => {
-                if self.done > before {
-                    let secs = self.start.elapsed().as_secs_f64();
-                    log::info!(
-                        "{}: {}/{} {} ({}, eta {})",
-                        self.what,
-                        self.done,
-                        self.total,
-                        self.unit,
-                        format_duration(secs),
-                        format_duration(eta(secs, self.done, self.total - self.done))
-                    );
-                }
-            }
-            None => {}
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            return;
+        }
+        let since = self.last_line.unwrap_or(self.start).elapsed();
+        let tenth = self.done / self.every > before / self.every;
+        let last = self.done == self.total && self.done > before && self.last_line.is_some();
+        if last || (tenth && since >= PLAIN_INTERVAL) {
+            let secs = self.start.elapsed().as_secs_f64();
+            log::info!(
+                "{}: {}/{} {} ({}, eta {})",
+                self.what,
+                self.done,
+                self.total,
+                self.unit,
+                format_duration(secs),
+                format_duration(eta(secs, self.done, self.total - self.done))
+            );
+            self.last_line = Some(Instant::now());
         }
     }
 

@@ -815,6 +815,84 @@ mod tests {
     }
 
     #[test]
+    fn fit_and_resume_report_their_events_in_order() {
+        use crate::data::pack_tokens;
+        use kd_models::{CausalLm, Gpt2Config, ModelConfig};
+        let device = Device::flex().autodiff();
+        let model = ModelConfig::Gpt2(Gpt2Config {
+            vocab_size: 16,
+            n_positions: 8,
+            n_embd: 8,
+            n_layer: 1,
+            n_head: 2,
+            ..Default::default()
+        });
+        let tokens: Vec<u32> = (0..200).map(|i| (i * 7 % 16) as u32).collect();
+        let data = TokenDataset::new("train", pack_tokens(&tokens, 8)).unwrap();
+        let dir = std::env::temp_dir().join(format!("kd-train-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = TrainConfig {
+            steps: 3,
+            batch_size: 2,
+            eval_every: 2,
+            eval_batches: Some(1),
+            log_every: 2,
+            checkpoint_every: 2,
+            output_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let name = |e: TrainEvent| match e {
+            TrainEvent::Started { first_step, total_steps } => {
+                format!("start {first_step}/{total_steps}")
+            }
+            TrainEvent::Step { step, first_step, periodic, .. } => {
+                format!("step {step} from {first_step}{}", if periodic { " *" } else { "" })
+            }
+            TrainEvent::Eval { record } => format!("eval {}", record.step),
+            TrainEvent::Checkpoint { step, path } => {
+                assert!(path.ends_with(checkpoint_name(step)), "{}", path.display());
+                format!("checkpoint {step}")
+            }
+            TrainEvent::Resumed { step, .. } => format!("resumed {step}"),
+            TrainEvent::Finished { steps, .. } => format!("finished {steps}"),
+            other => format!("{other:?}"),
+        };
+        let run = |config: TrainConfig, resume: bool| {
+            let (send, events) = std::sync::mpsc::channel();
+            let student = CausalLm::init(&model, &device).unwrap();
+            let mut t = Trainer::<CausalLm>::new(config, student, &device)
+                .unwrap()
+                .on_event(move |e| send.send(e.clone()).unwrap());
+            if resume {
+                t.resume_from(&latest_checkpoint(&dir).unwrap().unwrap()).unwrap();
+            }
+            t.fit(&data, Some(&data)).unwrap();
+            drop(t);
+            events.into_iter().map(name).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run(config.clone(), false),
+            [
+                "start 0/3",
+                "eval 0",
+                "step 1 from 0",
+                "step 2 from 0 *",
+                "eval 2",
+                "checkpoint 2",
+                "step 3 from 0 *",
+                "eval 3",
+                "checkpoint 3",
+                "finished 3"
+            ]
+        );
+        assert_eq!(
+            run(TrainConfig { steps: 4, ..config }, true),
+            ["resumed 3", "start 3/4", "step 4 from 3 *", "eval 4", "checkpoint 4", "finished 4"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn config_from_toml_like_json_and_validation() {
         let c: TrainConfig = serde_json::from_str(
             r#"{"steps": 5, "method": {"name": "kd", "divergence": {"loss": "reverse_kl", "temperature": 2.0}}}"#,
