@@ -5,7 +5,7 @@
 /// `new()` (when a `new:` doc is given) and a `with_<field>` setter for each field that names
 /// one. Validation stays hand-written, in the config's `init`.
 ///
-/// ```ignore
+/// ```text
 /// loss_config! {
 ///     /// Config of [`ForwardKl`].
 ///     pub struct ForwardKlConfig, new: "Defaults: `T = 1`, no `T²` scaling." {

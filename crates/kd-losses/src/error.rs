@@ -36,9 +36,12 @@ pub enum KdError {
         /// The value that was passed.
         got: String,
     },
-    /// A loss name that kd-losses does not know. See [`crate::LOSS_NAMES`].
-    #[error("unknown loss `{got}`: expected one of {}", crate::LOSS_NAMES.join(", "))]
+    /// A loss name that kd-losses does not know (where a dense loss is needed: one of
+    /// [`crate::LOSS_NAMES`] built by [`crate::LossConfig`]). Use one of `expected`.
+    #[error("unknown loss `{got}`: expected one of {}", .expected.join(", "))]
     UnknownLoss {
+        /// The ids that would have been accepted.
+        expected: &'static [&'static str],
         /// The name that was passed.
         got: String,
     },

@@ -80,6 +80,9 @@
 //!
 //! ## Losses by name
 //!
+//! Every loss is declared once, in one list ([`LOSSES`]: its id, whether it is dense, whether
+//! its value is a divergence, whether its rows are coupled); [`LOSS_NAMES`], each loss type's
+//! `ID` and [`LossConfig`] come from that list, and a test checks the table above against it.
 //! [`LossConfig`] deserialises `{"loss": "<id>", ...keys}` (JSON, TOML, …) into any dense loss,
 //! for training configs and command lines:
 //!

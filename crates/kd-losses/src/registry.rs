@@ -96,7 +96,10 @@ macro_rules! losses {
             pub fn by_name(name: &str) -> Result<Self> {
                 match name {
                     $( $id => Ok(Self::$variant(Default::default())), )*
-                    other => Err(KdError::UnknownLoss { got: other.to_string() }),
+                    other => Err(KdError::UnknownLoss {
+                        expected: &[$( $id, )*],
+                        got: other.to_string(),
+                    }),
                 }
             }
 

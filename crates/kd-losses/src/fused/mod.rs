@@ -24,6 +24,11 @@
 //! conventions) routes the same way to its own kernel ([`topk`]), through the same autodiff op
 //! and buffer pool. The kernels use AVX2+FMA when the CPU has them (detected at run time) and a
 //! portable build otherwise; both are tested on every machine.
+//!
+//! Layout: [`simd`] (vector lanes, `exp`/`ln`), `passes` (the streaming passes over a row that
+//! every kernel is made of), `dispatch` (the one row dispatch: rayon over rows, instruction set
+//! per call), [`kernels`] (the dense kernels, one file per loss family plus the hard-label mix),
+//! [`topk`] (the sparse top-k kernel) and `pool` (the gradient buffers).
 
 mod dispatch;
 pub mod kernels;
@@ -294,13 +299,12 @@ mod flex {
             let v: Vec<f32> = rows.iter().map(|r| f(r) as f32).collect();
             Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device))
         };
-        let mut extras: Vec<Extra> = (spec.kind.extra_names().iter().enumerate())
+        // Extra k of the kind is `RowOut::extras[k]`.
+        let mut extras: Vec<Extra> = (spec.kind.extra_names().iter().copied().enumerate())
             .map(|(k, name)| {
                 let v: Vec<f32> = rows.iter().map(|r| r.extras[k] as f32).collect();
-                Extra::row(
-                    *name,
-                    Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device)),
-                )
+                let v = Tensor::from_data(TensorData::new(v, [rows.len()]), f32_on(device));
+                Extra::row(name, v)
             })
             .collect();
         if spec.hard_weight.is_some() {
@@ -415,8 +419,8 @@ mod flex {
         };
         let extras = match call.spec.convention.extra_names() {
             [teacher_name, student_name] => vec![
-                Extra::row(*teacher_name, col(|r| r.teacher_tail)),
-                Extra::row(*student_name, col(|r| r.student_tail)),
+                Extra::row(teacher_name, col(|r| r.teacher_tail)),
+                Extra::row(student_name, col(|r| r.student_tail)),
             ],
             _ => Vec::new(),
         };

@@ -64,7 +64,7 @@ pub(super) fn akl<V: Lanes>(row: &Row<'_>, mu: f64, mut grad: Option<&mut [f32]>
             s,
             t,
             shift,
-            grad.as_deref_mut(),
+            grad,
             #[inline(always)]
             |a, b, es| {
                 let q = es.mul(qs);

@@ -52,7 +52,7 @@ fn kl_and_cross_entropy<V: Lanes>(row: &Row<'_>, mut grad: Option<&mut [f32]>) -
             s,
             t,
             shift,
-            grad.as_deref_mut(),
+            grad,
             Some(&mut scratch[..]),
             #[inline(always)]
             |_, _, es, et| ([], es.mul(qs).sub(et.mul(ps)), et),

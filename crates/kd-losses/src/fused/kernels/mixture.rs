@@ -85,7 +85,7 @@ pub(super) fn mixture<V: Lanes>(
             s,
             t,
             shift,
-            grad.as_deref_mut(),
+            grad,
             Some(&mut scratch[..]),
             #[inline(always)]
             |_, _, h, q| ([], gs.mul(q).mul(h.sub(k)), q),

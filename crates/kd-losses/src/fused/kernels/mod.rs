@@ -1,6 +1,6 @@
 //! Burn-free row kernels of the dense losses: value (and, when asked, the student gradient) of a
 //! divergence for every row. Slices in, slices out; rows run in parallel through the one row
-//! dispatch ([`super::dispatch`]), each on the widest instruction set the machine has
+//! dispatch (`fused::dispatch`), each on the widest instruction set the machine has
 //! ([`super::simd`]).
 //!
 //! Per row, with `s' = max(s, −1e4)/T`, `t' = max(t, −1e4)/T` (the same floor as
@@ -15,7 +15,7 @@
 //! 4. (tracked only) the gradient pass, writing `weight × ∂loss/∂s` over the scratch; with a
 //!    hard-label term, one more pass adds `w (softmax(s) − onehot(y))`.
 //!
-//! The passes are shared ([`super::passes`]); each loss family is one file: forward KL and TAID
+//! The passes are shared (`fused::passes`); each loss family is one file: forward KL and TAID
 //! (`forward_kl`), reverse KL (`reverse_kl`), AKL (`akl`), the mixture family JSD / skew KL /
 //! skew RKL / TVD (`mixture`), and the hard-label mix (`hard_label`) that any of them may add.
 

@@ -31,7 +31,7 @@ pub(super) fn reverse_kl<V: Lanes>(row: &Row<'_>, mut grad: Option<&mut [f32]>) 
             s,
             t,
             shift,
-            grad.as_deref_mut(),
+            grad,
             #[inline(always)]
             |a, b, es| ([], es.mul(qs).mul(a.sub(b).sub(c))),
         );
