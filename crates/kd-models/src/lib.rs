@@ -93,6 +93,7 @@ mod mistral;
 pub mod model;
 mod qwen2;
 mod registry;
+pub mod rope;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;

@@ -22,8 +22,6 @@
 //! `≥ max_window_layers`): a query at cache index `i` sees keys `j` with `i − window < j ≤ i`.
 //! The KV cache keeps every key; the mask hides the ones outside the window.
 
-use std::f64::consts::PI;
-
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
@@ -35,36 +33,13 @@ use crate::error::{ModelError, Result};
 use crate::hf_config::{from_object, int, positive, positive_f64, token_ids, tokens_json};
 use crate::kv_cache::KvCache;
 use crate::layers::{
-    Activation, RmsNorm, activate, attention_mask_4d, default_position_ids, embed, float_dtype,
-    fused_attention, init_embedding, init_linear, linear, repeat_kv, tensor_from_vec,
+    Activation, RmsNorm, activate, attention_mask_4d, default_position_ids, embed, fused_attention,
+    init_embedding, init_linear, linear, repeat_kv,
 };
 use crate::mistral::{self, MistralKeys};
 use crate::qwen2::{self, Qwen2Keys};
+pub use crate::rope::{RopeScaling, RotaryEmbedding, apply_rope, inverse_frequencies};
 use crate::weights::{HfLinear, NamedTensor, Weights, export_linear};
-
-/// RoPE frequency scaling (`rope_scaling` in transformers 4, `rope_parameters` in 5).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    /// `rope_type: "default"`: plain `θ^(-2i/d)` frequencies.
-    Default,
-    /// `rope_type: "linear"`: every frequency divided by `factor` (positions interpolated).
-    Linear {
-        /// Interpolation factor.
-        factor: f64,
-    },
-    /// `rope_type: "llama3"`: low frequencies divided by `factor`, high frequencies kept,
-    /// a smooth blend in between (LLaMA 3.1+).
-    Llama3 {
-        /// Scale of the low frequencies.
-        factor: f64,
-        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
-        low_freq_factor: f64,
-        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
-        high_freq_factor: f64,
-        /// Context length of the unscaled pre-training.
-        original_max_position_embeddings: usize,
-    },
-}
 
 /// LLaMA-family hyper-parameters (`LlamaConfig`; Mistral and Qwen2 configs map onto it).
 ///
@@ -471,80 +446,6 @@ impl ArchConfig for LlamaConfig {
     }
 }
 
-/// Rotary position embedding: the inverse frequencies `ω` of one head.
-#[derive(Module, Debug)]
-pub struct RotaryEmbedding {
-    /// `ω_i`, `i < head_dim / 2`, after any scaling.
-    #[module(skip)]
-    pub inv_freq: Vec<f32>,
-}
-
-impl RotaryEmbedding {
-    /// Frequencies for `config` (`rope_theta`, `head_dim`, `rope_scaling`).
-    pub fn new(config: &LlamaConfig) -> Self {
-        Self { inv_freq: inverse_frequencies(config) }
-    }
-
-    /// `cos(p·ω)` and `sin(p·ω)` with the half-split layout, ready to broadcast over heads.
-    /// // positions [b, s] -> ([b, 1, s, head_dim], [b, 1, s, head_dim])
-    pub fn cos_sin(&self, positions: Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
-        let device = positions.device();
-        let inv_freq = tensor_from_vec(self.inv_freq.clone(), [1, 1, half], &device);
-        let freqs = positions.float().unsqueeze_dim::<3>(2).mul(inv_freq); // [b, s, d/2]
-        let angles = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1); // [b, 1, s, d]
-        (angles.clone().cos(), angles.sin())
-    }
-}
-
-/// `x · cos + rotate_half(x) · sin`. // [b, h, s, d] -> [b, h, s, d]
-pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let [b, h, s, d] = x.dims();
-    let dtype = float_dtype(&x);
-    let (cos, sin) = (cos.clone().cast(dtype), sin.clone().cast(dtype));
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x.mul(cos).add(rotated.mul(sin))
-}
-
-/// The inverse RoPE frequencies `ω_i = θ^(−2i/d)`, with `rope_scaling` applied.
-pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f32> {
-    let d = config.head_dim;
-    let base: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
-    let scaled: Vec<f64> = match config.rope_scaling {
-        RopeScaling::Default => base,
-        RopeScaling::Linear { factor } => base.iter().map(|w| w / factor).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let old = original_max_position_embeddings as f64;
-            let low_freq_wavelen = old / low_freq_factor;
-            let high_freq_wavelen = old / high_freq_factor;
-            base.iter()
-                .map(|&w| {
-                    let wavelen = 2.0 * PI / w;
-                    if wavelen < high_freq_wavelen {
-                        w // high frequency: kept
-                    } else if wavelen > low_freq_wavelen {
-                        w / factor // low frequency: interpolated
-                    } else {
-                        // in between: blend of the two
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * w / factor + smooth * w
-                    }
-                })
-                .collect()
-        }
-    };
-    scaled.into_iter().map(|w| w as f32).collect()
-}
-
 /// Grouped-query self-attention with RoPE (`self_attn`).
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
@@ -729,7 +630,7 @@ impl Llama {
             norm: RmsNorm::init(hidden, c.rms_norm_eps, device),
             lm_head: (!c.tie_word_embeddings)
                 .then(|| init_linear(hidden, c.vocab_size, false, std, device)),
-            rotary_emb: RotaryEmbedding::new(c),
+            rotary_emb: RotaryEmbedding::new(c.head_dim, c.rope_theta, c.rope_scaling),
             config: c.clone(),
             compute_dtype: None,
         })
@@ -800,7 +701,7 @@ impl Architecture for Llama {
             layers,
             norm: w.rms_norm("model.norm", hidden, c.rms_norm_eps)?,
             lm_head,
-            rotary_emb: RotaryEmbedding::new(c),
+            rotary_emb: RotaryEmbedding::new(c.head_dim, c.rope_theta, c.rope_scaling),
             config: c.clone(),
             compute_dtype: None,
         })
@@ -915,40 +816,6 @@ impl CausalModel for Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
-        let config = LlamaConfig {
-            head_dim: 128,
-            rope_theta: 500000.0,
-            rope_scaling: RopeScaling::Llama3 {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: 8192,
-            },
-            ..LlamaConfig::default()
-        };
-        let scaled = inverse_frequencies(&config);
-        let plain =
-            inverse_frequencies(&LlamaConfig { rope_scaling: RopeScaling::Default, ..config });
-        assert_eq!(scaled[0], plain[0]); // wavelength 2π < 2048: kept
-        let last = plain.len() - 1; // wavelength ≫ 8192: divided by 8
-        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
-        for (s, p) in scaled.iter().zip(&plain) {
-            assert!(*s <= *p && *s >= p / 8.0 - 1e-12);
-        }
-    }
-
-    #[test]
-    fn rope_at_position_zero_is_identity() {
-        let d = Device::flex();
-        let rope = RotaryEmbedding::new(&LlamaConfig { head_dim: 4, ..LlamaConfig::default() });
-        let (cos, sin) = rope.cos_sin(Tensor::<2, Int>::zeros([1, 1], &d));
-        let x = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0], &d).reshape([1, 1, 1, 4]);
-        let y = apply_rope(x.clone(), &cos, &sin);
-        assert_eq!(y.into_data().try_into_vec_as::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
-    }
 
     fn ints(values: &[i64], device: &Device) -> Tensor<2, Int> {
         Tensor::<1, Int>::from_ints(values, device).reshape([1, values.len()])
