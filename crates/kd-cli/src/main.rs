@@ -114,14 +114,20 @@ struct DemoArgs {
 /// `kd train` / `kd distill`: each flag overrides one config key.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// TOML run config ([run], [student], [teacher], [data], [train], [method]).
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "TOML run config ([run], [student], [teacher], [data], [train], [method])"
+    )]
     config: Option<PathBuf>,
     /// Override any config key, e.g. --set train.lr=3e-4 (repeatable; TOML values).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// student.pretrained: a Hugging Face directory (replaces [student.init]).
-    #[arg(long, value_name = "DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "student.pretrained: a Hugging Face directory (replaces [student.init])"
+    )]
     student: Option<String>,
     /// teacher.pretrained.
     #[arg(long, value_name = "DIR")]
@@ -153,9 +159,12 @@ struct RunArgs {
     /// train.output_dir.
     #[arg(long, value_name = "DIR")]
     out: Option<String>,
-    /// run.device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N] (GPU backends are
-    /// cargo features: --features vulkan, ...).
-    #[arg(long, value_name = "D")]
+    #[arg(
+        long,
+        value_name = "D",
+        help = "run.device: cpu (default), ndarray, wgpu[:N], vulkan[:N], cuda[:N] (GPU backends \
+                are cargo features: --features vulkan, ...)"
+    )]
     device: Option<String>,
     /// run.teacher_device (default: --device).
     #[arg(long, value_name = "D")]
@@ -196,8 +205,12 @@ enum FormatArg {
 /// Where an inference command computes.
 #[derive(Debug, Args)]
 struct InferenceArgs {
-    /// Device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N].
-    #[arg(long, value_name = "D", default_value = "cpu")]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "cpu",
+        help = "Device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N]"
+    )]
     device: String,
     /// Precision the model is loaded in: f32, bf16 or f16.
     #[arg(long, value_name = "P", default_value = "f32")]

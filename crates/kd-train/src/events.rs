@@ -97,8 +97,11 @@ pub enum TrainEvent {
     },
 }
 
+/// A caller's observer.
+type Callback = Box<dyn FnMut(&TrainEvent) + Send>;
+
 /// The observer a [`Trainer`](crate::Trainer) calls with every event.
-pub(crate) struct Observer(Option<Box<dyn FnMut(&TrainEvent) + Send>>);
+pub(crate) struct Observer(Option<Callback>);
 
 impl Observer {
     /// No observer: events go to [`log_event`].
