@@ -72,7 +72,8 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Keep this many most recent checkpoints (default `2`).
     pub keep_checkpoints: usize,
-    /// Where `metrics.jsonl`, `checkpoint-<step>/` and plots go (`None` = nowhere).
+    /// Where `metrics.jsonl` and `checkpoint-<step>/` go (`None` = nowhere; `kd` writes its charts
+    /// there too).
     pub output_dir: Option<PathBuf>,
     /// The method and its settings (default `sft`; see [`crate::methods`]).
     pub method: MethodConfig,
