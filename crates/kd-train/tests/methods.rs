@@ -106,7 +106,7 @@ fn trainer(method: MethodConfig, out: Option<&Path>, student: CausalLm) -> Train
         .unwrap()
         .with_special_tokens(vec![EOS], 0)
         .with_pt_data(pt_data());
-    if t.method_name() == "sft" { t } else { t.with_teacher(teacher).unwrap() }
+    if t.uses_teacher() { t.with_teacher(teacher).unwrap() } else { t }
 }
 
 /// Runs 6 steps straight, then 3 + resume + 3 from a different initialisation: same records,
