@@ -20,7 +20,8 @@ use crate::error::{GoldenError, Result};
 use crate::json::{self, arr, int_arr, int_mat, mat};
 use crate::rows::log_softmax_f64;
 
-/// A small deterministic generator (SplitMix64) with uniform and normal draws.
+/// A small deterministic generator (SplitMix64) with uniform and normal draws. Its own, not
+/// `kd_models::sampling::Rng`: the reference depends on nothing of the library it checks.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
