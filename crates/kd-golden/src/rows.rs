@@ -158,6 +158,30 @@ impl RowExtra {
     }
 }
 
+/// The loop of every plain row loss: the student rows go on the tape, and each valid row's
+/// teacher and student log-probabilities at `temperature` (the teacher as constants) go to
+/// `row(i, lp, lq)`; ignored rows get `None`. Returns what [`finish`] takes.
+pub fn valid_rows<'t>(
+    tape: &'t Tape,
+    b: &RowBatch,
+    temperature: f64,
+    mut row: impl FnMut(usize, &[Var<'t>], &[Var<'t>]) -> Var<'t>,
+) -> (Vec<Vec<Var<'t>>>, Vec<Option<Var<'t>>>) {
+    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
+    let per_row = student
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            b.valid(i).then(|| {
+                let lq = log_softmax(tape, s, temperature);
+                let lp = log_softmax(tape, &consts(tape, &b.teacher[i]), temperature);
+                row(i, &lp, &lq)
+            })
+        })
+        .collect();
+    (student, per_row)
+}
+
 /// Assembles a row-wise `outputs` object.
 ///
 /// `per_row[i]` is `None` on ignored rows (written as 0). `loss_sum = Σ per_row`,

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, RowExtra, consts, finish, kl, log_softmax, log_softmax_f64};
+use crate::rows::{RowBatch, RowExtra, finish, kl, log_softmax_f64, valid_rows};
 use crate::tape::Tape;
 
 /// Head/tail weights and head size from teacher and (detached) student probabilities.
@@ -45,31 +45,23 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = case.f64("config.temperature")?;
     let mu = case.f64("config.mu")?;
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
     let n = b.rows();
-    let mut per_row = Vec::with_capacity(n);
     let (mut hw, mut tw) = (RowExtra::new("head_weight", n), RowExtra::new("tail_weight", n));
     let (mut fx, mut rx) = (RowExtra::new("fkl", n), RowExtra::new("rkl", n));
     let mut hs = RowExtra::ints("head_size", n);
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
+    let (student, per_row) = valid_rows(&tape, &b, t, |i, lp, lq| {
         let p: Vec<f64> = log_softmax_f64(&b.teacher[i], t).iter().map(|x| x.exp()).collect();
         let q: Vec<f64> = lq.iter().map(|x| x.val().exp()).collect();
         let (w_head, w_tail, head) = weights(&p, &q, mu);
-        let fkl = kl(&tape, &lp, &lq);
-        let rkl = kl(&tape, &lq, &lp);
+        let fkl = kl(&tape, lp, lq);
+        let rkl = kl(&tape, lq, lp);
         hw.set(i, w_head);
         tw.set(i, w_tail);
         fx.set(i, fkl.val());
         rx.set(i, rkl.val());
         hs.set(i, head as f64);
-        per_row.push(Some(fkl * w_head + rkl * w_tail));
-    }
+        fkl * w_head + rkl * w_tail
+    });
     let extras =
         vec![hw.into_pair(), tw.into_pair(), fx.into_pair(), rx.into_pair(), hs.into_pair()];
     Ok(finish(&tape, &student, &per_row, extras))

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, consts, finish, kl, log_softmax};
+use crate::rows::{RowBatch, finish, kl, valid_rows};
 use crate::tape::{Tape, Var};
 
 /// Recomputes the `outputs` of one case.
@@ -21,25 +21,16 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = case.f64("config.temperature")?;
     let a = case.f64("config.alpha")?;
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        let v = if a == 1.0 {
-            kl(&tape, &lp, &lq)
+    let (student, per_row) = valid_rows(&tape, &b, t, |_, lp, lq| {
+        if a == 1.0 {
+            kl(&tape, lp, lq)
         } else if a == 0.0 {
-            kl(&tape, &lq, &lp)
+            kl(&tape, lq, lp)
         } else {
             let terms: Vec<Var<'_>> =
-                lp.iter().zip(&lq).map(|(&x, &y)| (x * a + y * (1.0 - a)).exp()).collect();
+                lp.iter().zip(lq).map(|(&x, &y)| (x * a + y * (1.0 - a)).exp()).collect();
             (1.0 - tape.sum(&terms)) / (a * (1.0 - a))
-        };
-        per_row.push(Some(v));
-    }
+        }
+    });
     Ok(finish(&tape, &student, &per_row, Vec::new()))
 }

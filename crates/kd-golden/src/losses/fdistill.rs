@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{GoldenError, Result};
 use crate::json::Case;
-use crate::rows::{RowBatch, consts, finish, kl, log_mix, log_softmax};
+use crate::rows::{RowBatch, finish, kl, log_mix, valid_rows};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -32,25 +32,14 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = if div == "tvd" { 1.0 } else { case.f64("config.temperature")? };
     let beta = if div == "js" { case.f64("config.beta")? } else { 0.0 };
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
+    let (student, per_row) = valid_rows(&tape, &b, t, |_, lp, lq| match div {
+        "kl" => kl(&tape, lp, lq) * (t * t),
+        "rkl" => kl(&tape, lq, lp) * (t * t),
+        "js" => {
+            let lm = log_mix(&tape, lq, beta, lp, 1.0 - beta);
+            (kl(&tape, lq, &lm) * beta + kl(&tape, lp, &lm) * (1.0 - beta)) * (t * t)
         }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        let v = match div {
-            "kl" => kl(&tape, &lp, &lq) * (t * t),
-            "rkl" => kl(&tape, &lq, &lp) * (t * t),
-            "js" => {
-                let lm = log_mix(&tape, &lq, beta, &lp, 1.0 - beta);
-                (kl(&tape, &lq, &lm) * beta + kl(&tape, &lp, &lm) * (1.0 - beta)) * (t * t)
-            }
-            _ => super::tvd::half_l1(&tape, &lp, &lq),
-        };
-        per_row.push(Some(v));
-    }
+        _ => super::tvd::half_l1(&tape, lp, lq),
+    });
     Ok(finish(&tape, &student, &per_row, Vec::new()))
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, RowExtra, consts, cross_entropy, finish, kl, log_softmax};
+use crate::rows::{RowBatch, RowExtra, cross_entropy, finish, kl, valid_rows};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -22,18 +22,11 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = case.f64("config.temperature")?;
     let scale = if case.bool("config.scale_by_t2")? { t * t } else { 1.0 };
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
     let mut ce = RowExtra::new("per_row_cross_entropy_form", b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        per_row.push(Some(kl(&tape, &lp, &lq) * scale));
-        ce.set(i, cross_entropy(&tape, &lp, &lq).val() * scale);
-    }
+    let (student, per_row) = valid_rows(&tape, &b, t, |i, lp, lq| {
+        let value = kl(&tape, lp, lq) * scale;
+        ce.set(i, cross_entropy(&tape, lp, lq).val() * scale);
+        value
+    });
     Ok(finish(&tape, &student, &per_row, vec![ce.into_pair()]))
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, RowExtra, consts, finish, kl, log_mix, log_softmax};
+use crate::rows::{RowBatch, RowExtra, finish, kl, log_mix, valid_rows};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -26,31 +26,22 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let beta = case.f64("config.beta")?;
     let special = beta == 0.0 || beta == 1.0;
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
     let mut kt = RowExtra::new("kl_teacher_mix", b.rows());
     let mut ks = RowExtra::new("kl_student_mix", b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        let v = if beta == 0.0 {
-            kl(&tape, &lp, &lq)
+    let (student, per_row) = valid_rows(&tape, &b, t, |i, lp, lq| {
+        if beta == 0.0 {
+            kl(&tape, lp, lq)
         } else if beta == 1.0 {
-            kl(&tape, &lq, &lp)
+            kl(&tape, lq, lp)
         } else {
-            let lm = log_mix(&tape, &lp, beta, &lq, 1.0 - beta);
-            let a = kl(&tape, &lp, &lm);
-            let c = kl(&tape, &lq, &lm);
+            let lm = log_mix(&tape, lp, beta, lq, 1.0 - beta);
+            let a = kl(&tape, lp, &lm);
+            let c = kl(&tape, lq, &lm);
             kt.set(i, a.val());
             ks.set(i, c.val());
             a * beta + c * (1.0 - beta)
-        };
-        per_row.push(Some(v));
-    }
+        }
+    });
     let extras = if special { Vec::new() } else { vec![kt.into_pair(), ks.into_pair()] };
     Ok(finish(&tape, &student, &per_row, extras))
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, consts, finish, kl, log_softmax};
+use crate::rows::{RowBatch, finish, kl, valid_rows};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -21,16 +21,6 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = case.f64("config.temperature")?;
     let scale = if case.bool("config.scale_by_t2")? { t * t } else { 1.0 };
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        per_row.push(Some(kl(&tape, &lq, &lp) * scale));
-    }
+    let (student, per_row) = valid_rows(&tape, &b, t, |_, lp, lq| kl(&tape, lq, lp) * scale);
     Ok(finish(&tape, &student, &per_row, Vec::new()))
 }

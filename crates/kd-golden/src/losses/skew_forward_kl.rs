@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, RowExtra, consts, cross_entropy, finish, kl, log_mix, log_softmax};
+use crate::rows::{RowBatch, RowExtra, cross_entropy, finish, kl, log_mix, valid_rows};
 use crate::tape::Tape;
 
 /// Recomputes the `outputs` of one case.
@@ -22,19 +22,11 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let t = case.f64("config.temperature")?;
     let alpha = case.f64("config.alpha")?;
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
     let mut ce = RowExtra::new("per_row_cross_entropy_form", b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = log_softmax(&tape, s, t);
-        let lp = log_softmax(&tape, &consts(&tape, &b.teacher[i]), t);
-        let lm = log_mix(&tape, &lp, alpha, &lq, 1.0 - alpha);
-        ce.set(i, cross_entropy(&tape, &lp, &lm).val());
-        per_row.push(Some(kl(&tape, &lp, &lm)));
-    }
+    let (student, per_row) = valid_rows(&tape, &b, t, |i, lp, lq| {
+        let lm = log_mix(&tape, lp, alpha, lq, 1.0 - alpha);
+        ce.set(i, cross_entropy(&tape, lp, &lm).val());
+        kl(&tape, lp, &lm)
+    });
     Ok(finish(&tape, &student, &per_row, vec![ce.into_pair()]))
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::json::Case;
-use crate::rows::{RowBatch, finish};
+use crate::rows::{RowBatch, finish, valid_rows};
 use crate::tape::{Tape, Var};
 
 /// `½ Σ |p − q|` from log-probability rows.
@@ -25,16 +25,6 @@ pub fn outputs(case: &Case<'_>) -> Result<Value> {
     let b = RowBatch::read(case)?;
     let t = case.f64("config.temperature")?;
     let tape = Tape::new();
-    let student: Vec<_> = b.student.iter().map(|r| tape.vars(r)).collect();
-    let mut per_row = Vec::with_capacity(b.rows());
-    for (i, s) in student.iter().enumerate() {
-        if !b.valid(i) {
-            per_row.push(None);
-            continue;
-        }
-        let lq = crate::rows::log_softmax(&tape, s, t);
-        let lp = crate::rows::log_softmax(&tape, &tape.vars(&b.teacher[i]), t);
-        per_row.push(Some(half_l1(&tape, &lp, &lq)));
-    }
+    let (student, per_row) = valid_rows(&tape, &b, t, |_, lp, lq| half_l1(&tape, lp, lq));
     Ok(finish(&tape, &student, &per_row, Vec::new()))
 }
