@@ -45,29 +45,7 @@ pub use check::{Comparison, compare, recompute};
 pub use error::{GoldenError, Result};
 pub use generate::generate_dir;
 
-/// Every golden file this crate knows, by its `loss` field (= file stem).
-pub const LOSS_NAMES: [&str; 20] = [
-    "forward_kl",
-    "reverse_kl",
-    "hinton_kd",
-    "gkd_jsd",
-    "js",
-    "tvd",
-    "skew_forward_kl",
-    "skew_reverse_kl",
-    "akl",
-    "taid",
-    "fdistill",
-    "alpha_divergence",
-    "ab_divergence",
-    "dkd",
-    "atkd",
-    "uld",
-    "delta_kd",
-    "topk_kl",
-    "minillm",
-    "scaling_law",
-];
+pub use losses::LOSS_NAMES;
 
 /// Default pass threshold of [`check_dir`]'s relative error (see [`Comparison::max_rel`]).
 pub const DEFAULT_TOLERANCE: f64 = 1e-9;
