@@ -450,8 +450,8 @@ pub fn run_job(
     Ok(JobResult { report, final_eval, model_dir })
 }
 
-/// Held-out loss and perplexity of `model` on `data` ([`kd_train::evaluate`]), a batch at a time
-/// with [`Progress`] (`what` names it): the token-weighted mean of the batches' losses.
+/// Held-out loss and perplexity of `model` on `data` ([`kd_train::evaluate_with`]) with
+/// [`Progress`] (`what` names it).
 pub fn evaluate_with_progress(
     model: &CausalLm,
     data: &TokenDataset,
@@ -459,19 +459,12 @@ pub fn evaluate_with_progress(
     device: &Device,
     what: &str,
 ) -> EvalRecord {
-    let batch_size = batch_size.max(1);
     let mut progress = Progress::new(what, data.len() as u64, "blocks");
-    let (mut total, mut tokens) = (0.0, 0u64);
-    for (k, chunk) in data.blocks.chunks(batch_size).enumerate() {
-        let part = TokenDataset { blocks: chunk.to_vec() };
-        let r = kd_train::evaluate(model, &part, batch_size, None, device);
-        total += r.loss * r.tokens as f64;
-        tokens += r.tokens;
-        progress.set(((k + 1) * batch_size).min(data.len()) as u64);
-    }
+    let r = kd_train::evaluate_with(model, data, batch_size, None, device, |done| {
+        progress.set(done as u64)
+    });
     progress.finish();
-    let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
-    EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None, exact_match: None }
+    r
 }
 
 /// Examples per generation batch of [`rouge_eval`].

@@ -88,7 +88,7 @@ pub use error::{Result, TrainError};
 pub use events::TrainEvent;
 pub use kd_losses;
 pub use methods::{Method, MethodConfig};
-pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate};
+pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate, evaluate_with};
 pub use model::{HiddenAndHead, LanguageModel, VocabAlignment, align_vocab};
 pub use optim::{AdamW, AdamWConfig};
 pub use precision::{LossScaleConfig, Precision};

@@ -159,10 +159,22 @@ pub fn evaluate<M: LanguageModel>(
     max_batches: Option<usize>,
     device: &Device,
 ) -> EvalRecord {
-    evaluate_in_chunks(model, data, batch_size, max_batches, device, EVAL_CHUNK_LOGITS)
+    evaluate_with(model, data, batch_size, max_batches, device, |_| {})
 }
 
-/// [`evaluate`] with its chunking threshold as an argument (tests use small ones).
+/// [`evaluate`] that calls `on_batch(blocks_done)` after each batch (a caller's progress bar).
+pub fn evaluate_with<M: LanguageModel>(
+    model: &M,
+    data: &TokenDataset,
+    batch_size: usize,
+    max_batches: Option<usize>,
+    device: &Device,
+    on_batch: impl FnMut(usize),
+) -> EvalRecord {
+    evaluate_in_chunks(model, data, batch_size, max_batches, device, EVAL_CHUNK_LOGITS, on_batch)
+}
+
+/// [`evaluate_with`] with its chunking threshold as an argument (tests use small ones).
 fn evaluate_in_chunks<M: LanguageModel>(
     model: &M,
     data: &TokenDataset,
@@ -170,6 +182,7 @@ fn evaluate_in_chunks<M: LanguageModel>(
     max_batches: Option<usize>,
     device: &Device,
     chunk_logits: usize,
+    mut on_batch: impl FnMut(usize),
 ) -> EvalRecord {
     let b = batch_size.max(1);
     let mut total = 0.0f64;
@@ -191,6 +204,7 @@ fn evaluate_in_chunks<M: LanguageModel>(
             }
         };
         tokens += batch.counted as u64;
+        on_batch(k * b + chunk.len());
     }
     let loss = if tokens == 0 { 0.0 } else { total / tokens as f64 };
     EvalRecord { step: 0, loss, perplexity: loss.exp(), tokens, rouge_l: None, exact_match: None }
@@ -316,8 +330,8 @@ mod tests {
         ];
         for config in configs {
             let model = CausalLm::init(&config, &device).unwrap();
-            let dense = evaluate_in_chunks(&model, &data, 3, None, &device, usize::MAX);
-            let chunked = evaluate_in_chunks(&model, &data, 3, None, &device, 3 * 20);
+            let dense = evaluate_in_chunks(&model, &data, 3, None, &device, usize::MAX, |_| {});
+            let chunked = evaluate_in_chunks(&model, &data, 3, None, &device, 3 * 20, |_| {});
             assert_eq!(dense.tokens, chunked.tokens);
             assert!((dense.loss - chunked.loss).abs() < 1e-6 * dense.loss, "{dense:?} {chunked:?}");
         }
