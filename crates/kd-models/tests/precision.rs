@@ -4,13 +4,19 @@
 //!
 //! Tolerances: logits of these tiny random models are O(1); bf16 keeps 8 significant bits
 //! (relative step 2⁻⁸ ≈ 0.004) and f16 11 (2⁻¹¹ ≈ 0.0005). The max-abs distance to the `f32`
-//! logits measured 0.019–0.046 in bf16 and 0.0025–0.0064 in f16 over these models; the bounds
-//! are 0.1 and 0.015. Gradients: cosine similarity ≥ 0.9999 and norm within 0.3% measured.
+//! logits, over 40 seeds of these models' initialisation, measured 0.016–0.063 in bf16 and
+//! 0.0019–0.0074 in f16; the bounds are 0.1 and 0.015. The initialisation is seeded: an unseeded
+//! run once drew a qwen2 model whose bf16 logits were 0.16 away (the tail of that distribution),
+//! which a fixed bound cannot cover. Gradients: cosine similarity ≥ 0.9999 and norm within 0.3%
+//! measured.
 
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData, activation};
 use kd_models::{
     CausalLm, GenerationConfig, Gpt2Config, LlamaConfig, ModelConfig, Sampling, generate,
 };
+
+/// Seed of the models' initialisation (see the module docs).
+const SEED: u64 = 0;
 
 fn configs() -> Vec<ModelConfig> {
     vec![
@@ -84,6 +90,7 @@ fn model(config: &ModelConfig, device: &Device) -> CausalLm {
 #[test]
 fn half_precision_compute_over_f32_weights_tracks_the_f32_logits() {
     let device = Device::flex();
+    device.seed(SEED);
     for config in configs() {
         let reference = model(&config, &device);
         let (ids, mask) = batch(&device);
@@ -104,6 +111,7 @@ fn half_precision_compute_over_f32_weights_tracks_the_f32_logits() {
 #[test]
 fn parameters_cast_to_half_precision_compute_in_it() {
     let device = Device::flex();
+    device.seed(SEED);
     for config in configs() {
         let reference = model(&config, &device);
         let (ids, mask) = batch(&device);
@@ -157,6 +165,7 @@ fn gradients_flow_through_half_precision_compute_to_f32_parameters() {
 #[test]
 fn a_bf16_teacher_generates_with_its_cache() {
     let device = Device::flex();
+    device.seed(SEED);
     for config in configs() {
         let teacher = model(&config, &device).cast_params(FloatDType::BF16);
         let cfg = GenerationConfig {
