@@ -471,30 +471,43 @@ fn chunked_mixed_inputs(device: &Device) {
     }
 }
 
-// ---------- large bf16 logits ----------
+// ---------- large logits and masked vocabulary entries ----------
 
-/// bf16 logits of magnitude up to 1e4 (where a half-precision softmax would overflow or lose
-/// every digit): every dense loss, top-k and MiniLLM give finite values and gradients.
-fn large_bf16_logits_stay_finite(device: &Device) {
-    if !BF16.supported(device) {
-        return;
+/// Logits of magnitude up to 1e4 (where a half-precision softmax would overflow or lose every
+/// digit) with one vocabulary column at `-inf` in both models (a masked or padded entry no label
+/// points at), in `f32`, `bf16` and `f16`: every dense loss, top-k and MiniLLM give finite
+/// values and gradients.
+fn large_logits_stay_finite(device: &Device) {
+    for p in [F32, BF16, F16] {
+        if p.supported(device) {
+            large_logits_stay_finite_in(p, device);
+        }
     }
+}
+
+fn large_logits_stay_finite_in(p: Precision, device: &Device) {
+    const MASKED: usize = 6;
     let (rows, vocab) = (6, 9);
     let levels = [-1e4, -5e3, -10.0, 0.0, 3.0, 5e3, 1e4];
     let pick = |seed: u64| -> Vec<f64> {
         bell_f64(rows * vocab, seed, 1.0)
             .into_iter()
-            .map(|x| levels[((x.abs() * 997.0) as usize) % levels.len()])
+            .enumerate()
+            .map(|(i, x)| match i % vocab {
+                MASKED => f64::NEG_INFINITY,
+                _ => levels[((x.abs() * 997.0) as usize) % levels.len()],
+            })
             .collect()
     };
     let logits = |seed: u64| {
         Tensor::<2>::from_data(TensorData::new(pick(seed), [rows, vocab]), (device, DType::F64))
-            .cast(FloatDType::BF16)
+            .cast(p.float)
     };
     let labels = || Tensor::<1, Int>::from_ints([0, 3, 8, -100, 5, 1], device);
     let finite = |what: &str, loss: Tensor<1>, grad: Tensor<2>| {
+        let what = format!("{what} in {:?}", p.float);
         assert_eq!(loss.dtype(), DType::F32, "{what}: loss dtype");
-        assert_eq!(grad.dtype(), DType::BF16, "{what}: gradient dtype");
+        assert_eq!(grad.dtype(), p.dtype(), "{what}: gradient dtype");
         let (l, g) = (host(loss), host(grad));
         assert!(l.iter().all(|x| x.is_finite()), "{what}: loss {l:?}");
         assert!(g.iter().all(|x| x.is_finite()), "{what}: gradient {g:?}");
@@ -517,7 +530,7 @@ fn large_bf16_logits_stay_finite(device: &Device) {
             TensorData::new([0.0f32, -1e4, -2e4].repeat(rows), [rows, 3]),
             device,
         )
-        .cast(FloatDType::BF16);
+        .cast(p.float);
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new([0i64, 4, 7].repeat(rows), [rows, 3]),
             device,
@@ -558,5 +571,5 @@ backend_tests! {
     golden_minillm_half => crate::golden_minillm_half_inputs;
     chunked_half => crate::chunked_half_inputs;
     chunked_mixed => crate::chunked_mixed_inputs;
-    large_bf16_finite => crate::large_bf16_logits_stay_finite;
+    large_finite => crate::large_logits_stay_finite;
 }

@@ -186,7 +186,9 @@ fn row_impl<V: Lanes>(
         }
     }
     let mut out = TopKRowOut::default();
-    // c_in multiplies q at the ids, c_dense everywhere else (see the module docs).
+    // c_in multiplies q at the ids, c_dense everywhere else (see the module docs); ln |c_dense|
+    // separately, for a tiny student tail where P'_tail/Q_tail overflows even f64.
+    let mut ln_c_dense = None;
     let (c_in, c_dense) = match log_tail_t {
         None if spec.convention == TopKConvention::RenormBoth => (sum_p, 0.0),
         None => (sum_p, sum_p),
@@ -204,7 +206,14 @@ fn row_impl<V: Lanes>(
             }
             out.teacher_tail = p_tail;
             out.student_tail = log_q_tail.exp();
-            (sum_p + p_tail, sum_p + p_tail - (log_p_tail - log_q_tail).exp())
+            // c_dense = base − r with r = P'_tail/Q_tail = e^(log_r); when r ≫ base,
+            // ln |c_dense| = log_r + ln(1 − base/r), finite where r itself is not.
+            let (base, log_r) = (sum_p + p_tail, log_p_tail - log_q_tail);
+            let c = base - log_r.exp();
+            if !c.is_finite() || c.abs() > SCRATCH_MAX_FACTOR {
+                ln_c_dense = Some(log_r + (-(base * (-log_r).exp())).ln_1p());
+            }
+            (base, c)
         }
     };
     out.value = spec.scale * value;
@@ -220,7 +229,8 @@ fn row_impl<V: Lanes>(
     } else {
         // ±e^(a − ln Z + ln(gs |c|)): one exp per element, exact far into the tail.
         let shift = Shift { inv_t, ms, mt: ms, mix: None };
-        let k = V::splat(((gs * c_dense.abs()).ln() - zs.ln()) as f32);
+        let ln_c = ln_c_dense.unwrap_or_else(|| c_dense.abs().ln());
+        let k = V::splat((gs.ln() + ln_c - zs.ln()) as f32);
         let sign = V::splat(c_dense.signum() as f32);
         pass::<V, 0>(
             s,
