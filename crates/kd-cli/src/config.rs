@@ -104,21 +104,20 @@ pub struct RunConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ConfigBuilder {
     table: toml::Table,
+    /// The file it started from and its text, to locate errors by line.
+    source: Option<(PathBuf, String)>,
 }
 
 impl ConfigBuilder {
     /// Starts from a TOML file (or empty).
     pub fn from_file(path: Option<&Path>) -> Result<Self> {
-        let table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                text.parse::<toml::Table>()
-                    .with_context(|| format!("parsing config {}", p.display()))?
-            }
-            None => toml::Table::new(),
-        };
-        Ok(Self { table })
+        let Some(p) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading config {}", p.display()))?;
+        let table = text
+            .parse::<toml::Table>()
+            .with_context(|| format!("parsing config {}", p.display()))?;
+        Ok(Self { table, source: Some((p.to_path_buf(), text)) })
     }
 
     /// Sets `dotted.key` to `value`, a TOML value (`3e-4`, `true`, `"text"`, `{loss = "js"}`);
@@ -189,8 +188,25 @@ impl ConfigBuilder {
     }
 
     /// The typed config.
+    ///
+    /// # Errors
+    /// The first key that does not fit: with the file's line and column when the file alone
+    /// is already wrong (an unknown key, a mistyped value), else with its dotted path (a wrong
+    /// value given on the command line).
     pub fn build(&self) -> Result<RunConfig> {
-        RunConfig::deserialize(toml::Value::Table(self.table.clone())).context("invalid run config")
+        let merged = toml::Value::Table(self.table.clone());
+        match serde_path_to_error::deserialize::<_, RunConfig>(merged) {
+            Ok(config) => Ok(config),
+            Err(err) => {
+                if let Some((path, text)) = &self.source
+                    && let Err(located) = toml::from_str::<RunConfig>(text)
+                {
+                    bail!("invalid run config {}: {}", path.display(), located.to_string().trim());
+                }
+                let key = err.path().to_string();
+                bail!("invalid run config: key `{key}`: {}", err.into_inner())
+            }
+        }
     }
 
     /// The config as TOML text (written beside every run).

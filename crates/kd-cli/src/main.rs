@@ -178,6 +178,10 @@ struct RunArgs {
     /// Continue from the latest checkpoint in the output directory.
     #[arg(long)]
     resume: bool,
+    /// train.allow_schedule_change: with --resume, accept a learning-rate schedule (--steps,
+    /// --lr, warmup, decay) other than the checkpoint's instead of refusing the resume.
+    #[arg(long, requires = "resume")]
+    allow_schedule_change: bool,
 }
 
 /// `--template` of instruction data.
@@ -359,7 +363,8 @@ struct GenerateArgs {
     /// Most new tokens.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_new_tokens: usize,
-    /// Sampling temperature (0 or absent: greedy).
+    /// Sampling temperature (0: greedy; absent: greedy, or 1 when --top-k/--top-p ask for
+    /// sampling).
     #[arg(long, value_name = "T")]
     temperature: Option<f64>,
     /// Sample among the K most likely tokens.
@@ -424,6 +429,9 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
     if let Some(lr) = o.lr {
         b.set_value("train.lr", toml::Value::Float(lr))?;
     }
+    if o.allow_schedule_change {
+        b.set_value("train.allow_schedule_change", toml::Value::Boolean(true))?;
+    }
     let is_kd = |b: &ConfigBuilder| !b.has("method.name") || b.get_str("method.name") == Some("kd");
     if let Some(loss) = &o.loss {
         if !is_kd(&b) {
@@ -446,9 +454,35 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
         if !b.has("method.divergence") {
             b.set("method.divergence.loss", "\"forward_kl\"")?;
         }
-        b.set_value("method.divergence.temperature", toml::Value::Float(t))?;
+        let loss = b.get_str("method.divergence.loss").unwrap_or("forward_kl").to_string();
+        for key in temperature_keys(&loss)? {
+            b.set_value(&format!("method.divergence.{key}"), toml::Value::Float(t))?;
+        }
     }
     Ok(b)
+}
+
+/// The keys `--temperature` sets in the divergence `loss`: `temperature`, or both
+/// `student_temperature` and `teacher_temperature` for the losses that keep two (ULD, ATKD).
+fn temperature_keys(loss: &str) -> Result<Vec<&'static str>> {
+    let config = kd_losses::LossConfig::by_name(loss)?;
+    let keys = serde_json::to_value(&config)?;
+    let has = |k: &str| keys.get(k).is_some();
+    if has("temperature") {
+        Ok(vec!["temperature"])
+    } else if has("student_temperature") && has("teacher_temperature") {
+        Ok(vec!["student_temperature", "teacher_temperature"])
+    } else {
+        let names: Vec<&str> = keys
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).filter(|k| *k != "loss").collect())
+            .unwrap_or_default();
+        bail!(
+            "--temperature: the loss `{loss}` has no temperature (its settings: {}); set them \
+             with --set method.divergence.KEY=VALUE",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )
+    }
 }
 
 fn cmd_train(o: &RunArgs, distill: bool) -> Result<()> {
@@ -511,6 +545,14 @@ fn cmd_eval(o: &EvalArgs) -> Result<()> {
         Some(FormatArg::Instruction) => config::DataFormat::Instruction,
     };
     let (model, device) = load_for_inference(&o.on, &o.model).input()?;
+    let max = model.config().max_position_embeddings();
+    if o.seq_len > max {
+        return Err(anyhow::anyhow!(
+            "--seq-len {} is longer than the model's {max} positions",
+            o.seq_len
+        ))
+        .input();
+    }
     let tok = tokenizer_for(o.tokenizer.as_deref(), &o.model).input()?;
     let template = template_for(o.template, o.tokenizer.as_deref(), &o.model).input()?;
     let set = run::load_blocks(&o.data, format, &template, &tok, o.seq_len).input()?;
@@ -550,10 +592,10 @@ fn cmd_generate(o: &GenerateArgs) -> Result<()> {
     let (model, device) = load_for_inference(&o.on, &o.model).input()?;
     let tok = tokenizer_for(o.tokenizer.as_deref(), &o.model).input()?;
     let ids = tok.encode_prompt(&o.prompt)?;
-    let sampling = match o.temperature {
-        None | Some(0.0) => Sampling::Greedy,
-        Some(temperature) => Sampling::Sample { temperature, top_k: o.top_k, top_p: o.top_p },
-    };
+    if ids.is_empty() {
+        return Err(anyhow::anyhow!("the prompt {:?} tokenizes to no tokens", o.prompt)).input();
+    }
+    let sampling = sampling_of(o.temperature, o.top_k, o.top_p).input()?;
     let tokens = kd_train::methods::SpecialTokens::of(&tok);
     let config = GenerationConfig {
         max_new_tokens: o.max_new_tokens,
@@ -571,6 +613,26 @@ fn cmd_generate(o: &GenerateArgs) -> Result<()> {
     progress.finish();
     println!("{}", tok.decode(&out.sequences[0], true)?);
     Ok(())
+}
+
+/// The decoding `kd generate` asks for: greedy without `--temperature` (or with 0), unless
+/// `--top-k`/`--top-p` ask for sampling, which then runs at temperature 1 (as Hugging Face's
+/// `do_sample` does); truncation with an explicit temperature 0 is a contradiction.
+fn sampling_of(
+    temperature: Option<f64>,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+) -> Result<Sampling> {
+    let truncated = top_k.is_some() || top_p.is_some();
+    match temperature {
+        Some(t) if t == 0.0 && truncated => Err(anyhow::anyhow!(
+            "--temperature 0 decodes greedily, so --top-k/--top-p would be ignored: drop them or \
+             give a temperature > 0"
+        )),
+        Some(t) if t == 0.0 => Ok(Sampling::Greedy),
+        None if !truncated => Ok(Sampling::Greedy),
+        t => Ok(Sampling::Sample { temperature: t.unwrap_or(1.0), top_k, top_p }),
+    }
 }
 
 /// `kd plot`: the held-out curves of several runs (their `metrics.jsonl`) in one chart.
@@ -700,6 +762,57 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn temperature_reaches_both_temperatures_of_the_two_temperature_losses() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["kd", "distill", "--student", "s"];
+            all.extend_from_slice(args);
+            let Command::Distill(o) = Cli::try_parse_from(all).unwrap().command else { panic!() };
+            run_config(&o)
+        };
+        for loss in ["uld", "atkd"] {
+            let b = parse(&["--loss", loss, "--temperature", "3"]).unwrap();
+            let toml = b.to_toml();
+            assert!(
+                toml.contains("student_temperature = 3.0")
+                    && toml.contains("teacher_temperature = 3.0"),
+                "{loss}: {toml}"
+            );
+            assert!(!toml.contains("\ntemperature"), "{toml}");
+            b.build().unwrap();
+        }
+        let b = parse(&["--loss", "reverse_kl", "--temperature", "2"]).unwrap();
+        assert!(b.to_toml().contains("temperature = 2.0"));
+        b.build().unwrap();
+        for loss in kd_losses::LOSSES.iter().filter(|l| l.dense).map(|l| l.id) {
+            // Every loss either takes --temperature or says why not, naming its settings.
+            match parse(&["--loss", loss, "--temperature", "2"]) {
+                Ok(b) => drop(b.build().unwrap()),
+                Err(e) => assert!(e.to_string().contains("has no temperature"), "{loss}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn top_k_or_top_p_without_a_temperature_samples_at_temperature_one() {
+        assert_eq!(sampling_of(None, None, None).unwrap(), Sampling::Greedy);
+        assert_eq!(sampling_of(Some(0.0), None, None).unwrap(), Sampling::Greedy);
+        assert_eq!(
+            sampling_of(None, Some(5), None).unwrap(),
+            Sampling::Sample { temperature: 1.0, top_k: Some(5), top_p: None }
+        );
+        assert_eq!(
+            sampling_of(None, None, Some(0.9)).unwrap(),
+            Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(0.9) }
+        );
+        assert_eq!(
+            sampling_of(Some(0.7), Some(3), Some(0.5)).unwrap(),
+            Sampling::Sample { temperature: 0.7, top_k: Some(3), top_p: Some(0.5) }
+        );
+        let err = sampling_of(Some(0.0), Some(5), None).unwrap_err().to_string();
+        assert!(err.contains("--top-k"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,41 @@ pub fn load_model_as(
     }
 }
 
+/// Checks that the teacher directory's own `tokenizer.json` (when it has one) gives every token
+/// of the data tokenizer the same id: token-level distillation compares the two models' logits
+/// id by id, so two different tokenizers of the same size would be distilled into nonsense
+/// without any error. Extra teacher tokens (a larger vocabulary) are allowed.
+pub fn check_teacher_tokenizer(
+    data_tok: &Tokenizer,
+    data_path: &Path,
+    teacher: &Path,
+) -> Result<()> {
+    let path = teacher.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let teacher_tok = load_tokenizer(&path)?;
+    let ours = data_tok.inner().get_vocab(true);
+    let theirs = teacher_tok.inner().get_vocab(true);
+    let differ: Vec<&String> =
+        ours.iter().filter(|(t, id)| theirs.get(*t) != Some(id)).map(|(t, _)| t).collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    let mut examples: Vec<&str> = differ.iter().map(|t| t.as_str()).collect();
+    examples.sort_unstable();
+    examples.truncate(3);
+    bail!(
+        "the teacher's tokenizer {} differs from data.tokenizer {}: {} of its {} tokens are \
+         missing or have other ids (e.g. {:?}); token-level distillation needs one tokenizer",
+        path.display(),
+        data_path.display(),
+        differ.len(),
+        ours.len(),
+        examples
+    )
+}
+
 /// Copies the tokenizer files next to an exported model so the directory is self-contained.
 pub fn copy_tokenizer(tokenizer: &Path, dir: &Path) -> Result<()> {
     let files = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
@@ -397,6 +432,10 @@ pub fn run_job(
         trainer = trainer.with_pt_data(pt);
     }
     if trainer.uses_teacher() {
+        if let (Some(tok), Some(dir)) = (&tok, &config.teacher.pretrained) {
+            check_teacher_tokenizer(tok, tok_path.as_deref().unwrap_or(Path::new("")), dir)
+                .input()?;
+        }
         let teacher = match teacher {
             Some(t) => t,
             None => {
@@ -431,7 +470,10 @@ pub fn run_job(
     if resume && let Some(ck) = latest_checkpoint(&out).input()? {
         trainer.resume_from(&ck).input()?;
     }
-    let report = trainer.fit(train, Some(eval))?;
+    let report = match trainer.fit(train, Some(eval)) {
+        Err(e) if e.is_input() => return Err(e).input(),
+        report => report?,
+    };
     let final_eval = match report.evals.last() {
         Some(e) => e.clone(),
         None => trainer.evaluate(eval)?,

@@ -79,7 +79,17 @@ fn train_resume_distill_export_eval_generate() {
     // Train alone, then continue to 6 steps from the latest checkpoint.
     let out = kd(&["train", "--config", cfg, "--out", t]);
     assert!(out.contains("after 4 steps"), "{out}");
-    let out = kd(&["train", "--config", cfg, "--out", t, "--steps", "6", "--resume"]);
+    let out = kd(&[
+        "train",
+        "--config",
+        cfg,
+        "--out",
+        t,
+        "--steps",
+        "6",
+        "--resume",
+        "--allow-schedule-change",
+    ]);
     assert!(out.contains("after 6 steps"), "{out}");
     assert!(teacher_out.join("model/config.json").is_file());
     assert!(teacher_out.join("loss.png").is_file());
@@ -282,7 +292,7 @@ fn every_method_runs_through_kd_distill_and_resumes() {
         assert!(text.contains("held-out loss"), "{method}: {text}");
         // Resume one step further from the last checkpoint.
         let mut more = args.clone();
-        more.extend(["--steps", "3", "--resume"]);
+        more.extend(["--steps", "3", "--resume", "--allow-schedule-change"]);
         kd(&more);
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         let steps = metrics.lines().filter(|l| l.contains("\"train\"")).count();

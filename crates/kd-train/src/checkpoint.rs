@@ -49,6 +49,11 @@ pub struct TrainState {
     pub loss_scaler: Option<crate::precision::LossScaler>,
     /// Tokens consumed (counted positions).
     pub tokens_seen: u64,
+    /// The learning-rate schedule the run was started with (`None` in checkpoints written before
+    /// it was stored); a resume under another schedule is refused unless
+    /// [`TrainConfig::allow_schedule_change`](crate::TrainConfig::allow_schedule_change).
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::LrSchedule>,
     /// Training history up to `step`.
     pub history: Vec<StepRecord>,
     /// Evaluations up to `step`.

@@ -59,6 +59,34 @@ pub enum TrainError {
         /// The step that produced them (1-based).
         step: u64,
     },
+    /// A resumed run asks for another learning-rate schedule than its checkpoint was trained
+    /// under (e.g. `--steps` changed, which moves the cosine horizon). Resume with the original
+    /// settings, or allow the change explicitly (`allow_schedule_change = true`, `kd train
+    /// --allow-schedule-change`).
+    #[error(
+        "the checkpoint was trained with the schedule {saved}, this run asks for {requested}: resume with the same settings or pass --allow-schedule-change"
+    )]
+    ScheduleMismatch {
+        /// The checkpoint's schedule, in words.
+        saved: String,
+        /// The requested schedule, in words.
+        requested: String,
+    },
+    /// The data's blocks are longer than a model's positions. Lower `data.seq_len`, or use a
+    /// model with more positions.
+    #[error(
+        "{what} blocks of {seq_len} tokens are longer than the {model}'s {max} positions: set data.seq_len ≤ {max}"
+    )]
+    SequenceTooLong {
+        /// Which dataset (`train`, `eval`).
+        what: &'static str,
+        /// Its block length.
+        seq_len: usize,
+        /// `student` or `teacher`.
+        model: &'static str,
+        /// The model's positions.
+        max: usize,
+    },
     /// A data file could not be parsed (bad JSON, missing key).
     #[error("bad data in {path} line {line}: {reason}")]
     Data {
@@ -103,6 +131,22 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// Whether the error is about what the caller passed in (a setting, the data, a checkpoint
+    /// or model that does not fit) rather than something that went wrong while running; `kd`
+    /// exits with status 2 for these, 1 for the others.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Self::VocabMismatch { .. }
+                | Self::InvalidConfig { .. }
+                | Self::EmptyDataset { .. }
+                | Self::ScheduleMismatch { .. }
+                | Self::SequenceTooLong { .. }
+                | Self::Data { .. }
+                | Self::Checkpoint { .. }
+        )
+    }
+
     /// An [`TrainError::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }

@@ -51,6 +51,13 @@ pub trait LanguageModel: Module {
     /// Size of the output vocabulary (last dimension of [`logits`](Self::logits)).
     fn vocab_size(&self) -> usize;
 
+    /// The longest sequence the model can take (its position table or RoPE range), when it has
+    /// a limit; [`Trainer::fit`](crate::Trainer::fit) refuses longer blocks with
+    /// [`TrainError::SequenceTooLong`](crate::TrainError::SequenceTooLong). Default: no limit.
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
     /// Greedy continuation of every prompt: at most `max_new_tokens` tokens each, a row stopping
     /// after it emits one of `eos_ids` (kept in its output). Used by the ROUGE-L evaluation.
     ///
@@ -113,6 +120,10 @@ impl LanguageModel for kd_models::CausalLm {
 
     fn vocab_size(&self) -> usize {
         kd_models::CausalLm::vocab_size(self)
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config().max_position_embeddings())
     }
 
     fn generate_greedy(

@@ -43,6 +43,19 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// The schedule in words (`lr 0.001, warmup 10, 100 steps, cosine to 0.1×`), for messages.
+    pub fn describe(&self) -> String {
+        let decay = match self.decay {
+            DecayKind::Cosine => "cosine",
+            DecayKind::Linear => "linear",
+            DecayKind::Constant => "constant",
+        };
+        format!(
+            "lr {}, warmup {}, {} steps, {decay} to {}×",
+            self.peak, self.warmup_steps, self.total_steps, self.min_lr_ratio
+        )
+    }
+
     /// Checks the schedule.
     ///
     /// # Errors

@@ -46,7 +46,9 @@ pub struct TrainConfig {
     pub decay: DecayKind,
     /// AdamW settings.
     pub optimizer: AdamWConfig,
-    /// Clip the global gradient norm to this (default `Some(1.0)`).
+    /// Clip the global gradient norm to this (default `Some(1.0)`); `None` = no clipping,
+    /// written `max_grad_norm = "off"` (or `false`) in TOML/JSON, which have no null.
+    #[serde(with = "off_or_number")]
     pub max_grad_norm: Option<f64>,
     /// Seed of the data order (default `0`); seed model initialisation yourself.
     pub seed: u64,
@@ -96,6 +98,46 @@ pub struct TrainConfig {
     /// and gradient norm as 0) and goes on. f16 gradient overflows are always skipped by the loss
     /// scaler instead.
     pub on_non_finite: NonFinitePolicy,
+    /// Let a resumed run use a learning-rate schedule (`lr`, `warmup_steps`, `steps`,
+    /// `min_lr_ratio`, `decay`) other than the one its checkpoint was written under (default
+    /// `false`: such a resume is [`TrainError::ScheduleMismatch`], because changing `steps`
+    /// silently moves the cosine horizon of the steps still to come).
+    pub allow_schedule_change: bool,
+}
+
+/// Serde for an optional number that config files switch off with `"off"` or `false` (TOML
+/// has no null; a missing key keeps the default).
+mod off_or_number {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Flag(bool),
+        Text(String),
+        Null(()),
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_f64(*v),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Raw::deserialize(d) {
+            Ok(Raw::Number(v)) => Ok(Some(v)),
+            Ok(Raw::Flag(false) | Raw::Null(())) => Ok(None),
+            Ok(Raw::Text(t)) if t == "off" => Ok(None),
+            Ok(Raw::Flag(true)) => Err(D::Error::custom("expected a number or \"off\", got true")),
+            Ok(Raw::Text(t)) => {
+                Err(D::Error::custom(format!("expected a number or \"off\", got \"{t}\"")))
+            }
+            Err(_) => Err(D::Error::custom("expected a number or \"off\"")),
+        }
+    }
 }
 
 /// See [`TrainConfig::on_non_finite`].
@@ -138,6 +180,7 @@ impl Default for TrainConfig {
             loss_scale: LossScaleConfig::default(),
             chunked_head_rows: None,
             on_non_finite: NonFinitePolicy::Stop,
+            allow_schedule_change: false,
         }
     }
 }
@@ -277,6 +320,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 loss_scaler: (config.dtype == Precision::F16)
                     .then(|| LossScaler::new(&config.loss_scale)),
                 tokens_seen: 0,
+                schedule: Some(config.schedule()),
                 history: Vec::new(),
                 evals: Vec::new(),
             },
@@ -461,6 +505,21 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// # Errors
     /// [`TrainError::Checkpoint`] when the checkpoint does not fit the student.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        if let Some(saved) = checkpoint.state.schedule
+            && saved != self.schedule
+        {
+            if !self.config.allow_schedule_change {
+                return Err(TrainError::ScheduleMismatch {
+                    saved: saved.describe(),
+                    requested: self.schedule.describe(),
+                });
+            }
+            log::warn!(
+                "resuming with a changed learning-rate schedule: checkpoint {}, now {}",
+                saved.describe(),
+                self.schedule.describe()
+            );
+        }
         let student = load_param_values(self.student.clone(), &checkpoint.model)
             .map_err(|errs| TrainError::checkpoint("model", errs.join("; ")))?;
         self.optim.restore(
@@ -472,6 +531,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         self.rng = Rng::new(checkpoint.state.rng);
         self.student = student;
         self.state = checkpoint.state.clone();
+        self.state.schedule = Some(self.schedule);
         // A run resumed in another precision starts (or drops) its loss scaling.
         match self.config.dtype {
             Precision::F16 => {
@@ -643,6 +703,21 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 self.method.name(),
             ));
         }
+        for (what, data) in [("train", Some(train)), ("eval", eval)] {
+            let Some(data) = data else { continue };
+            let limits = [
+                ("student", self.student.max_positions()),
+                ("teacher", self.teacher.as_ref().and_then(LanguageModel::max_positions)),
+            ];
+            for (model, max) in limits {
+                if let Some(max) = max
+                    && data.seq_len() > max
+                {
+                    let seq_len = data.seq_len();
+                    return Err(TrainError::SequenceTooLong { what, seq_len, model, max });
+                }
+            }
+        }
         let plain = self.device.clone().inner();
         let prepared =
             self.method.prepare_data(self.teacher.as_ref(), train, &self.tokens, &plain)?;
@@ -801,6 +876,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn max_grad_norm_switches_off_with_off_or_false_and_round_trips() {
+        let parse = |text: &str| serde_json::from_str::<TrainConfig>(text);
+        assert_eq!(parse(r#"{"max_grad_norm": "off"}"#).unwrap().max_grad_norm, None);
+        assert_eq!(parse(r#"{"max_grad_norm": false}"#).unwrap().max_grad_norm, None);
+        assert_eq!(parse(r#"{"max_grad_norm": 0.5}"#).unwrap().max_grad_norm, Some(0.5));
+        assert_eq!(parse("{}").unwrap().max_grad_norm, Some(1.0));
+        for bad in [r#""of""#, "true", "[1]"] {
+            let err = parse(&format!(r#"{{"max_grad_norm": {bad}}}"#)).unwrap_err().to_string();
+            assert!(err.contains("\"off\""), "{bad}: {err}");
+        }
+        let off = TrainConfig { max_grad_norm: None, ..TrainConfig::default() };
+        let text = serde_json::to_string(&off).unwrap();
+        assert!(text.contains(r#""max_grad_norm":"off""#), "{text}");
+        assert_eq!(parse(&text).unwrap(), off);
+    }
+
+    #[test]
     fn eval_summaries() {
         let mut e = EvalRecord {
             step: 3,
@@ -887,7 +979,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            run(TrainConfig { steps: 4, ..config }, true),
+            run(TrainConfig { steps: 4, allow_schedule_change: true, ..config }, true),
             ["resumed 3", "start 3/4", "step 4 from 3 *", "eval 4", "checkpoint 4", "finished 4"]
         );
         std::fs::remove_dir_all(&dir).unwrap();

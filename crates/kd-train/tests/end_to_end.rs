@@ -155,6 +155,19 @@ fn resume_reproduces_the_uninterrupted_run_exactly_and_export_reloads() {
     assert!(ra.history.iter().all(|r| r.extra.contains_key("taid_t")));
     assert_eq!(ck.state.step, 3);
 
+    // A resume under another schedule (more steps: a later cosine horizon) is refused unless
+    // the change is allowed.
+    let longer = TrainConfig { steps: 9, ..resume_config(&tmp("resume-longer")) };
+    let mut c: Trainer<CausalLm> = Trainer::new(longer.clone(), student.clone(), &device).unwrap();
+    let err = c.resume_from(&mid).unwrap_err();
+    assert!(matches!(err, TrainError::ScheduleMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("6 steps") && err.to_string().contains("9 steps"), "{err}");
+    let allowed = TrainConfig { allow_schedule_change: true, ..longer };
+    let mut c: Trainer<CausalLm> = Trainer::new(allowed, student.clone(), &device).unwrap();
+    c.resume_from(&mid).unwrap();
+    assert_eq!(c.checkpoint().state.schedule.unwrap().total_steps, 9);
+    std::fs::remove_dir_all(tmp("resume-longer")).ok();
+
     // Interrupted run: a differently initialised student, resumed from step 3.
     let b_dir = tmp("resume-b");
     let mut b = Trainer::new(resume_config(&b_dir), gpt2(1, 8, VOCAB, &device), &device)
