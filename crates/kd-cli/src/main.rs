@@ -629,7 +629,7 @@ fn sampling_of(
             "--temperature 0 decodes greedily, so --top-k/--top-p would be ignored: drop them or \
              give a temperature > 0"
         )),
-        Some(t) if t == 0.0 => Ok(Sampling::Greedy),
+        Some(0.0) => Ok(Sampling::Greedy),
         None if !truncated => Ok(Sampling::Greedy),
         t => Ok(Sampling::Sample { temperature: t.unwrap_or(1.0), top_k, top_p }),
     }
