@@ -15,7 +15,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Optimizer steps of every run here (a checkpoint after each).
@@ -346,30 +345,26 @@ fn assert_identical(reference: &Path, run: &Path, steps: u64) {
     assert_eq!(a, b, "metrics.jsonl differs");
 }
 
-/// The uninterrupted language-modelling run both LM tests compare with.
-fn lm_reference() -> &'static Path {
-    static REFERENCE: OnceLock<PathBuf> = OnceLock::new();
-    REFERENCE.get_or_init(|| {
-        let dir = scratch("lm-reference");
-        let cfg = write_lm_config(&dir);
-        let out = dir.join("run");
-        run_to_end("train", &cfg, &out, false);
-        out
-    })
+/// An uninterrupted language-modelling run in `dir`, to compare with.
+fn lm_reference(dir: &Path) -> PathBuf {
+    let cfg = write_lm_config(dir);
+    let out = dir.join("reference");
+    run_to_end("train", &cfg, &out, false);
+    out
 }
 
 #[test]
 fn sigkill_at_random_points_then_resume_is_bit_identical() {
     let start = Instant::now();
-    let reference = lm_reference();
     let dir = scratch("lm-killed");
+    let reference = lm_reference(&dir);
     let cfg = write_lm_config(&dir);
     let out = dir.join("run");
     let hits = kill_and_resume("train", &cfg, &out, 0x5EED_0013, 24, STEPS);
     assert!(hits.len() >= 20, "only {} of 24 kills hit: {hits:#?}", hits.len());
     let in_write = hits.iter().filter(|h| h.contains("InCheckpointWrite")).count();
     assert!(in_write >= 10, "{hits:#?}");
-    assert_identical(reference, &out, STEPS);
+    assert_identical(&reference, &out, STEPS);
     eprintln!(
         "kill_resume: lm: {} kills survived ({in_write} inside a checkpoint write), {:.1} s\n{}",
         hits.len(),
@@ -396,8 +391,8 @@ fn damage(out: &Path, step: u64, file: &str, truncate: bool) -> PathBuf {
 #[test]
 fn damaged_checkpoints_fall_back_to_the_previous_one() {
     let start = Instant::now();
-    let reference = lm_reference();
     let dir = scratch("lm-damaged");
+    let reference = lm_reference(&dir);
     let cfg = write_lm_config(&dir);
     let out = dir.join("run");
     let mut detected = 0;
@@ -423,7 +418,7 @@ fn damaged_checkpoints_fall_back_to_the_previous_one() {
     let stderr = run_to_end("train", &cfg, &out, true);
     warned(&stderr, &damaged, 6);
     detected += 1;
-    assert_identical(reference, &out, STEPS);
+    assert_identical(&reference, &out, STEPS);
 
     // With every checkpoint damaged, `kd` refuses to start over (exit 2, names the damage).
     for step in [STEPS - 1, STEPS] {
