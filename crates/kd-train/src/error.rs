@@ -106,6 +106,18 @@ pub enum TrainError {
         /// What did not match.
         reason: String,
     },
+    /// A checkpoint file does not match the size or SHA-256 its `checksums.json` recorded when
+    /// it was written: it was truncated, changed or damaged since. Resume from an earlier
+    /// checkpoint ([`crate::latest_checkpoint`] skips damaged ones by itself) or delete it.
+    #[error("checkpoint file {path} is corrupt: expected {expected}, got {got}")]
+    CorruptCheckpoint {
+        /// The damaged file.
+        path: PathBuf,
+        /// What `checksums.json` recorded (size or SHA-256).
+        expected: String,
+        /// What the file holds now.
+        got: String,
+    },
     /// Reading or writing a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -791,18 +791,37 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         })
     }
 
-    /// Writes `checkpoint-<step>` into `dir` and prunes old ones beyond `keep_checkpoints`.
+    /// Writes `checkpoint-<step>` into `dir` (atomically and durably, [`Checkpoint::save`]),
+    /// then prunes the oldest ones beyond `keep_checkpoints` and removes the temporary
+    /// directories a killed run may have left (`checkpoint-<step>.tmp`, `.old`).
+    ///
+    /// Only checkpoints up to this step count: ones after it (left behind when a resume fell back
+    /// past a damaged checkpoint) stay until this run reaches and replaces them. With the default
+    /// `keep_checkpoints = 2` there is always a previous checkpoint to fall back to.
     ///
     /// # Errors
     /// See [`Checkpoint::save`].
     pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join(checkpoint_name(self.state.step));
+        let step = self.state.step;
+        let path = dir.join(checkpoint_name(step));
         self.checkpoint().save(&path)?;
-        let mut all = list_checkpoints(dir)?;
+        let mut all: Vec<_> =
+            list_checkpoints(dir)?.into_iter().filter(|(s, _)| *s <= step).collect();
         let keep = self.config.keep_checkpoints.max(1);
         while all.len() > keep {
             let (_, old) = all.remove(0);
             std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+        }
+        for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+            let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let stale = name.strip_prefix("checkpoint-").is_some_and(|rest| {
+                rest.strip_suffix(".tmp").or_else(|| rest.strip_suffix(".old")).is_some()
+            });
+            if stale && entry.path().is_dir() {
+                let p = entry.path();
+                std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+            }
         }
         Ok(path)
     }
@@ -813,7 +832,7 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("checkpoint-{step:06}")
 }
 
-/// Checkpoints in `dir`, oldest first.
+/// Checkpoints in `dir`, oldest first (complete or not: see [`latest_checkpoint`]).
 ///
 /// # Errors
 /// [`TrainError::Io`] when `dir` cannot be listed.
@@ -835,12 +854,35 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The most recent checkpoint in `dir`, if any.
+/// The most recent good checkpoint in `dir`, if any.
+///
+/// Each checkpoint, newest first, is checked with [`Checkpoint::verify`] (every file against
+/// its checksum, `state.json` parsed); a truncated, damaged or incomplete one is skipped with a
+/// `log::warn!` naming it and why, and the previous one is tried. A half-written checkpoint
+/// never appears here (it is `checkpoint-<step>.tmp` until complete).
 ///
 /// # Errors
-/// [`TrainError::Io`] when `dir` cannot be listed.
+/// [`TrainError::Io`] when `dir` cannot be listed; [`TrainError::Checkpoint`] naming `dir` and
+/// every reason when there are checkpoints but none is usable (rather than silently starting
+/// over).
 pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(list_checkpoints(dir)?.pop().map(|(_, p)| p))
+    let mut skipped = Vec::new();
+    for (_, path) in list_checkpoints(dir)?.into_iter().rev() {
+        match Checkpoint::verify(&path) {
+            Ok(()) => return Ok(Some(path)),
+            Err(e) => {
+                log::warn!("skipping checkpoint {}: {e}", path.display());
+                skipped.push(e.to_string());
+            }
+        }
+    }
+    if skipped.is_empty() {
+        return Ok(None);
+    }
+    Err(TrainError::checkpoint(
+        dir,
+        format!("no usable checkpoint ({}); delete them to start over", skipped.join("; ")),
+    ))
 }
 
 fn merged_lines(history: &[StepRecord], evals: &[EvalRecord]) -> Vec<MetricsLine> {
