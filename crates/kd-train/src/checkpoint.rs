@@ -500,6 +500,7 @@ mod tests {
             non_finite_steps: 0,
             loss_scaler: None,
             tokens_seen: 96,
+            schedule: None,
             history: Vec::new(),
             evals: Vec::new(),
         };

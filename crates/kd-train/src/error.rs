@@ -156,6 +156,7 @@ impl TrainError {
                 | Self::SequenceTooLong { .. }
                 | Self::Data { .. }
                 | Self::Checkpoint { .. }
+                | Self::CorruptCheckpoint { .. }
         )
     }
 
