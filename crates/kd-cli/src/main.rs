@@ -25,6 +25,7 @@ mod config;
 mod demo;
 mod device;
 mod error;
+mod inspect;
 mod plot;
 mod progress;
 mod run;
@@ -95,6 +96,12 @@ enum Command {
     /// Sample a continuation of a prompt.
     #[command(args_override_self = true)]
     Generate(GenerateArgs),
+    /// Check a Hugging Face model directory and print what it holds (exit 2 on any problem).
+    Inspect {
+        /// The model directory (config.json, safetensors or shards + index, tokenizer.json).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `kd demo`.
@@ -747,6 +754,7 @@ fn main() {
         Command::Export(o) => cmd_export(o),
         Command::Plot(o) => cmd_plot(o),
         Command::Generate(o) => cmd_generate(o),
+        Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -13,8 +13,13 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::checks;
 use crate::error::{ModelError, Result};
 use crate::registry::MODEL_TYPES;
+
+/// The most parameters a config may describe (2^40, about 1.1 trillion: more than any public
+/// checkpoint). Larger sizes are a broken config, refused before anything is allocated.
+pub const MAX_PARAMETERS: u64 = 1 << 40;
 
 pub use crate::gpt2::Gpt2Config;
 pub use crate::layers::Activation;
@@ -25,14 +30,12 @@ impl ModelConfig {
     /// Parses a `config.json` file.
     ///
     /// # Errors
-    /// [`ModelError::Io`], [`ModelError::Json`], or the errors of [`ModelConfig::from_json`].
+    /// [`ModelError::Io`], [`ModelError::InvalidFile`] for a file that is not a regular file or
+    /// larger than 64 MiB, [`ModelError::Json`] (also for JSON nested deeper than 128 levels), or
+    /// the errors of [`ModelConfig::from_json`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
-        Self::from_json(&value)
+        Self::from_json(&checks::read_json(path)?)
     }
 
     /// Parses a config from its JSON value, dispatching on `model_type`.
@@ -55,8 +58,79 @@ impl ModelConfig {
                 ));
             }
         };
-        Self::parse(&model_type, obj)
-            .unwrap_or(Err(ModelError::UnsupportedModelType { model_type }))
+        let config = Self::parse(&model_type, obj)
+            .unwrap_or(Err(ModelError::UnsupportedModelType { model_type }))?;
+        match config.num_parameters() {
+            Some(n) if n <= MAX_PARAMETERS => Ok(config),
+            n => Err(ModelError::config(
+                "<sizes>",
+                format!(
+                    "vocab_size, hidden_size, intermediate_size and num_hidden_layers give {} parameters, more than the {MAX_PARAMETERS} (2^40) this crate loads",
+                    n.map_or("more than 2^64".into(), |n| n.to_string())
+                ),
+            )),
+        }
+    }
+
+    /// The number of parameters of the model (weights and biases; a tied output head counted
+    /// once), `None` when it does not fit in a `u64`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kd_models::{Gpt2Config, ModelConfig};
+    ///
+    /// let config = ModelConfig::Gpt2(Gpt2Config::default());
+    /// assert_eq!(config.num_parameters(), Some(124_439_808)); // GPT-2 small
+    /// ```
+    pub fn num_parameters(&self) -> Option<u64> {
+        // Checked sums of checked products: a config of absurd sizes gives `None`.
+        fn sum(terms: &[Option<u64>]) -> Option<u64> {
+            terms.iter().try_fold(0u64, |acc, t| acc.checked_add((*t)?))
+        }
+        let mul = |a: usize, b: usize| (a as u64).checked_mul(b as u64);
+        let bias = |on: bool, n: usize| Some(if on { n as u64 } else { 0 });
+        match self {
+            Self::Gpt2(c) => {
+                let (e, inner) = (c.n_embd, c.n_inner.unwrap_or(4usize.checked_mul(c.n_embd)?));
+                let layer = sum(&[
+                    mul(4, e),                                    // ln_1, ln_2
+                    sum(&[mul(e, e.checked_mul(3)?), mul(3, e)]), // c_attn
+                    sum(&[mul(e, e), Some(e as u64)]),            // attn.c_proj
+                    sum(&[mul(e, inner), Some(inner as u64)]),    // c_fc
+                    sum(&[mul(inner, e), Some(e as u64)]),        // mlp.c_proj
+                ]);
+                sum(&[
+                    mul(c.vocab_size, e),
+                    mul(c.n_positions, e),
+                    layer?.checked_mul(c.n_layer as u64),
+                    mul(2, e),
+                    if c.tie_word_embeddings { Some(0) } else { mul(c.vocab_size, e) },
+                ])
+            }
+            Self::Llama(c) => {
+                let h = c.hidden_size;
+                let q = c.num_attention_heads.checked_mul(c.head_dim)?;
+                let kv = c.num_key_value_heads.checked_mul(c.head_dim)?;
+                let i = c.intermediate_size;
+                let layer = sum(&[
+                    mul(2, h), // the two norms
+                    mul(h, q),
+                    mul(h, kv)?.checked_mul(2),
+                    mul(q, h),
+                    bias(c.qkv_bias, q.checked_add(kv.checked_mul(2)?)?),
+                    bias(c.o_bias, h),
+                    mul(h, i)?.checked_mul(3),
+                    bias(c.mlp_bias, i.checked_mul(2)?.checked_add(h)?),
+                ]);
+                sum(&[
+                    mul(c.vocab_size, h),
+                    layer?.checked_mul(c.num_hidden_layers as u64),
+                    Some(h as u64),
+                    if c.tie_word_embeddings { Some(0) } else { mul(c.vocab_size, h) },
+                ])
+            }
+        }
     }
 
     /// Every `model_type` this crate loads.

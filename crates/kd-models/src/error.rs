@@ -78,6 +78,20 @@ pub enum ModelError {
         reason: String,
     },
 
+    /// A model file is inconsistent or out of bounds: not a regular file, larger than such a file
+    /// can be, a shard index naming a shard outside the model directory or disagreeing with the
+    /// shards, a tokenizer with duplicate ids or merges of unknown tokens, a config whose sizes
+    /// need more weights than the files hold.
+    ///
+    /// The message names what is wrong; repair or re-download the named file.
+    #[error("invalid {path}: {reason}")]
+    InvalidFile {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A weight the architecture needs is not in the checkpoint.
     ///
     /// The checkpoint does not match its `config.json` (wrong architecture, or a layout this

@@ -81,6 +81,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+mod checks;
 pub mod config;
 pub mod error;
 pub mod gpt2;

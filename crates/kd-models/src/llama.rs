@@ -176,6 +176,15 @@ impl LlamaConfig {
     fn from_object(model_type: &str, obj: &Map<String, Value>) -> Result<Self> {
         let keys: LlamaKeys = from_object(obj, &[])?;
         positive("num_attention_heads", keys.num_attention_heads)?;
+        if keys.head_dim.is_none() && !keys.hidden_size.is_multiple_of(keys.num_attention_heads) {
+            return Err(ModelError::config(
+                "hidden_size",
+                format!(
+                    "{} is not a multiple of num_attention_heads = {} (and no head_dim is given)",
+                    keys.hidden_size, keys.num_attention_heads
+                ),
+            ));
+        }
         let (rope_theta, rope_scaling) = keys.rope()?;
         let ((sliding_window, max_window_layers), (qkv_bias, o_bias)) = match model_type {
             "mistral" => {

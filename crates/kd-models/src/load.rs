@@ -84,7 +84,9 @@ pub fn load_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<CausalL
 /// # Errors
 /// [`ModelError::Io`] when a file is missing or cannot be mapped, the config errors of
 /// [`ModelConfig::from_json`], [`ModelError::Safetensors`] for a corrupt or truncated weights
-/// file, [`ModelError::MissingTensor`] / [`ModelError::ShapeMismatch`] /
+/// file (every offset and size in a header is checked against the file before anything is
+/// read), [`ModelError::InvalidFile`] for a broken shard index or a config whose sizes need more
+/// weights than the files hold, [`ModelError::MissingTensor`] / [`ModelError::ShapeMismatch`] /
 /// [`ModelError::UnsupportedDtype`] naming the offending key, [`ModelError::InvalidArgument`]
 /// when `device` cannot hold the requested dtype.
 pub fn load_pretrained_with(
@@ -127,12 +129,34 @@ pub fn load_from_bytes_with(
 }
 
 fn load_with_weights(config: &ModelConfig, mut weights: Weights) -> Result<CausalLm> {
+    check_capacity(config, &weights)?;
     let model = CausalLm::from_weights(config, &mut weights)?;
     let unused = weights.unused();
     if !unused.is_empty() {
         log::warn!("{} checkpoint tensors were not used: {:?}", unused.len(), unused);
     }
     Ok(model)
+}
+
+/// Refuses a config whose parameters need more bytes than the weight files hold (at 2 bytes a
+/// value, the smallest float dtype loaded), before anything is allocated for them.
+fn check_capacity(config: &ModelConfig, weights: &Weights) -> Result<()> {
+    let needed = config.num_parameters().map(|n| u128::from(n) * 2);
+    let held = u128::from(weights.data_bytes());
+    if needed.is_some_and(|n| n <= held) {
+        return Ok(());
+    }
+    let files: Vec<String> = weights.paths().map(|p| p.display().to_string()).collect();
+    let path = weights.paths().next().map_or_else(Default::default, Path::to_path_buf);
+    Err(ModelError::InvalidFile {
+        path,
+        reason: format!(
+            "config.json describes {} parameters, at least {} bytes, but the weights ({}) hold {held} bytes of tensors",
+            config.num_parameters().map_or("more than 2^64".into(), |n| n.to_string()),
+            needed.map_or("more than 2^65".into(), |n| n.to_string()),
+            files.join(", "),
+        ),
+    })
 }
 
 /// Writes `config.json`, `generation_config.json` and `model.safetensors` (`save_pretrained` key

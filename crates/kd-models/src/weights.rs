@@ -18,7 +18,7 @@
 //! with every memory-mapped loader, the process would then be killed by `SIGBUS`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::{SafeTensorError, SafeTensors, View};
 
+use crate::checks::{self, Entries};
 use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, RmsNorm};
 
@@ -78,21 +79,113 @@ impl LoadOptions {
 ///
 /// # Errors
 /// [`ModelError::Io`] when no weights file exists or one cannot be mapped, [`ModelError::Json`] /
-/// [`ModelError::Config`] for a broken shard index, [`ModelError::Safetensors`] for a corrupt
-/// header, [`ModelError::InvalidArgument`] when `device` cannot hold the requested dtype.
+/// [`ModelError::InvalidFile`] for a broken shard index (a shard outside the directory, a tensor
+/// it lists that its shard lacks, ...), [`ModelError::Safetensors`] for a corrupt header or a
+/// tensor stored twice, [`ModelError::InvalidArgument`] when `device` cannot hold the requested
+/// dtype.
 pub(crate) fn read_dir(
     dir: &Path,
     key_prefix: &'static str,
     options: &LoadOptions,
     device: &Device,
 ) -> Result<Weights> {
-    let files = weight_files(dir)?;
+    let checkpoint = checkpoint_files(dir)?;
     let mut weights = Weights::new(key_prefix, options, device)?;
-    for path in files {
-        let map = map_file(&path)?;
-        weights.add_file(path, Buffer::Mapped(map))?;
+    for path in &checkpoint.files {
+        let map = map_file(path)?;
+        weights.add_file(path.clone(), Buffer::Mapped(map))?;
+    }
+    if let Some(index) = &checkpoint.index {
+        let stored =
+            weights.entries.values().map(|e| (&weights.files[e.file].path, &*e.stored_name));
+        index.check_shards(stored)?;
     }
     Ok(weights)
+}
+
+/// One tensor of a checkpoint as its file stores it ([`list_checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTensor {
+    /// The key in the file (`transformer.h.0.ln_1.weight`, `h.0.ln_1.weight`, ...).
+    pub name: String,
+    /// The stored dtype as safetensors names it (`F32`, `BF16`, `I64`, ...).
+    pub dtype: String,
+    /// The stored shape.
+    pub shape: Vec<usize>,
+    /// The file holding it.
+    pub file: PathBuf,
+}
+
+/// The weight files of a model directory and the tensors they store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointListing {
+    /// `model.safetensors.index.json`, when the checkpoint is sharded.
+    pub index: Option<PathBuf>,
+    /// The safetensors files, in load order.
+    pub files: Vec<PathBuf>,
+    /// Every stored tensor, sorted by name.
+    pub tensors: Vec<StoredTensor>,
+}
+
+/// The weight files of the model directory `dir` and their tensors, with every check that
+/// loading makes on them (headers, shard index, no tensor stored twice) but without reading any
+/// tensor data.
+///
+/// # Errors
+/// As [`crate::load::load_pretrained_with`] for the weight files.
+///
+/// # Example
+///
+/// ```no_run
+/// let listing = kd_models::weights::list_checkpoint("path/to/hf-model".as_ref())?;
+/// println!("{} tensors in {} files", listing.tensors.len(), listing.files.len());
+/// # Ok::<(), kd_models::ModelError>(())
+/// ```
+pub fn list_checkpoint(dir: &Path) -> Result<CheckpointListing> {
+    let checkpoint = checkpoint_files(dir)?;
+    let mut tensors: Vec<StoredTensor> = Vec::new();
+    for path in &checkpoint.files {
+        let map = map_file(path)?;
+        let (_, metadata) = read_header(path, &map)?;
+        for (name, info) in metadata.tensors() {
+            tensors.push(StoredTensor {
+                name,
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
+                file: path.clone(),
+            });
+        }
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = tensors.windows(2).find(|p| p[0].name == p[1].name) {
+        return Err(stored_twice(&pair[0].name, &pair[0].file, &pair[1].file));
+    }
+    if let Some(index) = &checkpoint.index {
+        index.check_shards(tensors.iter().map(|t| (&t.file, t.name.as_str())))?;
+    }
+    Ok(CheckpointListing {
+        index: checkpoint.index.map(|i| i.path),
+        files: checkpoint.files,
+        tensors,
+    })
+}
+
+/// [`ModelError::Safetensors`] for a tensor found in two files (or twice in one).
+fn stored_twice(name: &str, a: &Path, b: &Path) -> ModelError {
+    let reason = if a == b {
+        format!("tensor `{name}` is stored twice (with and without its key prefix)")
+    } else {
+        format!("tensor `{name}` is also stored in {}", a.display())
+    };
+    ModelError::Safetensors { path: b.to_path_buf(), reason }
+}
+
+/// The checked header of the safetensors file `bytes`: its JSON length and its tensors.
+fn read_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata)> {
+    checks::check_safetensors(path, bytes)?;
+    // The crate's own checks, a second line behind ours.
+    SafeTensors::read_metadata(bytes)
+        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// The tensors of one safetensors file held in memory; as [`read_dir`].
@@ -139,15 +232,103 @@ pub(crate) fn write_file(
     Ok(name)
 }
 
+/// The safetensors files of a model directory and, when sharded, its index.
+struct Checkpoint {
+    files: Vec<PathBuf>,
+    index: Option<ShardIndex>,
+}
+
+/// `model.safetensors.index.json`: which shard holds which tensor.
+struct ShardIndex {
+    path: PathBuf,
+    /// Shard path → the tensors the index says it holds.
+    shards: BTreeMap<PathBuf, BTreeSet<String>>,
+}
+
+impl ShardIndex {
+    /// Reads and checks the index at `path` of the model directory `dir`.
+    fn read(dir: &Path, path: PathBuf) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            weight_map: Option<Entries<serde_json::Value>>,
+        }
+        let text = checks::read_text(&path, checks::MAX_JSON_BYTES)?;
+        let raw: Raw = serde_json::from_str(&text)
+            .map_err(|source| ModelError::Json { path: path.clone(), source })?;
+        let map = raw.weight_map.ok_or_else(|| checks::invalid(&path, "no `weight_map` object"))?;
+        if let Some(name) = map.duplicate() {
+            return Err(checks::invalid(
+                &path,
+                format!("tensor `{name}` is listed twice in weight_map"),
+            ));
+        }
+        if map.0.is_empty() {
+            return Err(checks::invalid(&path, "weight_map lists no tensors"));
+        }
+        let mut shards: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+        for (tensor, shard) in map.0 {
+            let serde_json::Value::String(shard) = shard else {
+                return Err(checks::invalid(
+                    &path,
+                    format!("weight_map `{tensor}`: expected a shard file name, got {shard}"),
+                ));
+            };
+            let shard = checks::shard_path(dir, &path, &shard)?;
+            shards.entry(shard).or_default().insert(tensor);
+        }
+        for shard in shards.keys() {
+            if !shard.is_file() {
+                return Err(checks::invalid(
+                    &path,
+                    format!("shard {} is missing (or not a regular file)", shard.display()),
+                ));
+            }
+        }
+        Ok(Self { path, shards })
+    }
+
+    /// Checks that the `(shard, name)` pairs stored in the shards are exactly the index's.
+    fn check_shards<'a>(&self, stored: impl Iterator<Item = (&'a PathBuf, &'a str)>) -> Result<()> {
+        let mut found: BTreeMap<&Path, BTreeSet<&str>> = BTreeMap::new();
+        for (shard, name) in stored {
+            found.entry(shard.as_path()).or_default().insert(name);
+        }
+        for (shard, listed) in &self.shards {
+            let held = found.get(shard.as_path());
+            if let Some(name) =
+                listed.iter().find(|n| !held.is_some_and(|h| h.contains(n.as_str())))
+            {
+                return Err(checks::invalid(
+                    &self.path,
+                    format!(
+                        "weight_map puts `{name}` in {}, which does not hold it",
+                        shard.display()
+                    ),
+                ));
+            }
+            if let Some(name) = held.and_then(|h| h.iter().find(|n| !listed.contains(**n))) {
+                return Err(checks::invalid(
+                    &self.path,
+                    format!(
+                        "{} holds `{name}`, which weight_map does not list there",
+                        shard.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The safetensors files of a model directory: `model.safetensors`, else the shards listed in
 /// `model.safetensors.index.json`.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+fn checkpoint_files(dir: &Path) -> Result<Checkpoint> {
     let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
-        return Ok(vec![single]);
+    if single.exists() {
+        return Ok(Checkpoint { files: vec![single], index: None });
     }
     let index_path = dir.join(WEIGHTS_INDEX_FILE);
-    if !index_path.is_file() {
+    if !index_path.exists() {
         return Err(ModelError::Io {
             path: single,
             source: std::io::Error::new(
@@ -156,19 +337,13 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         });
     }
-    let text = std::fs::read_to_string(&index_path)
-        .map_err(|source| ModelError::Io { path: index_path.clone(), source })?;
-    let index: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|source| ModelError::Json { path: index_path.clone(), source })?;
-    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-        ModelError::config("weight_map", format!("missing in {}", index_path.display()))
-    })?;
-    let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+    let index = ShardIndex::read(dir, index_path)?;
+    Ok(Checkpoint { files: index.shards.keys().cloned().collect(), index: Some(index) })
 }
 
 /// Maps a weights file read-only.
 fn map_file(path: &Path) -> Result<Mmap> {
+    checks::regular_file_len(path)?;
     let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the map is read-only and only read through `Buffer::bytes`. Its contents stay valid
@@ -254,6 +429,8 @@ pub(crate) struct Weights {
     device: Device,
     /// The dtype of every parameter built.
     dtype: FloatDType,
+    /// Bytes of tensor data in all files.
+    data_bytes: u64,
 }
 
 impl Weights {
@@ -272,13 +449,13 @@ impl Weights {
             prefix,
             device: device.clone(),
             dtype,
+            data_bytes: 0,
         })
     }
 
     /// Parses the header of one safetensors file and indexes its tensors.
     fn add_file(&mut self, path: PathBuf, buffer: Buffer) -> Result<()> {
-        let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(buffer.bytes())
-            .map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        let (header_len, metadata) = read_header(&path, buffer.bytes())?;
         let file = self.files.len();
         for (name, info) in metadata.tensors() {
             // Hub GPT-2 files (and base-model saves) lack the `transformer.` / `model.` prefix.
@@ -287,10 +464,25 @@ impl Weights {
             } else {
                 format!("{}{name}", self.prefix)
             };
+            if let Some(other) = self.entries.get(&canonical) {
+                let first = self.files.get(other.file).map_or(&path, |f| &f.path);
+                return Err(stored_twice(&canonical, first, &path));
+            }
             self.entries.insert(canonical, Entry { file, stored_name: name, info: info.clone() });
         }
+        self.data_bytes += (buffer.bytes().len() - 8 - header_len) as u64;
         self.files.push(WeightFile { path, buffer, data_start: 8 + header_len });
         Ok(())
+    }
+
+    /// Bytes of tensor data in all files.
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// The files the tensors come from.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
     }
 
     /// Marks a key as intentionally unused (tied heads, buffers).
@@ -342,15 +534,15 @@ impl Weights {
             key: key.into(),
             dtype: format!("{stored:?}"),
         })?;
-        let n: usize = expected.iter().product();
-        if raw.len() != n * size {
+        let needed = expected.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+        if needed != Some(raw.len()) {
             return Err(ModelError::Safetensors {
                 path: file.path.clone(),
                 reason: format!(
                     "`{}` holds {} bytes, its shape {expected:?} of {stored:?} needs {}",
                     entry.stored_name,
                     raw.len(),
-                    n * size
+                    needed.map_or("more than memory can hold".into(), |n| n.to_string())
                 ),
             });
         }
