@@ -53,7 +53,7 @@ pub trait LanguageModel: Module {
 
     /// The longest sequence the model can take (its position table or RoPE range), when it has
     /// a limit; [`Trainer::fit`](crate::Trainer::fit) refuses longer blocks with
-    /// [`TrainError::SequenceTooLong`](crate::TrainError::SequenceTooLong). Default: no limit.
+    /// [`TrainError::SequenceTooLong`]. Default: no limit.
     fn max_positions(&self) -> Option<usize> {
         None
     }
