@@ -246,15 +246,8 @@ struct SeqKdArgs {
     /// Prompt and answer stay within this many tokens.
     #[arg(long, value_name = "N", default_value_t = 128)]
     seq_len: usize,
-    /// Sampling temperature.
-    #[arg(long, value_name = "T")]
-    temperature: Option<f64>,
-    /// Sample among the K most likely tokens.
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Nucleus sampling threshold.
-    #[arg(long, value_name = "P")]
-    top_p: Option<f64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Most new tokens per answer.
     #[arg(long, value_name = "N")]
     max_new_tokens: Option<usize>,
@@ -358,6 +351,28 @@ struct PlotArgs {
     title: String,
 }
 
+/// How `kd generate` and `kd seqkd-generate` choose tokens.
+#[derive(Debug, Args)]
+struct SamplingArgs {
+    /// Sampling temperature (0: greedy; absent: greedy, or 1 when --top-k/--top-p ask for
+    /// sampling).
+    #[arg(long, value_name = "T")]
+    temperature: Option<f64>,
+    /// Sample among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+}
+
+impl SamplingArgs {
+    /// The decoding the flags ask for ([`sampling_of`]).
+    fn sampling(&self) -> Result<Sampling> {
+        sampling_of(self.temperature, self.top_k, self.top_p)
+    }
+}
+
 /// `kd generate`.
 #[derive(Debug, Args)]
 struct GenerateArgs {
@@ -370,16 +385,8 @@ struct GenerateArgs {
     /// Most new tokens.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_new_tokens: usize,
-    /// Sampling temperature (0: greedy; absent: greedy, or 1 when --top-k/--top-p ask for
-    /// sampling).
-    #[arg(long, value_name = "T")]
-    temperature: Option<f64>,
-    /// Sample among the K most likely tokens.
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Nucleus sampling threshold.
-    #[arg(long, value_name = "P")]
-    top_p: Option<f64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Sampling seed.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
@@ -602,7 +609,7 @@ fn cmd_generate(o: &GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         return Err(anyhow::anyhow!("the prompt {:?} tokenizes to no tokens", o.prompt)).input();
     }
-    let sampling = sampling_of(o.temperature, o.top_k, o.top_p).input()?;
+    let sampling = o.sampling.sampling().input()?;
     let tokens = kd_train::methods::SpecialTokens::of(&tok);
     let config = GenerationConfig {
         max_new_tokens: o.max_new_tokens,
@@ -622,7 +629,7 @@ fn cmd_generate(o: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The decoding `kd generate` asks for: greedy without `--temperature` (or with 0), unless
+/// The decoding `kd generate` / `kd seqkd-generate` ask for: greedy without `--temperature` (or with 0), unless
 /// `--top-k`/`--top-p` ask for sampling, which then runs at temperature 1 (as Hugging Face's
 /// `do_sample` does); truncation with an explicit temperature 0 is a contradiction.
 fn sampling_of(
@@ -687,11 +694,12 @@ fn cmd_plot(o: &PlotArgs) -> Result<()> {
 
 fn cmd_seqkd_generate(o: &SeqKdArgs) -> Result<()> {
     let mut settings = kd_train::methods::seqkd::SeqKdConfig::default();
-    if let Some(t) = o.temperature {
-        settings.sampling.temperature = t;
+    // Greedy is temperature 0 there.
+    if let Sampling::Sample { temperature, top_k, top_p } = o.sampling.sampling().input()? {
+        settings.sampling.temperature = temperature;
+        settings.sampling.top_k = top_k;
+        settings.sampling.top_p = top_p;
     }
-    settings.sampling.top_k = o.top_k;
-    settings.sampling.top_p = o.top_p;
     if let Some(n) = o.max_new_tokens {
         settings.sampling.max_new_tokens = n;
     }
