@@ -2,7 +2,16 @@
 //! its help, version, exit codes and progress lines.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use common::{assets, kd_raw};
+
+mod common;
+
+/// The `[student.init]` table of the tiny model.
+fn tiny_student(max_positions: usize) -> String {
+    common::tiny_model("student", max_positions)
+}
 
 fn kd(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kd"))
@@ -17,25 +26,6 @@ fn kd(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// Runs `kd` with `args` as they are (no `--quiet`), whatever its exit status.
-fn kd_raw(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("the kd binary runs")
-}
-
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
-
-/// The `[student.init]` table of a 1-layer × 16 LLaMA over the 512-token tokenizer.
-fn tiny_student(max_positions: usize) -> String {
-    format!(
-        "[student.init]\nmodel_type = \"llama\"\nvocab_size = 512\nhidden_size = 16\n\
-         intermediate_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
-         num_key_value_heads = 1\nmax_position_embeddings = {max_positions}\n\
-         bos_token_id = 1\neos_token_id = 2\n"
-    )
 }
 
 fn write_config(dir: &Path) -> PathBuf {

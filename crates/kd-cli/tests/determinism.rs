@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
+use common::{assets, metrics, tiny_model};
+
+mod common;
 
 /// Runs `kd` with `RAYON_NUM_THREADS=threads` (`None`: rayon's default).
 fn kd(args: &[&str], threads: Option<usize>) {
@@ -22,16 +22,7 @@ fn kd(args: &[&str], threads: Option<usize>) {
 
 fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
-        r#"[student.init]
-model_type = "llama"
-vocab_size = 512
-hidden_size = 16
-intermediate_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-max_position_embeddings = 64
-
+        r#"{student}
 [data]
 tokenizer = "{tok}"
 train = "{train}"
@@ -44,6 +35,7 @@ batch_size = 4
 eval_every = 0
 eval_batches = 2
 "#,
+        student = tiny_model("student", 64),
         tok = assets().display(),
         train = assets().join("tinystories.txt").display(),
     );
@@ -53,26 +45,9 @@ eval_batches = 2
 }
 
 /// What a run produced that must not depend on threads: the exported weights' bytes and every
-/// value of `metrics.jsonl` except wall-clock timings.
+/// value of `metrics.jsonl` except wall-clock throughputs.
 fn outcome(run: &Path) -> (Vec<u8>, Vec<serde_json::Value>) {
-    let weights = std::fs::read(run.join("model/model.safetensors")).unwrap();
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let lines = metrics
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            strip_timings(&mut v);
-            v
-        })
-        .collect();
-    (weights, lines)
-}
-
-fn strip_timings(v: &mut serde_json::Value) {
-    if let Some(o) = v.as_object_mut() {
-        o.retain(|k, _| !(k.contains("sec") || k.contains("time") || k.contains("per_s")));
-        o.values_mut().for_each(strip_timings);
-    }
+    (std::fs::read(run.join("model/model.safetensors")).unwrap(), metrics(run))
 }
 
 #[test]

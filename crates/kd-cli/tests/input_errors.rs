@@ -2,41 +2,25 @@
 //! status 2, nothing trained on it; and the settings that used to be silently misread.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn kd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd")).args(args).output().expect("the kd binary runs")
+use common::{assets, kd_raw as kd, tiny_model, tinystories};
+
+mod common;
+
+fn scratch(name: &str) -> PathBuf {
+    common::scratch(&format!("input-{name}"))
 }
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kd-input-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A 1-layer LLaMA over the 512-token tokenizer, trained for `steps` on TinyStories; `extra` is
 /// appended to the `[train]` table.
 fn config(dir: &Path, train_file: &Path, extra: &str) -> PathBuf {
     let text = format!(
-        r#"[student.init]
-model_type = "llama"
-vocab_size = 512
-hidden_size = 16
-intermediate_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-max_position_embeddings = 64
-
+        r#"{student}
 [data]
 tokenizer = "{tok}"
 train = "{train}"
@@ -51,16 +35,13 @@ eval_batches = 1
 checkpoint_every = 2
 {extra}
 "#,
+        student = tiny_model("student", 64),
         tok = assets().display(),
         train = train_file.display(),
     );
     let p = dir.join("run.toml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn tinystories() -> PathBuf {
-    assets().join("tinystories.txt")
 }
 
 /// Asserts an input error: exit 2, every `needles` in the message, no backtrace or panic.
@@ -111,9 +92,9 @@ fn config_errors_name_the_key_and_the_line() {
     let out = dir.join("run");
     let out = out.to_str().unwrap();
     for (extra, needles) in [
-        ("lrr = 0.1", &["line 23", "lrr", "unknown field"][..]),
-        ("warmup_steps = \"ten\"", &["line 23", "warmup_steps", "invalid type"]),
-        ("max_grad_norm = \"of\"", &["line 23", "max_grad_norm", "\"off\""]),
+        ("lrr = 0.1", &["line 25", "lrr", "unknown field"][..]),
+        ("warmup_steps = \"ten\"", &["line 25", "warmup_steps", "invalid type"]),
+        ("max_grad_norm = \"of\"", &["line 25", "max_grad_norm", "\"off\""]),
     ] {
         let cfg = config(&dir, &data, extra);
         let r = kd(&["train", "--config", cfg.to_str().unwrap(), "--out", out, "--quiet"]);

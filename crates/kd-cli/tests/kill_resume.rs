@@ -17,52 +17,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{assets, metrics, tiny_model, without_timing};
+use kd_models::sampling::Rng;
+
+mod common;
+
+/// A fresh directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch(&format!("kill-{name}"))
+}
+
+/// Uniform in `lo..=hi`.
+fn range(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.below(hi - lo + 1)
+}
+
 /// Optimizer steps of every run here (a checkpoint after each).
 const STEPS: u64 = 12;
 /// Steps of the on-policy (GKD) runs, which sample and so cost more per step.
 const GKD_STEPS: u64 = 6;
 /// The test hook's pause after each checkpoint file (milliseconds).
 const PAUSE_MS: &str = "30";
-
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
-
-/// A fresh directory for one test (removed first if a previous run left it).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kd-kill-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// SplitMix64: the seeded source of every kill point.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-/// The `[student.init]` table of a 1-layer × 16 LLaMA over the 512-token tokenizer.
-fn tiny_model(role: &str, max_positions: usize) -> String {
-    format!(
-        "[{role}.init]\nmodel_type = \"llama\"\nvocab_size = 512\nhidden_size = 16\n\
-         intermediate_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
-         num_key_value_heads = 1\nmax_position_embeddings = {max_positions}\n\
-         bos_token_id = 1\neos_token_id = 2\n"
-    )
-}
 
 /// Language modelling on TinyStories, a checkpoint after every step.
 fn write_lm_config(dir: &Path) -> PathBuf {
@@ -259,15 +234,15 @@ fn latest_step(out: &Path) -> u64 {
 }
 
 /// A seeded kill point after the newest checkpoint in `out`, of a kind chosen by `kind`.
-fn plan(rng: &mut SplitMix, kind: u64, out: &Path, steps: u64) -> Trigger {
+fn plan(rng: &mut Rng, kind: u64, out: &Path, steps: u64) -> Trigger {
     // At most one step past the newest checkpoint, so that the run lasts for every kill.
     let next = (latest_step(out) + 1).min(steps);
-    let step = rng.range(next, steps.min(next + 1));
+    let step = range(rng, next, steps.min(next + 1));
     match kind % 4 {
-        0 => Trigger::AfterMs(rng.range(20, 300)),
-        1 => Trigger::AfterStep(step, rng.range(0, 40)),
+        0 => Trigger::AfterMs(range(rng, 20, 300)),
+        1 => Trigger::AfterStep(step, range(rng, 0, 40)),
         // Into the checkpoint's own files, or after the manifest before the rename.
-        2 => Trigger::InCheckpointWrite(step, rng.range(1, 3) as usize),
+        2 => Trigger::InCheckpointWrite(step, range(rng, 1, 3) as usize),
         _ => Trigger::InCheckpointWrite(step, 4),
     }
 }
@@ -282,7 +257,7 @@ fn kill_and_resume(
     kills: u64,
     steps: u64,
 ) -> Vec<String> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let mut hits = Vec::new();
     for i in 0..kills {
         let trigger = plan(&mut rng, i, out, steps);
@@ -297,25 +272,6 @@ fn kill_and_resume(
     }
     run_to_end(command, cfg, out, true);
     hits
-}
-
-/// A step or evaluation record without its wall-clock throughputs (`tokens_per_s`,
-/// `extra.rollout_tokens_per_s`: the only fields that are not reproducible).
-fn without_timing(mut record: serde_json::Value) -> serde_json::Value {
-    let timing = |k: &String, _: &mut serde_json::Value| !k.ends_with("_per_s");
-    if let Some(o) = record.as_object_mut() {
-        o.retain(timing);
-        if let Some(extra) = o.get_mut("extra").and_then(|e| e.as_object_mut()) {
-            extra.retain(timing);
-        }
-    }
-    record
-}
-
-/// A run's `metrics.jsonl`, [`without_timing`].
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    let text = fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| without_timing(serde_json::from_str(l).unwrap())).collect()
 }
 
 /// A checkpoint's `state.json`, its history [`without_timing`].
