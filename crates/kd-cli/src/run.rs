@@ -14,9 +14,7 @@ use kd_train::data::{
 use kd_train::methods::SpecialTokens;
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
-use kd_train::{
-    EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer, latest_checkpoint,
-};
+use kd_train::{EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
 use crate::error::Input;
@@ -467,8 +465,8 @@ pub fn run_job(
         );
         trainer = trainer.with_rouge_eval(r);
     }
-    if resume && let Some(ck) = latest_checkpoint(&out).input()? {
-        trainer.resume_from(&ck).input()?;
+    if resume {
+        trainer.resume_latest(&out).input()?;
     }
     let report = match trainer.fit(train, Some(eval)) {
         Err(e) if e.is_input() => return Err(e).input(),

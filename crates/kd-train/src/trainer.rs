@@ -554,7 +554,33 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// See [`Checkpoint::load`] and [`Trainer::restore`].
     pub fn resume_from(&mut self, dir: &Path) -> Result<()> {
         let ck = Checkpoint::load(dir)?;
-        self.restore(&ck).map_err(|e| match e {
+        self.resume_with(dir, &ck)
+    }
+
+    /// Restores the newest checkpoint in `dir` that loads (see [`latest_checkpoint`], which
+    /// only finds it): damaged ones are skipped with a warning, and each file is read and
+    /// checked once. Returns the checkpoint used, `None` when `dir` holds none.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] when checkpoints exist but none loads; [`Trainer::restore`]'s
+    /// errors for the one that loaded (a schedule or model that does not fit is not skipped).
+    pub fn resume_latest(&mut self, dir: &Path) -> Result<Option<PathBuf>> {
+        let mut skipped = Vec::new();
+        for (_, path) in list_checkpoints(dir)?.into_iter().rev() {
+            match Checkpoint::load(&path) {
+                Ok(ck) => {
+                    self.resume_with(&path, &ck)?;
+                    return Ok(Some(path));
+                }
+                Err(e) => skip_checkpoint(&path, e, &mut skipped),
+            }
+        }
+        none_usable(dir, skipped)
+    }
+
+    /// [`Trainer::restore`] of the checkpoint loaded from `dir`, errors naming `dir`.
+    fn resume_with(&mut self, dir: &Path, ck: &Checkpoint) -> Result<()> {
+        self.restore(ck).map_err(|e| match e {
             TrainError::Checkpoint { reason, .. } => TrainError::checkpoint(dir, reason),
             other => other,
         })?;
@@ -870,12 +896,20 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     for (_, path) in list_checkpoints(dir)?.into_iter().rev() {
         match Checkpoint::verify(&path) {
             Ok(()) => return Ok(Some(path)),
-            Err(e) => {
-                log::warn!("skipping checkpoint {}: {e}", path.display());
-                skipped.push(e.to_string());
-            }
+            Err(e) => skip_checkpoint(&path, e, &mut skipped),
         }
     }
+    none_usable(dir, skipped)
+}
+
+/// Logs a checkpoint that [`latest_checkpoint`] / [`Trainer::resume_latest`] pass over.
+fn skip_checkpoint(path: &Path, e: TrainError, skipped: &mut Vec<String>) {
+    log::warn!("skipping checkpoint {}: {e}", path.display());
+    skipped.push(e.to_string());
+}
+
+/// `None` when nothing was skipped (no checkpoint at all), else the error listing why each was.
+fn none_usable(dir: &Path, skipped: Vec<String>) -> Result<Option<PathBuf>> {
     if skipped.is_empty() {
         return Ok(None);
     }
