@@ -90,6 +90,12 @@ pub struct RunConfig {
     pub student: ModelSource,
     /// The teacher (`kd distill`).
     pub teacher: ModelSource,
+    /// Delta-KD (`divergence.loss = "delta_kd"`): the teacher's base, before the fine-tuning
+    /// that made the teacher.
+    pub base_teacher: ModelSource,
+    /// Delta-KD: the student's base (default: `[student] pretrained`, the student's starting
+    /// weights).
+    pub base_student: ModelSource,
     /// Data.
     pub data: DataConfig,
     /// Training settings ([`kd_train::TrainConfig`]).

@@ -119,7 +119,9 @@ fn train_config(
         keep_checkpoints: 1,
         output_dir: Some(out),
         method: match divergence {
-            Some(divergence) => MethodConfig::Kd(KdConfig { divergence, ..KdConfig::default() }),
+            Some(divergence) => {
+                MethodConfig::Kd(KdConfig { divergence: divergence.into(), ..KdConfig::default() })
+            }
             None => MethodConfig::default(),
         },
         seed: 0,

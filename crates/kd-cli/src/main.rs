@@ -139,6 +139,12 @@ struct RunArgs {
     /// teacher.pretrained.
     #[arg(long, value_name = "DIR")]
     teacher: Option<String>,
+    /// base_teacher.pretrained: the teacher before its fine-tuning (--loss delta_kd).
+    #[arg(long, value_name = "DIR")]
+    base_teacher: Option<String>,
+    /// base_student.pretrained: the student's base (--loss delta_kd; default: --student).
+    #[arg(long, value_name = "DIR")]
+    base_student: Option<String>,
     /// data.train.
     #[arg(long, value_name = "FILE")]
     data: Option<String>,
@@ -154,7 +160,8 @@ struct RunArgs {
     /// method.name: sft, kd, seqkd, gkd or minillm (starting from that method's defaults).
     #[arg(long, value_name = "NAME")]
     method: Option<String>,
-    /// method.divergence.loss of method kd (any kd-losses name, e.g. reverse_kl, taid).
+    /// method.divergence.loss of method kd (any dense kd-losses name, e.g. reverse_kl, taid; or
+    /// delta_kd with --base-teacher).
     #[arg(long, value_name = "NAME")]
     loss: Option<String>,
     /// method.divergence.temperature of method kd.
@@ -416,6 +423,8 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
     let strings = [
         (&o.student, "student.pretrained"),
         (&o.teacher, "teacher.pretrained"),
+        (&o.base_teacher, "base_teacher.pretrained"),
+        (&o.base_student, "base_student.pretrained"),
         (&o.data, "data.train"),
         (&o.tokenizer, "data.tokenizer"),
         (&o.out, "train.output_dir"),
@@ -479,7 +488,7 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
 /// The keys `--temperature` sets in the divergence `loss`: `temperature`, or both
 /// `student_temperature` and `teacher_temperature` for the losses that keep two (ULD, ATKD).
 fn temperature_keys(loss: &str) -> Result<Vec<&'static str>> {
-    let config = kd_losses::LossConfig::by_name(loss)?;
+    let config = kd_train::methods::kd::KdDivergence::by_name(loss)?;
     let keys = serde_json::to_value(&config)?;
     let has = |k: &str| keys.get(k).is_some();
     if has("temperature") {

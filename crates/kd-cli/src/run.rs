@@ -457,6 +457,47 @@ pub fn run_job(
             trainer.teacher_precision()
         );
     }
+    let delta = matches!(&method, MethodConfig::Kd(k) if k.is_delta_kd());
+    let has_base =
+        config.base_teacher != Default::default() || config.base_student != Default::default();
+    if delta {
+        let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
+        if config.base_teacher == Default::default() {
+            return Err(anyhow::anyhow!(
+                "delta_kd needs the teacher's base model: set [base_teacher] pretrained = DIR \
+                 (or --base-teacher DIR)"
+            ))
+            .input();
+        }
+        let student_source = if config.base_student != Default::default() {
+            &config.base_student
+        } else if config.student.pretrained.is_some() {
+            &config.student
+        } else {
+            return Err(anyhow::anyhow!(
+                "delta_kd needs the student's base model: set [base_student] pretrained = DIR \
+                 (or --base-student DIR), or start the student from [student] pretrained"
+            ))
+            .input();
+        };
+        let bt = load_model_as(&config.base_teacher, "base teacher", &teacher_device, precision)
+            .input()?;
+        let bs =
+            load_model_as(student_source, "base student", &teacher_device, precision).input()?;
+        log::info!(
+            "delta_kd base models: teacher {} and student {} parameters, on {}",
+            bt.num_params(),
+            bs.num_params(),
+            config.run.teacher_device.as_ref().unwrap_or(&config.run.device)
+        );
+        trainer = trainer.with_base_models_on(bt, bs, &teacher_device).input()?;
+    } else if has_base {
+        return Err(anyhow::anyhow!(
+            "[base_teacher]/[base_student] are Delta-KD's base models; this run's divergence is \
+             not delta_kd (set method.divergence.loss = \"delta_kd\" or --loss delta_kd)"
+        ))
+        .input();
+    }
     if let Some(r) = rouge {
         log::info!(
             "every evaluation: ROUGE-L of greedy answers (≤ {} new tokens) to {} held-out prompts",

@@ -82,7 +82,7 @@ pub enum TrainError {
         what: &'static str,
         /// Its block length.
         seq_len: usize,
-        /// `student` or `teacher`.
+        /// `student`, `teacher`, `base teacher` or `base student`.
         model: &'static str,
         /// The model's positions.
         max: usize,

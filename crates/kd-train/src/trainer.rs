@@ -12,7 +12,7 @@ use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{BatchOrder, DataCursor, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::events::{Observer, TrainEvent};
-use crate::methods::{Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
+use crate::methods::{BaseModels, Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
 use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, rewrite_jsonl};
 use crate::model::{LanguageModel, VocabAlignment};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
@@ -260,6 +260,7 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     config: TrainConfig,
     student: S,
     teacher: Option<T>,
+    base: Option<BaseModels<T>>,
     device: Device,
     optim: AdamW,
     schedule: LrSchedule,
@@ -331,6 +332,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             config,
             student,
             teacher: None,
+            base: None,
             device,
             rouge: None,
             observer: Observer::logging(),
@@ -379,6 +381,61 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             teacher = cast_params(teacher, precision.float_dtype());
         }
         self.teacher = Some(teacher);
+        Ok(self)
+    }
+
+    /// Adds the frozen base models of Delta-KD (`kd` with the `delta_kd` divergence): the
+    /// teacher's base (pre-fine-tuning) model and the student's base, on the student's plain
+    /// device. See [`Trainer::with_base_models_on`].
+    ///
+    /// # Errors
+    /// As [`Trainer::with_base_models_on`].
+    pub fn with_base_models(self, base_teacher: T, base_student: T) -> Result<Self> {
+        let plain = self.device.clone().inner();
+        self.with_base_models_on(base_teacher, base_student, &plain)
+    }
+
+    /// Adds the frozen base models on `device` (usually the teacher's): no gradients, their
+    /// parameters cast to [`Trainer::teacher_precision`]. Their logits form Delta-KD's target
+    /// `z_sb + α·(z_t − z_tb)` with the fine-tuned teacher's `z_t`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the method uses no base models;
+    /// [`TrainError::VocabMismatch`] when the base student's vocabulary differs from the
+    /// student's or the base teacher's from the teacher's (when the teacher is already set).
+    pub fn with_base_models_on(
+        mut self,
+        base_teacher: T,
+        base_student: T,
+        device: &Device,
+    ) -> Result<Self> {
+        if !self.method.uses_base_models() {
+            return Err(TrainError::config(
+                "base models",
+                "a method that uses them (kd with the delta_kd divergence)",
+                self.method.name(),
+            ));
+        }
+        let (vs, vb) = (self.student.vocab_size(), base_student.vocab_size());
+        if vs != vb {
+            return Err(TrainError::VocabMismatch { student: vs, teacher: vb });
+        }
+        if let Some(t) = &self.teacher
+            && t.vocab_size() != base_teacher.vocab_size()
+        {
+            return Err(TrainError::VocabMismatch {
+                student: base_teacher.vocab_size(),
+                teacher: t.vocab_size(),
+            });
+        }
+        let precision = self.teacher_precision();
+        let plain = device.clone().inner();
+        let freeze = |m: T| {
+            let m = m.valid().to_device(&plain).no_grad();
+            if precision.is_half() { cast_params(m, precision.float_dtype()) } else { m }
+        };
+        self.base =
+            Some(BaseModels { teacher: freeze(base_teacher), student: freeze(base_student) });
         Ok(self)
     }
 
@@ -616,6 +673,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 pt_data: self.pt_data.as_ref(),
                 seed: self.config.seed,
                 chunked_head_rows: self.config.chunked_head_rows,
+                step: self.state.step,
+                base: self.base.as_ref(),
             };
             let out = self.method.micro_batch(&mut cx)?;
             for (k, v) in out.metrics {
@@ -729,11 +788,21 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 self.method.name(),
             ));
         }
+        if self.method.uses_base_models() && self.base.is_none() {
+            return Err(TrainError::config(
+                "base models",
+                "the base teacher and base student (Trainer::with_base_models) for delta_kd",
+                "none",
+            ));
+        }
         for (what, data) in [("train", Some(train)), ("eval", eval)] {
             let Some(data) = data else { continue };
+            let base = self.base.as_ref();
             let limits = [
                 ("student", self.student.max_positions()),
                 ("teacher", self.teacher.as_ref().and_then(LanguageModel::max_positions)),
+                ("base teacher", base.and_then(|b| b.teacher.max_positions())),
+                ("base student", base.and_then(|b| b.student.max_positions())),
             ];
             for (model, max) in limits {
                 if let Some(max) = max

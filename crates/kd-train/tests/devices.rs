@@ -76,7 +76,7 @@ fn config(method: MethodConfig) -> TrainConfig {
 
 fn kd() -> MethodConfig {
     MethodConfig::Kd(KdConfig {
-        divergence: LossConfig::ForwardKl(Default::default()),
+        divergence: LossConfig::ForwardKl(Default::default()).into(),
         ..Default::default()
     })
 }

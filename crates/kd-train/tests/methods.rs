@@ -106,7 +106,13 @@ fn trainer(method: MethodConfig, out: Option<&Path>, student: CausalLm) -> Train
         .unwrap()
         .with_special_tokens(vec![EOS], 0)
         .with_pt_data(pt_data());
-    if t.uses_teacher() { t.with_teacher(teacher).unwrap() } else { t }
+    let t = if t.uses_teacher() { t.with_teacher(teacher).unwrap() } else { t };
+    if matches!(&t.config().method, MethodConfig::Kd(k) if k.is_delta_kd()) {
+        let plain = Device::flex();
+        t.with_base_models(seeded(77, 16, 2, &plain), seeded(55, 8, 1, &plain)).unwrap()
+    } else {
+        t
+    }
 }
 
 /// Runs 6 steps straight, then 3 + resume + 3 from a different initialisation: same records,
@@ -355,4 +361,127 @@ fn kd_through_the_chunked_head_matches_the_dense_path() {
     }
     let taid = KdConfig { chunk_rows: Some(7), ..KdConfig::with_loss("taid").unwrap() };
     resume_is_exact("kd-chunked", MethodConfig::Kd(taid));
+}
+
+/// The first step's loss of `method` (before any update: the initial student's loss on the
+/// first batch of the data order, which every run of one seed shares).
+fn first_loss(method: MethodConfig, teacher: CausalLm, base: Option<(CausalLm, CausalLm)>) -> f64 {
+    let device = Device::flex().autodiff();
+    let mut c = config(method, None);
+    c.steps = 1;
+    let t = Trainer::new(c, seeded(1, 8, 1, &device), &device).unwrap();
+    let t = if t.uses_teacher() { t.with_teacher(teacher).unwrap() } else { t };
+    let mut t = match base {
+        Some((bt, bs)) => t.with_base_models(bt, bs).unwrap(),
+        None => t,
+    };
+    t.fit(&instruction_data(), None).unwrap().history[0].loss
+}
+
+#[test]
+fn kd_warmup_ramps_the_kd_term_and_resumes_exactly() {
+    let w = 0.4;
+    let warm = |steps| {
+        MethodConfig::Kd(KdConfig {
+            hard_label_weight: w,
+            kd_warmup_steps: steps,
+            ..KdConfig::with_loss("dkd").unwrap()
+        })
+    };
+    // The factor ramps 1/4, 2/4, 3/4, 1, then stays at 1, also across the resume at step 3.
+    let h = resume_is_exact("kd-warmup", warm(4));
+    let factors: Vec<f64> = h.iter().map(|r| r.extra["kd_factor"]).collect();
+    assert_eq!(factors, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+    // Step 1 = (1/4)·(1 − w)·KD + w·CE, from a pure-KD run and an SFT run on the same batch.
+    let plain = Device::flex();
+    let teacher = || seeded(99, 16, 2, &plain);
+    let kd_only =
+        first_loss(MethodConfig::Kd(KdConfig::with_loss("dkd").unwrap()), teacher(), None);
+    let ce = first_loss(MethodConfig::by_name("sft").unwrap(), teacher(), None);
+    let got = first_loss(warm(4), teacher(), None);
+    let want = 0.25 * (1.0 - w) * kd_only + w * ce;
+    assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+    // Without warm-up the run is the plain mix.
+    let plain_mix = first_loss(warm(0), teacher(), None);
+    let want = (1.0 - w) * kd_only + w * ce;
+    assert!((plain_mix - want).abs() < 1e-5 * want.abs().max(1.0), "{plain_mix} vs {want}");
+}
+
+#[test]
+fn delta_kd_resumes_exactly_with_and_without_its_cache() {
+    let delta = |cache_mb| {
+        MethodConfig::Kd(KdConfig {
+            base_logits_cache_mb: cache_mb,
+            ..KdConfig::with_loss("delta_kd").unwrap()
+        })
+    };
+    let a = resume_is_exact("delta", delta(0));
+    let b = resume_is_exact("delta-cached", delta(64));
+    // The cache holds z_sb − α·z_tb; the uncached target rounds z_sb + α·(z_t − z_tb).
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.loss - y.loss).abs() < 1e-5 * x.loss.max(1.0), "{} vs {}", x.loss, y.loss);
+    }
+}
+
+#[test]
+fn delta_kd_with_an_unchanged_teacher_distils_the_base_student() {
+    // z_t = z_tb: the target z_sb + α·(z_t − z_tb) is the base student's own distribution, so
+    // Delta-KD is forward KL with the base student as the teacher.
+    let plain = Device::flex();
+    let teacher = || seeded(99, 16, 2, &plain);
+    let base_student = || seeded(55, 16, 2, &plain);
+    for cache_mb in [0, 64] {
+        let delta =
+            KdConfig { base_logits_cache_mb: cache_mb, ..KdConfig::with_loss("delta_kd").unwrap() };
+        let got = first_loss(MethodConfig::Kd(delta), teacher(), Some((teacher(), base_student())));
+        let want = first_loss(MethodConfig::Kd(KdConfig::default()), base_student(), None);
+        assert!((got - want).abs() < 1e-5 * want.max(1.0), "cache {cache_mb}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn delta_kd_settings_and_base_models_are_checked() {
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    let delta = MethodConfig::Kd(KdConfig::with_loss("delta_kd").unwrap());
+    // delta_kd without base models: an error naming them before any step.
+    let mut t =
+        Trainer::<CausalLm>::new(config(delta.clone(), None), seeded(3, 8, 1, &device), &device)
+            .unwrap()
+            .with_teacher(seeded(99, 16, 2, &plain))
+            .unwrap();
+    assert!(matches!(
+        t.fit(&instruction_data(), None),
+        Err(TrainError::InvalidConfig { name: "base models", .. })
+    ));
+    // Base models for a loss that does not use them.
+    let t = Trainer::<CausalLm>::new(
+        config(MethodConfig::Kd(KdConfig::default()), None),
+        seeded(3, 8, 1, &device),
+        &device,
+    )
+    .unwrap();
+    let err = t.with_base_models(seeded(77, 16, 2, &plain), seeded(55, 8, 1, &plain)).unwrap_err();
+    assert!(matches!(err, TrainError::InvalidConfig { name: "base models", .. }), "{err}");
+    // The hard labels are delta_kd's own λ; the cache is delta_kd's only.
+    let both = KdConfig { hard_label_weight: 0.5, ..KdConfig::with_loss("delta_kd").unwrap() };
+    assert!(both.validate().is_err());
+    let cache = KdConfig { base_logits_cache_mb: 8, ..KdConfig::default() };
+    assert!(cache.validate().is_err());
+    // Config round trip: tagged by `loss` like the dense losses.
+    let c: MethodConfig =
+        serde_json::from_str(r#"{"name": "kd", "divergence": {"loss": "delta_kd", "alpha": 0.5}}"#)
+            .unwrap();
+    let MethodConfig::Kd(k) = &c else { panic!("{c:?}") };
+    assert!(k.is_delta_kd());
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["divergence"]["loss"], "delta_kd");
+    assert_eq!(json["divergence"]["alpha"], 0.5);
+    assert_eq!(serde_json::from_value::<MethodConfig>(json).unwrap(), c);
+    let bad =
+        serde_json::from_str::<MethodConfig>(r#"{"name": "kd", "divergence": {"loss": "kl"}}"#);
+    let msg = bad.unwrap_err().to_string();
+    assert!(msg.contains("delta_kd") && msg.contains("forward_kl"), "{msg}");
+    let typo = r#"{"name": "kd", "divergence": {"loss": "delta_kd", "alpah": 0.5}}"#;
+    assert!(serde_json::from_str::<MethodConfig>(typo).unwrap_err().to_string().contains("alpah"));
 }

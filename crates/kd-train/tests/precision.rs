@@ -59,7 +59,7 @@ fn data() -> TokenDataset {
 
 fn kd() -> MethodConfig {
     MethodConfig::Kd(KdConfig {
-        divergence: LossConfig::ForwardKl(Default::default()),
+        divergence: LossConfig::ForwardKl(Default::default()).into(),
         ..Default::default()
     })
 }

@@ -80,6 +80,24 @@ pub struct StepContext<'a, S, T> {
     pub seed: u64,
     /// `TrainConfig::chunked_head_rows`: apply the output head in chunks of this many rows.
     pub chunked_head_rows: Option<usize>,
+    /// Optimizer steps done before this one (`0` in the first step; restored on resume):
+    /// per-step factors such as the KD warm-up read it.
+    pub step: u64,
+    /// The frozen base models (Delta-KD), when the trainer has them
+    /// ([`Trainer::with_base_models`](crate::Trainer::with_base_models)).
+    pub base: Option<&'a BaseModels<T>>,
+}
+
+/// Frozen base models: the teacher before its fine-tuning and the student's base, as
+/// Delta-KD's target needs them ([`kd_losses::DeltaKd`]). Both run without a graph on the
+/// teacher's device, in the teacher's precision; they have the teacher's type (for
+/// [`kd_models::CausalLm`] runs every model has the same type).
+#[derive(Debug, Clone)]
+pub struct BaseModels<T> {
+    /// The teacher's base (pre-fine-tuning) model: `z_tb`.
+    pub teacher: T,
+    /// The student's base model: `z_sb` (usually the student's starting weights).
+    pub student: T,
 }
 
 impl<'a, S, T> StepContext<'a, S, T> {
@@ -153,6 +171,11 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
     /// asks for it ([`StepContext::chunked_head_rows`]). Default: no (the trainer then refuses
     /// the setting rather than ignore it).
     fn supports_chunked_head(&self) -> bool {
+        false
+    }
+
+    /// Whether it needs [`BaseModels`] (Delta-KD). Default: no (giving them is then an error).
+    fn uses_base_models(&self) -> bool {
         false
     }
 

@@ -1,0 +1,155 @@
+//! `kd distill` with Delta-KD's base models and with DKD's warm-up, end to end on tiny models:
+//! the flags and config sections reach the trainer, and the missing or misplaced base models
+//! are input errors (exit 2) before anything trains.
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{assets, kd_raw as kd, metrics, scratch, tiny_model, tinystories};
+
+mod common;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn config(dir: &Path) -> String {
+    let text = format!(
+        r#"{student}
+[data]
+tokenizer = "{tok}"
+train = "{train}"
+seq_len = 32
+eval_fraction = 0.05
+
+[train]
+steps = 2
+batch_size = 2
+eval_every = 0
+eval_batches = 1
+checkpoint_every = 0
+log_every = 1
+"#,
+        student = tiny_model("student", 64),
+        tok = assets().display(),
+        train = tinystories().display(),
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Trains a tiny model for `steps` and returns its Hugging Face directory.
+fn model(dir: &Path, name: &str, cfg: &str, steps: &str) -> String {
+    let out = dir.join(name);
+    let r = kd(&[
+        "train",
+        "--config",
+        cfg,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        steps,
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    out.join("model").to_str().unwrap().to_string()
+}
+
+/// The step records of a run's metrics (not its evaluations).
+fn steps(out: &Path) -> Vec<serde_json::Value> {
+    metrics(out).into_iter().filter(|r| r.get("grad_norm").is_some()).collect()
+}
+
+fn assert_input_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn delta_kd_runs_with_base_models_and_refuses_without_them() {
+    let dir = scratch("delta-kd");
+    let cfg = config(&dir);
+    let base = model(&dir, "base", &cfg, "1");
+    let teacher = model(&dir, "teacher", &cfg, "3");
+    let out = dir.join("student");
+    let out = out.to_str().unwrap();
+    let distill = |extra: &[&str]| {
+        let mut args =
+            vec!["distill", "--config", &cfg, "--teacher", &teacher, "--out", out, "--quiet"];
+        args.extend_from_slice(extra);
+        kd(&args)
+    };
+    // The base student defaults to the student's starting weights.
+    let r = distill(&[
+        "--student",
+        &base,
+        "--base-teacher",
+        &base,
+        "--loss",
+        "delta_kd",
+        "--temperature",
+        "2",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let run = std::fs::read_to_string(dir.join("student/run.toml")).unwrap();
+    assert!(run.contains("delta_kd") && run.contains("temperature = 2.0"), "{run}");
+    let m = steps(&dir.join("student"));
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+
+    // No base teacher; no base student; base models for another loss: input errors.
+    let r = distill(&["--student", &base, "--loss", "delta_kd"]);
+    assert_input_error(&r, &["delta_kd", "base_teacher"]);
+    let r = distill(&["--base-teacher", &base, "--loss", "delta_kd"]);
+    assert_input_error(&r, &["base_student"]);
+    let r = distill(&["--base-teacher", &base, "--base-student", &base]);
+    assert_input_error(&r, &["base_teacher", "delta_kd"]);
+    let r = distill(&[
+        "--student",
+        &base,
+        "--base-teacher",
+        &base,
+        "--loss",
+        "delta_kd",
+        "--set",
+        "method.hard_label_weight=0.5",
+    ]);
+    assert_input_error(&r, &["hard_label_weight", "lambda_sft"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dkd_warmup_ramps_the_kd_factor_in_the_metrics() {
+    let dir = scratch("dkd-warmup");
+    let cfg = config(&dir);
+    let teacher = model(&dir, "teacher", &cfg, "1");
+    let out = dir.join("student");
+    let r = kd(&[
+        "distill",
+        "--config",
+        &cfg,
+        "--teacher",
+        &teacher,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--loss",
+        "dkd",
+        "--set",
+        "method.kd_warmup_steps=2",
+        "--set",
+        "method.hard_label_weight=0.5",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let factors: Vec<f64> =
+        steps(&out).iter().map(|r| r["extra"]["kd_factor"].as_f64().unwrap()).collect();
+    assert_eq!(factors, [0.5, 1.0, 1.0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
