@@ -212,27 +212,31 @@ pub fn cot_answer(rationale: &str, label: &str) -> String {
 /// `question\n{answer}\n` ([`cot_answer`]), then the question's own prompt. `render` turns a
 /// question into its prompt (the data template the teacher was trained with).
 ///
+/// # Errors
+/// The first error of `render`.
+///
 /// # Example
 /// ```
 /// use kd_train::methods::step_by_step::{StepByStepRow, teacher_prompt};
 /// let ex = StepByStepRow { input: "1 + 1?".into(), rationale: Some("1 + 1 = 2.".into()), label: "2".into() };
-/// let p = teacher_prompt(&[ex], "2 + 3?", |q| format!("{q}\n"));
+/// let plain = |q: &str| Ok::<_, ()>(format!("{q}\n"));
+/// let p = teacher_prompt(&[ex], "2 + 3?", plain).unwrap();
 /// assert_eq!(p, "1 + 1?\n1 + 1 = 2. The answer is 2.\n2 + 3?\n");
-/// assert_eq!(teacher_prompt(&[], "2 + 3?", |q| format!("{q}\n")), "2 + 3?\n");
+/// assert_eq!(teacher_prompt(&[], "2 + 3?", plain).unwrap(), "2 + 3?\n");
 /// ```
-pub fn teacher_prompt(
+pub fn teacher_prompt<E>(
     exemplars: &[StepByStepRow],
     question: &str,
-    render: impl Fn(&str) -> String,
-) -> String {
+    render: impl Fn(&str) -> std::result::Result<String, E>,
+) -> std::result::Result<String, E> {
     let mut p = String::new();
     for ex in exemplars {
-        p.push_str(&render(&ex.input));
+        p.push_str(&render(&ex.input)?);
         p.push_str(&cot_answer(ex.rationale.as_deref().unwrap_or(""), &ex.label));
         p.push('\n');
     }
-    p.push_str(&render(question));
-    p
+    p.push_str(&render(question)?);
+    Ok(p)
 }
 
 /// Rationale and label of a teacher's answer: the text before the first "The answer is" is the
