@@ -585,15 +585,19 @@ fn template_for(
     tokenizer: Option<&Path>,
     model_dir: &Path,
 ) -> Result<PromptRenderer> {
+    let tokenizer = tokenizer.unwrap_or(model_dir);
+    Ok(PromptRenderer::new(&template_of(template), Some(tokenizer))?)
+}
+
+/// The template `--template` names.
+fn template_of(template: TemplateArg) -> kd_train::template::PromptTemplate {
     use kd_train::template::{PromptTemplate, TemplateName};
-    let name = match template {
+    PromptTemplate::Named(match template {
         TemplateArg::Auto => TemplateName::Auto,
         TemplateArg::Dolly => TemplateName::Dolly,
         TemplateArg::Plain => TemplateName::Plain,
         TemplateArg::Chat => TemplateName::Chat,
-    };
-    let tokenizer = tokenizer.unwrap_or(model_dir);
-    Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(tokenizer))?)
+    })
 }
 
 /// `--device` and `--dtype` of the inference commands (`eval`, `generate`, `seqkd-generate`):
@@ -860,7 +864,8 @@ fn cmd_rationale_generate(o: &RationaleArgs) -> Result<()> {
         seq_len: o.seq_len,
         shots: o.shots,
         max_new_tokens: o.max_new_tokens,
-        template: format!("{:?}", o.template),
+        // As `kd distill` writes it, so that a run reuses this file.
+        template: format!("{:?}", template_of(o.template)),
         kd_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let summary = step_by_step::generate(
