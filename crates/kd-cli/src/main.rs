@@ -386,7 +386,12 @@ enum MetricArg {
 #[derive(Debug, Args)]
 struct PlotArgs {
     /// Run directories (their metrics.jsonl), comma-separated.
-    #[arg(long, value_name = "DIR,DIR,...", required_unless_present = "csv", conflicts_with = "csv")]
+    #[arg(
+        long,
+        value_name = "DIR,DIR,...",
+        required_unless_present = "csv",
+        conflicts_with = "csv"
+    )]
     runs: Option<String>,
     /// Instead of runs: a CSV of points with the header `series,x,y` (one line per point, one
     /// curve per series, e.g. a data-efficiency curve), drawn with --x-label and --metric's
@@ -752,7 +757,9 @@ fn cmd_plot(o: &PlotArgs) -> Result<()> {
         return Ok(());
     }
     let mut series = Vec::new();
-    for dir in o.runs.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    for dir in
+        o.runs.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty())
+    {
         let path = PathBuf::from(dir).join(kd_train::trainer::METRICS_FILE);
         let mut points = Vec::new();
         for line in kd_train::metrics::read_jsonl(&path).input()? {

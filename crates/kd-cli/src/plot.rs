@@ -192,8 +192,7 @@ pub fn csv_series(text: &str) -> anyhow::Result<Vec<Series>> {
             anyhow::bail!("line {}: expected `series,x,y`, got {line:?}", i + 1);
         };
         let num = |v: &str| {
-            v.parse::<f64>()
-                .map_err(|_| anyhow::anyhow!("line {}: `{v}` is not a number", i + 1))
+            v.parse::<f64>().map_err(|_| anyhow::anyhow!("line {}: `{v}` is not a number", i + 1))
         };
         let point = (num(x)?, num(y)?);
         match series.iter_mut().find(|s| s.name == name) {
@@ -313,7 +312,10 @@ mod tests {
     fn csv_points_make_one_series_per_name() {
         let s = csv_series("series,x,y\nsft,12.5,0.1\n\nsbs,12.5,0.2\nsft,100,0.4\n").unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!((s[0].name.as_str(), &s[0].points[..]), ("sft", &[(12.5, 0.1), (100.0, 0.4)][..]));
+        assert_eq!(
+            (s[0].name.as_str(), &s[0].points[..]),
+            ("sft", &[(12.5, 0.1), (100.0, 0.4)][..])
+        );
         assert_eq!(s[1].points, [(12.5, 0.2)]);
         let err = |t: &str| csv_series(t).unwrap_err().to_string();
         assert!(err("a,b\n").contains("header"));

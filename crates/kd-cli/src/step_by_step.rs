@@ -221,7 +221,10 @@ pub fn generate(
     Ok(Summary {
         examples: rows.len(),
         parsed: out_rows.iter().filter(|r| r.parsed).count(),
-        correct: out_rows.iter().filter(|r| r.parsed && exact_match(&r.label, &r.data_label)).count(),
+        correct: out_rows
+            .iter()
+            .filter(|r| r.parsed && exact_match(&r.label, &r.data_label))
+            .count(),
         too_long: out_rows.iter().filter(|r| !r.fits).count(),
         secs: start.elapsed().as_secs_f64(),
     })
@@ -229,7 +232,8 @@ pub fn generate(
 
 /// Reads a rationale file written by [`generate`].
 fn read_teacher_rows(path: &Path) -> Result<Vec<TeacherRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -342,7 +346,11 @@ pub fn prepare(config: &RunConfig, settings: &StepByStepConfig, out: &Path) -> R
                 continue;
             }
             (Source::Data, _) => r.rationale.clone().with_context(|| {
-                format!("{}: row {} has no `rationale` (rationales = \"data\")", source.display(), i + 1)
+                format!(
+                    "{}: row {} has no `rationale` (rationales = \"data\")",
+                    source.display(),
+                    i + 1
+                )
             })?,
         };
         pairs.push((render(&template, &settings.label_prefix, &r.input)?, label));

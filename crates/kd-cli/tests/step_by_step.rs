@@ -23,8 +23,7 @@ fn arithmetic() -> PathBuf {
 fn head(file: &str, n: usize, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(arithmetic().join(file)).unwrap();
     let p = dir.join(file);
-    std::fs::write(&p, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>())
-        .unwrap();
+    std::fs::write(&p, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     p
 }
 
@@ -108,9 +107,13 @@ fn step_by_step_trains_on_both_tasks_and_scores_the_label_task() {
         "--max-new-tokens",
         "4",
     ]);
-    assert!(eval_out.contains("exact-match accuracy") && eval_out.contains("(4 examples)"), "{eval_out}");
+    assert!(
+        eval_out.contains("exact-match accuracy") && eval_out.contains("(4 examples)"),
+        "{eval_out}"
+    );
     // Rows without a label are a clear input error.
-    std::fs::write(dir.join("bad.jsonl"), "{\"instruction\": \"q\", \"response\": \"r\"}\n").unwrap();
+    std::fs::write(dir.join("bad.jsonl"), "{\"instruction\": \"q\", \"response\": \"r\"}\n")
+        .unwrap();
     let bad = kd_raw(&[
         "distill",
         "--config",
@@ -178,9 +181,10 @@ fn teacher_rationales_are_generated_parsed_and_reused() {
     ]);
     assert!(text.contains("3 questions"), "{text}");
     assert_eq!(jsonl(&generated).len(), 3);
-    let provenance: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("rationales.provenance.json")).unwrap())
-            .unwrap();
+    let provenance: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("rationales.provenance.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(provenance["shots"], 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

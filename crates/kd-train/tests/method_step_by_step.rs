@@ -50,7 +50,7 @@ fn tasks() -> (Vec<kd_train::data::TokenBlock>, Vec<kd_train::data::TokenBlock>)
     (0..40)
         .map(|i| {
             let (a, b) = (7 + i % 7, 7 + (i * 3) % 9);
-            let sum = ((a + b) % 16 + 7) as u32;
+            let sum = (a + b) % 16 + 7;
             let label = instruction_block(&[1, LABEL, a, b, 3], &[sum, EOS], SEQ, 0);
             let rationale = instruction_block(&[1, RATIONALE, a, b, 3], &[a, b, sum, EOS], SEQ, 0);
             (label, rationale)
@@ -145,7 +145,8 @@ fn lambda_zero_is_sft_on_the_labels() {
     let rs = s.fit(&labels, None).unwrap();
     let mut z = trainer(sbs(0.0), None, 1);
     let rz = z.fit(&data, None).unwrap();
-    let strip = |h: &[StepRecord]| h.iter().map(|r| (r.loss.to_bits(), r.tokens)).collect::<Vec<_>>();
+    let strip =
+        |h: &[StepRecord]| h.iter().map(|r| (r.loss.to_bits(), r.tokens)).collect::<Vec<_>>();
     assert_eq!(strip(&rs.history), strip(&rz.history));
     assert_eq!(param_values(s.student()), param_values(z.student()));
     assert!(rz.history.iter().all(|r| r.extra.iter().all(|(k, _)| k != "rationale_loss")));

@@ -367,10 +367,7 @@ mod tests {
 
     #[test]
     fn registry_round_trips_and_names() {
-        assert_eq!(
-            MethodConfig::NAMES,
-            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step"]
-        );
+        assert_eq!(MethodConfig::NAMES, ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step"]);
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();
             assert_eq!(c.name(), *name);

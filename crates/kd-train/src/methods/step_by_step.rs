@@ -281,7 +281,7 @@ pub fn pair_blocks(label: Vec<TokenBlock>, rationale: Vec<TokenBlock>) -> Result
 /// # Errors
 /// [`TrainError::InvalidConfig`] when the set has an odd number of blocks (not pairs).
 pub fn unpair_blocks(data: &TokenDataset) -> Result<(TokenDataset, TokenDataset)> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(TrainError::config(
             "data",
             "step-by-step pairs (label block, rationale block) per example: an even number of \
