@@ -342,7 +342,7 @@ struct EvalArgs {
     exact_match: bool,
     /// Score a step-by-step student on its label task: the data is step-by-step rows (`input`
     /// or `instruction`, `label`), each prompt is this prefix + the question and the reference
-    /// is the label (e.g. --task-prefix "[label] ").
+    /// is the label (e.g. `--task-prefix "[label] "`).
     #[arg(long, value_name = "PREFIX")]
     task_prefix: Option<String>,
     /// Prompt template.
