@@ -39,6 +39,9 @@ VARIANTS = {
                 "--set", "method.rationale_weight=0.0"],
     "sbs": ["--set", "method.labels=\"teacher\"", "--set", "method.rationales=\"teacher\"",
             "--set", "method.rationale_weight=1.0"],
+    # the paper's setting with human labels: the data's labels, the teacher's rationales
+    "sbs-gt": ["--set", "method.labels=\"data\"", "--set", "method.rationales=\"teacher\"",
+               "--set", "method.rationale_weight=1.0"],
 }
 SIZES = {
     "2x64": [],
@@ -72,17 +75,22 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "step_by_step_grid"))
     ap.add_argument("--table-only", action="store_true", help="print the table of results.json")
+    ap.add_argument("--runs", nargs="+", metavar="VARIANT:SIZE:PCT",
+                    help="only these runs (e.g. sbs-gt:2x64:100), at --seed, added to results.json")
     a = ap.parse_args()
     path = os.path.join(a.out, "results.json")
     results = {}
     if os.path.exists(path):
         with open(path) as f:
             results = json.load(f)
-    runs = [(v, "2x64", f) for f in FRACTIONS for v in VARIANTS]
+    runs = [(v, "2x64", f) for f in FRACTIONS for v in ["sft", "distill", "sbs"]]
     runs[3:3] = [("sbs", "2x32", 1.0), ("distill", "2x32", 1.0)]  # right after the 100 % runs
+    if a.runs:
+        runs = [(v, size, float(p) / 100) for v, size, p in (r.split(":") for r in a.runs)]
+    suffix = f"-s{a.seed}" if a.seed else ""
     rationales = os.path.join(a.out, "rationales.jsonl")
     for variant, size, frac in runs:
-        name = f"{variant}-{size}-{frac * 100:g}"
+        name = f"{variant}-{size}-{frac * 100:g}{suffix}"
         if a.table_only or name in results:
             continue
         out = os.path.join(a.out, name)
@@ -98,7 +106,7 @@ def main():
         if p.returncode != 0:
             sys.exit(f"{name} failed:\n{p.stderr}")
         e = final_eval(out)
-        results[name] = {"variant": variant, "size": size, "fraction": frac,
+        results[name] = {"variant": variant, "size": size, "fraction": frac, "seed": a.seed,
                          "params": params(out), "exact_match": e["exact_match"],
                          "loss": e["loss"], "secs": round(secs, 1)}
         print(f"{name}: exact match {e['exact_match']:.3f}, held-out label loss "
@@ -108,7 +116,7 @@ def main():
             json.dump(results, f, indent=1)
     print(f"\n| variant | student | " + " | ".join(f"{f * 100:g} %" for f in FRACTIONS[::-1]) + " |")
     print("|---|---|" + "---|" * len(FRACTIONS))
-    rows = [(v, "2x64") for v in VARIANTS] + [("sbs", "2x32"), ("distill", "2x32")]
+    rows = [(v, "2x64") for v in ["sft", "distill", "sbs"]] + [("sbs", "2x32"), ("distill", "2x32")]
     csv = ["series,x,y"]
     for v, size in rows:
         cells = []
@@ -119,7 +127,11 @@ def main():
                 csv.append(f"{v} (2x64),{f * 100:g},{100 * r['exact_match']:.2f}")
         p = next((r["params"] for k, r in results.items() if r["size"] == size), 0)
         print(f"| {v} | {size} ({p:,}) | " + " | ".join(cells) + " |")
-    if a.table_only:
+    print("\nEvery run:")
+    for k, r in sorted(results.items()):
+        print(f"- {k}: exact match {100 * r['exact_match']:.1f} %, label loss {r['loss']:.4f}, "
+              f"{r['secs']:.0f} s")
+    if a.table_only or a.runs:
         return
     docs = os.path.join(ROOT, "docs")
     with open(os.path.join(docs, "step_by_step_data_efficiency.csv"), "w") as f:
