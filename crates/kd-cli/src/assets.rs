@@ -64,6 +64,7 @@ pub const ASSETS: &[Asset] = embed![
     "configs/seqkd.toml",
     "configs/sft.toml",
     "configs/sft_dolly.toml",
+    "configs/step_by_step.toml",
     "configs/train_tinystories.toml",
 ];
 

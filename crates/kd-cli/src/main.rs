@@ -6,6 +6,7 @@
 //! kd train   --config run.toml [--set train.lr=3e-4] [--steps N] [--out DIR] [--resume]
 //! kd distill --config run.toml --teacher DIR [--method gkd] [--loss reverse_kl] [--temperature 2]
 //! kd seqkd-generate --teacher DIR --data FILE --out answers.jsonl
+//! kd rationale-generate --teacher DIR --data FILE --out rationales.jsonl [--shots K]
 //! kd eval    --model DIR --data FILE [--seq-len 128]
 //! kd generate --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
 //! ```
@@ -30,6 +31,7 @@ mod plot;
 mod progress;
 mod run;
 mod seqkd;
+mod step_by_step;
 
 use std::path::{Path, PathBuf};
 
@@ -78,12 +80,15 @@ enum Command {
     /// Train a student alone (next-token cross-entropy; method sft).
     #[command(args_override_self = true)]
     Train(RunArgs),
-    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm).
+    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm, step_by_step).
     #[command(args_override_self = true)]
     Distill(RunArgs),
     /// The teacher answers every prompt of an instruction file (SeqKD data).
     #[command(name = "seqkd-generate", args_override_self = true)]
     SeqkdGenerate(SeqKdArgs),
+    /// The teacher's chain-of-thought rationales and labels for step-by-step rows.
+    #[command(name = "rationale-generate", args_override_self = true)]
+    RationaleGenerate(RationaleArgs),
     /// Held-out loss and perplexity of a model (and ROUGE-L / exact match of greedy answers).
     #[command(args_override_self = true)]
     Eval(EvalArgs),
@@ -157,7 +162,7 @@ struct RunArgs {
     /// train.lr.
     #[arg(long, value_name = "X")]
     lr: Option<f64>,
-    /// method.name: sft, kd, seqkd, gkd or minillm (starting from that method's defaults).
+    /// method.name: sft, kd, seqkd, gkd, minillm or step_by_step (starting from that method's defaults).
     #[arg(long, value_name = "NAME")]
     method: Option<String>,
     /// method.divergence.loss of method kd (any dense kd-losses name, e.g. reverse_kl, taid; or
@@ -274,6 +279,44 @@ struct SeqKdArgs {
     on: InferenceArgs,
 }
 
+/// `kd rationale-generate`.
+#[derive(Debug, Args)]
+struct RationaleArgs {
+    /// The teacher (a Hugging Face directory).
+    #[arg(long, value_name = "DIR")]
+    teacher: PathBuf,
+    /// Step-by-step JSONL (`input` or `instruction`, `label`, `rationale`) whose questions it
+    /// answers.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// The rationales (JSONL; its provenance is written beside it).
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: PathBuf,
+    /// Few-shot exemplars per prompt (the first rows of --data, with their rationales).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    shots: usize,
+    /// Only the first N questions.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Tokenizer (default: the teacher's directory).
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// Prompt and answer stay within this many tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    seq_len: usize,
+    /// Most new tokens per answer.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Prompts per generation batch.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    batch: usize,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value = "auto")]
+    template: TemplateArg,
+    #[command(flatten)]
+    on: InferenceArgs,
+}
+
 /// `kd eval`.
 #[derive(Debug, Args)]
 struct EvalArgs {
@@ -304,6 +347,11 @@ struct EvalArgs {
     /// Also the exact-match accuracy of the final number of those answers (with --rouge).
     #[arg(long)]
     exact_match: bool,
+    /// Score a step-by-step student on its label task: the data is step-by-step rows (`input`
+    /// or `instruction`, `label`), each prompt is this prefix + the question and the reference
+    /// is the label (e.g. `--task-prefix "[label] "`).
+    #[arg(long, value_name = "PREFIX")]
+    task_prefix: Option<String>,
     /// Prompt template.
     #[arg(long, value_enum, default_value = "auto")]
     template: TemplateArg,
@@ -345,8 +393,24 @@ enum MetricArg {
 #[derive(Debug, Args)]
 struct PlotArgs {
     /// Run directories (their metrics.jsonl), comma-separated.
-    #[arg(long, value_name = "DIR,DIR,...")]
-    runs: String,
+    #[arg(
+        long,
+        value_name = "DIR,DIR,...",
+        required_unless_present = "csv",
+        conflicts_with = "csv"
+    )]
+    runs: Option<String>,
+    /// Instead of runs: a CSV of points with the header `series,x,y` (one line per point, one
+    /// curve per series, e.g. a data-efficiency curve), drawn with --x-label and --metric's
+    /// label unless --y-label is given.
+    #[arg(long, value_name = "FILE.csv")]
+    csv: Option<PathBuf>,
+    /// The x axis label (with --csv).
+    #[arg(long, value_name = "L", default_value = "x")]
+    x_label: String,
+    /// The y axis label (with --csv; default: the metric's name).
+    #[arg(long, value_name = "L")]
+    y_label: Option<String>,
     /// The PNG to write.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
@@ -535,15 +599,19 @@ fn template_for(
     tokenizer: Option<&Path>,
     model_dir: &Path,
 ) -> Result<PromptRenderer> {
+    let tokenizer = tokenizer.unwrap_or(model_dir);
+    Ok(PromptRenderer::new(&template_of(template), Some(tokenizer))?)
+}
+
+/// The template `--template` names.
+fn template_of(template: TemplateArg) -> kd_train::template::PromptTemplate {
     use kd_train::template::{PromptTemplate, TemplateName};
-    let name = match template {
+    PromptTemplate::Named(match template {
         TemplateArg::Auto => TemplateName::Auto,
         TemplateArg::Dolly => TemplateName::Dolly,
         TemplateArg::Plain => TemplateName::Plain,
         TemplateArg::Chat => TemplateName::Chat,
-    };
-    let tokenizer = tokenizer.unwrap_or(model_dir);
-    Ok(PromptRenderer::new(&PromptTemplate::Named(name), Some(tokenizer))?)
+    })
 }
 
 /// `--device` and `--dtype` of the inference commands (`eval`, `generate`, `seqkd-generate`):
@@ -578,7 +646,18 @@ fn cmd_eval(o: &EvalArgs) -> Result<()> {
     }
     let tok = tokenizer_for(o.tokenizer.as_deref(), &o.model).input()?;
     let template = template_for(o.template, o.tokenizer.as_deref(), &o.model).input()?;
-    let set = run::load_blocks(&o.data, format, &template, &tok, o.seq_len).input()?;
+    let label_task = match &o.task_prefix {
+        Some(p) => Some(step_by_step::label_task_examples(&o.data, &template, p)?),
+        None => None,
+    };
+    let set = match &label_task {
+        Some(ex) => kd_train::data::TokenDataset::new(
+            &o.data.display().to_string(),
+            kd_train::data::instruction_blocks(ex, &tok, o.seq_len).input()?,
+        )
+        .input()?,
+        None => run::load_blocks(&o.data, format, &template, &tok, o.seq_len).input()?,
+    };
     let r = run::evaluate_with_progress(&model, &set, o.batch_size, &device, "eval");
     println!(
         "{}: loss {:.4}  perplexity {:.3}  ({} tokens, {} blocks of {})",
@@ -590,7 +669,10 @@ fn cmd_eval(o: &EvalArgs) -> Result<()> {
         o.seq_len
     );
     if let Some(n) = o.rouge {
-        let examples = kd_train::data::read_instruction_jsonl(&o.data, &template).input()?;
+        let examples = match label_task {
+            Some(ex) => ex,
+            None => kd_train::data::read_instruction_jsonl(&o.data, &template).input()?,
+        };
         let (scores, count) =
             run::rouge_eval(&model, &tok, &examples, n, o.max_new_tokens, o.seq_len, &device)?;
         let (rouge, em) = scores.map_or((0.0, 0.0), |s| (s.rouge_l, s.exact_match));
@@ -665,8 +747,28 @@ fn cmd_plot(o: &PlotArgs) -> Result<()> {
         MetricArg::RougeL => ("rouge_l", |e| e.rouge_l),
         MetricArg::ExactMatch => ("exact_match", |e| e.exact_match),
     };
+    if let Some(csv) = &o.csv {
+        let text =
+            std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()));
+        let series = plot::csv_series(&text.input()?)
+            .with_context(|| format!("{}", csv.display()))
+            .input()?;
+        let chart = crate::plot::Chart {
+            title: o.title.clone(),
+            x_label: o.x_label.clone(),
+            y_label: o.y_label.clone().unwrap_or_else(|| metric.replace('_', " ")),
+            series,
+            width: 900,
+            height: 560,
+        };
+        chart.write_png(&o.out)?;
+        println!("{} curves in {}", chart.series.len(), o.out.display());
+        return Ok(());
+    }
     let mut series = Vec::new();
-    for dir in o.runs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    for dir in
+        o.runs.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty())
+    {
         let path = PathBuf::from(dir).join(kd_train::trainer::METRICS_FILE);
         let mut points = Vec::new();
         for line in kd_train::metrics::read_jsonl(&path).input()? {
@@ -754,6 +856,53 @@ fn cmd_seqkd_generate(o: &SeqKdArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_rationale_generate(o: &RationaleArgs) -> Result<()> {
+    let settings = kd_train::methods::step_by_step::StepByStepConfig {
+        shots: o.shots,
+        generation_batch: o.batch,
+        max_new_tokens: o.max_new_tokens,
+        ..Default::default()
+    };
+    settings.validate().input()?;
+    let (teacher, device) = load_for_inference(&o.on, &o.teacher).input()?;
+    let tok = tokenizer_for(o.tokenizer.as_deref(), &o.teacher).input()?;
+    let template = template_for(o.template, o.tokenizer.as_deref(), &o.teacher).input()?;
+    let mut rows = kd_train::methods::step_by_step::read_rows(&o.data).input()?;
+    rows.truncate(o.limit.unwrap_or(usize::MAX));
+    if rows.is_empty() {
+        return Err(anyhow::anyhow!("{}: no rows", o.data.display())).input();
+    }
+    let provenance = step_by_step::Provenance {
+        teacher: o.teacher.clone(),
+        teacher_params: teacher.num_params(),
+        source: o.data.clone(),
+        examples: rows.len(),
+        seq_len: o.seq_len,
+        shots: o.shots,
+        max_new_tokens: o.max_new_tokens,
+        // As `kd distill` writes it, so that a run reuses this file.
+        template: format!("{:?}", template_of(o.template)),
+        kd_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let summary = step_by_step::generate(
+        &teacher,
+        &tok,
+        &template,
+        &rows,
+        &settings,
+        o.seq_len,
+        &provenance,
+        &o.out,
+        &device,
+    )?;
+    println!(
+        "{summary}; wrote {} and {}",
+        o.out.display(),
+        step_by_step::provenance_path(&o.out).display()
+    );
+    Ok(())
+}
+
 fn cmd_demo(o: &DemoArgs) -> Result<()> {
     demo::cmd_demo(&o.out, o.assets.as_deref(), o.quick)
 }
@@ -767,6 +916,7 @@ fn main() {
         Command::Train(o) => cmd_train(o, false),
         Command::Distill(o) => cmd_train(o, true),
         Command::SeqkdGenerate(o) => cmd_seqkd_generate(o),
+        Command::RationaleGenerate(o) => cmd_rationale_generate(o),
         Command::Eval(o) => cmd_eval(o),
         Command::Export(o) => cmd_export(o),
         Command::Plot(o) => cmd_plot(o),

@@ -170,6 +170,42 @@ pub fn write_png_stack(charts: &[Chart], path: &Path) -> Result<()> {
     writer.finish().map_err(png_err)
 }
 
+/// Curves from CSV text with the header `series,x,y`: one point per line, points of one series in
+/// the order given (`kd plot --csv`, e.g. a data-efficiency curve). Blank lines are skipped.
+///
+/// # Errors
+/// A missing or different header, a line without three fields or with a non-number, naming the
+/// line; no point at all.
+pub fn csv_series(text: &str) -> anyhow::Result<Vec<Series>> {
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    match lines.next() {
+        Some((_, h)) if h.split(',').map(str::trim).eq(["series", "x", "y"]) => {}
+        other => anyhow::bail!(
+            "expected the header `series,x,y`, got {:?}",
+            other.map_or("nothing", |(_, h)| h)
+        ),
+    }
+    let mut series: Vec<Series> = Vec::new();
+    for (i, line) in lines {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [name, x, y] = f[..] else {
+            anyhow::bail!("line {}: expected `series,x,y`, got {line:?}", i + 1);
+        };
+        let num = |v: &str| {
+            v.parse::<f64>().map_err(|_| anyhow::anyhow!("line {}: `{v}` is not a number", i + 1))
+        };
+        let point = (num(x)?, num(y)?);
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { name: name.to_string(), points: vec![point] }),
+        }
+    }
+    if series.is_empty() {
+        anyhow::bail!("no point after the header");
+    }
+    Ok(series)
+}
+
 /// Registers the embedded font with plotters once per process.
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
@@ -271,6 +307,22 @@ fn draw<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_points_make_one_series_per_name() {
+        let s = csv_series("series,x,y\nsft,12.5,0.1\n\nsbs,12.5,0.2\nsft,100,0.4\n").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].name.as_str(), &s[0].points[..]),
+            ("sft", &[(12.5, 0.1), (100.0, 0.4)][..])
+        );
+        assert_eq!(s[1].points, [(12.5, 0.2)]);
+        let err = |t: &str| csv_series(t).unwrap_err().to_string();
+        assert!(err("a,b\n").contains("header"));
+        assert!(err("series,x,y\nsft,1\n").contains("line 2"));
+        assert!(err("series,x,y\nsft,1,abc\n").contains("`abc`"));
+        assert!(err("series,x,y\n").contains("no point"));
+    }
 
     /// Pixels of `rgb` (`width` wide) that have exactly `colour`, as `(x, y)`.
     fn pixels_of(rgb: &[u8], width: usize, colour: RGBColor) -> Vec<(usize, usize)> {

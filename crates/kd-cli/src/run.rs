@@ -361,12 +361,16 @@ pub fn run_job(
         out.join("environment.json"),
         serde_json::to_string_pretty(&environment)? + "\n",
     )?;
-    let seqkd_config;
+    let prepared_config;
     let config = match &mut method {
         MethodConfig::SeqKd(s) if data.is_none() => {
-            seqkd_config = prepare_seqkd(config, s, &out)?;
-            s.dataset = seqkd_config.data.train.clone();
-            &seqkd_config
+            prepared_config = prepare_seqkd(config, s, &out)?;
+            s.dataset = prepared_config.data.train.clone();
+            &prepared_config
+        }
+        MethodConfig::StepByStep(s) if data.is_none() => {
+            prepared_config = crate::step_by_step::prepare(config, s, &out)?;
+            &prepared_config
         }
         _ => config,
     };

@@ -13,6 +13,7 @@
 //! | `seqkd` | [`seqkd::SeqKd`]: SFT on the teacher's answers to the training prompts | yes (before training) | Kim & Rush 2016 |
 //! | `gkd` | [`gkd::Gkd`]: generalized JSD on student-sampled (or data) responses | yes | Agarwal et al. 2024 |
 //! | `minillm` | [`minillm::MiniLlmMethod`]: policy-gradient reverse KL with teacher-mixed sampling, PPO clipping and a PT loss | yes | Gu et al. 2024 |
+//! | `step_by_step` | [`step_by_step::StepByStep`]: label task + λ · rationale task from the same input, told apart by prefixes | its rationales/labels (before training) | Hsieh et al. 2023 |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -42,6 +43,7 @@ pub mod kd;
 pub mod minillm;
 pub mod seqkd;
 pub mod sft;
+pub mod step_by_step;
 
 /// Whether a method needs a teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +307,7 @@ methods! {
     "seqkd" => SeqKd(seqkd::SeqKdConfig),
     "gkd" => Gkd(gkd::GkdConfig),
     "minillm" => MiniLlm(minillm::MiniLlmMethodConfig),
+    "step_by_step" => StepByStep(step_by_step::StepByStepConfig),
 }
 
 impl Default for MethodConfig {
@@ -387,7 +390,7 @@ mod tests {
 
     #[test]
     fn registry_round_trips_and_names() {
-        assert_eq!(MethodConfig::NAMES, ["sft", "kd", "seqkd", "gkd", "minillm"]);
+        assert_eq!(MethodConfig::NAMES, ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step"]);
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();
             assert_eq!(c.name(), *name);
