@@ -29,7 +29,9 @@ macro_rules! embed {
     };
 }
 
-/// Every file under `assets/` (but `assets/fonts/`, which the chart renderer embeds itself) and
+/// Every file under `assets/` (but `assets/fonts/`, which the chart renderer embeds itself, and
+/// `assets/arithmetic/teacher-char/`, the character-level teacher of
+/// `configs/cross_tokenizer.toml`, which stays in the repository to keep the package small) and
 /// `configs/` (the test `every_shipped_file_is_embedded` keeps this list complete).
 pub const ASSETS: &[Asset] = embed![
     "assets/SOURCE.md",
@@ -54,6 +56,9 @@ pub const ASSETS: &[Asset] = embed![
     "assets/arithmetic/teacher/special_tokens_map.json",
     "assets/arithmetic/teacher/tokenizer.json",
     "assets/arithmetic/teacher/tokenizer_config.json",
+    "assets/arithmetic/make_char_tokenizer.py",
+    "assets/arithmetic/teacher-char.toml",
+    "configs/cross_tokenizer.toml",
     "configs/distill_tinystories.toml",
     "configs/gkd.toml",
     "configs/kd.toml",
@@ -94,6 +99,8 @@ mod tests {
             let path = entry.unwrap().path();
             if path.ends_with("assets/fonts") {
                 continue; // the charts' font: `crate::plot` embeds it
+            } else if path.ends_with("assets/arithmetic/teacher-char") {
+                continue; // repository only (Cargo.toml `exclude`)
             } else if path.is_dir() {
                 files_under(&path, out);
             } else {

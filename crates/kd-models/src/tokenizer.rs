@@ -137,6 +137,29 @@ impl Tokenizer {
         Ok(self.encoding(text, add_special_tokens)?.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with the byte span of `text` each token covers (`start..end`, as the
+    /// `tokenizers` library reports it; special tokens added by the post-processor cover
+    /// `0..0`). Cross-tokenizer distillation pairs two tokenizations of one text by these spans.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # let tok = kd_models::Tokenizer::from_dir("gpt2-tokenizer")?;
+    /// let (ids, spans) = tok.encode_with_offsets("Hello world", false)?;
+    /// assert_eq!(ids.len(), spans.len());
+    /// # Ok::<(), kd_models::ModelError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] when the tokenizer fails.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.encoding(text, add_special_tokens)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Token strings of `text` (the vocabulary pieces, e.g. `Ġthe`, `▁the`).
     ///
     /// # Errors
