@@ -51,8 +51,7 @@ use kd_losses::{
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
-    InstructionExample, TextEncoder, TokenBlock, TokenDataset, instruction_block, prompt_ids,
-    tail_len,
+    InstructionExample, TextEncoder, TokenDataset, instruction_block, prompt_ids, tail_len,
 };
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, StepContext, TeacherUse};
@@ -458,14 +457,15 @@ mod tests {
     }
 
     #[test]
-    fn truncated_positions_are_dropped_and_no_pair_is_an_error() {
+    fn truncated_positions_are_dropped_and_a_teacher_side_without_tokens_is_an_error() {
         let ex = [InstructionExample { prompt: "pq".into(), response: "abcde".into() }];
         let (_, t) =
             cross_tokenizer_data("t", &ex, &Chunks(1), &Chunks(2), 5, 16, TokenAlignment::Text)
                 .unwrap();
         assert_eq!(t.pairs[0], [(2, 1), (4, 2)]);
+        // Teacher blocks of 1 position: the prompt fills them, no teacher token counts.
         let err =
-            cross_tokenizer_data("t", &ex, &Chunks(1), &Chunks(2), 16, 2, TokenAlignment::Text);
+            cross_tokenizer_data("t", &ex, &Chunks(1), &Chunks(2), 16, 1, TokenAlignment::Text);
         assert!(matches!(err, Err(TrainError::EmptyDataset { .. })), "{err:?}");
     }
 
