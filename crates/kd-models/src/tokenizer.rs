@@ -15,6 +15,10 @@ use serde_json::Value;
 use crate::checks::{self, Entries};
 use crate::error::{ModelError, Result};
 
+/// Token ids and the byte span `start..end` of the text each covers
+/// ([`Tokenizer::encode_with_offsets`]).
+pub type IdsAndSpans = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer with the special tokens of its model.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -151,11 +155,7 @@ impl Tokenizer {
     ///
     /// # Errors
     /// [`ModelError::Tokenizer`] when the tokenizer fails.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<IdsAndSpans> {
         let enc = self.encoding(text, add_special_tokens)?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }

@@ -48,6 +48,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use kd_losses::{
     Divergence, KdBatch, Reduction, UniversalLogitDistillation, UniversalLogitDistillationConfig,
 };
+use kd_models::tokenizer::IdsAndSpans;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
@@ -158,11 +159,11 @@ pub trait OffsetEncoder: TextEncoder {
     ///
     /// # Errors
     /// When the tokenizer fails.
-    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)>;
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsAndSpans>;
 }
 
 impl OffsetEncoder for kd_models::Tokenizer {
-    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsAndSpans> {
         Ok(kd_models::Tokenizer::encode_with_offsets(self, text, false)?)
     }
 }
@@ -418,7 +419,7 @@ mod tests {
     }
 
     impl OffsetEncoder for Chunks {
-        fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        fn encode_with_offsets(&self, text: &str) -> Result<IdsAndSpans> {
             let spans: Vec<(usize, usize)> = (0..text.len())
                 .step_by(self.0)
                 .map(|s| (s, (s + self.0).min(text.len())))
