@@ -30,8 +30,8 @@ macro_rules! embed {
 }
 
 /// Every file under `assets/` (but `assets/fonts/`, which the chart renderer embeds itself, and
-/// the repository-only directories of the test below) and `configs/` (the test `every_shipped_file_is_embedded` keeps this list
-/// complete).
+/// the repository-only model directories named in the tests below) and `configs/` (the test
+/// `every_shipped_file_is_embedded` keeps this list complete).
 pub const ASSETS: &[Asset] = embed![
     "assets/SOURCE.md",
     "assets/special_tokens_map.json",
@@ -56,6 +56,9 @@ pub const ASSETS: &[Asset] = embed![
     "assets/arithmetic/teacher/tokenizer.json",
     "assets/arithmetic/teacher/tokenizer_config.json",
     "configs/delta_kd.toml",
+    "assets/arithmetic/make_char_tokenizer.py",
+    "assets/arithmetic/teacher-char.toml",
+    "configs/cross_tokenizer.toml",
     "configs/distill_tinystories.toml",
     "configs/dkd.toml",
     "configs/gkd.toml",
@@ -108,9 +111,9 @@ mod tests {
 
     /// Directories under `assets/` that stay in the repository: neither embedded nor in the
     /// published package (`exclude` in kd-cli's `Cargo.toml`). They hold the extra models of
-    /// example configs that run from the repository root (`configs/delta_kd.toml`), too large
-    /// for the binary.
-    const REPOSITORY_ONLY: &[&str] = &["assets/delta/"];
+    /// example configs that run from the repository root (`configs/delta_kd.toml`,
+    /// `configs/cross_tokenizer.toml`), too large for the binary.
+    const REPOSITORY_ONLY: &[&str] = &["assets/delta/", "assets/arithmetic/teacher-char/"];
 
     #[test]
     fn every_shipped_file_is_embedded() {

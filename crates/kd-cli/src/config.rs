@@ -14,6 +14,9 @@ pub struct ModelSource {
     /// A Hugging Face `config.json` body to initialise a fresh model from (`model_type`,
     /// sizes, ...), as a TOML table.
     pub init: Option<toml::Table>,
+    /// The teacher's own tokenizer (a directory with `tokenizer.json`, or the file), read by
+    /// method `cross_tokenizer` only; default there: the `tokenizer.json` of `pretrained`.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Data format.

@@ -80,7 +80,8 @@ enum Command {
     /// Train a student alone (next-token cross-entropy; method sft).
     #[command(args_override_self = true)]
     Train(RunArgs),
-    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm, step_by_step).
+    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm,
+    /// step_by_step, cross_tokenizer).
     #[command(args_override_self = true)]
     Distill(RunArgs),
     /// The teacher answers every prompt of an instruction file (SeqKD data).

@@ -12,6 +12,9 @@ use kd_train::data::{
     split_documents, tokenize_documents,
 };
 use kd_train::methods::SpecialTokens;
+use kd_train::methods::cross_tokenizer::{
+    CrossTokenizerConfig, TeacherDataset, cross_tokenizer_data,
+};
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::{EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer};
@@ -106,6 +109,97 @@ pub fn held_out_examples(
     Ok(Some(examples))
 }
 
+/// The settings of a `cross_tokenizer` run (`None` for other methods, which must not set
+/// `teacher.tokenizer`); `student.tokenizer` is refused (the student reads `data.tokenizer`).
+fn cross_tokenizer_method(
+    config: &RunConfig,
+    method: &MethodConfig,
+) -> Result<Option<CrossTokenizerConfig>> {
+    if config.student.tokenizer.is_some() {
+        bail!("student.tokenizer is not a setting: the student reads data.tokenizer");
+    }
+    match method {
+        MethodConfig::CrossTokenizer(c) => Ok(Some(c.clone())),
+        _ if config.teacher.tokenizer.is_some() => bail!(
+            "teacher.tokenizer is read by method cross_tokenizer only (this run: {})",
+            method.name()
+        ),
+        _ => Ok(None),
+    }
+}
+
+/// The teacher's own tokenizer for `cross_tokenizer`: `teacher.tokenizer`, else the
+/// `tokenizer.json` (and its side files) of `teacher.pretrained`.
+pub fn teacher_tokenizer(config: &RunConfig) -> Result<Tokenizer> {
+    if let Some(path) = &config.teacher.tokenizer {
+        return load_tokenizer(path);
+    }
+    match &config.teacher.pretrained {
+        Some(dir) if dir.join("tokenizer.json").is_file() => load_tokenizer(dir),
+        Some(dir) => bail!(
+            "cross_tokenizer needs the teacher's own tokenizer: {} has no tokenizer.json; set \
+             teacher.tokenizer = DIR",
+            dir.display()
+        ),
+        None => bail!("cross_tokenizer needs the teacher's own tokenizer: set teacher.tokenizer"),
+    }
+}
+
+/// Train and held-out sets of a `cross_tokenizer` run: the student's blocks (as [`load_data`]
+/// makes them) and the teacher's own tokenization of the same rows with the paired positions
+/// ([`cross_tokenizer_data`]). Instruction data only.
+pub fn cross_tokenizer_sets(
+    config: &RunConfig,
+    method: &CrossTokenizerConfig,
+    tok: &Tokenizer,
+) -> Result<((TokenDataset, TokenDataset), (TeacherDataset, TeacherDataset))> {
+    let data = &config.data;
+    let Some(train_path) = &data.train else {
+        bail!("no training data: set data.train (or --data FILE)");
+    };
+    let teacher_tok = teacher_tokenizer(config)?;
+    let teacher_len = method.teacher_seq_len.unwrap_or(data.seq_len);
+    let build = |path: &Path| -> Result<(TokenDataset, TeacherDataset)> {
+        if format_of(path, data.format) != DataFormat::Instruction {
+            bail!(
+                "cross_tokenizer aligns prompt/response rows: {} is not instruction data",
+                path.display()
+            );
+        }
+        let examples = instruction_examples(data, path)?;
+        let what = path.display().to_string();
+        let (s, t) = cross_tokenizer_data(
+            &what,
+            &examples,
+            tok,
+            &teacher_tok,
+            data.seq_len,
+            teacher_len,
+            method.alignment,
+        )?;
+        log::info!(
+            "cross_tokenizer: {what}: {} of {} student response tokens paired with the teacher's \
+             ({:?} alignment)",
+            t.total_pairs(),
+            s.blocks.iter().map(|b| b.counted()).sum::<usize>(),
+            method.alignment
+        );
+        Ok((s, t))
+    };
+    let (train, train_teacher) = build(train_path)?;
+    match &data.eval {
+        Some(p) => {
+            let (eval, eval_teacher) = build(p)?;
+            Ok(((train, eval), (train_teacher, eval_teacher)))
+        }
+        None => {
+            let (train, eval) = train.split_off_tail(data.eval_fraction);
+            let (train_teacher, eval_teacher) = train_teacher.split_off_tail(data.eval_fraction);
+            Ok(((train, eval), (train_teacher, eval_teacher)))
+        }
+    }
+}
+
 /// Builds a model from its source on `device`, in `f32`.
 pub fn load_model(source: &ModelSource, what: &str, device: &Device) -> Result<CausalLm> {
     load_model_as(source, what, device, Precision::F32)
@@ -167,7 +261,8 @@ pub fn check_teacher_tokenizer(
     examples.truncate(3);
     bail!(
         "the teacher's tokenizer {} differs from data.tokenizer {}: {} of its {} tokens are \
-         missing or have other ids (e.g. {:?}); token-level distillation needs one tokenizer",
+         missing or have other ids (e.g. {:?}); token-level distillation needs one tokenizer \
+         (for a teacher with its own tokenizer, use method cross_tokenizer)",
         path.display(),
         data_path.display(),
         differ.len(),
@@ -377,14 +472,26 @@ pub fn run_job(
     log::info!("method: {}", method.name());
     let tok_path = config.data.tokenizer.clone();
     let tok = tok_path.as_ref().map(|p| load_tokenizer(p)).transpose().input()?;
+    let cross = cross_tokenizer_method(config, &method).input()?;
 
     let owned;
     let mut rouge = None;
+    let mut teacher_data = None;
     let (train, eval) = match data {
+        Some(_) if cross.is_some() => {
+            bail!("cross_tokenizer tokenizes the data files itself: run it from data.train")
+        }
         Some(d) => d,
         None => {
             let tok = tok.as_ref().context("set data.tokenizer").input()?;
-            owned = load_data(&config.data, tok).input()?;
+            owned = match &cross {
+                Some(c) => {
+                    let (student, teacher) = cross_tokenizer_sets(config, c, tok).input()?;
+                    teacher_data = Some(teacher);
+                    student
+                }
+                None => load_data(&config.data, tok).input()?,
+            };
             // Instruction data: ROUGE-L of greedy answers at every evaluation.
             if config.train.eval_rouge_prompts > 0
                 && let Some(examples) = held_out_examples(&config.data, owned.1.len()).input()?
@@ -434,7 +541,7 @@ pub fn run_job(
         trainer = trainer.with_pt_data(pt);
     }
     if trainer.uses_teacher() {
-        if let (Some(tok), Some(dir)) = (&tok, &config.teacher.pretrained) {
+        if let (Some(tok), Some(dir), None) = (&tok, &config.teacher.pretrained, &cross) {
             check_teacher_tokenizer(tok, tok_path.as_deref().unwrap_or(Path::new("")), dir)
                 .input()?;
         }
@@ -447,14 +554,24 @@ pub fn run_job(
         };
         log::info!("teacher: {} parameters", teacher.num_params());
         let batch = config.train.batch_size;
-        let teacher_eval =
-            evaluate_with_progress(&teacher, eval, batch, &teacher_device, "teacher eval");
+        // A teacher with its own tokenizer is evaluated on its own tokens of the held-out set.
+        let teacher_eval_set = teacher_data.as_ref().map_or(eval, |(_, e)| &e.blocks);
+        let teacher_eval = evaluate_with_progress(
+            &teacher,
+            teacher_eval_set,
+            batch,
+            &teacher_device,
+            "teacher eval",
+        );
         log::info!(
             "teacher held-out: loss {:.4}  ppl {:.3}",
             teacher_eval.loss,
             teacher_eval.perplexity
         );
         trainer = trainer.with_teacher_on(teacher, &teacher_device).input()?;
+        if let Some((train_teacher, _)) = teacher_data.take() {
+            trainer = trainer.with_teacher_data(train_teacher);
+        }
         log::info!(
             "teacher on {} in {}",
             config.run.teacher_device.as_ref().unwrap_or(&config.run.device),

@@ -15,6 +15,10 @@ use serde_json::Value;
 use crate::checks::{self, Entries};
 use crate::error::{ModelError, Result};
 
+/// Token ids and the byte span `start..end` of the text each covers
+/// ([`Tokenizer::encode_with_offsets`]).
+pub type IdsAndSpans = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer with the special tokens of its model.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -135,6 +139,25 @@ impl Tokenizer {
     /// [`ModelError::Tokenizer`] when the tokenizer fails.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         Ok(self.encoding(text, add_special_tokens)?.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with the byte span of `text` each token covers (`start..end`, as the
+    /// `tokenizers` library reports it; special tokens added by the post-processor cover
+    /// `0..0`). Cross-tokenizer distillation pairs two tokenizations of one text by these spans.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # let tok = kd_models::Tokenizer::from_dir("gpt2-tokenizer")?;
+    /// let (ids, spans) = tok.encode_with_offsets("Hello world", false)?;
+    /// assert_eq!(ids.len(), spans.len());
+    /// # Ok::<(), kd_models::ModelError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::Tokenizer`] when the tokenizer fails.
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<IdsAndSpans> {
+        let enc = self.encoding(text, add_special_tokens)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Token strings of `text` (the vocabulary pieces, e.g. `Ġthe`, `▁the`).

@@ -12,6 +12,7 @@ use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{BatchOrder, DataCursor, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::events::{Observer, TrainEvent};
+use crate::methods::cross_tokenizer::TeacherDataset;
 use crate::methods::{BaseModels, Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
 use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, rewrite_jsonl};
 use crate::model::{LanguageModel, VocabAlignment};
@@ -268,6 +269,7 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     rng: Rng,
     tokens: SpecialTokens,
     pt_data: Option<TokenDataset>,
+    teacher_data: Option<TeacherDataset>,
     state: TrainState,
     rouge: Option<RougeEval>,
     observer: Observer,
@@ -329,6 +331,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             rng,
             tokens: SpecialTokens::default(),
             pt_data: None,
+            teacher_data: None,
             config,
             student,
             teacher: None,
@@ -365,7 +368,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             ));
         }
         let (vs, vt) = (self.student.vocab_size(), teacher.vocab_size());
-        if vs != vt && self.config.vocab_alignment == VocabAlignment::Strict {
+        let own_tokens = self.method.teacher_reads_own_tokens();
+        if vs != vt && self.config.vocab_alignment == VocabAlignment::Strict && !own_tokens {
             return Err(TrainError::VocabMismatch { student: vs, teacher: vt });
         }
         let precision = self.teacher_precision();
@@ -498,6 +502,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// Adds the plain-text corpus of language-modelling terms (MiniLLM's PT loss).
     pub fn with_pt_data(mut self, data: TokenDataset) -> Self {
         self.pt_data = Some(data);
+        self
+    }
+
+    /// Adds the teacher's own tokenization of the training set (block `i` beside the student's
+    /// block `i` of the set given to [`Trainer::fit`]), for a method whose teacher has another
+    /// tokenizer (`cross_tokenizer`; [`crate::methods::cross_tokenizer::cross_tokenizer_data`]
+    /// makes both sides).
+    pub fn with_teacher_data(mut self, data: TeacherDataset) -> Self {
+        self.teacher_data = Some(data);
         self
     }
 
@@ -671,6 +684,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 vocab_alignment: self.config.vocab_alignment,
                 tokens: &self.tokens,
                 pt_data: self.pt_data.as_ref(),
+                teacher_data: self.teacher_data.as_ref(),
                 seed: self.config.seed,
                 chunked_head_rows: self.config.chunked_head_rows,
                 step: self.state.step,
@@ -795,12 +809,17 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 "none",
             ));
         }
+        let own_tokens = self.method.teacher_reads_own_tokens();
+        let teacher_max = self.teacher.as_ref().and_then(LanguageModel::max_positions);
+        if own_tokens {
+            self.check_teacher_data(train, teacher_max)?;
+        }
         for (what, data) in [("train", Some(train)), ("eval", eval)] {
             let Some(data) = data else { continue };
             let base = self.base.as_ref();
             let limits = [
                 ("student", self.student.max_positions()),
-                ("teacher", self.teacher.as_ref().and_then(LanguageModel::max_positions)),
+                ("teacher", if own_tokens { None } else { teacher_max }),
                 ("base teacher", base.and_then(|b| b.teacher.max_positions())),
                 ("base student", base.and_then(|b| b.student.max_positions())),
             ];
@@ -884,6 +903,37 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             evals: self.state.evals.clone(),
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Checks the teacher's own tokenization of `train` ([`Trainer::with_teacher_data`]): given,
+    /// one block per training block, within the teacher's positions.
+    fn check_teacher_data(&self, train: &TokenDataset, teacher_max: Option<usize>) -> Result<()> {
+        let Some(td) = &self.teacher_data else {
+            return Err(TrainError::config(
+                "teacher_data",
+                "the teacher's own tokenization of the training set (Trainer::with_teacher_data)",
+                self.method.name(),
+            ));
+        };
+        if td.len() != train.len() {
+            return Err(TrainError::config(
+                "teacher_data",
+                "one teacher block per training block",
+                format!("{} teacher blocks for {} training blocks", td.len(), train.len()),
+            ));
+        }
+        if let Some(max) = teacher_max
+            && td.seq_len() > max
+        {
+            let seq_len = td.seq_len();
+            return Err(TrainError::SequenceTooLong {
+                what: "train",
+                seq_len,
+                model: "teacher",
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Writes `checkpoint-<step>` into `dir` (atomically and durably, [`Checkpoint::save`]),

@@ -14,6 +14,7 @@
 //! | `gkd` | [`gkd::Gkd`]: generalized JSD on student-sampled (or data) responses | yes | Agarwal et al. 2024 |
 //! | `minillm` | [`minillm::MiniLlmMethod`]: policy-gradient reverse KL with teacher-mixed sampling, PPO clipping and a PT loss | yes | Gu et al. 2024 |
 //! | `step_by_step` | [`step_by_step::StepByStep`]: label task + λ · rationale task from the same input, told apart by prefixes | its rationales/labels (before training) | Hsieh et al. 2023 |
+//! | `cross_tokenizer` | [`cross_tokenizer::CrossTokenizer`]: ULD on text-aligned response positions of a teacher with its own tokenizer, plus the student's CE | yes (own tokens: [`crate::Trainer::with_teacher_data`]) | Boizard et al. 2024 |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -37,7 +38,9 @@ use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
 pub use crate::rollout::SpecialTokens;
+use cross_tokenizer::TeacherDataset;
 
+pub mod cross_tokenizer;
 pub mod gkd;
 pub mod kd;
 pub mod minillm;
@@ -82,6 +85,10 @@ pub struct StepContext<'a, S, T> {
     pub seed: u64,
     /// `TrainConfig::chunked_head_rows`: apply the output head in chunks of this many rows.
     pub chunked_head_rows: Option<usize>,
+    /// The teacher's own tokenization of the training set, block `i` beside the student's
+    /// block `i` ([`crate::Trainer::with_teacher_data`]), for methods whose teacher has another
+    /// tokenizer ([`Method::teacher_reads_own_tokens`]).
+    pub teacher_data: Option<&'a TeacherDataset>,
     /// Optimizer steps done before this one (`0` in the first step; restored on resume):
     /// per-step factors such as the KD warm-up read it.
     pub step: u64,
@@ -178,6 +185,14 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
 
     /// Whether it needs [`BaseModels`] (Delta-KD). Default: no (giving them is then an error).
     fn uses_base_models(&self) -> bool {
+        false
+    }
+
+    /// Whether the teacher reads its own tokenization of the data (given with
+    /// [`Trainer::with_teacher_data`](crate::Trainer::with_teacher_data)) rather than the
+    /// student's tokens: its vocabulary may then differ under any [`VocabAlignment`], and
+    /// [`Trainer::fit`](crate::Trainer::fit) requires that data. Default: no.
+    fn teacher_reads_own_tokens(&self) -> bool {
         false
     }
 
@@ -308,6 +323,7 @@ methods! {
     "gkd" => Gkd(gkd::GkdConfig),
     "minillm" => MiniLlm(minillm::MiniLlmMethodConfig),
     "step_by_step" => StepByStep(step_by_step::StepByStepConfig),
+    "cross_tokenizer" => CrossTokenizer(cross_tokenizer::CrossTokenizerConfig),
 }
 
 impl Default for MethodConfig {
@@ -390,7 +406,10 @@ mod tests {
 
     #[test]
     fn registry_round_trips_and_names() {
-        assert_eq!(MethodConfig::NAMES, ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step"]);
+        assert_eq!(
+            MethodConfig::NAMES,
+            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step", "cross_tokenizer"]
+        );
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();
             assert_eq!(c.name(), *name);
