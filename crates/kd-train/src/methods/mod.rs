@@ -9,7 +9,7 @@
 //! | id | method | teacher | paper |
 //! |---|---|---|---|
 //! | `sft` | [`sft::Sft`]: next-token cross-entropy on the data's responses | no | — |
-//! | `kd` | [`kd::Kd`]: any dense kd-losses divergence on the data's tokens (TAID schedule, hard-label mix, top-k teacher) | yes | Hinton et al. 2015 and the losses' papers |
+//! | `kd` | [`kd::Kd`]: any dense kd-losses divergence on the data's tokens (TAID schedule, hard-label mix, top-k teacher, DKD's warm-up), or Delta-KD with [`BaseModels`] | yes | Hinton et al. 2015 and the losses' papers |
 //! | `seqkd` | [`seqkd::SeqKd`]: SFT on the teacher's answers to the training prompts | yes (before training) | Kim & Rush 2016 |
 //! | `gkd` | [`gkd::Gkd`]: generalized JSD on student-sampled (or data) responses | yes | Agarwal et al. 2024 |
 //! | `minillm` | [`minillm::MiniLlmMethod`]: policy-gradient reverse KL with teacher-mixed sampling, PPO clipping and a PT loss | yes | Gu et al. 2024 |
@@ -23,7 +23,9 @@
 //! 2. One line in the `methods!` invocation below: `"<id>" => Variant(path::Config)`.
 //! 3. Its doc page `docs/methods/<id>.md` (what it does, every knob, the paper and its official
 //!    code) and an example config `crates/kd-cli/configs/<id>.toml`.
-//! 4. Its test in `tests/methods.rs`: a few steps on tiny models and an exact resume mid-run.
+//! 4. Its tests, in `tests/method_<id>.rs` (or `tests/methods.rs`): a few steps on tiny models,
+//!    an exact resume mid-run, and a check against an independent reference; the example config
+//!    in `crates/kd-cli/src/assets.rs` (embedded) unless its models are repository-only.
 //!
 //! The `[method]` section of a `kd` run config is a [`MethodConfig`]:
 //! `name = "gkd"` and the method's own keys.
