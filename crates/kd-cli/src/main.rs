@@ -78,7 +78,7 @@ enum Command {
     /// Train a student alone (next-token cross-entropy; method sft).
     #[command(args_override_self = true)]
     Train(RunArgs),
-    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm).
+    /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm, feature).
     #[command(args_override_self = true)]
     Distill(RunArgs),
     /// The teacher answers every prompt of an instruction file (SeqKD data).
@@ -151,7 +151,7 @@ struct RunArgs {
     /// train.lr.
     #[arg(long, value_name = "X")]
     lr: Option<f64>,
-    /// method.name: sft, kd, seqkd, gkd or minillm (starting from that method's defaults).
+    /// method.name: sft, kd, seqkd, gkd, minillm or feature (starting from that method's defaults).
     #[arg(long, value_name = "NAME")]
     method: Option<String>,
     /// method.divergence.loss of method kd (any kd-losses name, e.g. reverse_kl, taid).

@@ -10,6 +10,7 @@ use kd_train::checkpoint::{Checkpoint, METHOD_OPTIMIZER_FILE, METHOD_PARAMS_FILE
 use kd_train::data::{TokenDataset, instruction_block};
 use kd_train::methods::feature::{
     FeatureConfig, FeatureLoss, PROJECTIONS_FILE, Projection, Projections, feature_distance,
+    standardize,
 };
 use kd_train::params::{load_param_values, param_values};
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
@@ -170,6 +171,14 @@ fn cosine_by_hand_with_its_gradient() {
 }
 
 #[test]
+fn standardize_by_hand() {
+    // [1, 2, 3]: mean 2, variance 2/3 → ±1/√(2/3 + 1e-5); a constant row → 0.
+    let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], &Device::flex());
+    let e = 1.0 / (2.0f32 / 3.0 + 1e-5).sqrt();
+    close(&values(standardize(x)), &[-e, 0.0, e, 0.0, 0.0, 0.0], 1e-6);
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let s = [[0.3, -1.2], [2.0, 0.7]];
     let t = [[1.1, 0.4], [-0.5, 0.9]];
@@ -206,7 +215,11 @@ fn causal_lm_exposes_every_hidden_state_from_one_forward() {
 
 #[test]
 fn resume_is_exact_including_the_projections_and_their_moments() {
-    let method = FeatureConfig { hard_label_weight: 0.2, ..FeatureConfig::default() };
+    let method = FeatureConfig {
+        hard_label_weight: 0.2,
+        normalize_teacher: true,
+        ..FeatureConfig::default()
+    };
     let data = data();
     let a_dir = tmp("resume-a");
     let mut a = trainer(method.clone(), 6, Some(&a_dir), 1);
