@@ -328,7 +328,8 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
 /// Runs `kd train` (no teacher) or `kd distill` (with one) from a full config, writing into
 /// `train.output_dir`: `metrics.jsonl`, `checkpoint-*`, `loss.png`, `run.toml` and the final
 /// student as a Hugging Face directory `model/` (with the method's own trained parameters, if
-/// any, beside it: `model/feature_projections.safetensors` for `feature`). The method is [`resolve_method`]'s.
+/// any, beside it: `model/feature_projections.safetensors` for `feature`). The method is
+/// [`resolve_method`]'s.
 pub fn run_job(
     config: &RunConfig,
     config_text: &str,
