@@ -83,7 +83,7 @@ def main():
             e, t = final_eval(out), last_train(out)
             results[key] = {"row": row, "seed": seed, "exact_match": e["exact_match"],
                             "rouge_l": e["rouge_l"], "loss": e["loss"], "seconds": secs,
-                            "feature_loss": t["extra"].get("feature_loss")}
+                            "feature_loss": t.get("extra", {}).get("feature_loss")}
             print(f"{key}: exact match {e['exact_match']:.4f}  ROUGE-L {e['rouge_l']:.4f}  "
                   f"CE {e['loss']:.4f}  {secs:.0f}s", flush=True)
             os.makedirs(a.out, exist_ok=True)

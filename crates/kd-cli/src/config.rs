@@ -94,9 +94,9 @@ pub struct RunConfig {
     pub data: DataConfig,
     /// Training settings ([`kd_train::TrainConfig`]).
     pub train: kd_train::TrainConfig,
-    /// The `[method]` section: `name = "sft" | "kd" | "seqkd" | "gkd" | "minillm"` and the
-    /// method's keys ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`, `kd distill` to
-    /// `kd` with forward KL.
+    /// The `[method]` section: `name = "sft" | "kd" | "seqkd" | "gkd" | "minillm" | "feature"`
+    /// and the method's keys ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`,
+    /// `kd distill` to `kd` with forward KL.
     pub method: Option<kd_train::MethodConfig>,
 }
 

@@ -51,6 +51,14 @@ fn the_example_config_runs_and_saves_the_projections() {
     let ck = out.join("checkpoint-000002");
     assert_eq!(read_tensors(&ck.join(METHOD_PARAMS_FILE)).unwrap(), p);
     assert_eq!(read_tensors(&ck.join(METHOD_OPTIMIZER_FILE)).unwrap().len(), 12);
+    // `--resume` one step further: the projections come back from the checkpoint and train on.
+    let more = ["--steps", "3", "--resume", "--allow-schedule-change"];
+    let o = distill_example(&dir, &more);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let steps = common::metrics(&out).into_iter().filter(|r| r["kind"] == "train").count();
+    assert_eq!(steps, 3);
+    let resumed = read_tensors(&out.join("model").join(PROJECTIONS_FILE)).unwrap();
+    assert_ne!(resumed["proj.0.weight"], p["proj.0.weight"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
