@@ -333,3 +333,41 @@ fn bad_layers_and_missing_projection_are_clean_errors() {
         .to_string();
     assert!(err.contains("projection") && err.contains("width 8") && err.contains("16"), "{err}");
 }
+
+/// Step 1's gradient norm is the one global norm over the student's and the projections'
+/// gradients, recomputed here from the same models, batch and loss without the trainer.
+#[test]
+fn the_gradient_norm_counts_the_projections() {
+    use kd_train::data::{BatchOrder, DataCursor, IGNORE_INDEX};
+    use kd_train::params::GradAccumulator;
+    let method = FeatureConfig { logit_weight: 0.0, ..FeatureConfig::default() };
+    let data = data();
+    let mut t = trainer(method, 1, None, 1);
+    let rec = t.fit(&data, None).unwrap().history[0].clone();
+
+    let device = Device::flex().autodiff();
+    let student = seeded(1, 8, 1, &device);
+    let teacher = seeded(99, 16, 2, &Device::flex());
+    let proj = Projections::init(2, 8, 16, 5, &device); // config seed 5, pairs (0, 0), (1, 2)
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let batch = data.batch(&idx, &device);
+    let [b, n] = batch.input_ids.dims();
+    let mask = batch.labels.clone().flatten::<1>(0, 1).not_equal_elem(IGNORE_INDEX);
+    let s = student.hidden_states(batch.input_ids.clone()).unwrap().hidden;
+    let th = teacher.hidden_states(batch.input_ids.clone().inner()).unwrap().hidden;
+    let mut loss = Tensor::<1>::zeros([1], &device);
+    for (k, (i, j)) in [(0, 0), (1, 2)].into_iter().enumerate() {
+        let x = proj.proj[k].forward(s[i].clone().reshape([b * n, 8]));
+        let y = Tensor::from_inner(th[j].clone().reshape([b * n, 16]));
+        loss = loss + feature_distance(FeatureLoss::Mse, 1.0, x, y, mask.clone());
+    }
+    let grads = loss.backward();
+    let (mut gs, mut gp) = (GradAccumulator::new(), GradAccumulator::new());
+    gs.add(&student, &grads);
+    gp.add(&proj, &grads);
+    let (ns, np) = (gs.global_norm(), gp.global_norm());
+    assert!(np > 0.0);
+    let expect = (ns * ns + np * np).sqrt();
+    assert!((rec.grad_norm - expect).abs() < 1e-4 * expect, "{} vs {expect}", rec.grad_norm);
+    assert!((rec.grad_norm - ns).abs() > 1e-3 * expect, "the projections' share is visible");
+}
