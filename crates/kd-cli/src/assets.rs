@@ -55,6 +55,7 @@ pub const ASSETS: &[Asset] = embed![
     "assets/arithmetic/teacher/tokenizer.json",
     "assets/arithmetic/teacher/tokenizer_config.json",
     "configs/distill_tinystories.toml",
+    "configs/feature.toml",
     "configs/gkd.toml",
     "configs/kd.toml",
     "configs/minillm.toml",
