@@ -103,9 +103,10 @@ pub struct RunConfig {
     pub data: DataConfig,
     /// Training settings ([`kd_train::TrainConfig`]).
     pub train: kd_train::TrainConfig,
-    /// The `[method]` section: `name = "sft" | "kd" | "seqkd" | "gkd" | "minillm" | "step_by_step"` and the
-    /// method's keys ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`, `kd distill` to
-    /// `kd` with forward KL.
+    /// The `[method]` section: `name = "sft" | "kd" | "seqkd" | "gkd" | "minillm" |
+    /// "step_by_step" | "cross_tokenizer" | "feature"` and the method's keys
+    /// ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`, `kd distill` to `kd` with
+    /// forward KL.
     pub method: Option<kd_train::MethodConfig>,
 }
 

@@ -422,7 +422,9 @@ fn prepare_seqkd(config: &RunConfig, settings: &SeqKdConfig, out: &Path) -> Resu
 
 /// Runs `kd train` (no teacher) or `kd distill` (with one) from a full config, writing into
 /// `train.output_dir`: `metrics.jsonl`, `checkpoint-*`, `loss.png`, `run.toml` and the final
-/// student as a Hugging Face directory `model/`. The method is [`resolve_method`]'s.
+/// student as a Hugging Face directory `model/` (with the method's own trained parameters, if
+/// any, beside it: `model/feature_projections.safetensors` for `feature`). The method is
+/// [`resolve_method`]'s.
 pub fn run_job(
     config: &RunConfig,
     config_text: &str,
@@ -640,6 +642,10 @@ pub fn run_job(
     };
     plot_run(&out.join("loss.png"), &report, &format!("training ({})", method.name()))?;
     let model_dir = out.join("model");
+    // A method's own trained parameters (the `feature` method's projections) beside the student.
+    if let Some(p) = trainer.save_method_params(&model_dir)? {
+        log::info!("method parameters saved to {}", p.display());
+    }
     let student = trainer.into_student();
     // Exported in the precision it was trained in (checkpoints keep the f32 master weights).
     student

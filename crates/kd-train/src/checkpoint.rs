@@ -1,7 +1,9 @@
 //! Checkpoints: a directory with the student's weights (`model.safetensors`, keyed by module
 //! path), the optimizer moments (`optimizer.safetensors`), everything else needed to resume
 //! bit-for-bit (`state.json`: step, data cursor, seed, sampling RNG, the method's state, history)
-//! and the size and SHA-256 of those three files (`checksums.json`).
+//! and the size and SHA-256 of those files (`checksums.json`). A method that trains parameters
+//! of its own ([`crate::methods::MethodParams`]) adds `method_params.safetensors` and their
+//! moments `method_optimizer.safetensors`, both in `checksums.json` too.
 //!
 //! # Crash safety
 //! A checkpoint is written into `<dir>.tmp`: each file is written and fsynced, `checksums.json`
@@ -42,10 +44,16 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// File of the loop state.
 pub const STATE_FILE: &str = "state.json";
-/// File of the size and SHA-256 of the other three, written last.
+/// File of the method's own trainable parameters (only when it has some).
+pub const METHOD_PARAMS_FILE: &str = "method_params.safetensors";
+/// File of their optimizer moments (only with [`METHOD_PARAMS_FILE`]).
+pub const METHOD_OPTIMIZER_FILE: &str = "method_optimizer.safetensors";
+/// File of the size and SHA-256 of the others, written last.
 pub const CHECKSUMS_FILE: &str = "checksums.json";
-/// The files [`CHECKSUMS_FILE`] covers, in the order they are written.
+/// The files [`CHECKSUMS_FILE`] always covers, in the order they are written.
 const CHECKED_FILES: [&str; 3] = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
+/// The files it covers when the method has parameters of its own.
+const METHOD_FILES: [&str; 2] = [METHOD_PARAMS_FILE, METHOD_OPTIMIZER_FILE];
 /// Environment variable of the test hook that slows [`Checkpoint::save`] down (milliseconds).
 pub const PAUSE_ENV: &str = "KD_TEST_CHECKPOINT_PAUSE_MS";
 
@@ -340,6 +348,10 @@ pub struct Checkpoint {
     pub optimizer: BTreeMap<String, TensorData>,
     /// Loop state.
     pub state: TrainState,
+    /// The method's own trainable parameters by module path (empty when it has none).
+    pub method_params: BTreeMap<String, TensorData>,
+    /// Their optimizer moments (`m.<path>`, `v.<path>`).
+    pub method_optimizer: BTreeMap<String, TensorData>,
 }
 
 impl Checkpoint {
@@ -359,13 +371,20 @@ impl Checkpoint {
         let state_path = tmp.join(STATE_FILE);
         let state = serde_json::to_vec_pretty(&self.state)
             .map_err(|source| TrainError::Json { path: state_path, source })?;
-        let contents = [
-            serialize_tensors(&tmp.join(MODEL_FILE), &self.model)?,
-            serialize_tensors(&tmp.join(OPTIMIZER_FILE), &self.optimizer)?,
-            state,
+        let mut contents = vec![
+            (MODEL_FILE, serialize_tensors(&tmp.join(MODEL_FILE), &self.model)?),
+            (OPTIMIZER_FILE, serialize_tensors(&tmp.join(OPTIMIZER_FILE), &self.optimizer)?),
+            (STATE_FILE, state),
         ];
+        if !self.method_params.is_empty() {
+            let params = serialize_tensors(&tmp.join(METHOD_PARAMS_FILE), &self.method_params)?;
+            let optim = &self.method_optimizer;
+            let moments = serialize_tensors(&tmp.join(METHOD_OPTIMIZER_FILE), optim)?;
+            contents.push((METHOD_PARAMS_FILE, params));
+            contents.push((METHOD_OPTIMIZER_FILE, moments));
+        }
         let mut sums = Checksums { files: BTreeMap::new() };
-        for (name, bytes) in CHECKED_FILES.iter().zip(&contents) {
+        for (name, bytes) in &contents {
             write_synced(&tmp.join(name), bytes)?;
             sums.files.insert(name.to_string(), FileChecksum::of(bytes));
             pause(hook);
@@ -414,8 +433,25 @@ impl Checkpoint {
         let optim_path = dir.join(OPTIMIZER_FILE);
         let bytes = read_checked(dir, OPTIMIZER_FILE, sums.as_ref())?;
         let optimizer = parse_tensors(&optim_path, &bytes)?;
-        let ck = Self { model, optimizer, state };
-        ck.check_optimizer().map_err(|reason| TrainError::checkpoint(optim_path, reason))?;
+        // The method's files: listed in the manifest (or, unverified, present).
+        let has_method = match &sums {
+            Some(s) => METHOD_FILES.iter().any(|f| s.files.contains_key(*f)),
+            None => dir.join(METHOD_PARAMS_FILE).exists(),
+        };
+        let (mut method_params, mut method_optimizer) = (BTreeMap::new(), BTreeMap::new());
+        if has_method {
+            let p = dir.join(METHOD_PARAMS_FILE);
+            method_params =
+                parse_tensors(&p, &read_checked(dir, METHOD_PARAMS_FILE, sums.as_ref())?)?;
+            let p = dir.join(METHOD_OPTIMIZER_FILE);
+            let bytes = read_checked(dir, METHOD_OPTIMIZER_FILE, sums.as_ref())?;
+            method_optimizer = parse_tensors(&p, &bytes)?;
+        }
+        let ck = Self { model, optimizer, state, method_params, method_optimizer };
+        check_moments(&ck.optimizer, &ck.model, MODEL_FILE)
+            .map_err(|reason| TrainError::checkpoint(optim_path, reason))?;
+        check_moments(&ck.method_optimizer, &ck.method_params, METHOD_PARAMS_FILE)
+            .map_err(|reason| TrainError::checkpoint(dir.join(METHOD_OPTIMIZER_FILE), reason))?;
         Ok(ck)
     }
 
@@ -429,7 +465,8 @@ impl Checkpoint {
         let Some(sums) = Checksums::read(dir)? else {
             return Self::load(dir).map(|_| ());
         };
-        for name in CHECKED_FILES {
+        let method = METHOD_FILES.iter().filter(|f| sums.files.contains_key(**f));
+        for name in CHECKED_FILES.iter().chain(method) {
             verify_file(dir, name, &sums)?;
         }
         let state_path = dir.join(STATE_FILE);
@@ -438,29 +475,32 @@ impl Checkpoint {
             .map_err(|source| TrainError::Json { path: state_path, source })?;
         Ok(())
     }
+}
 
-    /// Every optimizer tensor is `m.<param>` or `v.<param>` of a weight in `model`, flattened
-    /// (`[numel]`, the layout [`crate::AdamW`] keeps), so restoring it cannot panic later.
-    fn check_optimizer(&self) -> std::result::Result<(), String> {
-        for (name, data) in &self.optimizer {
-            let param = name
-                .strip_prefix("m.")
-                .or_else(|| name.strip_prefix("v."))
-                .ok_or_else(|| format!("tensor `{name}` is neither `m.<param>` nor `v.<param>`"))?;
-            let weight = self
-                .model
-                .get(param)
-                .ok_or_else(|| format!("`{name}` belongs to no weight of {MODEL_FILE}"))?;
-            let n = weight.num_elements();
-            if data.shape().to_vec() != [n] {
-                return Err(format!(
-                    "`{name}` has shape {:?}, expected [{n}] (`{param}` flattened)",
-                    data.shape().to_vec()
-                ));
-            }
+/// Every optimizer tensor is `m.<param>` or `v.<param>` of a weight in `weights` (read from
+/// `file`), flattened (`[numel]`, the layout [`crate::AdamW`] keeps), so restoring it cannot
+/// panic later.
+fn check_moments(
+    optimizer: &BTreeMap<String, TensorData>,
+    weights: &BTreeMap<String, TensorData>,
+    file: &str,
+) -> std::result::Result<(), String> {
+    for (name, data) in optimizer {
+        let param = name
+            .strip_prefix("m.")
+            .or_else(|| name.strip_prefix("v."))
+            .ok_or_else(|| format!("tensor `{name}` is neither `m.<param>` nor `v.<param>`"))?;
+        let weight =
+            weights.get(param).ok_or_else(|| format!("`{name}` belongs to no weight of {file}"))?;
+        let n = weight.num_elements();
+        if data.shape().to_vec() != [n] {
+            return Err(format!(
+                "`{name}` has shape {:?}, expected [{n}] (`{param}` flattened)",
+                data.shape().to_vec()
+            ));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `<dir>.<suffix>` beside `dir`.
@@ -504,7 +544,13 @@ mod tests {
             history: Vec::new(),
             evals: Vec::new(),
         };
-        Checkpoint { model, optimizer, state }
+        Checkpoint {
+            model,
+            optimizer,
+            state,
+            method_params: BTreeMap::new(),
+            method_optimizer: BTreeMap::new(),
+        }
     }
 
     fn assert_same(a: &Checkpoint, b: &Checkpoint) {

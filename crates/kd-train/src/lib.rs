@@ -89,7 +89,7 @@ pub use events::TrainEvent;
 pub use kd_losses;
 pub use methods::{Method, MethodConfig};
 pub use metrics::{EvalRecord, MetricsLine, StepRecord, evaluate, evaluate_with};
-pub use model::{HiddenAndHead, LanguageModel, VocabAlignment, align_vocab};
+pub use model::{HiddenAndHead, HiddenStates, LanguageModel, VocabAlignment, align_vocab};
 pub use optim::{AdamW, AdamWConfig};
 pub use precision::{LossScaleConfig, Precision};
 pub use rouge::RougeEval;

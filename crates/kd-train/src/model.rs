@@ -85,6 +85,13 @@ pub trait LanguageModel: Module {
         None
     }
 
+    /// Every layer's hidden states and the logits from ONE forward, for feature (hidden-state)
+    /// distillation ([`crate::methods::feature`]). `None` (the default) when the model does not
+    /// expose them. See [`HiddenStates`] for which index is which.
+    fn hidden_states(&self, _input_ids: Tensor<2, Int>) -> Option<HiddenStates> {
+        None
+    }
+
     /// The model computing its activations in `dtype` over parameters kept in their own dtype
     /// (`f32` master weights under bf16/f16 compute), or `None` (the default) when the model
     /// cannot. [`kd_models::CausalLm`] implements it; the trainer asks for it when
@@ -152,6 +159,16 @@ impl LanguageModel for kd_models::CausalLm {
         Box::new(CacheDecoder::new(self))
     }
 
+    /// The `num_hidden_layers + 1` states of `forward_with(.., output_hidden_states = true)`
+    /// (Hugging Face's `hidden_states`): see [`HiddenStates`].
+    fn hidden_states(&self, input_ids: Tensor<2, Int>) -> Option<HiddenStates> {
+        let out = self.forward_with(input_ids, None, None, None, true);
+        Some(HiddenStates {
+            logits: out.logits.cast(FloatDType::F32),
+            hidden: out.hidden_states.unwrap_or_default(),
+        })
+    }
+
     fn hidden_and_head(&self, input_ids: Tensor<2, Int>) -> Option<HiddenAndHead> {
         let hidden = self.last_hidden_state(input_ids, None, None);
         let dtype = kd_models::layers::float_dtype(&hidden);
@@ -176,6 +193,45 @@ pub fn logits_across<M: LanguageModel>(model: &M, input_ids: Tensor<2, Int>) -> 
         Some(there) if there != here => model.logits(input_ids.to_device(&there)).to_device(&here),
         _ => model.logits(input_ids),
     }
+}
+
+/// `model`'s [`LanguageModel::hidden_states`] computed on the model's own device and returned on
+/// the device of `input_ids` (as [`logits_across`]).
+pub fn hidden_states_across<M: LanguageModel>(
+    model: &M,
+    input_ids: Tensor<2, Int>,
+) -> Option<HiddenStates> {
+    let here = input_ids.device();
+    match model_device(model) {
+        Some(there) if there != here => {
+            let out = model.hidden_states(input_ids.to_device(&there))?;
+            Some(HiddenStates {
+                logits: out.logits.to_device(&here),
+                hidden: out.hidden.into_iter().map(|h| h.to_device(&here)).collect(),
+            })
+        }
+        _ => model.hidden_states(input_ids),
+    }
+}
+
+/// Every layer's hidden states and the logits of one forward ([`LanguageModel::hidden_states`]).
+///
+/// `hidden` holds `num_layers + 1` tensors `[batch, seq, hidden]`, Hugging Face's
+/// `output_hidden_states` convention:
+///
+/// | index | what |
+/// |---|---|
+/// | `0` | the embedding output (token + position embeddings, before block 0) |
+/// | `i` (`1 ≤ i < L`) | the residual stream after block `i − 1` (i.e. the input of block `i`) |
+/// | `L` | the output of the last block **with the final norm applied** |
+///
+/// They are in the model's compute dtype; the logits in `f32`.
+#[derive(Debug, Clone)]
+pub struct HiddenStates {
+    /// Next-token logits. Shape: `[batch, seq, vocab]`.
+    pub logits: Tensor<3>,
+    /// `num_layers + 1` hidden states, each `[batch, seq, hidden]` (see the type docs).
+    pub hidden: Vec<Tensor<3>>,
 }
 
 /// Final hidden states and output head of [`LanguageModel::hidden_and_head`].

@@ -264,6 +264,10 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     base: Option<BaseModels<T>>,
     device: Device,
     optim: AdamW,
+    /// AdamW (same settings) over the method's own parameters ([`Method::params`]).
+    method_optim: AdamW,
+    /// A checkpoint's method parameters waiting for [`Method::init_params`] to create them.
+    pending_method_params: Option<std::collections::BTreeMap<String, burn::tensor::TensorData>>,
     schedule: LrSchedule,
     method: Box<dyn Method<S, T>>,
     rng: Rng,
@@ -309,8 +313,10 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             ));
         }
         let rng = Rng::new(config.seed ^ 0x524F_4C4C);
-        Ok(Self {
+        let mut trainer = Self {
             optim: AdamW::new(config.optimizer.clone())?,
+            method_optim: AdamW::new(config.optimizer.clone())?,
+            pending_method_params: None,
             schedule: config.schedule(),
             state: TrainState {
                 step: 0,
@@ -339,7 +345,46 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             device,
             rouge: None,
             observer: Observer::logging(),
-        })
+        };
+        trainer.setup_method_params()?;
+        Ok(trainer)
+    }
+
+    /// Lets the method create its own parameters ([`Method::init_params`]) and loads those of a
+    /// restored checkpoint into them once they exist.
+    fn setup_method_params(&mut self) -> Result<()> {
+        let (student, teacher) = (&self.student, self.teacher.as_ref());
+        self.method.init_params(student, teacher, &self.device, self.config.seed)?;
+        if let (Some(values), Some(params)) =
+            (self.pending_method_params.as_ref(), self.method.params_mut())
+        {
+            params.load_values(values)?;
+            self.pending_method_params = None;
+        }
+        Ok(())
+    }
+
+    /// Writes the method's own trainable parameters ([`Method::params`], e.g. the `feature`
+    /// method's projections) into `dir` as `<Method::params_file>` (safetensors, `f32`, keyed by
+    /// module path). Returns the file written, `None` when the method has no parameters.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] or [`TrainError::Checkpoint`].
+    pub fn save_method_params(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        let Some(params) = self.method.params() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let path = dir.join(self.method.params_file());
+        crate::checkpoint::write_tensors(&path, &params.values())?;
+        Ok(Some(path))
+    }
+
+    /// The method's own trainable parameters by module path (empty when it has none).
+    pub fn method_param_values(
+        &self,
+    ) -> std::collections::BTreeMap<String, burn::tensor::TensorData> {
+        self.method.params().map(|p| p.values()).unwrap_or_default()
     }
 
     /// Adds the teacher (moved to the student's plain device, no gradients, its parameters cast to
@@ -385,6 +430,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             teacher = cast_params(teacher, precision.float_dtype());
         }
         self.teacher = Some(teacher);
+        self.setup_method_params()?;
         Ok(self)
     }
 
@@ -557,9 +603,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// The current state as a checkpoint.
     pub fn checkpoint(&self) -> Checkpoint {
         let (optimizer, optimizer_steps) = self.optim.state();
+        let (method_params, method_optimizer) = match self.method.params() {
+            Some(p) => (p.values(), self.method_optim.state().0),
+            None => Default::default(),
+        };
         Checkpoint {
             model: param_values(&self.student),
             optimizer,
+            method_params,
+            method_optimizer,
             state: TrainState {
                 optimizer_steps,
                 rng: self.rng.state(),
@@ -597,7 +649,21 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             checkpoint.state.optimizer_steps,
             &self.device,
         )?;
+        self.method_optim.restore(
+            &checkpoint.method_optimizer,
+            checkpoint.state.optimizer_steps,
+            &self.device,
+        )?;
         self.method.restore(&checkpoint.state.method)?;
+        self.pending_method_params =
+            (!checkpoint.method_params.is_empty()).then(|| checkpoint.method_params.clone());
+        if self.pending_method_params.is_none() && self.method.params().is_some() {
+            return Err(TrainError::checkpoint(
+                crate::checkpoint::METHOD_PARAMS_FILE,
+                format!("missing: method `{}` trains parameters of its own", self.method.name()),
+            ));
+        }
+        self.setup_method_params()?;
         self.rng = Rng::new(checkpoint.state.rng);
         self.student = student;
         self.state = checkpoint.state.clone();
@@ -669,6 +735,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             extra.insert(k.to_string(), v);
         }
         let mut acc = GradAccumulator::new();
+        let mut method_acc = GradAccumulator::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
         let mut sums: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
@@ -704,6 +771,9 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 None => loss.backward(),
             };
             acc.add(&self.student, &grads);
+            if let Some(p) = self.method.params() {
+                p.accumulate(&mut method_acc, &grads);
+            }
             tokens += out.tokens;
         }
         for (k, (sum, n)) in sums {
@@ -716,7 +786,12 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             return Err(TrainError::NonFiniteLoss { step, loss: loss_sum });
         }
         let loss_scale = self.state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
-        let grad_norm = if bad_loss { f64::NAN } else { acc.global_norm() / loss_scale };
+        // One global norm over the student's and the method's parameters.
+        let norm = || match method_acc.is_empty() {
+            true => acc.global_norm(),
+            false => (acc.global_norm().powi(2) + method_acc.global_norm().powi(2)).sqrt(),
+        };
+        let grad_norm = if bad_loss { f64::NAN } else { norm() / loss_scale };
         let overflowed = !grad_norm.is_finite();
         if let Some(scaler) = self.state.loss_scaler.as_mut()
             && !bad_loss
@@ -736,6 +811,9 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             // Unscale and clip in one factor.
             let scale = clip_factor(grad_norm, self.config.max_grad_norm) / loss_scale;
             self.student = self.optim.step(self.student.clone(), &acc, lr, scale);
+            if let Some(p) = self.method.params_mut() {
+                p.update(&mut self.method_optim, &method_acc, lr, scale);
+            }
         }
         self.state.step += 1;
         if !overflowed {
@@ -831,6 +909,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                     return Err(TrainError::SequenceTooLong { what, seq_len, model, max });
                 }
             }
+        }
+        self.setup_method_params()?;
+        if self.pending_method_params.is_some() {
+            return Err(TrainError::checkpoint(
+                crate::checkpoint::METHOD_PARAMS_FILE,
+                format!("method `{}` has no parameters of its own to restore", self.method.name()),
+            ));
         }
         let plain = self.device.clone().inner();
         let prepared =

@@ -6,6 +6,23 @@
 //! student (with a graph) and the teacher (without), may sample rollouts, and reports its own
 //! metrics. Its state (schedules, rollout buffers) goes into checkpoints as JSON.
 //!
+//! # Methods that own trainable parameters
+//! A method may train parameters of its own beside the student (the `feature` method's learned
+//! projections; PHI-S's per-teacher heads): it creates them in [`Method::init_params`] (a burn
+//! [`Module`] on the autodiff device, any of them implements [`MethodParams`]) and hands them out
+//! through [`Method::params`] / [`Method::params_mut`]. The trainer then treats them as part of
+//! the model:
+//!
+//! - their gradients come from the same backward as the student's, are accumulated across
+//!   micro-batches, and count in the global gradient norm (clipping, non-finite checks, f16
+//!   loss-scale unscaling);
+//! - they are updated by an AdamW with the same settings, learning rate and schedule;
+//! - checkpoints store them (`method_params.safetensors`) with their AdamW moments
+//!   (`method_optimizer.safetensors`), both covered by `checksums.json`, and a resume restores
+//!   them bit for bit;
+//! - [`Trainer::save_method_params`](crate::Trainer::save_method_params) writes them beside the
+//!   exported student (`kd` does it as `model/<Method::params_file>`).
+//!
 //! | id | method | teacher | paper |
 //! |---|---|---|---|
 //! | `sft` | [`sft::Sft`]: next-token cross-entropy on the data's responses | no | — |
@@ -15,6 +32,7 @@
 //! | `minillm` | [`minillm::MiniLlmMethod`]: policy-gradient reverse KL with teacher-mixed sampling, PPO clipping and a PT loss | yes | Gu et al. 2024 |
 //! | `step_by_step` | [`step_by_step::StepByStep`]: label task + λ · rationale task from the same input, told apart by prefixes | its rationales/labels (before training) | Hsieh et al. 2023 |
 //! | `cross_tokenizer` | [`cross_tokenizer::CrossTokenizer`]: ULD on text-aligned response positions of a teacher with its own tokenizer, plus the student's CE | yes (own tokens: [`crate::Trainer::with_teacher_data`]) | Boizard et al. 2024 |
+//! | `feature` | [`feature::Feature`]: MSE / smooth-L1 / cosine between hidden states at chosen layer pairs through learned projections, plus any dense logit loss | yes | Romero et al. 2015 (FitNets), Jiao et al. 2020 (TinyBERT), Sanh et al. 2019 (DistilBERT) |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -30,19 +48,24 @@
 //! The `[method]` section of a `kd` run config is a [`MethodConfig`]:
 //! `name = "gkd"` and the method's own keys.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::module::Module;
+use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
+use crate::optim::AdamW;
+use crate::params::{GradAccumulator, load_param_values, param_values};
 pub use crate::rollout::SpecialTokens;
 use cross_tokenizer::TeacherDataset;
 
 pub mod cross_tokenizer;
+pub mod feature;
 pub mod gkd;
 pub mod kd;
 pub mod minillm;
@@ -170,6 +193,46 @@ pub struct MicroBatchLoss {
     pub metrics: Vec<(&'static str, f64)>,
 }
 
+/// Trainable parameters a method owns (see the module docs, "Methods that own trainable
+/// parameters"). Every burn [`Module`] implements it; parameters are keyed by their module path.
+pub trait MethodParams: fmt::Debug {
+    /// Adds the gradients of this backward pass (`grads`) to `acc`.
+    fn accumulate(&self, acc: &mut GradAccumulator, grads: &Gradients);
+
+    /// One AdamW update with the accumulated gradients multiplied by `grad_scale` first.
+    fn update(&mut self, optim: &mut AdamW, grads: &GradAccumulator, lr: f64, grad_scale: f64);
+
+    /// Every parameter's values (as `f32`) by module path.
+    fn values(&self) -> BTreeMap<String, TensorData>;
+
+    /// Replaces every parameter by the value stored under its path.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming the missing or misshapen tensors.
+    fn load_values(&mut self, values: &BTreeMap<String, TensorData>) -> Result<()>;
+}
+
+impl<M: Module> MethodParams for M {
+    fn accumulate(&self, acc: &mut GradAccumulator, grads: &Gradients) {
+        acc.add(self, grads);
+    }
+
+    fn update(&mut self, optim: &mut AdamW, grads: &GradAccumulator, lr: f64, grad_scale: f64) {
+        *self = optim.step(self.clone(), grads, lr, grad_scale);
+    }
+
+    fn values(&self) -> BTreeMap<String, TensorData> {
+        param_values(self)
+    }
+
+    fn load_values(&mut self, values: &BTreeMap<String, TensorData>) -> Result<()> {
+        let loaded = load_param_values(self.clone(), values)
+            .map_err(|errs| TrainError::checkpoint("method_params", errs.join("; ")))?;
+        *self = loaded;
+        Ok(())
+    }
+}
+
 /// A training method: what one micro-batch computes.
 pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
     /// The method id (`kd`, `gkd`, …).
@@ -211,6 +274,42 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
         _device: &Device,
     ) -> Result<Option<TokenDataset>> {
         Ok(None)
+    }
+
+    /// Creates the method's own trainable parameters ([`MethodParams`]) once the models are
+    /// known: called by the trainer when it gets its teacher, on a restore and at the start of
+    /// [`Trainer::fit`](crate::Trainer::fit), so it must do nothing once they exist (and may
+    /// wait for the teacher when it needs one). Parameters go on `device` (the autodiff device)
+    /// as gradient-tracking leaves ([`crate::params::make_trainable`]); `seed` is the run's.
+    /// Default: none.
+    ///
+    /// # Errors
+    /// Settings that do not fit the models (e.g. a layer index beyond a model's depth).
+    fn init_params(
+        &mut self,
+        _student: &S,
+        _teacher: Option<&T>,
+        _device: &Device,
+        _seed: u64,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The method's trainable parameters, once [`Method::init_params`] made them. Default: none.
+    fn params(&self) -> Option<&dyn MethodParams> {
+        None
+    }
+
+    /// Mutable access to [`Method::params`] (the trainer's update and restore).
+    fn params_mut(&mut self) -> Option<&mut dyn MethodParams> {
+        None
+    }
+
+    /// File name of [`Method::params`] beside an exported student
+    /// ([`Trainer::save_method_params`](crate::Trainer::save_method_params)).
+    /// Default: `<name>_params.safetensors`.
+    fn params_file(&self) -> String {
+        format!("{}_params.safetensors", self.name())
     }
 
     /// The loss of the next micro-batch.
@@ -326,6 +425,7 @@ methods! {
     "minillm" => MiniLlm(minillm::MiniLlmMethodConfig),
     "step_by_step" => StepByStep(step_by_step::StepByStepConfig),
     "cross_tokenizer" => CrossTokenizer(cross_tokenizer::CrossTokenizerConfig),
+    "feature" => Feature(feature::FeatureConfig),
 }
 
 impl Default for MethodConfig {
@@ -410,7 +510,7 @@ mod tests {
     fn registry_round_trips_and_names() {
         assert_eq!(
             MethodConfig::NAMES,
-            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step", "cross_tokenizer"]
+            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step", "cross_tokenizer", "feature"]
         );
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();

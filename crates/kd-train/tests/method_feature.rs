@@ -1,0 +1,373 @@
+//! The `feature` method: hand-checked feature distances and gradients, every hidden state of a
+//! `CausalLm`, the learned projection, exact resume (projections and their AdamW moments
+//! included), the saved projection file, and clean errors for bad layer pairs.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_models::{CausalLm, LlamaConfig, ModelConfig};
+use kd_train::checkpoint::{Checkpoint, METHOD_OPTIMIZER_FILE, METHOD_PARAMS_FILE, read_tensors};
+use kd_train::data::{TokenDataset, instruction_block};
+use kd_train::methods::feature::{
+    FeatureConfig, FeatureLoss, PROJECTIONS_FILE, Projection, Projections, feature_distance,
+    standardize,
+};
+use kd_train::params::{load_param_values, param_values};
+use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
+
+const VOCAB: usize = 24;
+const SEQ: usize = 14;
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("kd-train-feature-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// Seeding and initialising under one lock (burn's device RNG is global to the test threads).
+fn seeded(seed: u64, hidden: usize, layers: usize, device: &Device) -> CausalLm {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    device.seed(seed);
+    let config = ModelConfig::Llama(LlamaConfig {
+        vocab_size: VOCAB,
+        hidden_size: hidden,
+        intermediate_size: 2 * hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: 2,
+        num_key_value_heads: 2,
+        head_dim: hidden / 2,
+        max_position_embeddings: 32,
+        ..Default::default()
+    });
+    let model = CausalLm::init(&config, device).unwrap();
+    let _ = param_values(&model);
+    model
+}
+
+/// "Add" prompts `[1, a, b, 3]` with responses `[a + b (mod 20) + 4, 2]`.
+fn data() -> TokenDataset {
+    let blocks = (0..40)
+        .map(|i| {
+            let (a, b) = (4 + i % 7, 4 + (i * 3) % 9);
+            let response = [((a + b) % 20 + 4) as u32, 2];
+            instruction_block(&[1, a as u32, b as u32, 3], &response, SEQ, 0)
+        })
+        .collect();
+    TokenDataset::new("add", blocks).unwrap()
+}
+
+fn config(method: FeatureConfig, steps: u64, out: Option<&Path>) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        lr: 5e-3,
+        warmup_steps: 1,
+        log_every: 0,
+        eval_rouge_prompts: 0,
+        checkpoint_every: 3,
+        keep_checkpoints: 5,
+        output_dir: out.map(Path::to_path_buf),
+        seed: 5,
+        method: MethodConfig::Feature(method),
+        ..Default::default()
+    }
+}
+
+/// A 1 × 8 student and a 2 × 16 teacher: the widths differ.
+fn trainer(method: FeatureConfig, steps: u64, out: Option<&Path>, seed: u64) -> Trainer<CausalLm> {
+    let device = Device::flex().autodiff();
+    let student = seeded(seed, 8, 1, &device);
+    let teacher = seeded(99, 16, 2, &Device::flex());
+    Trainer::new(config(method, steps, out), student, &device)
+        .unwrap()
+        .with_teacher(teacher)
+        .unwrap()
+}
+
+fn det(r: &StepRecord) -> (u64, u64, u64, u64, Vec<(String, u64)>) {
+    let extra = r
+        .extra
+        .iter()
+        .filter(|(k, _)| !k.ends_with("per_s"))
+        .map(|(k, v)| (k.clone(), v.to_bits()));
+    (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, extra.collect())
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.inner().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// The distance of `s` against `t` (all rows counted unless `mask` says otherwise) and its
+/// gradient with respect to `s`.
+fn distance_and_grad(
+    loss: FeatureLoss,
+    beta: f64,
+    s: [[f32; 2]; 2],
+    t: [[f32; 2]; 2],
+    mask: [bool; 2],
+) -> (f32, Vec<f32>) {
+    let device = Device::flex().autodiff();
+    let s = Tensor::<2>::from_floats(s, &device).require_grad();
+    let t = Tensor::<2>::from_floats(t, &device);
+    let mask = Tensor::<1, Bool>::from_bool(TensorData::new(mask.to_vec(), [2]), &device);
+    let out = feature_distance(loss, beta, s.clone(), t, mask);
+    let grads = out.clone().backward();
+    let g = s.grad(&grads).unwrap();
+    (values(out)[0], g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn mse_by_hand_with_its_gradient_and_mask() {
+    let s = [[1.0, 2.0], [3.0, 4.0]];
+    let t = [[0.0, 0.0], [1.0, 1.0]];
+    // Rows: (1 + 4)/2 = 2.5 and (4 + 9)/2 = 6.5, mean 4.5; ∂/∂s = 2(s − t)/(d·rows).
+    let (v, g) = distance_and_grad(FeatureLoss::Mse, 1.0, s, t, [true, true]);
+    assert!((v - 4.5).abs() < 1e-6, "{v}");
+    close(&g, &[0.5, 1.0, 1.0, 1.5], 1e-6);
+    // The second row not counted: only the first one's 2.5, and no gradient into the second.
+    let (v, g) = distance_and_grad(FeatureLoss::Mse, 1.0, s, t, [true, false]);
+    assert!((v - 2.5).abs() < 1e-6, "{v}");
+    close(&g, &[1.0, 2.0, 0.0, 0.0], 1e-6);
+}
+
+#[test]
+fn smooth_l1_by_hand_with_its_gradient() {
+    // β = 1: |0.5| < β → ½·0.25 = 0.125 (gradient d/β = 0.5); |3| ≥ β → 3 − ½ = 2.5 (gradient 1);
+    // each over d = 2; second row equal → 0.
+    let s = [[0.5, 3.0], [1.0, 1.0]];
+    let t = [[0.0, 0.0], [1.0, 1.0]];
+    let (v, g) = distance_and_grad(FeatureLoss::SmoothL1, 1.0, s, t, [true, true]);
+    assert!((v - (0.125 + 2.5) / 2.0 / 2.0).abs() < 1e-6, "{v}");
+    close(&g, &[0.25 / 2.0, 0.5 / 2.0, 0.0, 0.0], 1e-6);
+    // β = 0 is the L1 distance.
+    let (v, g) = distance_and_grad(FeatureLoss::SmoothL1, 0.0, s, t, [true, false]);
+    assert!((v - 1.75).abs() < 1e-6, "{v}");
+    close(&g, &[0.5, 0.5, 0.0, 0.0], 1e-6);
+}
+
+#[test]
+fn cosine_by_hand_with_its_gradient() {
+    // s = [1, 0], t = [1, 1]: cos = 1/√2; ∂(1 − cos)/∂s = −(t/(‖s‖‖t‖) − cos·s/‖s‖²) = [0, −1/√2].
+    // Second row: s = 2t → distance 0 and gradient 0 (scale invariance).
+    let r = std::f32::consts::FRAC_1_SQRT_2;
+    let s = [[1.0, 0.0], [2.0, 4.0]];
+    let t = [[1.0, 1.0], [1.0, 2.0]];
+    let (v, g) = distance_and_grad(FeatureLoss::Cosine, 1.0, s, t, [true, true]);
+    assert!((v - (1.0 - r) / 2.0).abs() < 1e-6, "{v}");
+    close(&g, &[0.0, -r / 2.0, 0.0, 0.0], 1e-6);
+    // A zero vector gives cos = 0 and a finite gradient, not NaN.
+    let (v, g) =
+        distance_and_grad(FeatureLoss::Cosine, 1.0, [[0.0, 0.0], [1.0, 0.0]], t, [true, false]);
+    assert_eq!(v, 1.0);
+    assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
+}
+
+#[test]
+fn standardize_by_hand() {
+    // [1, 2, 3]: mean 2, variance 2/3 → ±1/√(2/3 + 1e-5); a constant row → 0.
+    let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], &Device::flex());
+    let e = 1.0 / (2.0f32 / 3.0 + 1e-5).sqrt();
+    close(&values(standardize(x)), &[-e, 0.0, e, 0.0, 0.0, 0.0], 1e-6);
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let s = [[0.3, -1.2], [2.0, 0.7]];
+    let t = [[1.1, 0.4], [-0.5, 0.9]];
+    for (loss, beta) in
+        [(FeatureLoss::Mse, 1.0), (FeatureLoss::SmoothL1, 1.0), (FeatureLoss::Cosine, 1.0)]
+    {
+        let (_, g) = distance_and_grad(loss, beta, s, t, [true, true]);
+        let h = 1e-2f32;
+        for k in 0..4 {
+            let (mut up, mut down) = (s, s);
+            up[k / 2][k % 2] += h;
+            down[k / 2][k % 2] -= h;
+            let fd = (distance_and_grad(loss, beta, up, t, [true, true]).0
+                - distance_and_grad(loss, beta, down, t, [true, true]).0)
+                / (2.0 * h);
+            assert!((fd - g[k]).abs() < 2e-3, "{loss:?} [{k}]: finite difference {fd} vs {}", g[k]);
+        }
+    }
+}
+
+#[test]
+fn causal_lm_exposes_every_hidden_state_from_one_forward() {
+    let device = Device::flex();
+    let model = seeded(3, 16, 2, &device);
+    let ids = Tensor::<2, Int>::from_ints([[1, 5, 7, 3]], &device);
+    let h = model.hidden_states(ids.clone()).unwrap();
+    assert_eq!(h.hidden.len(), 3, "embeddings + one per block");
+    assert!(h.hidden.iter().all(|x| x.dims() == [1, 4, 16]));
+    assert_eq!(values(h.logits), values(model.logits(ids.clone())));
+    // The last one is the final (normed) hidden state.
+    let last = model.hidden_and_head(ids).unwrap().hidden;
+    assert_eq!(values(h.hidden[2].clone()), values(last));
+}
+
+#[test]
+fn resume_is_exact_including_the_projections_and_their_moments() {
+    let method = FeatureConfig {
+        hard_label_weight: 0.2,
+        normalize_teacher: true,
+        ..FeatureConfig::default()
+    };
+    let data = data();
+    let a_dir = tmp("resume-a");
+    let mut a = trainer(method.clone(), 6, Some(&a_dir), 1);
+    let ra = a.fit(&data, None).unwrap();
+    assert_eq!(ra.history.len(), 6);
+    assert!(ra.history.iter().all(|r| r.extra.contains_key("feature_loss")));
+    assert!(ra.history.iter().all(|r| r.extra.contains_key("logit_loss")));
+    // Default mapping of 1 student block onto 2 teacher blocks: (0, 0), (1, 2).
+    let params = a.method_param_values();
+    let names: Vec<&str> = params.keys().map(String::as_str).collect();
+    assert_eq!(names, ["proj.0.bias", "proj.0.weight", "proj.1.bias", "proj.1.weight"]);
+    assert_eq!(params["proj.0.weight"].shape().to_vec(), [8, 16]);
+    // The checkpoint holds the projections and their moments, checksummed.
+    let ck3 = a_dir.join("checkpoint-000003");
+    let sums = std::fs::read_to_string(ck3.join("checksums.json")).unwrap();
+    assert!(sums.contains(METHOD_PARAMS_FILE) && sums.contains(METHOD_OPTIMIZER_FILE), "{sums}");
+    let loaded = Checkpoint::load(&ck3).unwrap();
+    assert_eq!(loaded.method_params.len(), 4);
+    assert_eq!(loaded.method_optimizer.len(), 8);
+
+    let b_dir = tmp("resume-b");
+    let mut b = trainer(method, 6, Some(&b_dir), 2);
+    b.resume_from(&ck3).unwrap();
+    let rb = b.fit(&data, None).unwrap();
+    let da: Vec<_> = ra.history.iter().map(det).collect();
+    let db: Vec<_> = rb.history.iter().map(det).collect();
+    assert_eq!(da, db, "step records differ after resume");
+    assert_eq!(param_values(a.student()), param_values(b.student()), "student weights differ");
+    assert_eq!(a.method_param_values(), b.method_param_values(), "projections differ");
+    let (fa, fb) = (
+        Checkpoint::load(&a_dir.join("checkpoint-000006")).unwrap(),
+        Checkpoint::load(&b_dir.join("checkpoint-000006")).unwrap(),
+    );
+    assert_eq!(fa.method_optimizer, fb.method_optimizer, "projection moments differ");
+    assert_eq!(fa.optimizer, fb.optimizer);
+
+    // A damaged projection file is caught by its checksum.
+    let p = ck3.join(METHOD_PARAMS_FILE);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&p, bytes).unwrap();
+    assert!(matches!(Checkpoint::load(&ck3), Err(TrainError::CorruptCheckpoint { .. })));
+    assert!(Checkpoint::verify(&ck3).is_err());
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
+}
+
+#[test]
+fn the_projection_learns_and_its_file_loads_back() {
+    // Features only, one pair (the final hidden states), a long enough run to see it fall.
+    let method =
+        FeatureConfig { layers: Some(vec![[1, 2]]), logit_weight: 0.0, ..FeatureConfig::default() };
+    let mut t = trainer(method, 30, None, 1);
+    let before = t.method_param_values();
+    let r = t.fit(&data(), None).unwrap();
+    let f: Vec<f64> = r.history.iter().map(|r| r.extra["feature_loss"]).collect();
+    let (first, last) = (f[0], f[f.len() - 1]);
+    assert!(last < 0.5 * first, "the feature loss should fall: {first} → {last}");
+    assert!(r.history.iter().all(|r| !r.extra.contains_key("logit_loss")));
+    let after = t.method_param_values();
+    assert_ne!(before["proj.0.weight"], after["proj.0.weight"], "the projection trains");
+
+    let dir = tmp("export");
+    let path = t.save_method_params(&dir).unwrap().unwrap();
+    assert_eq!(path, dir.join(PROJECTIONS_FILE));
+    let read = read_tensors(&path).unwrap();
+    assert_eq!(read, after);
+    // It loads into the projection module.
+    let fresh = Projections::init(1, 8, 16, 0, &Device::flex());
+    let loaded = load_param_values(fresh, &read).unwrap();
+    assert_eq!(param_values(&loaded), after);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn equal_widths_need_no_projection_unless_asked() {
+    let device = Device::flex().autodiff();
+    let make = |projection| {
+        let student = seeded(1, 16, 1, &device);
+        let teacher = seeded(99, 16, 2, &Device::flex());
+        let c = config(FeatureConfig { projection, ..FeatureConfig::default() }, 2, None);
+        Trainer::new(c, student, &device).unwrap().with_teacher(teacher).unwrap()
+    };
+    let mut t = make(Projection::Auto);
+    assert!(t.method_param_values().is_empty());
+    t.fit(&data(), None).unwrap();
+    assert_eq!(t.save_method_params(&tmp("none")).unwrap(), None);
+    assert_eq!(make(Projection::Linear).method_param_values().len(), 4);
+}
+
+#[test]
+fn bad_layers_and_missing_projection_are_clean_errors() {
+    let device = Device::flex().autodiff();
+    let attempt = |method: FeatureConfig| {
+        let student = seeded(1, 8, 1, &device);
+        let teacher = seeded(99, 16, 2, &Device::flex());
+        Trainer::new(config(method, 2, None), student, &device).unwrap().with_teacher(teacher)
+    };
+    let err = attempt(FeatureConfig { layers: Some(vec![[1, 2], [2, 2]]), ..Default::default() })
+        .unwrap_err();
+    assert!(matches!(err, TrainError::InvalidConfig { name: "layers", .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("the student has 1 layers: 0..=1"), "{text}");
+    let err = attempt(FeatureConfig { layers: Some(vec![[1, 3]]), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the teacher has 2 layers: 0..=2"), "{err}");
+    let err = attempt(FeatureConfig { projection: Projection::None, ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("projection") && err.contains("width 8") && err.contains("16"), "{err}");
+}
+
+/// Step 1's gradient norm is the one global norm over the student's and the projections'
+/// gradients, recomputed here from the same models, batch and loss without the trainer.
+#[test]
+fn the_gradient_norm_counts_the_projections() {
+    use kd_train::data::{BatchOrder, DataCursor, IGNORE_INDEX};
+    use kd_train::params::GradAccumulator;
+    let method = FeatureConfig { logit_weight: 0.0, ..FeatureConfig::default() };
+    let data = data();
+    let mut t = trainer(method, 1, None, 1);
+    let rec = t.fit(&data, None).unwrap().history[0].clone();
+
+    let device = Device::flex().autodiff();
+    let student = seeded(1, 8, 1, &device);
+    let teacher = seeded(99, 16, 2, &Device::flex());
+    let proj = Projections::init(2, 8, 16, 5, &device); // config seed 5, pairs (0, 0), (1, 2)
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let batch = data.batch(&idx, &device);
+    let [b, n] = batch.input_ids.dims();
+    let mask = batch.labels.clone().flatten::<1>(0, 1).not_equal_elem(IGNORE_INDEX);
+    let s = student.hidden_states(batch.input_ids.clone()).unwrap().hidden;
+    let th = teacher.hidden_states(batch.input_ids.clone().inner()).unwrap().hidden;
+    let mut loss = Tensor::<1>::zeros([1], &device);
+    for (k, (i, j)) in [(0, 0), (1, 2)].into_iter().enumerate() {
+        let x = proj.proj[k].forward(s[i].clone().reshape([b * n, 8]));
+        let y = Tensor::from_inner(th[j].clone().reshape([b * n, 16]));
+        loss = loss + feature_distance(FeatureLoss::Mse, 1.0, x, y, mask.clone());
+    }
+    let grads = loss.backward();
+    let (mut gs, mut gp) = (GradAccumulator::new(), GradAccumulator::new());
+    gs.add(&student, &grads);
+    gp.add(&proj, &grads);
+    let (ns, np) = (gs.global_norm(), gp.global_norm());
+    assert!(np > 0.0);
+    let expect = (ns * ns + np * np).sqrt();
+    assert!((rec.grad_norm - expect).abs() < 1e-4 * expect, "{} vs {expect}", rec.grad_norm);
+    assert!((rec.grad_norm - ns).abs() > 1e-3 * expect, "the projections' share is visible");
+}
