@@ -378,8 +378,17 @@ fn instruction_evaluation_reports_rouge_l_of_greedy_answers() {
     // The last score is the mean ROUGE-L of the final student's greedy answers to the first two
     // held-out prompts, recomputed here from kd-models' generate.
     let student = trainer.into_student().valid();
-    let prompts: Vec<Vec<u32>> =
-        held_out[..2].iter().map(|ex| prompt_ids(&ex.prompt, &tok).unwrap()).collect();
+    // RougeEval keeps prompt + answer within `seq_len`: a prompt keeps its last
+    // `seq_len − max_new_tokens` tokens (without that, a prompt longer than 34 tokens gives
+    // another answer, and the comparison below depends on how the student was initialised).
+    let keep = seq_len - 6;
+    let prompts: Vec<Vec<u32>> = held_out[..2]
+        .iter()
+        .map(|ex| {
+            let p = prompt_ids(&ex.prompt, &tok).unwrap();
+            p[p.len().saturating_sub(keep)..].to_vec()
+        })
+        .collect();
     let settings = kd_models::GenerationConfig {
         max_new_tokens: 6,
         eos_token_ids: tok.eos_token_id().into_iter().collect(),
