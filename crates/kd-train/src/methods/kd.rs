@@ -13,7 +13,7 @@
 //!   is [`kd_losses::TopKKl`] (any of its conventions), as with a stored sparse teacher.
 //! - `divergence = {loss = "delta_kd"}`: Delta-KD ([`kd_losses::DeltaKd`]); the target is the
 //!   frozen base student shifted by the teacher's fine-tuning delta, from the trainer's
-//!   [`BaseModels`](crate::methods::BaseModels), whose logits can be cached
+//!   [`BaseModels`], whose logits can be cached
 //!   (`base_logits_cache_mb`).
 //! - `kd_warmup_steps = W`: DKD's warm-up; the KD term's factor ramps linearly from `1/W` at the
 //!   first step to `1` at step `W` (the hard-label term keeps its weight):
