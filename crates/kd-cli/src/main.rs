@@ -900,7 +900,7 @@ fn cmd_rationale_generate(o: &RationaleArgs) -> Result<()> {
     println!(
         "{summary}; wrote {} and {}",
         o.out.display(),
-        step_by_step::provenance_path(&o.out).display()
+        seqkd::provenance_path(&o.out).display()
     );
     Ok(())
 }

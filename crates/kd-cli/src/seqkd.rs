@@ -18,6 +18,7 @@ use kd_models::{CausalLm, Tokenizer};
 use kd_train::data::{InstructionExample, prompt_ids};
 use kd_train::methods::SpecialTokens;
 use kd_train::methods::seqkd::{SeqKdConfig, teacher_answers};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
@@ -56,13 +57,46 @@ pub fn provenance_path(data: &Path) -> PathBuf {
     data.with_extension("provenance.json")
 }
 
-/// Reads the provenance beside `data`, if both exist.
-pub fn read_provenance(data: &Path) -> Option<Provenance> {
+/// Reads the provenance beside `data`, if both exist (`None` also when it does not parse as a
+/// `P`: the file is then regenerated).
+pub fn read_provenance<P: DeserializeOwned>(data: &Path) -> Option<P> {
     if !data.is_file() {
         return None;
     }
     let text = std::fs::read_to_string(provenance_path(data)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// Writes `rows` as JSONL to `out`, creating its directory.
+///
+/// # Errors
+/// When a row does not serialise or the file cannot be written.
+pub fn write_jsonl<R: Serialize>(out: &Path, rows: &[R]) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Writes a generated dataset: `rows` as JSONL to `out` and `provenance` beside it
+/// ([`provenance_path`]), which [`read_provenance`] reads back.
+///
+/// # Errors
+/// As [`write_jsonl`].
+pub fn write_with_provenance<R: Serialize, P: Serialize>(
+    out: &Path,
+    rows: &[R],
+    provenance: &P,
+) -> Result<()> {
+    write_jsonl(out, rows)?;
+    let path = provenance_path(out);
+    std::fs::write(&path, serde_json::to_string_pretty(provenance)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Lets the teacher answer `examples` and writes the dataset and its provenance. Returns the
@@ -125,15 +159,6 @@ pub fn generate(
         rows[i].response = tok.decode(a, true)?.trim().to_string();
         rows[i].source = "teacher";
     }
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut text = String::new();
-    for r in &rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
-    std::fs::write(provenance_path(out), serde_json::to_string_pretty(provenance)?)?;
+    write_with_provenance(out, &rows, provenance)?;
     Ok((rows.len(), answered, start.elapsed().as_secs_f64()))
 }

@@ -37,6 +37,7 @@ use crate::config::RunConfig;
 use crate::error::Input;
 use crate::progress::Progress;
 use crate::run::{load_model_as, load_tokenizer, renderer};
+use crate::seqkd::{read_provenance, write_jsonl, write_with_provenance};
 
 /// Where the teacher's rationales came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,19 +79,6 @@ pub struct TeacherRow {
     pub parsed: bool,
     /// Whether the prompt fitted within `seq_len` (else the teacher was not asked).
     pub fits: bool,
-}
-
-/// Path of the provenance file beside `data`.
-pub fn provenance_path(data: &Path) -> PathBuf {
-    data.with_extension("provenance.json")
-}
-
-/// Reads the provenance beside `data`, if both exist.
-pub fn read_provenance(data: &Path) -> Option<Provenance> {
-    if !data.is_file() {
-        return None;
-    }
-    serde_json::from_str(&std::fs::read_to_string(provenance_path(data)).ok()?).ok()
 }
 
 /// What a generation produced.
@@ -208,16 +196,7 @@ pub fn generate(
         row.label = label.unwrap_or_default();
         row.teacher_output = text.trim().to_string();
     }
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut text = String::new();
-    for r in &out_rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
-    std::fs::write(provenance_path(out), serde_json::to_string_pretty(provenance)?)?;
+    write_with_provenance(out, &out_rows, provenance)?;
     Ok(Summary {
         examples: rows.len(),
         parsed: out_rows.iter().filter(|r| r.parsed).count(),
@@ -299,12 +278,9 @@ fn teacher_rows(
 
 /// Writes `rows` as ready-prompt JSONL.
 fn write_prompts(path: &Path, rows: &[(String, String)]) -> Result<()> {
-    let mut text = String::new();
-    for (prompt, response) in rows {
-        text.push_str(&serde_json::json!({"prompt": prompt, "response": response}).to_string());
-        text.push('\n');
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let rows: Vec<_> =
+        rows.iter().map(|(p, r)| serde_json::json!({"prompt": p, "response": r})).collect();
+    write_jsonl(path, &rows)
 }
 
 /// `kd distill --method step_by_step`: the two-task training file and the label-task held-out
