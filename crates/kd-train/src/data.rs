@@ -178,6 +178,28 @@ pub struct InstructionExample {
     pub response: String,
 }
 
+/// The non-empty lines of a JSONL file, each parsed as JSON with its 1-based line number.
+///
+/// # Errors
+/// [`TrainError::Io`] when the file cannot be read, [`TrainError::Data`] naming the line that is
+/// not JSON.
+pub fn read_jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(line).map_err(|e| TrainError::Data {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
 /// Reads instruction JSONL rows in any supported dialect:
 ///
 /// - Dolly: `instruction`, `context` (optional), `response`;
@@ -191,15 +213,9 @@ pub struct InstructionExample {
 /// [`TrainError::Io`] when the file cannot be read, [`TrainError::Data`] naming the line when it
 /// is not such an object.
 pub fn read_instruction_rows(path: &Path) -> Result<Vec<InstructionRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad =
-            |reason: String| TrainError::Data { path: path.to_path_buf(), line: i + 1, reason };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    for (line, v) in read_jsonl_values(path)? {
+        let bad = |reason: String| TrainError::Data { path: path.to_path_buf(), line, reason };
         if !v.is_object() {
             return Err(bad("expected a JSON object".into()));
         }

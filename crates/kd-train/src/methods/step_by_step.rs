@@ -179,15 +179,9 @@ pub struct StepByStepRow {
 /// [`TrainError::Io`] when the file cannot be read, [`TrainError::Data`] naming the line when a
 /// row lacks its input or label.
 pub fn read_rows(path: &Path) -> Result<Vec<StepByStepRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad =
-            |reason: String| TrainError::Data { path: path.to_path_buf(), line: i + 1, reason };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    for (line, v) in crate::data::read_jsonl_values(path)? {
+        let bad = |reason: String| TrainError::Data { path: path.to_path_buf(), line, reason };
         let text_of = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let input = text_of("input")
             .or_else(|| text_of("instruction"))
