@@ -425,11 +425,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 precision,
             ));
         }
-        let mut teacher = teacher.valid().to_device(&device.clone().inner()).no_grad();
-        if precision.is_half() {
-            teacher = cast_params(teacher, precision.float_dtype());
-        }
-        self.teacher = Some(teacher);
+        self.teacher = Some(frozen(teacher, device, precision));
         self.setup_method_params()?;
         Ok(self)
     }
@@ -479,13 +475,9 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             });
         }
         let precision = self.teacher_precision();
-        let plain = device.clone().inner();
-        let freeze = |m: T| {
-            let m = m.valid().to_device(&plain).no_grad();
-            if precision.is_half() { cast_params(m, precision.float_dtype()) } else { m }
-        };
-        self.base =
-            Some(BaseModels { teacher: freeze(base_teacher), student: freeze(base_student) });
+        let (teacher, student) =
+            (frozen(base_teacher, device, precision), frozen(base_student, device, precision));
+        self.base = Some(BaseModels { teacher, student });
         Ok(self)
     }
 
@@ -1055,6 +1047,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         }
         Ok(path)
     }
+}
+
+/// A model that only serves targets: on `device`'s plain form, without gradients, its
+/// parameters cast to `precision` when that is half (the teacher, the base models).
+fn frozen<M: burn::module::Module>(model: M, device: &Device, precision: Precision) -> M {
+    let model = model.valid().to_device(&device.clone().inner()).no_grad();
+    if precision.is_half() { cast_params(model, precision.float_dtype()) } else { model }
 }
 
 /// Directory name of the checkpoint after `step`.
