@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kd_models::{CausalLm, LlamaConfig, ModelConfig};
+use kd_models::CausalLm;
 use kd_train::checkpoint::{Checkpoint, METHOD_OPTIMIZER_FILE, METHOD_PARAMS_FILE, read_tensors};
 use kd_train::data::{TokenDataset, instruction_block};
 use kd_train::methods::feature::{
@@ -15,34 +15,12 @@ use kd_train::methods::feature::{
 use kd_train::params::{load_param_values, param_values};
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
 
-const VOCAB: usize = 24;
-const SEQ: usize = 14;
+use common::{SEQ, seeded};
+
+mod common;
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("kd-train-feature-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-/// Seeding and initialising under one lock (burn's device RNG is global to the test threads).
-fn seeded(seed: u64, hidden: usize, layers: usize, device: &Device) -> CausalLm {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    device.seed(seed);
-    let config = ModelConfig::Llama(LlamaConfig {
-        vocab_size: VOCAB,
-        hidden_size: hidden,
-        intermediate_size: 2 * hidden,
-        num_hidden_layers: layers,
-        num_attention_heads: 2,
-        num_key_value_heads: 2,
-        head_dim: hidden / 2,
-        max_position_embeddings: 32,
-        ..Default::default()
-    });
-    let model = CausalLm::init(&config, device).unwrap();
-    let _ = param_values(&model);
-    model
+    common::tmp(&format!("feature-{name}"))
 }
 
 /// "Add" prompts `[1, a, b, 3]` with responses `[a + b (mod 20) + 4, 2]`.
@@ -58,20 +36,7 @@ fn data() -> TokenDataset {
 }
 
 fn config(method: FeatureConfig, steps: u64, out: Option<&Path>) -> TrainConfig {
-    TrainConfig {
-        steps,
-        batch_size: 4,
-        lr: 5e-3,
-        warmup_steps: 1,
-        log_every: 0,
-        eval_rouge_prompts: 0,
-        checkpoint_every: 3,
-        keep_checkpoints: 5,
-        output_dir: out.map(Path::to_path_buf),
-        seed: 5,
-        method: MethodConfig::Feature(method),
-        ..Default::default()
-    }
+    TrainConfig { steps, ..common::config(MethodConfig::Feature(method), out) }
 }
 
 /// A 1 × 8 student and a 2 × 16 teacher: the widths differ.

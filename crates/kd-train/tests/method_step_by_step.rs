@@ -4,45 +4,24 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use kd_models::{CausalLm, LlamaConfig, ModelConfig};
+use kd_models::CausalLm;
 use kd_train::data::{TokenDataset, instruction_block};
 use kd_train::methods::step_by_step::{StepByStepConfig, pair_blocks};
 use kd_train::params::param_values;
-use kd_train::{MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
+use kd_train::{MethodConfig, StepRecord, TrainError, Trainer};
 
-const VOCAB: usize = 24;
-const SEQ: usize = 14;
+use common::{SEQ, config, det, seeded};
+
+mod common;
+
+fn tmp(name: &str) -> PathBuf {
+    common::tmp(&format!("sbs-{name}"))
+}
+
 const EOS: u32 = 2;
 /// Token ids of the two task prefixes.
 const LABEL: u32 = 5;
 const RATIONALE: u32 = 6;
-
-fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("kd-train-sbs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-/// Seeding and initialising under one lock (burn's device RNG is global).
-fn seeded(seed: u64, device: &Device) -> CausalLm {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    device.seed(seed);
-    let config = ModelConfig::Llama(LlamaConfig {
-        vocab_size: VOCAB,
-        hidden_size: 8,
-        intermediate_size: 16,
-        num_hidden_layers: 1,
-        num_attention_heads: 2,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        max_position_embeddings: 32,
-        ..Default::default()
-    });
-    let model = CausalLm::init(&config, device).unwrap();
-    let _ = param_values(&model);
-    model
-}
 
 /// "Add" examples: `[label] a b` → `a + b` and `[rationale] a b` → `a b a+b` (the worked
 /// step), as label and rationale blocks.
@@ -63,36 +42,10 @@ fn pairs() -> TokenDataset {
     pair_blocks(l, r).unwrap()
 }
 
-fn config(method: MethodConfig, out: Option<&Path>) -> TrainConfig {
-    TrainConfig {
-        steps: 6,
-        batch_size: 4,
-        lr: 5e-3,
-        warmup_steps: 1,
-        log_every: 0,
-        eval_rouge_prompts: 0,
-        checkpoint_every: 3,
-        keep_checkpoints: 5,
-        output_dir: out.map(Path::to_path_buf),
-        seed: 5,
-        method,
-        ..Default::default()
-    }
-}
-
 fn trainer(method: MethodConfig, out: Option<&Path>, seed: u64) -> Trainer<CausalLm> {
     let device = Device::flex().autodiff();
-    let student = seeded(seed, &device);
+    let student = seeded(seed, 8, 1, &device);
     Trainer::new(config(method, out), student, &device).unwrap().with_special_tokens(vec![EOS], 0)
-}
-
-fn det(r: &StepRecord) -> (u64, u64, u64, u64, Vec<(String, u64)>) {
-    let extra = r
-        .extra
-        .iter()
-        .filter(|(k, _)| !k.ends_with("per_s"))
-        .map(|(k, v)| (k.clone(), v.to_bits()));
-    (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, extra.collect())
 }
 
 fn sbs(lambda: f64) -> MethodConfig {

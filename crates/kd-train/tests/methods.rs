@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use kd_models::sampling::Rng;
-use kd_models::{CausalLm, LlamaConfig, ModelConfig};
+use kd_models::CausalLm;
 use kd_train::data::{TokenDataset, instruction_block, pack_tokens};
 use kd_train::methods::gkd::GkdConfig;
 use kd_train::methods::kd::KdConfig;
@@ -17,42 +17,15 @@ use kd_train::params::param_values;
 use kd_train::rollout::{SamplingConfig, SequenceBatch, SpecialTokens, sample, score};
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
 
-const VOCAB: usize = 24;
-const SEQ: usize = 14;
-const EOS: u32 = 2;
+use common::{SEQ, config, det, seeded};
+
+mod common;
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("kd-train-methods-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
+    common::tmp(&format!("methods-{name}"))
 }
 
-/// Tests run in parallel threads and burn's device RNG is global: seeding and initialising
-/// happen under one lock, and the lazily initialised parameters are materialised before it is
-/// released, so that a seed always gives the same model.
-fn seeded(seed: u64, hidden: usize, layers: usize, device: &Device) -> CausalLm {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    device.seed(seed);
-    let model = llama(hidden, layers, device);
-    let _ = param_values(&model);
-    model
-}
-
-fn llama(hidden: usize, layers: usize, device: &Device) -> CausalLm {
-    let config = ModelConfig::Llama(LlamaConfig {
-        vocab_size: VOCAB,
-        hidden_size: hidden,
-        intermediate_size: 2 * hidden,
-        num_hidden_layers: layers,
-        num_attention_heads: 2,
-        num_key_value_heads: 2,
-        head_dim: hidden / 2,
-        max_position_embeddings: 32,
-        ..Default::default()
-    });
-    CausalLm::init(&config, device).unwrap()
-}
+const EOS: u32 = 2;
 
 /// "Add" prompts `[1, a, b, 3]` with responses `[a + b (mod 20) + 4, EOS]`: a tiny instruction
 /// set with prompts of one length and short responses.
@@ -71,32 +44,6 @@ fn instruction_data() -> TokenDataset {
 fn pt_data() -> TokenDataset {
     let tokens: Vec<u32> = (0..400).map(|i| (4 + (i * 5) % 19) as u32).collect();
     TokenDataset::new("pt", pack_tokens(&tokens, SEQ)).unwrap()
-}
-
-fn config(method: MethodConfig, out: Option<&Path>) -> TrainConfig {
-    TrainConfig {
-        steps: 6,
-        batch_size: 4,
-        lr: 5e-3,
-        warmup_steps: 1,
-        log_every: 0,
-        eval_rouge_prompts: 0,
-        checkpoint_every: 3,
-        keep_checkpoints: 5,
-        output_dir: out.map(Path::to_path_buf),
-        seed: 5,
-        method,
-        ..Default::default()
-    }
-}
-
-fn det(r: &StepRecord) -> (u64, u64, u64, u64, Vec<(String, u64)>) {
-    let extra = r
-        .extra
-        .iter()
-        .filter(|(k, _)| !k.ends_with("per_s"))
-        .map(|(k, v)| (k.clone(), v.to_bits()));
-    (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, extra.collect())
 }
 
 fn trainer(method: MethodConfig, out: Option<&Path>, student: CausalLm) -> Trainer<CausalLm> {
