@@ -4,13 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{assets, kd_raw as kd, metrics, tiny_model};
+use common::{assert_input_error, assets, kd_raw as kd, metrics, stderr, tiny_model};
 
 mod common;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
 
 fn char_tokenizer() -> PathBuf {
     assets().join("arithmetic/teacher-char")
@@ -88,14 +84,6 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
-    }
-}
-
-fn assert_input_error(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected `{n}` in: {err}");
     }
 }
 

@@ -3,15 +3,12 @@
 //! are input errors (exit 2) before anything trains.
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{assets, kd_raw as kd, metrics, scratch, tiny_model, tinystories};
+use common::{
+    assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_model, tinystories,
+};
 
 mod common;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
 
 fn config(dir: &Path) -> String {
     let text = format!(
@@ -59,15 +56,6 @@ fn model(dir: &Path, name: &str, cfg: &str, steps: &str) -> String {
 /// The step records of a run's metrics (not its evaluations).
 fn steps(out: &Path) -> Vec<serde_json::Value> {
     metrics(out).into_iter().filter(|r| r.get("grad_norm").is_some()).collect()
-}
-
-fn assert_input_error(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected `{n}` in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -2,18 +2,13 @@
 //! status 2, nothing trained on it; and the settings that used to be silently misread.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{assets, kd_raw as kd, tiny_model, tinystories};
+use common::{assert_input_error, assets, kd_raw as kd, stderr, tiny_model, tinystories};
 
 mod common;
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch(&format!("input-{name}"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 /// A 1-layer LLaMA over the 512-token tokenizer, trained for `steps` on TinyStories; `extra` is
@@ -42,16 +37,6 @@ checkpoint_every = 2
     let p = dir.join("run.toml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// Asserts an input error: exit 2, every `needles` in the message, no backtrace or panic.
-fn assert_input_error(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected `{n}` in: {err}");
-    }
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
 
 #[test]

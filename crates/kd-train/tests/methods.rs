@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use kd_models::sampling::Rng;
 use kd_models::CausalLm;
+use kd_models::sampling::Rng;
 use kd_train::data::{TokenDataset, instruction_block, pack_tokens};
 use kd_train::methods::gkd::GkdConfig;
 use kd_train::methods::kd::KdConfig;

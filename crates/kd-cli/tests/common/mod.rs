@@ -57,3 +57,18 @@ pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| without_timing(serde_json::from_str(l).unwrap())).collect()
 }
+
+/// `kd`'s standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Asserts an input error: exit 2, every `needles` in the message, no backtrace or panic.
+pub fn assert_input_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in: {err}");
+    }
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
