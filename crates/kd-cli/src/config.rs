@@ -55,6 +55,9 @@ pub struct DataConfig {
     /// when it has one, else `"dolly"`), `"dolly"` (MiniLLM's), `"plain"`, `"chat"` or
     /// `{with_context = "…", without_context = "…"}` ([`kd_train::template`]).
     pub template: kd_train::template::PromptTemplate,
+    /// A teacher's stored top-k distributions of `train` (a directory of shards written by
+    /// `kd precompute-teacher`): method `kd` trains from them with no teacher loaded.
+    pub teacher_logits: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -68,6 +71,7 @@ impl Default for DataConfig {
             seq_len: 128,
             eval_fraction: 0.1,
             template: kd_train::template::PromptTemplate::default(),
+            teacher_logits: None,
         }
     }
 }

@@ -27,6 +27,7 @@ mod demo;
 mod device;
 mod error;
 mod inspect;
+mod offline;
 mod plot;
 mod progress;
 mod run;
@@ -90,6 +91,10 @@ enum Command {
     /// The teacher's chain-of-thought rationales and labels for step-by-step rows.
     #[command(name = "rationale-generate", args_override_self = true)]
     RationaleGenerate(RationaleArgs),
+    /// Run a teacher over the training data once and store its top-k distributions (one shard
+    /// of them with --shard I/N), for `kd distill --teacher-logits DIR`.
+    #[command(name = "precompute-teacher", args_override_self = true)]
+    PrecomputeTeacher(offline::PrecomputeArgs),
     /// Held-out loss and perplexity of a model (and ROUGE-L / exact match of greedy answers).
     #[command(args_override_self = true)]
     Eval(EvalArgs),
@@ -145,6 +150,10 @@ struct RunArgs {
     /// teacher.pretrained.
     #[arg(long, value_name = "DIR")]
     teacher: Option<String>,
+    /// data.teacher_logits: train from a teacher's stored top-k distributions (written by
+    /// `kd precompute-teacher`) instead of a teacher model.
+    #[arg(long, value_name = "DIR")]
+    teacher_logits: Option<String>,
     /// base_teacher.pretrained: the teacher before its fine-tuning (--loss delta_kd).
     #[arg(long, value_name = "DIR")]
     base_teacher: Option<String>,
@@ -489,6 +498,7 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
     let strings = [
         (&o.student, "student.pretrained"),
         (&o.teacher, "teacher.pretrained"),
+        (&o.teacher_logits, "data.teacher_logits"),
         (&o.base_teacher, "base_teacher.pretrained"),
         (&o.base_student, "base_student.pretrained"),
         (&o.data, "data.train"),
@@ -919,6 +929,7 @@ fn main() {
         Command::Distill(o) => cmd_train(o, true),
         Command::SeqkdGenerate(o) => cmd_seqkd_generate(o),
         Command::RationaleGenerate(o) => cmd_rationale_generate(o),
+        Command::PrecomputeTeacher(o) => offline::cmd_precompute(o),
         Command::Eval(o) => cmd_eval(o),
         Command::Export(o) => cmd_export(o),
         Command::Plot(o) => cmd_plot(o),

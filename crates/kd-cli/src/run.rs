@@ -442,6 +442,7 @@ pub fn run_job(
     };
     device.seed(config.train.seed);
     let mut method = resolve_method(config, distill).input()?;
+    let stored_teacher = crate::offline::open_for_run(config, &mut method).input()?;
     let out =
         config.train.output_dir.clone().context("set train.output_dir (or --out DIR)").input()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -542,7 +543,12 @@ pub fn run_job(
         log::info!("PT corpus: {} blocks", pt.len());
         trainer = trainer.with_pt_data(pt);
     }
-    if trainer.uses_teacher() {
+    if let Some(stored) = stored_teacher {
+        if config.teacher != Default::default() {
+            log::info!("teacher: not loaded (training from the stored teacher logits)");
+        }
+        trainer = trainer.with_teacher_logits(stored).input()?;
+    } else if trainer.uses_teacher() {
         if let (Some(tok), Some(dir), None) = (&tok, &config.teacher.pretrained, &cross) {
             check_teacher_tokenizer(tok, tok_path.as_deref().unwrap_or(Path::new("")), dir)
                 .input()?;

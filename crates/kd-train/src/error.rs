@@ -118,6 +118,16 @@ pub enum TrainError {
         /// What the file holds now.
         got: String,
     },
+    /// A teacher-logits file ([`crate::offline`]) is corrupt, truncated, incomplete, or does not
+    /// fit the run (another vocabulary, tokenizer, data or block length). Recompute it with
+    /// `kd precompute-teacher` for this run's data and tokenizer, or copy the damaged shard again.
+    #[error("teacher-logits file {path}: {reason}")]
+    TeacherLogits {
+        /// The file (or directory of shards).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -157,6 +167,7 @@ impl TrainError {
                 | Self::Data { .. }
                 | Self::Checkpoint { .. }
                 | Self::CorruptCheckpoint { .. }
+                | Self::TeacherLogits { .. }
         )
     }
 

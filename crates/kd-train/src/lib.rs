@@ -74,6 +74,7 @@ pub mod exact_match;
 pub mod methods;
 pub mod metrics;
 pub mod model;
+pub mod offline;
 pub mod optim;
 pub mod params;
 pub mod precision;

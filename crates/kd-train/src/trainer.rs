@@ -16,6 +16,7 @@ use crate::methods::cross_tokenizer::TeacherDataset;
 use crate::methods::{BaseModels, Method, MethodConfig, SpecialTokens, StepContext, TeacherUse};
 use crate::metrics::{EvalRecord, MetricsLine, StepRecord, append_jsonl, evaluate, rewrite_jsonl};
 use crate::model::{LanguageModel, VocabAlignment};
+use crate::offline::TeacherLogits;
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::params::{GradAccumulator, load_param_values, make_trainable, param_values};
 use crate::precision::{LossScaleConfig, LossScaler, Precision, cast_params};
@@ -274,6 +275,7 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     tokens: SpecialTokens,
     pt_data: Option<TokenDataset>,
     teacher_data: Option<TeacherDataset>,
+    teacher_logits: Option<TeacherLogits>,
     state: TrainState,
     rouge: Option<RougeEval>,
     observer: Observer,
@@ -338,6 +340,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             tokens: SpecialTokens::default(),
             pt_data: None,
             teacher_data: None,
+            teacher_logits: None,
             config,
             student,
             teacher: None,
@@ -479,6 +482,57 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             (frozen(base_teacher, device, precision), frozen(base_student, device, precision));
         self.base = Some(BaseModels { teacher, student });
         Ok(self)
+    }
+
+    /// Trains from a teacher's stored top-k distributions ([`crate::offline`]) instead of a
+    /// teacher model: the method reads block `i`'s distributions beside the training set's
+    /// block `i` ([`StepContext::teacher_logits`]). [`Trainer::fit`] checks the file against the
+    /// training set (every block's tokens) before the first step.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the method does not read stored logits (only `kd` with
+    /// `teacher_top_k` does), a teacher is already set, or the method's `k` exceeds the file's;
+    /// [`TrainError::TeacherLogits`] when the file's vocabulary is not the student's.
+    pub fn with_teacher_logits(mut self, logits: TeacherLogits) -> Result<Self> {
+        let Some(k) = self.method.reads_teacher_logits() else {
+            return Err(TrainError::config(
+                "teacher_logits",
+                "a method that reads stored teacher logits (kd with teacher_top_k)",
+                self.method.name(),
+            ));
+        };
+        if self.teacher.is_some() {
+            return Err(TrainError::config(
+                "teacher_logits",
+                "either a teacher model or its stored logits, not both",
+                "both",
+            ));
+        }
+        let h = logits.header();
+        if k > h.k {
+            return Err(TrainError::InvalidConfig {
+                name: "teacher_top_k.k",
+                expected: "at most the k the teacher logits were stored with",
+                got: format!("{k} (the file holds {})", h.k),
+            });
+        }
+        if h.vocab_size != self.student.vocab_size() {
+            return Err(TrainError::TeacherLogits {
+                path: logits.files()[0].path().to_path_buf(),
+                reason: format!(
+                    "written for a vocabulary of {}, the student's has {}",
+                    h.vocab_size,
+                    self.student.vocab_size()
+                ),
+            });
+        }
+        self.teacher_logits = Some(logits);
+        Ok(self)
+    }
+
+    /// The stored teacher logits, when training from them.
+    pub fn teacher_logits(&self) -> Option<&TeacherLogits> {
+        self.teacher_logits.as_ref()
     }
 
     /// The precision the teacher runs in (`teacher_dtype`, else `dtype`).
@@ -744,6 +798,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 tokens: &self.tokens,
                 pt_data: self.pt_data.as_ref(),
                 teacher_data: self.teacher_data.as_ref(),
+                teacher_logits: self.teacher_logits.as_ref(),
                 seed: self.config.seed,
                 chunked_head_rows: self.config.chunked_head_rows,
                 step: self.state.step,
@@ -865,12 +920,19 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         eval: Option<&TokenDataset>,
     ) -> Result<TrainReport> {
         let start = Instant::now();
-        if self.method.teacher_use() == TeacherUse::Required && self.teacher.is_none() {
+        if self.method.teacher_use() == TeacherUse::Required
+            && self.teacher.is_none()
+            && self.teacher_logits.is_none()
+        {
             return Err(TrainError::config(
                 "teacher",
-                "a teacher (Trainer::with_teacher) for this method",
+                "a teacher (Trainer::with_teacher) or its stored logits \
+                 (Trainer::with_teacher_logits) for this method",
                 self.method.name(),
             ));
+        }
+        if let Some(logits) = &self.teacher_logits {
+            logits.check_matches(train, self.student.vocab_size())?;
         }
         if self.method.uses_base_models() && self.base.is_none() {
             return Err(TrainError::config(

@@ -10,7 +10,9 @@
 //! - `taid`: its `t` follows TAID's adaptive schedule ([`kd_losses::TaidSchedule`]), whose state
 //!   is checkpointed.
 //! - `teacher_top_k`: the teacher is cut to its `k` most likely tokens per position and the loss
-//!   is [`kd_losses::TopKKl`] (any of its conventions), as with a stored sparse teacher.
+//!   is [`kd_losses::TopKKl`] (any of its conventions), as with a stored sparse teacher; with
+//!   [`Trainer::with_teacher_logits`](crate::Trainer::with_teacher_logits) the `k` entries come
+//!   from a file written once by [`crate::offline::precompute_teacher`] and no teacher runs.
 //! - `divergence = {loss = "delta_kd"}`: Delta-KD ([`kd_losses::DeltaKd`]); the target is the
 //!   frozen base student shifted by the teacher's fine-tuning delta, from the trainer's
 //!   [`BaseModels`], whose logits can be cached
@@ -39,6 +41,7 @@ use crate::error::{Result, TrainError};
 use crate::methods::{BaseModels, MicroBatchLoss, StepContext, TeacherUse};
 use crate::metrics::masked_cross_entropy_mean;
 use crate::model::{LanguageModel, logits_across};
+use crate::offline::{self, SparseBlock, TeacherLogits};
 
 /// The divergence of [`Kd`]: any dense kd-losses loss ([`LossConfig`]), or `delta_kd`, whose
 /// target also needs the frozen base models. In a config both are a table tagged by `loss`:
@@ -286,6 +289,7 @@ impl KdConfig {
             chunked,
             warmup_steps: self.kd_warmup_steps,
             cache: BaseCache::new(self.base_logits_cache_mb),
+            blocks: Vec::new(),
         })
     }
 }
@@ -309,6 +313,8 @@ pub struct Kd {
     chunked: Option<ChunkedHeadLoss>,
     warmup_steps: u64,
     cache: BaseCache,
+    /// Decoding buffers of stored teacher blocks (one per block of a micro-batch).
+    blocks: Vec<SparseBlock>,
 }
 
 /// The weights of one step: `loss = scale·((1 − mix)·KD + mix·CE) = f·(1 − w)·KD + w·CE`.
@@ -350,10 +356,24 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
         matches!(self.loss, KdLoss::Delta(_))
     }
 
+    fn reads_teacher_logits(&self) -> Option<usize> {
+        match self.loss {
+            KdLoss::TopK(_, k) => Some(k),
+            _ => None,
+        }
+    }
+
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss> {
-        let teacher = cx.require_teacher("kd")?;
         let weights = StepWeights::at(cx.step + 1, self.warmup_steps, self.hard_label_weight);
-        let mut out = self.weighted_micro_batch(cx, teacher, weights)?;
+        let mut out = match (cx.teacher_logits, &self.loss) {
+            (Some(stored), KdLoss::TopK(loss, k)) => {
+                stored_micro_batch(cx, stored, loss, *k, weights, &mut self.blocks)?
+            }
+            _ => {
+                let teacher = cx.require_teacher("kd")?;
+                self.weighted_micro_batch(cx, teacher, weights)?
+            }
+        };
         if self.warmup_steps > 0 {
             out.metrics.push(("kd_factor", weights.factor));
         }
@@ -426,19 +446,7 @@ impl Kd {
                 let [b, n, v] = s.dims();
                 let lp = activation::log_softmax(t.reshape([b * n, v]), 1); // [rows, v]
                 let (values, ids) = lp.topk_with_indices((*k).min(v), 1); // [rows, k]
-                let sparse = SparseKdBatch {
-                    student_logits: s.clone().reshape([b * n, v]),
-                    teacher_topk_ids: ids,
-                    teacher_topk_logprobs: values,
-                    labels: Some(labels),
-                    mask: None,
-                };
-                let mut loss = loss.forward(sparse, Reduction::Mean)?.loss;
-                if w > 0.0 {
-                    let ce = masked_cross_entropy_mean(s, batch.labels.clone());
-                    loss = loss.mul_scalar(1.0 - w).add(ce.mul_scalar(w));
-                }
-                let loss = scaled(loss, weights.scale);
+                let loss = sparse_loss(loss, s, ids, values, &batch, weights)?;
                 return Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: vec![] });
             }
         };
@@ -526,6 +534,57 @@ impl Kd {
 }
 
 /// `loss · scale` (unchanged at `1`).
+/// The top-k loss of student logits `s` (`[b, n, v]`) against a sparse teacher (`ids`,
+/// `logprobs`: `[b·n, k]`) on `batch`'s counted positions, mixed with the hard labels and scaled
+/// by this step's weights.
+fn sparse_loss(
+    loss: &TopKKl,
+    s: Tensor<3>,
+    ids: Tensor<2, Int>,
+    logprobs: Tensor<2>,
+    batch: &Batch,
+    weights: StepWeights,
+) -> Result<Tensor<1>> {
+    let [b, n, v] = s.dims();
+    let sparse = SparseKdBatch {
+        student_logits: s.clone().reshape([b * n, v]),
+        teacher_topk_ids: ids,
+        teacher_topk_logprobs: logprobs,
+        labels: Some(batch.labels.clone().flatten::<1>(0, 1)),
+        mask: None,
+    };
+    let mut out = loss.forward(sparse, Reduction::Mean)?.loss;
+    let w = weights.mix;
+    if w > 0.0 {
+        let ce = masked_cross_entropy_mean(s, batch.labels.clone());
+        out = out.mul_scalar(1.0 - w).add(ce.mul_scalar(w));
+    }
+    Ok(scaled(out, weights.scale))
+}
+
+/// `kd` from a teacher's stored top-k distributions ([`crate::offline`]): the next
+/// micro-batch's blocks and, beside each, its stored block (the `k` most likely entries of it).
+fn stored_micro_batch<S: LanguageModel, T: LanguageModel>(
+    cx: &mut StepContext<'_, S, T>,
+    stored: &TeacherLogits,
+    loss: &TopKKl,
+    k: usize,
+    weights: StepWeights,
+    blocks: &mut Vec<SparseBlock>,
+) -> Result<MicroBatchLoss> {
+    let idx = cx.next_indices();
+    let batch = cx.data.batch(&idx, cx.device);
+    blocks.resize_with(idx.len(), SparseBlock::default);
+    for (&i, out) in idx.iter().zip(blocks.iter_mut()) {
+        stored.read_block(i, out)?;
+    }
+    let refs: Vec<&SparseBlock> = blocks.iter().collect();
+    let (ids, lps) = offline::block_tensors(&refs, stored.header().k, k, cx.device);
+    let s = cx.student.logits(batch.input_ids.clone());
+    let loss = sparse_loss(loss, s, ids, lps, &batch, weights)?;
+    Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: Vec::new() })
+}
+
 fn scaled(loss: Tensor<1>, scale: f64) -> Tensor<1> {
     if scale == 1.0 { loss } else { loss.mul_scalar(scale) }
 }

@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
+use crate::offline::TeacherLogits;
 use crate::optim::AdamW;
 use crate::params::{GradAccumulator, load_param_values, param_values};
 pub use crate::rollout::SpecialTokens;
@@ -114,6 +115,10 @@ pub struct StepContext<'a, S, T> {
     /// block `i` ([`crate::Trainer::with_teacher_data`]), for methods whose teacher has another
     /// tokenizer ([`Method::teacher_reads_own_tokens`]).
     pub teacher_data: Option<&'a TeacherDataset>,
+    /// The teacher's stored top-k distributions ([`crate::offline`]), block `i` beside the
+    /// training set's block `i`, when the run trains from them
+    /// ([`crate::Trainer::with_teacher_logits`]); there is then no teacher model.
+    pub teacher_logits: Option<&'a TeacherLogits>,
     /// Optimizer steps done before this one (`0` in the first step; restored on resume):
     /// per-step factors such as the KD warm-up read it.
     pub step: u64,
@@ -259,6 +264,13 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
     /// [`Trainer::fit`](crate::Trainer::fit) requires that data. Default: no.
     fn teacher_reads_own_tokens(&self) -> bool {
         false
+    }
+
+    /// Whether it can train from a teacher's stored top-k distributions
+    /// ([`Trainer::with_teacher_logits`](crate::Trainer::with_teacher_logits)) instead of a
+    /// teacher model, and with how many entries per position (`Some(k)`). Default: `None`.
+    fn reads_teacher_logits(&self) -> Option<usize> {
+        None
     }
 
     /// Called once before the first step of [`Trainer::fit`](crate::Trainer::fit) (also after a
