@@ -135,7 +135,8 @@ pub fn cmd_precompute(o: &PrecomputeArgs) -> Result<()> {
     let tok_path = config.data.tokenizer.clone().unwrap_or_else(|| teacher_dir.clone());
     let tok = load_tokenizer(&tok_path).input()?;
     let (train, _) = load_data(&config.data, &tok).input()?;
-    let device = config.run.teacher_device.as_ref().unwrap_or(&config.run.device).device().input()?;
+    let device =
+        config.run.teacher_device.as_ref().unwrap_or(&config.run.device).device().input()?;
     let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
     let teacher = load_model_as(&config.teacher, "teacher", &device, precision).input()?;
     if teacher.vocab_size() < tok.vocab_size() {
@@ -203,7 +204,10 @@ pub fn cmd_precompute(o: &PrecomputeArgs) -> Result<()> {
 /// The stored teacher of a run (`data.teacher_logits`), opened and checked against the run's
 /// tokenizer; `method` becomes `kd` with `teacher_top_k` at the file's `k` unless it sets its
 /// own. `None` when the run has none.
-pub fn open_for_run(config: &RunConfig, method: &mut MethodConfig) -> Result<Option<TeacherLogits>> {
+pub fn open_for_run(
+    config: &RunConfig,
+    method: &mut MethodConfig,
+) -> Result<Option<TeacherLogits>> {
     let Some(dir) = &config.data.teacher_logits else { return Ok(None) };
     let MethodConfig::Kd(kd) = method else {
         bail!(

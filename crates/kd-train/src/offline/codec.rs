@@ -213,7 +213,10 @@ pub fn encode_block(
     for p in 0..positions {
         entries.clear();
         entries.extend(
-            ids[p * k..(p + 1) * k].iter().copied().zip(logprobs[p * k..(p + 1) * k].iter().copied()),
+            ids[p * k..(p + 1) * k]
+                .iter()
+                .copied()
+                .zip(logprobs[p * k..(p + 1) * k].iter().copied()),
         );
         entries.sort_unstable_by_key(|e| e.0);
         let top = entries.iter().map(|e| e.1).fold(f32::NEG_INFINITY, f32::max);
@@ -266,7 +269,9 @@ pub fn decode_block(
         )));
     }
     tails.clear();
-    tails.extend(bytes[..head].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    tails.extend(
+        bytes[..head].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
     ids.clear();
     logprobs.clear();
     let mut reader = BitReader::new(&bytes[head..]);
@@ -336,9 +341,12 @@ mod tests {
         let bytes = encode_block(&[7, 2, 9], &lp, &[0.1], 3, Quantizer::default());
         let (mut i, mut l, mut t) = (vec![], vec![], vec![]);
         for cut in 0..bytes.len() {
-            let res = decode_block(&bytes[..cut], 1, 3, 10, Quantizer::default(), &mut i, &mut l, &mut t);
+            let res =
+                decode_block(&bytes[..cut], 1, 3, 10, Quantizer::default(), &mut i, &mut l, &mut t);
             assert!(res.is_err(), "a block cut at {cut} of {} bytes decoded", bytes.len());
         }
-        assert!(decode_block(&bytes, 1, 3, 9, Quantizer::default(), &mut i, &mut l, &mut t).is_err());
+        assert!(
+            decode_block(&bytes, 1, 3, 9, Quantizer::default(), &mut i, &mut l, &mut t).is_err()
+        );
     }
 }

@@ -248,9 +248,11 @@ impl TeacherLogitsWriter {
     /// [`TrainError::InvalidConfig`] for an inconsistent header; [`TrainError::Io`].
     pub fn create(path: &Path, header: Header) -> Result<Self> {
         header.check(path).map_err(|e| match e {
-            TrainError::TeacherLogits { reason, .. } => {
-                TrainError::InvalidConfig { name: "header", expected: "a consistent header", got: reason }
-            }
+            TrainError::TeacherLogits { reason, .. } => TrainError::InvalidConfig {
+                name: "header",
+                expected: "a consistent header",
+                got: reason,
+            },
             other => other,
         })?;
         let partial = path.with_extension(format!("{EXTENSION}.partial"));
@@ -300,7 +302,8 @@ impl TeacherLogitsWriter {
                 self.index.len() + 1,
             ));
         }
-        if input_ids.len() != n || tails.len() != n || ids.len() != n * k || logprobs.len() != n * k {
+        if input_ids.len() != n || tails.len() != n || ids.len() != n * k || logprobs.len() != n * k
+        {
             return Err(TrainError::config(
                 "block",
                 "seq_len input ids and tails and seq_len·k ids and log-probs",
@@ -455,9 +458,13 @@ impl TeacherLogitsFile {
         for (i, &(off, _)) in index.iter().enumerate() {
             let ok = off == expected && off as usize + 4 <= index_at;
             if !ok {
-                return Err(corrupt(path, format!("record {i}'s offset {off} is not where it lies")));
+                return Err(corrupt(
+                    path,
+                    format!("record {i}'s offset {off} is not where it lies"),
+                ));
             }
-            let len = u32::from_le_bytes(map[off as usize..off as usize + 4].try_into().expect("4"));
+            let len =
+                u32::from_le_bytes(map[off as usize..off as usize + 4].try_into().expect("4"));
             expected = off + 8 + u64::from(len);
         }
         if expected as usize != index_at {
@@ -510,7 +517,11 @@ impl TeacherLogitsFile {
     }
 }
 
-fn decode(h: &Header, payload: &[u8], out: &mut SparseBlock) -> std::result::Result<(), codec::DecodeError> {
+fn decode(
+    h: &Header,
+    payload: &[u8],
+    out: &mut SparseBlock,
+) -> std::result::Result<(), codec::DecodeError> {
     codec::decode_block(
         payload,
         h.dataset.seq_len,
@@ -545,14 +556,19 @@ impl<R: Read> TeacherLogitsStream<R> {
         let mut head = vec![0u8; 16];
         reader.read_exact(&mut head).map_err(|_| corrupt(name, "truncated inside its header"))?;
         if &head[..8] != MAGIC {
-            return Err(corrupt(name, "not a teacher-logits file (no KDTLOGIT magic at its start)"));
+            return Err(corrupt(
+                name,
+                "not a teacher-logits file (no KDTLOGIT magic at its start)",
+            ));
         }
         let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
         if len > 1 << 24 {
             return Err(corrupt(name, format!("a header of {len} bytes")));
         }
         head.resize(20 + len, 0);
-        reader.read_exact(&mut head[16..]).map_err(|_| corrupt(name, "truncated inside its header"))?;
+        reader
+            .read_exact(&mut head[16..])
+            .map_err(|_| corrupt(name, "truncated inside its header"))?;
         let (header, _) = parse_header(name, &head)?;
         let _ = io;
         Ok(Self { name: name.to_path_buf(), reader, header, next: 0, buf: Vec::new() })
@@ -636,7 +652,10 @@ impl TeacherLogits {
                         &p,
                         format!(
                             "belongs to another run than {} (teacher, data, k, quantiser or shard count differ)",
-                            by_index.values().next().map_or(String::new(), |f| f.path.display().to_string())
+                            by_index
+                                .values()
+                                .next()
+                                .map_or(String::new(), |f| f.path.display().to_string())
                         ),
                     ));
                 }

@@ -26,8 +26,8 @@ use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, logits_across};
 pub use codec::Quantizer;
 pub use file::{
-    DatasetPosition, Header, Shard, SparseBlock, TeacherIdentity, TeacherLogits,
-    TeacherLogitsFile, TeacherLogitsStream, TeacherLogitsWriter, dataset_fingerprint,
+    DatasetPosition, Header, Shard, SparseBlock, TeacherIdentity, TeacherLogits, TeacherLogitsFile,
+    TeacherLogitsStream, TeacherLogitsWriter, dataset_fingerprint,
 };
 
 /// Settings of [`precompute_teacher`].
@@ -159,7 +159,10 @@ pub fn precompute_teacher<T: LanguageModel>(
         let (ids, lps) = top_k_of(teacher, batch.input_ids, config.temperature, k);
         let per_block = seq_len * k;
         for (j, &b) in chunk.iter().enumerate() {
-            let (ids, lps) = (&ids[j * per_block..(j + 1) * per_block], &lps[j * per_block..(j + 1) * per_block]);
+            let (ids, lps) = (
+                &ids[j * per_block..(j + 1) * per_block],
+                &lps[j * per_block..(j + 1) * per_block],
+            );
             let tails: Vec<f32> = lps
                 .chunks_exact(k)
                 .map(|row| {
