@@ -493,19 +493,45 @@ impl TeacherLogitsFile {
         self.index[i].1
     }
 
+    /// Checks every record's checksum (one sequential pass over the file, nothing decoded).
+    ///
+    /// # Errors
+    /// [`TrainError::TeacherLogits`] naming the file and the first corrupt block.
+    pub fn verify_records(&self) -> Result<()> {
+        for i in 0..self.index.len() {
+            let (payload, crc) = self.record(i);
+            if crc32fast::hash(payload) != crc {
+                let global = self.header.dataset.first_block + i;
+                return Err(corrupt(
+                    &self.path,
+                    format!("block {global}: checksum mismatch (the record is corrupt)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Local record `i`'s payload and stored checksum (bounds checked when the file opened).
+    fn record(&self, i: usize) -> (&[u8], u32) {
+        let off = self.index[i].0 as usize;
+        let len = u32::from_le_bytes(self.map[off..off + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(self.map[off + 4 + len..off + 8 + len].try_into().expect("4"));
+        (&self.map[off + 4..off + 4 + len], crc)
+    }
+
     /// Decodes local record `i` (`0 ≤ i < num_blocks`) into `out`, checking its checksum.
     ///
     /// # Errors
     /// [`TrainError::TeacherLogits`] naming the file, the block and the problem.
     pub fn read_block(&self, i: usize, out: &mut SparseBlock) -> Result<()> {
         let global = self.header.dataset.first_block + i;
-        let (off, _) = *self.index.get(i).ok_or_else(|| {
-            corrupt(&self.path, format!("no record {i} (it holds {})", self.index.len()))
-        })?;
-        let off = off as usize;
-        let len = u32::from_le_bytes(self.map[off..off + 4].try_into().expect("4 bytes")) as usize;
-        let payload = &self.map[off + 4..off + 4 + len];
-        let crc = u32::from_le_bytes(self.map[off + 4 + len..off + 8 + len].try_into().expect("4"));
+        if i >= self.index.len() {
+            return Err(corrupt(
+                &self.path,
+                format!("no record {i} (it holds {})", self.index.len()),
+            ));
+        }
+        let (payload, crc) = self.record(i);
         if crc32fast::hash(payload) != crc {
             return Err(corrupt(
                 &self.path,
@@ -734,10 +760,12 @@ impl TeacherLogits {
     /// Checks that the file was written for `data`: the same block length, at least as many
     /// blocks, and block `i`'s tokens hash to the file's record `i` for every block of `data`
     /// (so every stored distribution sits on the tokens the student reads). `vocab` is the
-    /// student's vocabulary size, which must equal the teacher's.
+    /// student's vocabulary size, which must equal the teacher's. Then every record's checksum
+    /// is checked ([`TeacherLogitsFile::verify_records`]), so a corrupt file stops a run before
+    /// its first step rather than in the middle.
     ///
     /// # Errors
-    /// [`TrainError::TeacherLogits`] naming the first mismatch.
+    /// [`TrainError::TeacherLogits`] naming the first mismatch or corrupt block.
     pub fn check_matches(&self, data: &TokenDataset, vocab: usize) -> Result<()> {
         let h = &self.header;
         let path = &self.files[0].path;
@@ -782,6 +810,6 @@ impl TeacherLogits {
                 ));
             }
         }
-        Ok(())
+        self.files.iter().try_for_each(TeacherLogitsFile::verify_records)
     }
 }

@@ -1,0 +1,131 @@
+//! `kd precompute-teacher` → shards → `kd distill --teacher-logits DIR`, end to end on tiny
+//! models: two shards written separately train a student with no teacher loaded, and a missing
+//! shard, another tokenizer or a corrupt file are input errors (exit 2) that name the problem
+//! before anything trains.
+
+use std::path::Path;
+
+use common::{
+    assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_model, tinystories,
+};
+
+mod common;
+
+fn config(dir: &Path) -> String {
+    let text = format!(
+        r#"{student}
+[data]
+tokenizer = "{tok}"
+train = "{train}"
+seq_len = 32
+eval_fraction = 0.05
+
+[train]
+steps = 4
+batch_size = 2
+eval_every = 0
+eval_batches = 1
+checkpoint_every = 2
+log_every = 1
+"#,
+        student = tiny_model("student", 64),
+        tok = assets().display(),
+        train = tinystories().display(),
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
+    let dir = scratch("offline");
+    let cfg = config(&dir);
+    // A teacher: the tiny model after 3 steps.
+    let t_out = dir.join("teacher");
+    let r = kd(&[
+        "train",
+        "--config",
+        &cfg,
+        "--out",
+        t_out.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let teacher = t_out.join("model");
+    let logits = dir.join("logits");
+    for shard in ["1/2", "0/2"] {
+        let r = kd(&[
+            "precompute-teacher",
+            "--config",
+            &cfg,
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--top-k",
+            "16",
+            "--shard",
+            shard,
+            "--out",
+            logits.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let said = String::from_utf8_lossy(&r.stdout);
+        assert!(said.contains("bytes per token") && said.contains("positions"), "{said}");
+    }
+    let out = dir.join("student");
+    let distill = |extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "--config",
+            &cfg,
+            "--teacher-logits",
+            logits.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        kd(&args)
+    };
+    let r = distill(&[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let steps: Vec<_> =
+        metrics(&out).into_iter().filter(|m| m.get("grad_norm").is_some()).collect();
+    assert_eq!(steps.len(), 4);
+    assert!(steps.iter().all(|s| s["loss"].as_f64().unwrap().is_finite()));
+    let run = std::fs::read_to_string(out.join("run.toml")).unwrap();
+    assert!(run.contains("teacher_logits"), "{run}");
+
+    // Another tokenizer file (the same tokens, other bytes): refused by its fingerprint.
+    let other_tok = dir.join("tok");
+    std::fs::create_dir_all(&other_tok).unwrap();
+    let mut json = std::fs::read(assets().join("tokenizer.json")).unwrap();
+    json.push(b'\n');
+    std::fs::write(other_tok.join("tokenizer.json"), json).unwrap();
+    let r = distill(&["--tokenizer", other_tok.to_str().unwrap()]);
+    assert_input_error(&r, &["another tokenizer", "data.tokenizer"]);
+    // Other blocks (seq_len 16): the first block that differs is named.
+    let r = distill(&["--set", "data.seq_len=16"]);
+    assert_input_error(&r, &["blocks of 32 tokens", "data.seq_len"]);
+    // A divergence other than the top-k loss's.
+    let r = distill(&["--loss", "reverse_kl"]);
+    assert_input_error(&r, &["teacher_top_k"]);
+    // A corrupt record: named with its block before the first step.
+    let shard0 = logits.join("shard-00000-of-00002.kdtl");
+    let mut bad = std::fs::read(&shard0).unwrap();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x10;
+    std::fs::write(&shard0, &bad).unwrap();
+    let fresh = dir.join("fresh");
+    let r = distill(&["--out", fresh.to_str().unwrap()]);
+    assert_input_error(&r, &["shard-00000-of-00002.kdtl", "checksum mismatch", "block "]);
+    assert!(!fresh.join("checkpoint-000002").exists(), "a corrupt file trained steps");
+    // A missing shard: named, with the file it would be.
+    std::fs::remove_file(&shard0).unwrap();
+    let r = distill(&[]);
+    assert_input_error(&r, &["shard 0/2 is missing", "shard-00000-of-00002.kdtl"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
