@@ -149,11 +149,14 @@ impl<'a> BitReader<'a> {
             }
             let ones = (!self.acc).trailing_zeros().min(self.n);
             q += ones;
-            self.acc >>= ones;
-            self.n -= ones;
-            if self.n > 0 {
-                self.acc >>= 1; // the terminating zero
-                self.n -= 1;
+            if ones == self.n {
+                // Every buffered bit is a one (up to 64 of them: no shift by the full width).
+                self.acc = 0;
+                self.n = 0;
+            } else {
+                // `ones` ones, then the terminating zero.
+                self.acc = (self.acc >> ones) >> 1;
+                self.n -= ones + 1;
                 break;
             }
             if q > 1 << 24 {
@@ -332,6 +335,29 @@ mod tests {
         for (i, &v) in values.iter().enumerate() {
             assert_eq!(r.get(8).unwrap(), v & 0xFF);
             assert_eq!(r.rice((i % 6) as u32).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn long_runs_of_ones_decode() {
+        // One huge gap among small ones: its unary quotient spans more than the 64-bit buffer.
+        let k = 128;
+        let mut ids: Vec<u32> = (0..k as u32 - 1).collect();
+        ids.push(5000);
+        let lps: Vec<f32> = (0..k).map(|i| -(i as f32) / 10.0).collect();
+        let q = Quantizer::default();
+        let bytes = encode_block(&ids, &lps, &[0.25], k, q);
+        let (mut i, mut l, mut t) = (vec![], vec![], vec![]);
+        decode_block(&bytes, 1, k, 5001, q, &mut i, &mut l, &mut t).unwrap();
+        assert_eq!(i, ids);
+        let mut w = BitWriter::default();
+        for v in [0u32, 63, 64, 65, 127, 128, 1000, 70_000] {
+            w.rice(v, 0);
+        }
+        let bytes = w.finish();
+        let mut r = BitReader::new(&bytes);
+        for v in [0u32, 63, 64, 65, 127, 128, 1000, 70_000] {
+            assert_eq!(r.rice(0).unwrap(), v);
         }
     }
 
