@@ -68,6 +68,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod ensemble;
 pub mod error;
 pub mod events;
 pub mod exact_match;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{BatchOrder, DataCursor, TokenDataset};
+use crate::ensemble::TeacherEnsemble;
 use crate::error::{Result, TrainError};
 use crate::events::{Observer, TrainEvent};
 use crate::methods::cross_tokenizer::TeacherDataset;
@@ -276,6 +277,10 @@ pub struct Trainer<S: LanguageModel, T: LanguageModel = S> {
     pt_data: Option<TokenDataset>,
     teacher_data: Option<TeacherDataset>,
     teacher_logits: Option<TeacherLogits>,
+    /// Teachers beside the first (multi-teacher distillation), online or stored.
+    extra_teachers: Vec<T>,
+    extra_teacher_logits: Vec<TeacherLogits>,
+    ensemble: TeacherEnsemble,
     state: TrainState,
     rouge: Option<RougeEval>,
     observer: Observer,
@@ -341,6 +346,9 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             pt_data: None,
             teacher_data: None,
             teacher_logits: None,
+            extra_teachers: Vec::new(),
+            extra_teacher_logits: Vec::new(),
+            ensemble: TeacherEnsemble::default(),
             config,
             student,
             teacher: None,
@@ -528,6 +536,80 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         }
         self.teacher_logits = Some(logits);
         Ok(self)
+    }
+
+    /// Adds teachers beside the first (multi-teacher distillation), on the first teacher's
+    /// device (the student's plain device unless [`Trainer::with_teacher_on`] chose another):
+    /// frozen, in [`Trainer::teacher_precision`]. [`Trainer::with_ensemble`] says how they
+    /// combine (default: the mean of the logits, equal weights). See [`crate::ensemble`].
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] without a first teacher ([`Trainer::with_teacher`]);
+    /// [`TrainError::VocabMismatch`] when a vocabulary differs from the first teacher's.
+    pub fn with_extra_teachers(mut self, extra: Vec<T>) -> Result<Self> {
+        let Some(first) = &self.teacher else {
+            return Err(TrainError::config(
+                "teachers",
+                "the first teacher (Trainer::with_teacher) before extra ones",
+                "none",
+            ));
+        };
+        let device =
+            crate::model::model_device(first).unwrap_or_else(|| self.device.clone().inner());
+        let precision = self.teacher_precision();
+        for t in extra {
+            if t.vocab_size() != first.vocab_size() {
+                return Err(TrainError::VocabMismatch {
+                    student: t.vocab_size(),
+                    teacher: first.vocab_size(),
+                });
+            }
+            self.extra_teachers.push(frozen(t, &device, precision));
+        }
+        Ok(self)
+    }
+
+    /// Adds stored teachers beside the first stored one ([`Trainer::with_teacher_logits`]):
+    /// each is checked against the training set like the first, and they combine at the
+    /// probability level ([`crate::ensemble::average_sparse`]).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] without a first stored teacher, or when a file's `k`
+    /// differs from the first's.
+    pub fn with_extra_teacher_logits(mut self, extra: Vec<TeacherLogits>) -> Result<Self> {
+        let Some(first) = &self.teacher_logits else {
+            return Err(TrainError::config(
+                "teacher_logits",
+                "the first stored teacher (Trainer::with_teacher_logits) before extra ones",
+                "none",
+            ));
+        };
+        for t in extra {
+            if t.header().k != first.header().k
+                || t.header().vocab_size != first.header().vocab_size
+            {
+                return Err(TrainError::InvalidConfig {
+                    name: "teacher_logits",
+                    expected: "stored teachers with one k and one vocabulary",
+                    got: format!(
+                        "k = {} / vocabulary {} beside k = {} / vocabulary {}",
+                        t.header().k,
+                        t.header().vocab_size,
+                        first.header().k,
+                        first.header().vocab_size
+                    ),
+                });
+            }
+            self.extra_teacher_logits.push(t);
+        }
+        Ok(self)
+    }
+
+    /// How several teachers combine (weights, logit or probability level, routing); checked
+    /// against the teachers and the training set by [`Trainer::fit`].
+    pub fn with_ensemble(mut self, ensemble: TeacherEnsemble) -> Self {
+        self.ensemble = ensemble;
+        self
     }
 
     /// The stored teacher logits, when training from them.
@@ -799,6 +881,10 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 pt_data: self.pt_data.as_ref(),
                 teacher_data: self.teacher_data.as_ref(),
                 teacher_logits: self.teacher_logits.as_ref(),
+                extra_teachers: &self.extra_teachers,
+                extra_teacher_logits: &self.extra_teacher_logits,
+                ensemble: &self.ensemble,
+                last_indices: Vec::new(),
                 seed: self.config.seed,
                 chunked_head_rows: self.config.chunked_head_rows,
                 step: self.state.step,
@@ -933,6 +1019,20 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         }
         if let Some(logits) = &self.teacher_logits {
             logits.check_matches(train, self.student.vocab_size())?;
+        }
+        for logits in &self.extra_teacher_logits {
+            logits.check_matches(train, self.student.vocab_size())?;
+        }
+        let teachers = 1 + self.extra_teachers.len() + self.extra_teacher_logits.len();
+        if teachers > 1 && !self.method.supports_teacher_ensemble() {
+            return Err(TrainError::config(
+                "teachers",
+                "one teacher for this method (several: kd with a dense divergence or teacher_top_k)",
+                format!("{teachers} teachers for {}", self.method.name()),
+            ));
+        }
+        if teachers > 1 || self.ensemble != TeacherEnsemble::default() {
+            self.ensemble.validate(teachers, train.len())?;
         }
         if self.method.uses_base_models() && self.base.is_none() {
             return Err(TrainError::config(

@@ -356,6 +356,12 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Kd {
         matches!(self.loss, KdLoss::Delta(_))
     }
 
+    fn supports_teacher_ensemble(&self) -> bool {
+        // Delta-KD's target and the chunked head take one teacher's logits.
+        matches!(self.loss, KdLoss::Dense(..) | KdLoss::Taid(_) | KdLoss::TopK(..))
+            && self.chunked.is_none()
+    }
+
     fn reads_teacher_logits(&self) -> Option<usize> {
         match self.loss {
             KdLoss::TopK(_, k) => Some(k),
@@ -577,6 +583,22 @@ fn stored_micro_batch<S: LanguageModel, T: LanguageModel>(
     blocks.resize_with(idx.len(), SparseBlock::default);
     for (&i, out) in idx.iter().zip(blocks.iter_mut()) {
         stored.read_block(i, out)?;
+    }
+    if !cx.extra_teacher_logits.is_empty() {
+        // Several stored teachers: each block's mixture at the probability level.
+        let teachers = 1 + cx.extra_teacher_logits.len();
+        let weights = cx.teacher_weights(teachers, idx.len())?;
+        let mut theirs = SparseBlock::default();
+        for (row, (&i, out)) in idx.iter().zip(blocks.iter_mut()).enumerate() {
+            let mut all = vec![std::mem::take(out)];
+            for extra in cx.extra_teacher_logits {
+                extra.read_block(i, &mut theirs)?;
+                all.push(theirs.clone());
+            }
+            let w: Vec<f32> = weights.iter().map(|per_row| per_row[row]).collect();
+            let refs: Vec<&SparseBlock> = all.iter().collect();
+            *out = crate::ensemble::average_sparse(&refs, &w, stored.header().k);
+        }
     }
     let refs: Vec<&SparseBlock> = blocks.iter().collect();
     let (ids, lps) = offline::block_tensors(&refs, stored.header().k, k, cx.device);

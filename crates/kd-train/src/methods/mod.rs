@@ -57,6 +57,7 @@ use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
+use crate::ensemble::TeacherEnsemble;
 use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
 use crate::offline::TeacherLogits;
@@ -119,6 +120,16 @@ pub struct StepContext<'a, S, T> {
     /// training set's block `i`, when the run trains from them
     /// ([`crate::Trainer::with_teacher_logits`]); there is then no teacher model.
     pub teacher_logits: Option<&'a TeacherLogits>,
+    /// Teachers beside the first (multi-teacher distillation, [`crate::ensemble`]); the
+    /// first teacher and these combine in [`StepContext::student_and_teacher_logits`].
+    pub extra_teachers: &'a [T],
+    /// Stored teachers beside [`StepContext::teacher_logits`].
+    pub extra_teacher_logits: &'a [TeacherLogits],
+    /// How the teachers combine.
+    pub ensemble: &'a TeacherEnsemble,
+    /// The blocks of the last [`StepContext::next_indices`] (the rows of the micro-batch, for
+    /// per-example routing).
+    pub last_indices: Vec<usize>,
     /// Optimizer steps done before this one (`0` in the first step; restored on resume):
     /// per-step factors such as the KD warm-up read it.
     pub step: u64,
@@ -142,7 +153,26 @@ pub struct BaseModels<T> {
 impl<'a, S, T> StepContext<'a, S, T> {
     /// Indices of the next `batch_size` blocks of the data order.
     pub fn next_indices(&mut self) -> Vec<usize> {
-        self.order.next_batch(self.batch_size)
+        let idx = self.order.next_batch(self.batch_size);
+        self.last_indices.clone_from(&idx);
+        idx
+    }
+
+    /// The weight of each teacher for each row of the last micro-batch (`[teacher][row]`).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the rows are not the last drawn blocks (routing).
+    pub fn teacher_weights(&self, teachers: usize, rows: usize) -> Result<Vec<Vec<f32>>> {
+        if self.ensemble.routes.is_some() && rows != self.last_indices.len() {
+            return Err(TrainError::InvalidConfig {
+                name: "ensemble.routes",
+                expected: "one row per drawn block (per-example routing)",
+                got: format!("{rows} rows for {} blocks", self.last_indices.len()),
+            });
+        }
+        let blocks =
+            if self.last_indices.len() == rows { self.last_indices.clone() } else { vec![0; rows] };
+        Ok(self.ensemble.row_weights(teachers, &blocks))
     }
 
     /// The next micro-batch of blocks as tensors on the autodiff device.
@@ -172,8 +202,19 @@ impl<'a, S, T> StepContext<'a, S, T> {
         T: LanguageModel,
     {
         let s = self.student.logits(input_ids.clone()); // [b, s, v]
-        let t = crate::model::logits_across(teacher, input_ids.inner()).autodiff();
-        align_vocab(s, t, self.vocab_alignment)
+        let plain = input_ids.inner();
+        let t = crate::model::logits_across(teacher, plain.clone());
+        let t = if self.extra_teachers.is_empty() {
+            t
+        } else {
+            let mut all = vec![t];
+            all.extend(
+                self.extra_teachers.iter().map(|x| crate::model::logits_across(x, plain.clone())),
+            );
+            let weights = self.teacher_weights(all.len(), s.dims()[0])?;
+            crate::ensemble::combine_logits(all, &weights, self.ensemble.averaging)
+        };
+        align_vocab(s, t.autodiff(), self.vocab_alignment)
     }
 
     /// The teacher, or an error naming the method that needs it.
@@ -263,6 +304,13 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
     /// student's tokens: its vocabulary may then differ under any [`VocabAlignment`], and
     /// [`Trainer::fit`](crate::Trainer::fit) requires that data. Default: no.
     fn teacher_reads_own_tokens(&self) -> bool {
+        false
+    }
+
+    /// Whether several teachers may be combined for it ([`crate::ensemble`]): every teacher
+    /// use then goes through [`StepContext::student_and_teacher_logits`] or reads
+    /// [`StepContext::extra_teacher_logits`]. Default: no (the trainer refuses extra teachers).
+    fn supports_teacher_ensemble(&self) -> bool {
         false
     }
 
