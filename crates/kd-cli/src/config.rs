@@ -112,6 +112,9 @@ pub struct RunConfig {
     /// ([`kd_train::MethodConfig`]); `kd train` defaults to `sft`, `kd distill` to `kd` with
     /// forward KL.
     pub method: Option<kd_train::MethodConfig>,
+    /// Multi-teacher distillation: teachers beside `[teacher]` or `data.teacher_logits`,
+    /// weights, averaging and routing ([`crate::ensemble::EnsembleSection`]).
+    pub ensemble: crate::ensemble::EnsembleSection,
 }
 
 /// A config as a TOML table, with overrides applied.

@@ -25,6 +25,7 @@ mod assets;
 mod config;
 mod demo;
 mod device;
+mod ensemble;
 mod error;
 mod inspect;
 mod offline;

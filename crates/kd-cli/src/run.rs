@@ -586,6 +586,7 @@ pub fn run_job(
             trainer.teacher_precision()
         );
     }
+    trainer = crate::ensemble::apply(config, trainer, &teacher_device, train).input()?;
     let delta = matches!(&method, MethodConfig::Kd(k) if k.is_delta_kd());
     let has_base =
         config.base_teacher != Default::default() || config.base_student != Default::default();

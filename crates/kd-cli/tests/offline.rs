@@ -129,3 +129,110 @@ fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
     assert_input_error(&r, &["shard 0/2 is missing", "shard-00000-of-00002.kdtl"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Trains a tiny teacher for `steps` from `seed` and returns its model directory.
+fn teacher(dir: &Path, cfg: &str, name: &str, seed: &str) -> String {
+    let out = dir.join(name);
+    let r = kd(&[
+        "train",
+        "--config",
+        cfg,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seed",
+        seed,
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    out.join("model").to_str().unwrap().to_string()
+}
+
+#[test]
+fn several_teachers_online_stored_and_routed_by_a_data_key() {
+    let dir = scratch("ensemble");
+    let cfg = config(&dir);
+    let (a, b) = (teacher(&dir, &cfg, "a", "1"), teacher(&dir, &cfg, "b", "2"));
+    let with_section = |name: &str, section: &str, data: Option<&Path>| {
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        if let Some(d) = data {
+            text = text.replace(
+                &format!("train = \"{}\"", tinystories().display()),
+                &format!("train = \"{}\"", d.display()),
+            );
+        }
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(&p, format!("{text}\n[ensemble]\n{section}\n")).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let run = |cfg: &str, extra: &[&str]| {
+        let out = dir.join("student");
+        let mut args = vec!["distill", "--config", cfg, "--out", out.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        let r = kd(&args);
+        (r, out)
+    };
+    // Online, probability level, fixed weights.
+    let c = with_section(
+        "online",
+        &format!("teachers = [\"{b}\"]\nweights = [0.25, 0.75]\naverage = \"probs\""),
+        None,
+    );
+    let (r, out) = run(&c, &["--teacher", &a]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(metrics(&out).iter().filter(|m| m.get("grad_norm").is_some()).count(), 4);
+    // Weights that do not fit the teachers: refused.
+    let c = with_section("bad-weights", &format!("teachers = [\"{b}\"]\nweights = [1.0]"), None);
+    assert_input_error(
+        &run(&c, &["--teacher", &a]).0,
+        &["ensemble.weights", "1 weights for 2 teachers"],
+    );
+
+    // Stored: both teachers precomputed, combined at the probability level.
+    for (t, d) in [(&a, "logits-a"), (&b, "logits-b")] {
+        let r = kd(&[
+            "precompute-teacher",
+            "--config",
+            &cfg,
+            "--teacher",
+            t,
+            "--top-k",
+            "8",
+            "--out",
+            dir.join(d).to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
+    let c = with_section(
+        "stored",
+        &format!("teacher_logits = [\"{}\"]", dir.join("logits-b").display()),
+        None,
+    );
+    let (r, _) = run(&c, &["--teacher-logits", dir.join("logits-a").to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+
+    // Routed by the rows' `teacher` key (names), instruction data.
+    let rows: String = (0..60)
+        .map(|i| {
+            let who = if i % 3 == 0 { "b" } else { "a" };
+            format!("{{\"instruction\": \"Say {i}.\", \"response\": \"The number {i}.\", \"teacher\": \"{who}\"}}\n")
+        })
+        .collect();
+    let jsonl = dir.join("rows.jsonl");
+    std::fs::write(&jsonl, rows).unwrap();
+    let section = format!("teachers = [\"{b}\"]\nroute_by = \"teacher\"\nnames = [\"a\", \"b\"]");
+    let c = with_section("routed", &section, Some(&jsonl));
+    let (r, _) = run(&c, &["--teacher", &a, "--set", "data.template=\"plain\""]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let bad = std::fs::read_to_string(&jsonl).unwrap().replacen(
+        "\"teacher\": \"b\"",
+        "\"teacher\": \"c\"",
+        1,
+    );
+    std::fs::write(&jsonl, bad).unwrap();
+    let (r, _) = run(&c, &["--teacher", &a, "--set", "data.template=\"plain\""]);
+    assert_input_error(&r, &["rows.jsonl line 1", "names no teacher"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
