@@ -99,8 +99,9 @@ fn the_stored_distribution_is_within_1e_3_nats_of_the_exact_top_k() {
             let (ids, lps, tail) = zipf_row(vocab, k, s, salt as u64);
             let q = Quantizer::default();
             let bytes = encode_block(&ids, &lps, &[tail], k, q);
-            let (mut di, mut dl, mut dt) = (vec![], vec![], vec![]);
-            decode_block(&bytes, 1, k, vocab, q, &mut di, &mut dl, &mut dt).unwrap();
+            let mut out = SparseBlock::default();
+            decode_block(&bytes, 1, k, vocab, q, &mut out).unwrap();
+            let SparseBlock { ids: di, logprobs: dl, tails: dt } = out;
             assert_eq!(dt, [tail]);
             // Decoded ids are ascending; line the exact entries up with them.
             let mut exact: Vec<(u32, f32)> = ids.iter().copied().zip(lps.iter().copied()).collect();
@@ -149,8 +150,9 @@ proptest! {
             tails.push((next() % 1000) as f32 / 1001.0);
         }
         let bytes = encode_block(&ids, &lps, &tails, k, q);
-        let (mut di, mut dl, mut dt) = (vec![], vec![], vec![]);
-        decode_block(&bytes, positions, k, vocab, q, &mut di, &mut dl, &mut dt).unwrap();
+        let mut out = SparseBlock::default();
+        decode_block(&bytes, positions, k, vocab, q, &mut out).unwrap();
+        let SparseBlock { ids: di, logprobs: dl, tails: dt } = out;
         prop_assert_eq!(&dt, &tails);
         for p in 0..positions {
             let mut exact: Vec<(u32, f32)> =
@@ -249,7 +251,8 @@ fn corrupt_truncated_and_unfinished_files_are_refused_by_name() {
     file.read_block(21, &mut block).unwrap();
     drop(file);
 
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>, &str); 5] = [
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Damage, &str); 5] = [
         ("truncated", Box::new(|b: &mut Vec<u8>| b.truncate(b.len() / 2)), "truncated"),
         ("header", Box::new(|b: &mut Vec<u8>| b[30] ^= 1), "header"),
         ("magic", Box::new(|b: &mut Vec<u8>| b[0] = b'X'), "not a teacher-logits file"),
@@ -292,7 +295,7 @@ fn shards_merge_by_position_and_missing_duplicated_or_foreign_shards_are_named()
     // Three shards read as the one file: block for block the same.
     let merged = TeacherLogits::open(&dir).unwrap();
     let one = TeacherLogitsFile::open(&whole).unwrap();
-    assert_eq!(merged.num_blocks(), 40);
+    assert_eq!(merged.total_blocks(), 40);
     let (mut a, mut b) = (SparseBlock::default(), SparseBlock::default());
     for i in 0..40 {
         merged.read_block(i, &mut a).unwrap();

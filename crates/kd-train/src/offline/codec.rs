@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use super::file::SparseBlock;
+
 /// How log-probabilities are quantised.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quantizer {
@@ -249,8 +251,9 @@ pub fn encode_block(
     out
 }
 
-/// Decodes one block written by [`encode_block`] into `ids` / `logprobs` (`[positions, k]`,
-/// ascending ids per position, log-probabilities with `Σ_k exp = 1 − tail`) and `tails`.
+/// Decodes one block written by [`encode_block`] into `out`: ids and log-probabilities
+/// (`[positions, k]`, ascending ids per position, log-probabilities with `Σ_k exp = 1 − tail`)
+/// and tails.
 ///
 /// # Errors
 /// [`DecodeError`] when the bytes end early, an id reaches `vocab`, or a width is out of range.
@@ -260,10 +263,9 @@ pub fn decode_block(
     k: usize,
     vocab: usize,
     q: Quantizer,
-    ids: &mut Vec<u32>,
-    logprobs: &mut Vec<f32>,
-    tails: &mut Vec<f32>,
+    out: &mut SparseBlock,
 ) -> Result<(), DecodeError> {
+    let SparseBlock { ids, logprobs, tails } = out;
     let head = positions * 4;
     if bytes.len() < head {
         return Err(DecodeError(format!(
@@ -347,9 +349,9 @@ mod tests {
         let lps: Vec<f32> = (0..k).map(|i| -(i as f32) / 10.0).collect();
         let q = Quantizer::default();
         let bytes = encode_block(&ids, &lps, &[0.25], k, q);
-        let (mut i, mut l, mut t) = (vec![], vec![], vec![]);
-        decode_block(&bytes, 1, k, 5001, q, &mut i, &mut l, &mut t).unwrap();
-        assert_eq!(i, ids);
+        let mut out = SparseBlock::default();
+        decode_block(&bytes, 1, k, 5001, q, &mut out).unwrap();
+        assert_eq!(out.ids, ids);
         let mut w = BitWriter::default();
         for v in [0u32, 63, 64, 65, 127, 128, 1000, 70_000] {
             w.rice(v, 0);
@@ -365,14 +367,11 @@ mod tests {
     fn truncated_streams_are_errors_not_panics() {
         let lp = [-0.5f32, -1.5, -3.0];
         let bytes = encode_block(&[7, 2, 9], &lp, &[0.1], 3, Quantizer::default());
-        let (mut i, mut l, mut t) = (vec![], vec![], vec![]);
+        let mut out = SparseBlock::default();
         for cut in 0..bytes.len() {
-            let res =
-                decode_block(&bytes[..cut], 1, 3, 10, Quantizer::default(), &mut i, &mut l, &mut t);
+            let res = decode_block(&bytes[..cut], 1, 3, 10, Quantizer::default(), &mut out);
             assert!(res.is_err(), "a block cut at {cut} of {} bytes decoded", bytes.len());
         }
-        assert!(
-            decode_block(&bytes, 1, 3, 9, Quantizer::default(), &mut i, &mut l, &mut t).is_err()
-        );
+        assert!(decode_block(&bytes, 1, 3, 9, Quantizer::default(), &mut out).is_err());
     }
 }

@@ -430,7 +430,7 @@ impl TeacherLogitsFile {
         }
         let u64_at = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"));
         let (index_at, count) = (u64_at(len - FOOTER) as usize, u64_at(len - 16) as usize);
-        let index_end = index_at.checked_add(count.saturating_mul(16)).unwrap_or(usize::MAX);
+        let index_end = index_at.saturating_add(count.saturating_mul(16));
         if index_at < first || index_end.checked_add(4) != Some(len - FOOTER) {
             return Err(corrupt(path, "the footer's index position does not fit the file"));
         }
@@ -548,16 +548,7 @@ fn decode(
     payload: &[u8],
     out: &mut SparseBlock,
 ) -> std::result::Result<(), codec::DecodeError> {
-    codec::decode_block(
-        payload,
-        h.dataset.seq_len,
-        h.k,
-        h.vocab_size,
-        h.quantizer(),
-        &mut out.ids,
-        &mut out.logprobs,
-        &mut out.tails,
-    )
+    codec::decode_block(payload, h.dataset.seq_len, h.k, h.vocab_size, h.quantizer(), out)
 }
 
 /// Reads a teacher-logits file front to back from any reader (a pipe, a file larger than
@@ -724,7 +715,7 @@ impl TeacherLogits {
     }
 
     /// Blocks over all shards.
-    pub fn num_blocks(&self) -> usize {
+    pub fn total_blocks(&self) -> usize {
         self.header.dataset.blocks
     }
 
@@ -751,7 +742,7 @@ impl TeacherLogits {
         let (f, local) = self.locate(block).ok_or_else(|| {
             corrupt(
                 &self.files[0].path,
-                format!("no block {block}: the files hold {} blocks", self.num_blocks()),
+                format!("no block {block}: the files hold {} blocks", self.total_blocks()),
             )
         })?;
         f.read_block(local, out)
