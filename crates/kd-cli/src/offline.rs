@@ -21,9 +21,12 @@ use crate::run::{load_data, load_model_as, load_tokenizer};
 /// those `kd distill --config` trains on.
 #[derive(Debug, Args)]
 pub struct PrecomputeArgs {
-    /// TOML run config whose [teacher] and [data] (tokenizer, train, seq_len, format, split)
-    /// define the blocks.
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "TOML run config whose [teacher] and [data] (tokenizer, train, seq_len, format, \
+                split) define the blocks"
+    )]
     config: Option<PathBuf>,
     /// Override any config key, e.g. --set data.seq_len=128 (repeatable; TOML values).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -64,8 +67,11 @@ pub struct PrecomputeArgs {
     /// Output directory (the shard is written as DIR/shard-I-of-N.kdtl).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// The teacher's device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N].
-    #[arg(long, value_name = "D")]
+    #[arg(
+        long,
+        value_name = "D",
+        help = "The teacher's device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N]"
+    )]
     device: Option<String>,
     /// The teacher's precision: f32, bf16 or f16.
     #[arg(long, value_name = "P")]

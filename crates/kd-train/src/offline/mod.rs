@@ -10,7 +10,7 @@
 //!   [`TeacherLogits::check_matches`] has checked every training block's tokens against the
 //!   file's, so nothing is trained on distributions of other tokens.
 //!
-//! The byte layout is in [`file`], the per-position encoding in [`codec`]; `docs/offline.md`
+//! The byte layout is in [`mod@file`], the per-position encoding in [`codec`]; `docs/offline.md`
 //! has the specification and the measured size, error and throughput.
 
 pub mod codec;
