@@ -51,7 +51,7 @@ pub struct PrecomputeArgs {
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     temperature: f64,
     /// Log-probability quantisation step in nats.
-    #[arg(long, value_name = "NATS", default_value_t = 1.0 / 16.0)]
+    #[arg(long, value_name = "NATS", default_value_t = 0.1)]
     logprob_step: f32,
     /// Largest log-probability code in bits (entries more than (2^bits − 1)·step nats below a
     /// position's most likely token are stored at that floor).

@@ -110,7 +110,7 @@ fn header(rows: &Rows, blocks: usize) -> Header {
         vocab_size: rows.vocab,
         k: rows.k,
         temperature: 1.0,
-        logprob_step: 1.0 / 16.0,
+        logprob_step: kd_train::offline::Quantizer::default().step,
         logprob_bits: 8,
         tokenizer: "sha256:bench".into(),
         teacher: TeacherIdentity { name: "bench".into(), fingerprint: "sha256:bench".into() },
