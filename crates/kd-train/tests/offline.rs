@@ -448,3 +448,24 @@ fn training_from_the_file_matches_the_online_top_k_teacher_and_resumes_exactly()
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn a_teacher_with_non_finite_outputs_writes_nothing() {
+    let dev = Device::flex();
+    let teacher = seeded(3, 16, 2, &dev);
+    let mut values = param_values(&teacher);
+    for v in values.values_mut() {
+        let n = v.num_elements();
+        *v = burn::tensor::TensorData::new(vec![f32::NAN; n], v.shape().to_vec());
+    }
+    let teacher = kd_train::params::load_param_values(teacher, &values).unwrap();
+    let dir = tmp("nan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(Shard::WHOLE.file_name());
+    let config = PrecomputeConfig { k: 4, ..Default::default() };
+    let e = precompute_teacher(&teacher, &dev, &data(0), &identity(), &config, &path, |_, _| {})
+        .unwrap_err();
+    assert!(reason(e).contains("not finite"));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "a partial file stayed behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}

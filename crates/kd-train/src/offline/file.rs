@@ -282,6 +282,11 @@ impl TeacherLogitsWriter {
         &self.header
     }
 
+    /// Where the file is written until [`TeacherLogitsWriter::finish`] renames it.
+    pub fn partial_path(&self) -> &Path {
+        &self.partial
+    }
+
     /// Appends the next block: its input ids (for the index hash) and its `[seq_len, k]`
     /// top-k ids and log-probabilities with one tail mass per position.
     ///

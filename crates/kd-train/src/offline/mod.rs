@@ -151,7 +151,30 @@ pub fn precompute_teacher<T: LanguageModel>(
         created_by: format!("kd-train {}", env!("CARGO_PKG_VERSION")),
     };
     let start = Instant::now();
-    let mut writer = TeacherLogitsWriter::create(out, header)?;
+    let writer = TeacherLogitsWriter::create(out, header)?;
+    let partial = writer.partial_path().to_path_buf();
+    let written = write_shard(teacher, device, data, config, k, range, writer, &mut progress);
+    if written.is_err() {
+        // Nothing half-written stays behind.
+        let _ = std::fs::remove_file(&partial);
+    }
+    let (blocks, positions, bytes) = written?;
+    Ok(PrecomputeReport { blocks, positions, bytes, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// The teacher passes and records of [`precompute_teacher`]: blocks, positions and bytes.
+#[allow(clippy::too_many_arguments)]
+fn write_shard<T: LanguageModel>(
+    teacher: &T,
+    device: &Device,
+    data: &TokenDataset,
+    config: &PrecomputeConfig,
+    k: usize,
+    range: std::ops::Range<usize>,
+    mut writer: TeacherLogitsWriter,
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<(usize, u64, u64)> {
+    let seq_len = data.seq_len();
     let blocks: Vec<usize> = range.collect();
     let mut done = 0;
     for chunk in blocks.chunks(config.batch_size) {
@@ -163,6 +186,15 @@ pub fn precompute_teacher<T: LanguageModel>(
                 &ids[j * per_block..(j + 1) * per_block],
                 &lps[j * per_block..(j + 1) * per_block],
             );
+            if lps.iter().any(|v| v.is_nan() || *v > 0.0) {
+                return Err(TrainError::TeacherLogits {
+                    path: writer.partial_path().to_path_buf(),
+                    reason: format!(
+                        "the teacher's log-probabilities of block {b} are not finite \
+                         (NaN or overflow in its forward pass): nothing written"
+                    ),
+                });
+            }
             let tails: Vec<f32> = lps
                 .chunks_exact(k)
                 .map(|row| {
@@ -176,12 +208,7 @@ pub fn precompute_teacher<T: LanguageModel>(
         progress(done, blocks.len());
     }
     let (positions, bytes) = writer.finish()?;
-    Ok(PrecomputeReport {
-        blocks: blocks.len(),
-        positions,
-        bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok((blocks.len(), positions, bytes))
 }
 
 /// The teacher's top-`k` ids and log-probabilities of `softmax(z / T)` for every position of
