@@ -4,37 +4,9 @@
 
 use std::path::Path;
 
-use common::{
-    assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_model, tinystories,
-};
+use common::{assert_input_error, kd_raw as kd, metrics, scratch, stderr, tiny_run_config};
 
 mod common;
-
-fn config(dir: &Path) -> String {
-    let text = format!(
-        r#"{student}
-[data]
-tokenizer = "{tok}"
-train = "{train}"
-seq_len = 32
-eval_fraction = 0.05
-
-[train]
-steps = 2
-batch_size = 2
-eval_every = 0
-eval_batches = 1
-checkpoint_every = 0
-log_every = 1
-"#,
-        student = tiny_model("student", 64),
-        tok = assets().display(),
-        train = tinystories().display(),
-    );
-    let p = dir.join("run.toml");
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
 
 /// Trains a tiny model for `steps` and returns its Hugging Face directory.
 fn model(dir: &Path, name: &str, cfg: &str, steps: &str) -> String {
@@ -61,7 +33,7 @@ fn steps(out: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn delta_kd_runs_with_base_models_and_refuses_without_them() {
     let dir = scratch("delta-kd");
-    let cfg = config(&dir);
+    let cfg = tiny_run_config(&dir, 2, 0);
     let base = model(&dir, "base", &cfg, "1");
     let teacher = model(&dir, "teacher", &cfg, "3");
     let out = dir.join("student");
@@ -114,7 +86,7 @@ fn delta_kd_runs_with_base_models_and_refuses_without_them() {
 #[test]
 fn dkd_warmup_ramps_the_kd_factor_in_the_metrics() {
     let dir = scratch("dkd-warmup");
-    let cfg = config(&dir);
+    let cfg = tiny_run_config(&dir, 2, 0);
     let teacher = model(&dir, "teacher", &cfg, "1");
     let out = dir.join("student");
     let r = kd(&[

@@ -6,41 +6,16 @@
 use std::path::Path;
 
 use common::{
-    assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_model, tinystories,
+    assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_run_config,
+    tinystories,
 };
 
 mod common;
 
-fn config(dir: &Path) -> String {
-    let text = format!(
-        r#"{student}
-[data]
-tokenizer = "{tok}"
-train = "{train}"
-seq_len = 32
-eval_fraction = 0.05
-
-[train]
-steps = 4
-batch_size = 2
-eval_every = 0
-eval_batches = 1
-checkpoint_every = 2
-log_every = 1
-"#,
-        student = tiny_model("student", 64),
-        tok = assets().display(),
-        train = tinystories().display(),
-    );
-    let p = dir.join("run.toml");
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
     let dir = scratch("offline");
-    let cfg = config(&dir);
+    let cfg = tiny_run_config(&dir, 4, 2);
     // A teacher: the tiny model after 3 steps.
     let t_out = dir.join("teacher");
     let r = kd(&[
@@ -152,7 +127,7 @@ fn teacher(dir: &Path, cfg: &str, name: &str, seed: &str) -> String {
 #[test]
 fn several_teachers_online_stored_and_routed_by_a_data_key() {
     let dir = scratch("ensemble");
-    let cfg = config(&dir);
+    let cfg = tiny_run_config(&dir, 4, 2);
     let (a, b) = (teacher(&dir, &cfg, "a", "1"), teacher(&dir, &cfg, "b", "2"));
     let with_section = |name: &str, section: &str, data: Option<&Path>| {
         let mut text = std::fs::read_to_string(&cfg).unwrap();

@@ -72,3 +72,32 @@ pub fn assert_input_error(out: &Output, needles: &[&str]) {
     }
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
+
+/// Writes `dir/run.toml`: a [`tiny_model`] student (64 positions) on the TinyStories slice in
+/// blocks of 32 tokens (5 % held out), `steps` steps of batch 2, no evaluation, a checkpoint
+/// every `checkpoint_every` steps (`0`: none); returns its path.
+pub fn tiny_run_config(dir: &Path, steps: u64, checkpoint_every: u64) -> String {
+    let text = format!(
+        r#"{student}
+[data]
+tokenizer = "{tok}"
+train = "{train}"
+seq_len = 32
+eval_fraction = 0.05
+
+[train]
+steps = {steps}
+batch_size = 2
+eval_every = 0
+eval_batches = 1
+checkpoint_every = {checkpoint_every}
+log_every = 1
+"#,
+        student = tiny_model("student", 64),
+        tok = assets().display(),
+        train = tinystories().display(),
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
