@@ -17,32 +17,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KD = os.environ.get("KD_BIN", os.path.join(ROOT, "target", "release", "kd"))
+from kdrun import ROOT, records, run
+
 CONFIG = "crates/kd-cli/configs/distill_tinystories.toml"
 TEACHER_CONFIG = "crates/kd-cli/configs/train_tinystories.toml"
 COMMON = ["--set", "train.eval_every=0", "--set", "train.checkpoint_every=0",
           "--set", "train.log_every=50", "--quiet", "--loss", "forward_kl"]
 
 
-def run(args):
-    r = subprocess.run([KD] + args, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"kd {' '.join(args)} failed:\n{r.stderr}")
-    return r.stdout
-
-
 def final_ppl(out):
-    evals = []
-    with open(os.path.join(ROOT, out, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "eval":
-                evals.append(rec)
-    return evals[-1]["perplexity"]
+    return records(out)[1][-1]["perplexity"]
 
 
 def main():

@@ -24,33 +24,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KD = os.environ.get("KD_BIN", os.path.join(ROOT, "target", "release", "kd"))
+from kdrun import ROOT, records, run
+
 CONFIG = "crates/kd-cli/configs/distill_tinystories.toml"
 TEACHER_CONFIG = "crates/kd-cli/configs/train_tinystories.toml"
 COMMON = ["--set", "train.eval_every=0", "--set", "train.checkpoint_every=0",
           "--set", "train.log_every=50", "--quiet"]
 
 
-def run(args):
-    r = subprocess.run([KD] + args, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"kd {' '.join(args)} failed:\n{r.stderr}")
-    return r.stdout
-
-
 def summary(out):
-    steps, evals = [], []
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "eval":
-                evals.append(rec)
-            elif "grad_norm" in rec:
-                steps.append(rec)
+    steps, evals = records(out)
     secs = [s["tokens"] / s["tokens_per_s"] for s in steps if s.get("tokens_per_s")]
     return statistics.median(secs), evals[-1]["perplexity"]
 
@@ -90,7 +75,7 @@ def main():
             out = os.path.join(a.out, name.replace(" ", "-").replace("(", "").replace(")", "") + f"-s{seed}")
             run(["distill", "--config", CONFIG, "--steps", str(a.steps), "--seed", str(seed),
                  "--out", out] + COMMON + extra)
-            per_seed.append(summary(os.path.join(ROOT, out)))
+            per_seed.append(summary(out))
             print(name, seed, per_seed[-1], file=sys.stderr)
         results.append({"row": name, "k": k, "offline": name.startswith("offline"),
                         "s_per_step": [s for s, _ in per_seed], "ppl": [p for _, p in per_seed]})
