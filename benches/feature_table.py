@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from kdrun import records
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = ["--set", "train.eval_rouge_prompts=300", "--set", "train.eval_every=0",
         "--set", "train.checkpoint_every=0"]
@@ -36,13 +38,7 @@ ROWS = {
 
 
 def final_eval(out):
-    evals = []
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "eval":
-                evals.append(rec)
-    return evals[-1]
+    return records(out)[1][-1]
 
 
 def last_train(out):

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from kdrun import records
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KD = os.environ.get("KD", os.path.join(ROOT, "target", "release", "kd"))
 CONFIG = "crates/kd-cli/configs/step_by_step.toml"
@@ -51,13 +53,7 @@ FRACTIONS = [1.0, 0.5, 0.25, 0.125]
 
 
 def final_eval(out):
-    evals = []
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "eval":
-                evals.append(rec)
-    return evals[-1]
+    return records(out)[1][-1]
 
 
 def params(out):
