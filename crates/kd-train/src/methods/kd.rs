@@ -580,28 +580,8 @@ fn stored_micro_batch<S: LanguageModel, T: LanguageModel>(
 ) -> Result<MicroBatchLoss> {
     let idx = cx.next_indices();
     let batch = cx.data.batch(&idx, cx.device);
-    blocks.resize_with(idx.len(), SparseBlock::default);
-    for (&i, out) in idx.iter().zip(blocks.iter_mut()) {
-        stored.read_block(i, out)?;
-    }
-    if !cx.extra_teacher_logits.is_empty() {
-        // Several stored teachers: each block's mixture at the probability level.
-        let teachers = 1 + cx.extra_teacher_logits.len();
-        let weights = cx.teacher_weights(teachers, idx.len())?;
-        let mut theirs = SparseBlock::default();
-        for (row, (&i, out)) in idx.iter().zip(blocks.iter_mut()).enumerate() {
-            let mut all = vec![std::mem::take(out)];
-            for extra in cx.extra_teacher_logits {
-                extra.read_block(i, &mut theirs)?;
-                all.push(theirs.clone());
-            }
-            let w: Vec<f32> = weights.iter().map(|per_row| per_row[row]).collect();
-            let refs: Vec<&SparseBlock> = all.iter().collect();
-            *out = crate::ensemble::average_sparse(&refs, &w, stored.header().k);
-        }
-    }
-    let refs: Vec<&SparseBlock> = blocks.iter().collect();
-    let (ids, lps) = offline::block_tensors(&refs, stored.header().k, k, cx.device);
+    cx.read_stored_blocks(&idx, blocks)?;
+    let (ids, lps) = offline::block_tensors(blocks, stored.header().k, k, cx.device);
     let s = cx.student.logits(batch.input_ids.clone());
     let loss = sparse_loss(loss, s, ids, lps, &batch, weights)?;
     Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics: Vec::new() })

@@ -60,7 +60,7 @@ use crate::data::{Batch, BatchOrder, IGNORE_INDEX, TokenBlock, TokenDataset};
 use crate::ensemble::TeacherEnsemble;
 use crate::error::{Result, TrainError};
 use crate::model::{LanguageModel, VocabAlignment, align_vocab};
-use crate::offline::TeacherLogits;
+use crate::offline::{SparseBlock, TeacherLogits};
 use crate::optim::AdamW;
 use crate::params::{GradAccumulator, load_param_values, param_values};
 pub use crate::rollout::SpecialTokens;
@@ -179,6 +179,38 @@ impl<'a, S, T> StepContext<'a, S, T> {
     pub fn next_batch(&mut self) -> Batch {
         let idx = self.next_indices();
         self.data.batch(&idx, self.device)
+    }
+
+    /// The stored teacher distributions of blocks `idx` into `blocks` (one per block): those of
+    /// [`StepContext::teacher_logits`], or, with
+    /// [`StepContext::extra_teacher_logits`], the mixture of all stored teachers under the
+    /// ensemble's weights or routing ([`crate::ensemble::average_sparse`]).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when the run has no stored teacher, or a routing error;
+    /// [`TrainError::TeacherLogits`] for a corrupt record.
+    pub fn read_stored_blocks(&self, idx: &[usize], blocks: &mut Vec<SparseBlock>) -> Result<()> {
+        let stored = self
+            .teacher_logits
+            .ok_or_else(|| TrainError::config("teacher_logits", "stored teacher logits", "none"))?;
+        blocks.resize_with(idx.len(), SparseBlock::default);
+        for (&i, out) in idx.iter().zip(blocks.iter_mut()) {
+            stored.read_block(i, out)?;
+        }
+        if self.extra_teacher_logits.is_empty() {
+            return Ok(());
+        }
+        let weights = self.teacher_weights(1 + self.extra_teacher_logits.len(), idx.len())?;
+        let mut theirs = vec![SparseBlock::default(); self.extra_teacher_logits.len()];
+        for (row, (&i, out)) in idx.iter().zip(blocks.iter_mut()).enumerate() {
+            for (extra, block) in self.extra_teacher_logits.iter().zip(theirs.iter_mut()) {
+                extra.read_block(i, block)?;
+            }
+            let w: Vec<f32> = weights.iter().map(|per_row| per_row[row]).collect();
+            let all: Vec<&SparseBlock> = std::iter::once(&*out).chain(theirs.iter()).collect();
+            *out = crate::ensemble::average_sparse(&all, &w, stored.header().k);
+        }
+        Ok(())
     }
 
     /// The plain (no-autodiff) device.

@@ -190,6 +190,14 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> TrainError {
     TrainError::TeacherLogits { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// Checks a record's payload against its stored CRC-32 (`block` names it in the error).
+fn check_record(path: &Path, block: usize, payload: &[u8], crc: u32) -> Result<()> {
+    if crc32fast::hash(payload) == crc {
+        return Ok(());
+    }
+    Err(corrupt(path, format!("block {block}: checksum mismatch (the record is corrupt)")))
+}
+
 fn sha256_of_ids(hasher: &mut Sha256, ids: &[u32]) {
     for id in ids {
         hasher.update(id.to_le_bytes());
@@ -503,17 +511,10 @@ impl TeacherLogitsFile {
     /// # Errors
     /// [`TrainError::TeacherLogits`] naming the file and the first corrupt block.
     pub fn verify_records(&self) -> Result<()> {
-        for i in 0..self.index.len() {
+        (0..self.index.len()).try_for_each(|i| {
             let (payload, crc) = self.record(i);
-            if crc32fast::hash(payload) != crc {
-                let global = self.header.dataset.first_block + i;
-                return Err(corrupt(
-                    &self.path,
-                    format!("block {global}: checksum mismatch (the record is corrupt)"),
-                ));
-            }
-        }
-        Ok(())
+            check_record(&self.path, self.header.dataset.first_block + i, payload, crc)
+        })
     }
 
     /// Local record `i`'s payload and stored checksum (bounds checked when the file opened).
@@ -537,12 +538,7 @@ impl TeacherLogitsFile {
             ));
         }
         let (payload, crc) = self.record(i);
-        if crc32fast::hash(payload) != crc {
-            return Err(corrupt(
-                &self.path,
-                format!("block {global}: checksum mismatch (the record is corrupt)"),
-            ));
-        }
+        check_record(&self.path, global, payload, crc)?;
         decode(&self.header, payload, out)
             .map_err(|e| corrupt(&self.path, format!("block {global}: {e}")))
     }
@@ -574,7 +570,6 @@ impl<R: Read> TeacherLogitsStream<R> {
     /// # Errors
     /// [`TrainError::TeacherLogits`] for a bad header; [`TrainError::Io`].
     pub fn new(name: &Path, mut reader: R) -> Result<Self> {
-        let io = |e| TrainError::io(name, e);
         let mut head = vec![0u8; 16];
         reader.read_exact(&mut head).map_err(|_| corrupt(name, "truncated inside its header"))?;
         if &head[..8] != MAGIC {
@@ -592,7 +587,6 @@ impl<R: Read> TeacherLogitsStream<R> {
             .read_exact(&mut head[16..])
             .map_err(|_| corrupt(name, "truncated inside its header"))?;
         let (header, _) = parse_header(name, &head)?;
-        let _ = io;
         Ok(Self { name: name.to_path_buf(), reader, header, next: 0, buf: Vec::new() })
     }
 
@@ -620,12 +614,7 @@ impl<R: Read> TeacherLogitsStream<R> {
         self.buf.resize(len + 4, 0);
         self.reader.read_exact(&mut self.buf).map_err(cut)?;
         let crc = u32::from_le_bytes(self.buf[len..].try_into().expect("4 bytes"));
-        if crc32fast::hash(&self.buf[..len]) != crc {
-            return Err(corrupt(
-                &self.name,
-                format!("block {global}: checksum mismatch (the record is corrupt)"),
-            ));
-        }
+        check_record(&self.name, global, &self.buf[..len], crc)?;
         decode(&self.header, &self.buf[..len], out)
             .map_err(|e| corrupt(&self.name, format!("block {global}: {e}")))?;
         self.next += 1;

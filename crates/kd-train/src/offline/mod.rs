@@ -153,7 +153,7 @@ pub fn precompute_teacher<T: LanguageModel>(
     let start = Instant::now();
     let writer = TeacherLogitsWriter::create(out, header)?;
     let partial = writer.partial_path().to_path_buf();
-    let written = write_shard(teacher, device, data, config, k, range, writer, &mut progress);
+    let written = write_shard(teacher, device, data, config, writer, &mut progress);
     if written.is_err() {
         // Nothing half-written stays behind.
         let _ = std::fs::remove_file(&partial);
@@ -162,20 +162,19 @@ pub fn precompute_teacher<T: LanguageModel>(
     Ok(PrecomputeReport { blocks, positions, bytes, seconds: start.elapsed().as_secs_f64() })
 }
 
-/// The teacher passes and records of [`precompute_teacher`]: blocks, positions and bytes.
-#[allow(clippy::too_many_arguments)]
+/// The teacher passes and records of [`precompute_teacher`] (the blocks and `k` of the
+/// writer's header): blocks, positions and bytes.
 fn write_shard<T: LanguageModel>(
     teacher: &T,
     device: &Device,
     data: &TokenDataset,
     config: &PrecomputeConfig,
-    k: usize,
-    range: std::ops::Range<usize>,
     mut writer: TeacherLogitsWriter,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<(usize, u64, u64)> {
-    let seq_len = data.seq_len();
-    let blocks: Vec<usize> = range.collect();
+    let (seq_len, k) = (data.seq_len(), writer.header().k);
+    let d = &writer.header().dataset;
+    let blocks: Vec<usize> = (d.first_block..d.first_block + d.num_blocks).collect();
     let mut done = 0;
     for chunk in blocks.chunks(config.batch_size) {
         let batch = data.batch(chunk, device);
@@ -235,7 +234,7 @@ fn top_k_of<T: LanguageModel>(
 /// Keeps the `k` most likely of each row's entries (`[rows, k_file]` → `[rows, k]`), the
 /// tensors a top-k loss takes: ids `[rows, k]` and log-probabilities `[rows, k]`.
 pub fn block_tensors(
-    blocks: &[&SparseBlock],
+    blocks: &[SparseBlock],
     k_file: usize,
     k: usize,
     device: &Device,
