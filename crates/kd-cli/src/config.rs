@@ -137,6 +137,16 @@ impl ConfigBuilder {
         Ok(Self { table, source: Some((p.to_path_buf(), text)) })
     }
 
+    /// Applies `--set KEY=VALUE` arguments in order ([`ConfigBuilder::set`]).
+    pub fn set_all(&mut self, assignments: &[String]) -> Result<()> {
+        for kv in assignments {
+            let (k, v) =
+                kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            self.set(k.trim(), v.trim())?;
+        }
+        Ok(())
+    }
+
     /// Sets `dotted.key` to `value`, a TOML value (`3e-4`, `true`, `"text"`, `{loss = "js"}`);
     /// text that does not parse as TOML is taken as a string.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {

@@ -9,7 +9,6 @@ use kd_models::CausalLm;
 use kd_train::Trainer;
 use kd_train::data::TokenDataset;
 use kd_train::ensemble::{Averaging, TeacherEnsemble};
-use kd_train::offline::TeacherLogits;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelSource, RunConfig};
@@ -105,17 +104,7 @@ pub fn apply(
     if !e.teacher_logits.is_empty() {
         let mut extra = Vec::new();
         for dir in &e.teacher_logits {
-            let stored = TeacherLogits::open(dir)?;
-            if let Some(tok) = &config.data.tokenizer {
-                let ours = crate::offline::tokenizer_fingerprint(tok)?;
-                if ours != stored.header().tokenizer {
-                    bail!(
-                        "teacher logits {}: written with another tokenizer than data.tokenizer {}",
-                        dir.display(),
-                        tok.display()
-                    );
-                }
-            }
+            let stored = crate::offline::open_checked(config, dir)?;
             extra.push(stored);
         }
         log::info!("ensemble: {} more stored teacher(s)", extra.len());

@@ -491,11 +491,7 @@ fn run_config(o: &RunArgs) -> Result<ConfigBuilder> {
         t.insert("name".into(), toml::Value::String(method.clone()));
         b.set_value("method", toml::Value::Table(t))?;
     }
-    for kv in &o.set {
-        let (k, v) =
-            kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
-        b.set(k.trim(), v.trim())?;
-    }
+    b.set_all(&o.set)?;
     let strings = [
         (&o.student, "student.pretrained"),
         (&o.teacher, "teacher.pretrained"),

@@ -109,11 +109,7 @@ fn teacher_identity(dir: &Path, model_type: &str, params: usize) -> Result<Teach
 /// The run config of `kd precompute-teacher`'s flags.
 fn precompute_config(o: &PrecomputeArgs) -> Result<RunConfig> {
     let mut b = ConfigBuilder::from_file(o.config.as_deref())?;
-    for kv in &o.set {
-        let (k, v) =
-            kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
-        b.set(k.trim(), v.trim())?;
-    }
+    b.set_all(&o.set)?;
     for (flag, key) in [
         (&o.teacher, "teacher.pretrained"),
         (&o.data, "data.train"),
@@ -207,6 +203,24 @@ pub fn cmd_precompute(o: &PrecomputeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Opens stored teacher logits (`dir`: shards or one file) and checks they were written with
+/// the run's `data.tokenizer`.
+pub fn open_checked(config: &RunConfig, dir: &Path) -> Result<TeacherLogits> {
+    let stored = TeacherLogits::open(dir)?;
+    if let Some(tok) = &config.data.tokenizer {
+        let (ours, theirs) = (tokenizer_fingerprint(tok)?, &stored.header().tokenizer);
+        if &ours != theirs {
+            bail!(
+                "teacher logits {}: written with another tokenizer than data.tokenizer {} \
+                 ({theirs} vs {ours})",
+                dir.display(),
+                tok.display(),
+            );
+        }
+    }
+    Ok(stored)
+}
+
 /// The stored teacher of a run (`data.teacher_logits`), opened and checked against the run's
 /// tokenizer; `method` becomes `kd` with `teacher_top_k` at the file's `k` unless it sets its
 /// own. `None` when the run has none.
@@ -221,21 +235,8 @@ pub fn open_for_run(
             method.name()
         );
     };
-    let stored = TeacherLogits::open(dir)?;
+    let stored = open_checked(config, dir)?;
     let h = stored.header();
-    if let Some(tok) = &config.data.tokenizer {
-        let ours = tokenizer_fingerprint(tok)?;
-        if ours != h.tokenizer {
-            bail!(
-                "teacher logits {}: written with another tokenizer than data.tokenizer {} \
-                 ({} vs {})",
-                dir.display(),
-                tok.display(),
-                h.tokenizer,
-                ours
-            );
-        }
-    }
     if kd.teacher_top_k.is_none() {
         if kd.divergence != kd_train::methods::kd::KdConfig::default().divergence {
             bail!(

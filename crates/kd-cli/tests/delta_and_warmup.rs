@@ -4,26 +4,11 @@
 
 use std::path::Path;
 
-use common::{assert_input_error, kd_raw as kd, metrics, scratch, stderr, tiny_run_config};
+use common::{
+    assert_input_error, kd_raw as kd, metrics, scratch, stderr, tiny_run_config, train_model,
+};
 
 mod common;
-
-/// Trains a tiny model for `steps` and returns its Hugging Face directory.
-fn model(dir: &Path, name: &str, cfg: &str, steps: &str) -> String {
-    let out = dir.join(name);
-    let r = kd(&[
-        "train",
-        "--config",
-        cfg,
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        steps,
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    out.join("model").to_str().unwrap().to_string()
-}
 
 /// The step records of a run's metrics (not its evaluations).
 fn steps(out: &Path) -> Vec<serde_json::Value> {
@@ -34,8 +19,8 @@ fn steps(out: &Path) -> Vec<serde_json::Value> {
 fn delta_kd_runs_with_base_models_and_refuses_without_them() {
     let dir = scratch("delta-kd");
     let cfg = tiny_run_config(&dir, 2, 0);
-    let base = model(&dir, "base", &cfg, "1");
-    let teacher = model(&dir, "teacher", &cfg, "3");
+    let base = train_model(&dir, "base", &cfg, &["--steps", "1"]);
+    let teacher = train_model(&dir, "teacher", &cfg, &["--steps", "3"]);
     let out = dir.join("student");
     let out = out.to_str().unwrap();
     let distill = |extra: &[&str]| {
@@ -87,7 +72,7 @@ fn delta_kd_runs_with_base_models_and_refuses_without_them() {
 fn dkd_warmup_ramps_the_kd_factor_in_the_metrics() {
     let dir = scratch("dkd-warmup");
     let cfg = tiny_run_config(&dir, 2, 0);
-    let teacher = model(&dir, "teacher", &cfg, "1");
+    let teacher = train_model(&dir, "teacher", &cfg, &["--steps", "1"]);
     let out = dir.join("student");
     let r = kd(&[
         "distill",

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{
     assert_input_error, assets, kd_raw as kd, metrics, scratch, stderr, tiny_run_config,
-    tinystories,
+    tinystories, train_model,
 };
 
 mod common;
@@ -17,19 +17,7 @@ fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
     let dir = scratch("offline");
     let cfg = tiny_run_config(&dir, 4, 2);
     // A teacher: the tiny model after 3 steps.
-    let t_out = dir.join("teacher");
-    let r = kd(&[
-        "train",
-        "--config",
-        &cfg,
-        "--out",
-        t_out.to_str().unwrap(),
-        "--steps",
-        "3",
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    let teacher = t_out.join("model");
+    let teacher = train_model(&dir, "teacher", &cfg, &["--steps", "3"]);
     let logits = dir.join("logits");
     for shard in ["1/2", "0/2"] {
         let r = kd(&[
@@ -37,7 +25,7 @@ fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
             "--config",
             &cfg,
             "--teacher",
-            teacher.to_str().unwrap(),
+            &teacher,
             "--top-k",
             "16",
             "--shard",
@@ -105,30 +93,14 @@ fn precomputed_shards_train_a_student_and_bad_files_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Trains a tiny teacher for `steps` from `seed` and returns its model directory.
-fn teacher(dir: &Path, cfg: &str, name: &str, seed: &str) -> String {
-    let out = dir.join(name);
-    let r = kd(&[
-        "train",
-        "--config",
-        cfg,
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--seed",
-        seed,
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    out.join("model").to_str().unwrap().to_string()
-}
-
 #[test]
 fn several_teachers_online_stored_and_routed_by_a_data_key() {
     let dir = scratch("ensemble");
     let cfg = tiny_run_config(&dir, 4, 2);
-    let (a, b) = (teacher(&dir, &cfg, "a", "1"), teacher(&dir, &cfg, "b", "2"));
+    let (a, b) = (
+        train_model(&dir, "a", &cfg, &["--steps", "2", "--seed", "1"]),
+        train_model(&dir, "b", &cfg, &["--steps", "2", "--seed", "2"]),
+    );
     let with_section = |name: &str, section: &str, data: Option<&Path>| {
         let mut text = std::fs::read_to_string(&cfg).unwrap();
         if let Some(d) = data {

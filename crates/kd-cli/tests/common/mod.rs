@@ -101,3 +101,14 @@ log_every = 1
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
 }
+
+/// Trains a model with `kd train --config cfg` (plus `extra` flags, e.g. `--steps 2`) into
+/// `dir/name` and returns its Hugging Face directory `dir/name/model`.
+pub fn train_model(dir: &Path, name: &str, cfg: &str, extra: &[&str]) -> String {
+    let out = dir.join(name);
+    let mut args = vec!["train", "--config", cfg, "--out", out.to_str().unwrap(), "--quiet"];
+    args.extend_from_slice(extra);
+    let r = kd_raw(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    out.join("model").to_str().unwrap().to_string()
+}
