@@ -7,10 +7,15 @@
 //! - [`Trainer`]: the loop every method shares (optimizer, schedule, accumulation, clipping,
 //!   evaluation, checkpoint/resume, metrics) around one [`Method`] chosen by
 //!   [`MethodConfig`]: [`methods`] `sft`, `kd` (any dense [`kd_losses`] divergence by name, TAID's
-//!   schedule, the hard-label mix, a top-k teacher), `seqkd`, `gkd` (on-policy) and `minillm`
-//!   (policy gradient with teacher-mixed sampling). The student trains on an autodiff device, the
-//!   teacher runs without a graph on the same device or its own
-//!   ([`Trainer::with_teacher_on`]: another GPU, or the CPU), in the same process.
+//!   schedule, the hard-label mix, a top-k teacher, DKD's warm-up, Delta-KD), `seqkd`, `gkd`
+//!   (on-policy), `minillm` (policy gradient with teacher-mixed sampling), `step_by_step`,
+//!   `cross_tokenizer` and `feature`. The student trains on an autodiff device, the teacher runs
+//!   without a graph on the same device or its own ([`Trainer::with_teacher_on`]: another GPU,
+//!   or the CPU), in the same process.
+//! - [`offline`]: a teacher's top-k distributions computed once ([`offline::precompute_teacher`],
+//!   sharded) into a compact checksummed file that students train from with no teacher loaded
+//!   ([`Trainer::with_teacher_logits`]); [`ensemble`]: several teachers, online or stored, at
+//!   the logit or probability level, with fixed weights or routing.
 //! - [`precision`]: `TrainConfig::dtype` trains in bf16 or f16 over `f32` master weights (f16 with
 //!   dynamic loss scaling) and serves the teacher in half precision; `chunked_head_rows` applies
 //!   the output heads chunk by chunk so the `[tokens, vocab]` logits are never formed.
