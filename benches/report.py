@@ -26,20 +26,28 @@ def main():
     for line in open(path):
         r = json.loads(line)
         table[(r["loss"], r["n"], r["v"])][r["path"]] = r
-    paths = ["fused", "composed", "torch_eager", "torch_compile", "floor"]
+    paths = ["fused", "fused_avx2", "fused_fresh", "composed", "torch_eager", "torch_compile",
+             "torch_compile_fresh", "floor"]
+    paths = [p for p in paths if any(p in row for row in table.values())]
+    # (name, numerator path, denominator path): each ratio compares like with like.
+    ratios = [("composed/fused", "composed", "fused"),
+              ("compile/fused", "torch_compile", "fused"),
+              ("compile_fresh/fused_fresh", "torch_compile_fresh", "fused_fresh"),
+              ("avx2/avx512", "fused_avx2", "fused"),
+              ("fused/floor", "fused", "floor")]
+    ratios = [r for r in ratios if r[1] in paths and r[2] in paths]
     print(f"CPU: {cpu_model()}")
-    print(f"{'loss':<5} {'N×V':>12} " + " ".join(f"{p:>14}" for p in paths) + "   composed/fused  compile/fused  fused/floor")
+    print(f"{'loss':<5} {'N×V':>12} " + " ".join(f"{p:>14}" for p in paths) + "  "
+          + " ".join(f"{r[0]:>14}" for r in ratios))
     for (loss, n, v), row in sorted(table.items()):
         cells = [f"{row[p]['median_ms']:>14.1f}" if p in row else f"{'-':>14}" for p in paths]
-        fused = row.get("fused", {}).get("median_ms")
-        def ratio(p, inverse=False):
-            if fused is None or p not in row:
-                return "-"
-            x = row[p]["median_ms"]
-            return f"{(fused / x if inverse else x / fused):.1f}×"
-        print(f"{loss:<5} {f'{n}×{v}':>12} " + " ".join(cells)
-              + f"   {ratio('composed'):>14} {ratio('torch_compile'):>14} {ratio('floor', True):>12}")
 
+        def ratio(num, den):
+            if num not in row or den not in row:
+                return "-"
+            return f"{row[num]['median_ms'] / row[den]['median_ms']:.1f}×"
+        print(f"{loss:<5} {f'{n}×{v}':>12} " + " ".join(cells) + "  "
+              + " ".join(f"{ratio(r[1], r[2]):>14}" for r in ratios))
 
 if __name__ == "__main__":
     main()

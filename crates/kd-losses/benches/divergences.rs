@@ -14,12 +14,18 @@
 //! the machine's
 //! memory-bandwidth floor for the shape: reading student and teacher and writing the gradient,
 //! `3·N·V·4` bytes, at the copy speed measured in the same run.
+//!
+//! Besides `fused` (the widest instruction set of the machine, [`kd_losses::fused::simd`]) it
+//! times `fused_fresh` (the pool emptied before every call, so the gradient buffer is mapped
+//! and page-faulted afresh each time, as PyTorch's is under glibc's defaults) and, on a machine
+//! with AVX-512, `fused_avx2` (the same kernels on their AVX2 path) in the same run.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use kd_losses::fused::simd::{self, Isa};
 use kd_losses::fused::{Path, with_path};
 use kd_losses::{
     Divergence, ForwardKlConfig, GeneralizedJsdConfig, KdBatch, Reduction, ReverseKlConfig,
@@ -56,8 +62,17 @@ struct Timing {
     peak_mb: f64,
 }
 
-fn time_call(loss: &dyn Divergence, s: &Tensor<2>, t: &Tensor<2>, runs: usize) -> Timing {
+fn time_call(
+    loss: &dyn Divergence,
+    s: &Tensor<2>,
+    t: &Tensor<2>,
+    runs: usize,
+    fresh: bool,
+) -> Timing {
     let call = || {
+        if fresh {
+            kd_losses::fused::release_buffers();
+        }
         let student = s.clone().require_grad();
         let out = loss.forward(KdBatch::new(student.clone(), t.clone()), Reduction::Mean).unwrap();
         let mut grads = out.loss.backward();
@@ -97,7 +112,11 @@ fn main() {
     });
     let threads = rayon::current_num_threads();
     let speed = copy_speed();
-    println!("flex f32, {threads} rayon threads, copy speed {:.1} GB/s", speed / 1e9);
+    println!(
+        "flex f32, {threads} rayon threads, copy speed {:.1} GB/s, kernels on {}",
+        speed / 1e9,
+        simd::detect().name()
+    );
     println!(
         "{:<6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
         "loss", "N×V", "fused ms", "min", "composed", "min", "speed-up", "floor ms"
@@ -113,14 +132,23 @@ fn main() {
             ("jsd", Box::new(GeneralizedJsdConfig::new().with_beta(0.5).init().unwrap())),
         ];
         for (name, loss) in &losses {
-            let fused = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused));
-            let composed = if skip_composed {
-                Timing { median_ms: f64::NAN, min_ms: f64::NAN, peak_mb: f64::NAN }
+            let none = || Timing { median_ms: f64::NAN, min_ms: f64::NAN, peak_mb: f64::NAN };
+            let fused = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused, false));
+            let fresh = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused, true));
+            let avx2 = if simd::detect() == Isa::Avx512 && simd::set_isa(Some(Isa::Avx2Fma)) {
+                let tm = with_path(Path::Auto, || time_call(&**loss, &s, &t, runs_fused, false));
+                simd::set_isa(None);
+                tm
             } else {
-                with_path(Path::Composed, || time_call(&**loss, &s, &t, runs_composed))
+                none()
+            };
+            let composed = if skip_composed {
+                none()
+            } else {
+                with_path(Path::Composed, || time_call(&**loss, &s, &t, runs_composed, false))
             };
             println!(
-                "{:<6} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8.1}× {:>10.1}   peak MB fused {:.0} / composed {:.0}",
+                "{:<6} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>8.1}× {:>10.1}   fresh {:.1}, avx2 {:.1}; peak MB fused {:.0} / composed {:.0}",
                 name,
                 format!("{n}×{v}"),
                 fused.median_ms,
@@ -129,11 +157,19 @@ fn main() {
                 composed.min_ms,
                 composed.median_ms / fused.median_ms,
                 floor_ms,
+                fresh.median_ms,
+                avx2.median_ms,
                 fused.peak_mb,
                 composed.peak_mb,
             );
             if let Some(f) = json.as_mut() {
-                for (path, tm) in [("fused", &fused), ("composed", &composed)] {
+                let paths = [
+                    ("fused", &fused),
+                    ("fused_fresh", &fresh),
+                    ("fused_avx2", &avx2),
+                    ("composed", &composed),
+                ];
+                for (path, tm) in paths {
                     if tm.median_ms.is_nan() {
                         continue;
                     }

@@ -121,7 +121,18 @@ impl RmsNorm {
 }
 
 /// Applies a feed-forward activation.
+///
+/// The tanh GELU and SiLU of `f32` flex tensors run as one fused pass forward and backward
+/// (`fused_act`); everything else runs burn's activations.
 pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    let fused = match act {
+        Activation::GeluTanh => Some(crate::fused_act::Act::GeluTanh),
+        Activation::Silu => Some(crate::fused_act::Act::Silu),
+        Activation::Gelu | Activation::Relu => None,
+    };
+    if let Some(y) = fused.and_then(|f| crate::fused_act::try_fused(f, &x)) {
+        return y;
+    }
     match act {
         Activation::GeluTanh => activation::gelu_approximate(x),
         Activation::Gelu => activation::gelu(x),

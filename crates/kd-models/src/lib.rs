@@ -84,6 +84,7 @@ pub mod arch;
 mod checks;
 pub mod config;
 pub mod error;
+mod fused_act;
 pub mod gpt2;
 mod hf_config;
 pub mod kv_cache;

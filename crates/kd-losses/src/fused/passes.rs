@@ -87,12 +87,34 @@ pub(super) fn maxima<V: Lanes>(
     (ms.hmax(), mt.hmax(), bad.sum() == 0.0)
 }
 
-/// What a pass needs to shift a row: `1/T`, both maxima and TAID's mixing weight.
-pub(super) struct Shift {
+/// What a pass needs to shift a row: `1/T`, both maxima and TAID's mixing weight; and the
+/// row the thread computes next, if any, whose student and teacher logits the summing passes
+/// prefetch ([`prefetch_line`]) while they compute, so that its memory reads overlap this
+/// row's arithmetic instead of following it.
+pub(super) struct Shift<'a> {
     pub(super) inv_t: f32,
     pub(super) ms: f32,
     pub(super) mt: f32,
     pub(super) mix: Option<f32>,
+    pub(super) next: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// Floats per cache line (64 bytes).
+const LINE: usize = 16;
+
+/// Asks for the cache line holding `x[0]` to be brought into L2 ahead of use (no effect where
+/// the target has no prefetch instruction). Never faults.
+#[inline(always)]
+pub(super) fn prefetch_line(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` (SSE, in every x86-64 target) only hints the cache; the address
+    // is inside a live slice.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T1>(x.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// One pass over a row: for every element, `f(a, b, g)` with the max-shifted scaled logits
@@ -152,6 +174,14 @@ pub(super) fn pass2<V: Lanes, const K: usize>(
         let mut acc = [V::splat(0.0); K];
         let mut i = start;
         while i < end {
+            if K > 0
+                && let Some((ns, nt)) = shift.next
+                && i % LINE == 0
+                && i < ns.len().min(nt.len())
+            {
+                prefetch_line(&ns[i..]);
+                prefetch_line(&nt[i..]);
+            }
             let (a, b) = shifted(V::load(&s[i..]), V::load(&t[i..]), inv_t, ms, mt, mix);
             let (terms, new_g, new_r) = f(a, b, load_opt(&g, i), load_opt(&r, i));
             for k in 0..K {
@@ -234,6 +264,27 @@ pub(super) fn max_scaled<V: Lanes>(s: &[f32], inv_t: f32) -> (f32, bool) {
     (m.hmax(), bad.sum() == 0.0)
 }
 
+/// Copies `src` into `dst` with [`Lanes::store_stream`] (from the first `4·N`-byte boundary
+/// of `dst`; the unaligned head and the tail are plain stores), then [`Lanes::fence`]. The
+/// destination's lines are never read from memory, which a plain store of a line that is not
+/// in cache does first.
+#[inline(always)]
+pub(super) fn stream_copy<V: Lanes>(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "stream copy lengths");
+    let align = 4 * V::N;
+    let head = (dst.as_ptr() as usize).wrapping_neg() % align / 4;
+    let head = head.min(dst.len());
+    dst[..head].copy_from_slice(&src[..head]);
+    let body = (dst.len() - head) / V::N * V::N;
+    let mut i = head;
+    while i < head + body {
+        V::load(&src[i..]).store_stream(&mut dst[i..]);
+        i += V::N;
+    }
+    dst[i..].copy_from_slice(&src[i..]);
+    V::fence();
+}
+
 /// `g ← g · f` over a row.
 #[inline(always)]
 pub(super) fn scale_row<V: Lanes>(g: &mut [f32], f: f32) {
@@ -250,7 +301,7 @@ pub(super) fn scale_row<V: Lanes>(g: &mut [f32], f: f32) {
 /// `Σ_v e^(z_v − m)` over a slice, `z = max(s, floor)/T`.
 #[inline(always)]
 pub(super) fn sum_exp<V: Lanes>(s: &[f32], inv_t: f32, m: f32) -> f64 {
-    let shift = Shift { inv_t, ms: m, mt: m, mix: None };
+    let shift = Shift { inv_t, ms: m, mt: m, mix: None, next: None };
     let [z] = pass::<V, 1>(
         s,
         s,

@@ -1,5 +1,6 @@
-//! Vectors of `f32` lanes for the row kernels: one small trait, a portable implementation and an
-//! AVX2+FMA one chosen at run time, and the vector `exp` and `ln` the kernels need.
+//! Vectors of `f32` lanes for the row kernels: one small trait, a portable implementation, an
+//! AVX2+FMA one (8 lanes) and an AVX-512 one (16 lanes), the widest the CPU has chosen at run
+//! time, and the vector `exp` and `ln` the kernels need.
 //!
 //! `exp` is the Cephes single-precision algorithm: `x = n·ln 2 + r` with a two-constant
 //! (Cody–Waite) split of `ln 2`, a degree-6 polynomial for `e^r` on `|r| ≤ ln 2 / 2`, and `2^n`
@@ -27,21 +28,85 @@ pub enum Isa {
     Portable,
     /// x86-64 with AVX2 and FMA, detected at run time (8 lanes of `__m256`).
     Avx2Fma,
+    /// x86-64 with AVX-512 F (16 lanes of `__m512`), detected at run time.
+    Avx512,
 }
 
-/// The best instruction set of this machine (cached after the first call).
+impl Isa {
+    /// Every instruction set, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512];
+
+    /// Whether this machine can run kernels compiled for `self` (checked at run time).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The name used by `KD_FUSED_ISA` and the benches: `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Every instruction set this machine supports, narrowest first (the kernel tests run each).
+pub fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+}
+
+/// The instruction set the kernels run on: the widest one this machine supports, unless
+/// [`set_isa`] or the environment variable `KD_FUSED_ISA` (`portable`, `avx2`, `avx512`; read
+/// once) asked for a narrower one. A request the machine cannot run is ignored.
 pub fn detect() -> Isa {
     use std::sync::OnceLock;
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx2Fma;
-            }
+    use std::sync::atomic::Ordering;
+    static DEFAULT: OnceLock<Isa> = OnceLock::new();
+    let chosen = OVERRIDE.load(Ordering::Relaxed);
+    if let Some(isa) = Isa::ALL.get(chosen as usize).filter(|isa| isa.is_supported()) {
+        return *isa;
+    }
+    *DEFAULT.get_or_init(|| {
+        let widest = *available().last().expect("portable is always available");
+        let asked = std::env::var("KD_FUSED_ISA").ok();
+        match Isa::ALL.into_iter().find(|isa| Some(isa.name()) == asked.as_deref()) {
+            Some(isa) if isa.is_supported() => isa,
+            _ => widest,
         }
-        Isa::Portable
     })
+}
+
+/// Index into [`Isa::ALL`] set by [`set_isa`] (`u8::MAX`: none).
+static OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Makes every later kernel call of the process run on `isa` (`None`: back to [`detect`]'s
+/// default), for benches that compare instruction sets in one run. Returns `false`, changing
+/// nothing, when this machine cannot run `isa`.
+pub fn set_isa(isa: Option<Isa>) -> bool {
+    use std::sync::atomic::Ordering;
+    match isa {
+        Some(isa) if !isa.is_supported() => false,
+        Some(isa) => {
+            let index = Isa::ALL.iter().position(|i| *i == isa).expect("listed") as u8;
+            OVERRIDE.store(index, Ordering::Relaxed);
+            true
+        }
+        None => {
+            OVERRIDE.store(u8::MAX, Ordering::Relaxed);
+            true
+        }
+    }
 }
 
 /// A vector of `f32` lanes.
@@ -57,6 +122,13 @@ pub(crate) unsafe trait Lanes: Copy {
     fn load(x: &[f32]) -> Self;
     /// Stores the lanes into the start of `out` (`out.len() ≥ N`).
     fn store(self, out: &mut [f32]);
+    /// Stores the lanes into the start of `out` past the caches (a non-temporal store where
+    /// the instruction set has one: the line is not read from memory first). `out` must start
+    /// at a multiple of `4·N` bytes (`out.len() ≥ N`); [`Lanes::fence`] orders these stores
+    /// before later ones.
+    fn store_stream(self, out: &mut [f32]);
+    /// Makes earlier [`Lanes::store_stream`] stores visible before any later store.
+    fn fence();
     /// Every lane set to `x`.
     fn splat(x: f32) -> Self;
     /// Lane-wise `self + o`.
@@ -164,6 +236,12 @@ unsafe impl Lanes for Portable {
         out[..8].copy_from_slice(&self.0);
     }
     #[inline(always)]
+    fn store_stream(self, out: &mut [f32]) {
+        self.store(out);
+    }
+    #[inline(always)]
+    fn fence() {}
+    #[inline(always)]
     fn splat(x: f32) -> Self {
         Self([x; 8])
     }
@@ -264,6 +342,15 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) }
         }
         #[inline(always)]
+        fn store_stream(self, out: &mut [f32]) {
+            assert!(out.len() >= 8 && out.as_ptr() as usize % 32 == 0);
+            unsafe { _mm256_stream_ps(out.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn fence() {
+            unsafe { _mm_sfence() }
+        }
+        #[inline(always)]
         fn splat(x: f32) -> Self {
             Self(unsafe { _mm256_set1_ps(x) })
         }
@@ -349,6 +436,130 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Lanes;
+
+    /// Sixteen lanes in one `__m512`.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Avx512(__m512);
+
+    // SAFETY: values of `Avx512` exist only inside `#[target_feature(enable = "avx512f")]`
+    // kernels, entered after `is_x86_feature_detected!("avx512f")` (see `detect`). Every
+    // intrinsic below is AVX-512 F and sound under that invariant; loads and stores check their
+    // lengths.
+    unsafe impl Lanes for Avx512 {
+        const N: usize = 16;
+        #[inline(always)]
+        fn load(x: &[f32]) -> Self {
+            assert!(x.len() >= 16);
+            Self(unsafe { _mm512_loadu_ps(x.as_ptr()) })
+        }
+        #[inline(always)]
+        fn store(self, out: &mut [f32]) {
+            assert!(out.len() >= 16);
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn store_stream(self, out: &mut [f32]) {
+            assert!(out.len() >= 16 && out.as_ptr() as usize % 64 == 0);
+            unsafe { _mm512_stream_ps(out.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn fence() {
+            unsafe { _mm_sfence() }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            Self(unsafe { _mm512_set1_ps(x) })
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            Self(unsafe { _mm512_add_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            Self(unsafe { _mm512_sub_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            Self(unsafe { _mm512_mul_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn mul_add(self, b: Self, c: Self) -> Self {
+            Self(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            Self(unsafe { _mm512_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min(self, o: Self) -> Self {
+            Self(unsafe { _mm512_min_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn floor(self) -> Self {
+            Self(unsafe {
+                _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(self.0)
+            })
+        }
+        #[inline(always)]
+        fn pow2i(n: Self) -> Self {
+            unsafe {
+                let i = _mm512_cvtps_epi32(n.0);
+                let biased = _mm512_add_epi32(i, _mm512_set1_epi32(127));
+                Self(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased)))
+            }
+        }
+        #[inline(always)]
+        fn frexp(self) -> (Self, Self) {
+            unsafe {
+                let bits = _mm512_castps_si512(self.0);
+                let exp = _mm512_srli_epi32::<23>(bits);
+                let e = _mm512_sub_ps(_mm512_cvtepi32_ps(exp), _mm512_set1_ps(126.0));
+                let mant = _mm512_and_si512(bits, _mm512_set1_epi32(0x807f_ffff_u32 as i32));
+                let m = _mm512_or_si512(mant, _mm512_set1_epi32(0x3f00_0000));
+                (Self(e), Self(_mm512_castsi512_ps(m)))
+            }
+        }
+        #[inline(always)]
+        fn select_lt(self, o: Self, a: Self, b: Self) -> Self {
+            unsafe {
+                let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, o.0);
+                Self(_mm512_mask_blend_ps(m, b.0, a.0))
+            }
+        }
+        #[inline(always)]
+        fn keep_first(self, n: usize) -> Self {
+            let mask: __mmask16 = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+            Self(unsafe { _mm512_maskz_mov_ps(mask, self.0) })
+        }
+        #[inline(always)]
+        fn sum(self) -> f32 {
+            unsafe {
+                // Pairwise: the two 256-bit halves, then as AVX2 does.
+                let lo = _mm512_castps512_ps256(self.0);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
+                let s8 = _mm256_add_ps(lo, hi);
+                let h = _mm256_extractf128_ps::<1>(s8);
+                let s = _mm_add_ps(_mm256_castps256_ps128(s8), h);
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+        #[inline(always)]
+        fn hmax(self) -> f32 {
+            unsafe { _mm512_reduce_max_ps(self.0) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,9 +615,39 @@ mod tests {
     #[test]
     fn avx2_exp_and_ln_are_accurate() {
         #[cfg(target_arch = "x86_64")]
-        if detect() == Isa::Avx2Fma {
+        if Isa::Avx2Fma.is_supported() {
             // SAFETY: AVX2 and FMA were detected.
             unsafe { avx2_checks() };
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn avx512_checks() {
+        check_exp_ln::<Avx512>();
+    }
+
+    #[test]
+    fn avx512_exp_and_ln_are_accurate() {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx512.is_supported() {
+            // SAFETY: AVX-512 F was detected.
+            unsafe { avx512_checks() };
+        }
+    }
+
+    #[test]
+    fn the_isa_can_be_forced_for_a_comparison_and_restored() {
+        let widest = detect();
+        assert!(widest.is_supported());
+        assert!(set_isa(Some(Isa::Portable)));
+        assert_eq!(detect(), Isa::Portable);
+        assert!(set_isa(None));
+        assert_eq!(detect(), widest);
+        for isa in Isa::ALL {
+            assert_eq!(set_isa(Some(isa)), isa.is_supported());
+            assert!(set_isa(None));
+        }
+        assert_eq!(available()[0], Isa::Portable);
     }
 }

@@ -144,8 +144,8 @@ struct Row<'a> {
     s: &'a [f32],
     /// Teacher logits.
     t: &'a [f32],
-    /// `1/T`, the maxima and TAID's mixing weight.
-    shift: Shift,
+    /// `1/T`, the maxima, TAID's mixing weight and the next row to prefetch.
+    shift: Shift<'a>,
     /// Temperature `T`.
     temperature: f64,
     /// Factor on the divergence (`T²` or `1`).
@@ -177,6 +177,7 @@ fn row_impl<V: Lanes>(
     t: &[f32],
     weight: f32,
     label: Option<usize>,
+    next: Option<(&[f32], &[f32])>,
     mut grad: Option<&mut [f32]>,
 ) -> RowOut {
     let inv_t = (1.0 / spec.temperature) as f32;
@@ -194,7 +195,7 @@ fn row_impl<V: Lanes>(
     let row = Row {
         s,
         t,
-        shift: Shift { inv_t, ms, mt, mix },
+        shift: Shift { inv_t, ms, mt, mix, next },
         temperature: spec.temperature,
         scale: spec.scale,
         weight,
@@ -256,7 +257,10 @@ impl RowKernel for DenseRows<'_> {
         let label = labels.map(|l| l[i]);
         assert!(label.is_none_or(|y| y < vocab), "label out of range");
         let r = i * vocab..(i + 1) * vocab;
-        row_impl::<V>(self.spec, &student[r.clone()], &teacher[r], weights[i], label, grad)
+        // The next row, which this thread most likely computes next (rayon splits ranges).
+        let n = r.end..r.end + vocab;
+        let next = (n.end <= student.len()).then(|| (&student[n.clone()], &teacher[n]));
+        row_impl::<V>(self.spec, &student[r.clone()], &teacher[r], weights[i], label, next, grad)
     }
 }
 
@@ -357,13 +361,9 @@ mod tests {
         (v, g)
     }
 
-    /// The portable variant always, plus the detected one.
+    /// Every instruction set this machine runs (portable always).
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        if simd::detect() != Isa::Portable {
-            v.push(simd::detect());
-        }
-        v
+        simd::available()
     }
 
     const KINDS: [FusedKind; 11] = [
@@ -432,6 +432,58 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The streamed gradient stores (large batches) give the same bits as in-place stores, on
+    /// every instruction set, for rows that start at every alignment (vocab 37 and 131).
+    #[test]
+    fn streamed_gradient_stores_equal_in_place_ones() {
+        use super::super::dispatch::run_kernel_streamed;
+        for vocab in [37usize, 131] {
+            let rows = 5;
+            let s: Vec<f32> =
+                (0..rows * vocab).map(|i| ((i * 31 % 71) as f32 / 9.0) - 3.0).collect();
+            let t: Vec<f32> =
+                (0..rows * vocab).map(|i| ((i * 17 % 53) as f32 / 7.0) - 4.0).collect();
+            let valid = [true, true, false, true, true];
+            let labels = [1usize, 2, 3, 4, 5];
+            let batch = RowBatch {
+                student: &s,
+                teacher: &t,
+                vocab,
+                valid: &valid,
+                weights: &[0.25; 5],
+                labels: Some(&labels),
+            };
+            for kind in KINDS {
+                let spec = RowSpec { kind, temperature: 1.5, scale: 2.25, hard_weight: Some(0.2) };
+                let rows_kernel = DenseRows { spec: &spec, batch: &batch };
+                for isa in isas() {
+                    // Offset by one float so the streamed rows start misaligned too.
+                    let mut a = vec![f32::NAN; rows * vocab + 1];
+                    let mut b = vec![f32::NAN; rows * vocab + 1];
+                    let oa = run_kernel_streamed(
+                        isa,
+                        vocab,
+                        &valid,
+                        Some(&mut a[1..]),
+                        &rows_kernel,
+                        true,
+                    );
+                    let ob = run_kernel_streamed(
+                        isa,
+                        vocab,
+                        &valid,
+                        Some(&mut b[1..]),
+                        &rows_kernel,
+                        false,
+                    );
+                    assert_eq!(oa, ob, "{kind:?} {isa:?}");
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a[1..]), bits(&b[1..]), "{kind:?} {isa:?}");
                 }
             }
         }
