@@ -47,7 +47,8 @@ use kd_train::template::PromptRenderer;
 use crate::config::ConfigBuilder;
 use crate::error::Input;
 
-/// mimalloc keeps freed memory for reuse (feature `mimalloc`, on by default); see
+/// mimalloc keeps freed memory for reuse (feature `mimalloc`, on by default; `main` also stops
+/// it from returning memory to the OS, [`kd_train::keep_freed_memory`]); see
 /// `docs/performance.md`, "Distillation step", for what it changes.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -917,6 +918,8 @@ fn cmd_demo(o: &DemoArgs) -> Result<()> {
 }
 
 fn main() {
+    #[cfg(feature = "mimalloc")]
+    kd_train::keep_freed_memory();
     // Usage errors, --help and --version: clap prints them and exits (2 for errors, 0 else).
     let cli = Cli::parse();
     progress::init(cli.quiet);

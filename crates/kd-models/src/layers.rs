@@ -322,17 +322,29 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2).expand([b, kv, n_rep, t, d]).reshape([b, kv * n_rep, t, d])
 }
 
+/// Rows from which [`tied_logits`] multiplies `h · Eᵀ` directly (see there).
+pub const TIED_DIRECT_MIN_ROWS: usize = 64;
+
 /// Logits of an output head tied to an embedding table `[vocab, hidden]`: `h · Eᵀ`.
 ///
-/// Computed as `(E · hᵀ)ᵀ`, which keeps the large table in its stored layout (multiplying by a
-/// transposed view of it is an order of magnitude slower on CPU backends).
+/// For fewer than [`TIED_DIRECT_MIN_ROWS`] rows (decoding) it is computed as `(E · hᵀ)ᵀ`, which
+/// keeps the large table in its stored layout (multiplying one row by a transposed view of it
+/// was an order of magnitude slower on flex). For more rows (training, evaluation, prefill) it
+/// is `h · Eᵀ` with the table read through a transposed view: the result comes out in its
+/// `[rows, vocab]` layout, where `(E · hᵀ)ᵀ` would need a transposing copy of the whole logits
+/// (`rows × vocab`, 206 MB at 1024 × 50257) to reshape it, and another in the backward pass
+/// (measured in `docs/performance.md`, "Distillation step").
 /// // h [b, s, hidden], embedding [vocab, hidden] -> [b, s, vocab]
 pub fn tied_logits(h: Tensor<3>, embedding: Tensor<2>) -> Tensor<3> {
     let [b, s, hidden] = h.dims();
     let embedding = embedding.cast(float_dtype(&h));
     let vocab = embedding.dims()[0];
+    let h = h.reshape([b * s, hidden]);
+    if b * s >= TIED_DIRECT_MIN_ROWS {
+        return h.matmul(embedding.transpose()).reshape([b, s, vocab]);
+    }
     embedding
-        .matmul(h.reshape([b * s, hidden]).transpose()) // [vocab, b * s]
+        .matmul(h.transpose()) // [vocab, b * s]
         .transpose()
         .reshape([b, s, vocab])
 }
@@ -349,6 +361,56 @@ pub(crate) fn tensor_from_vec<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both orientations of the tied head (below and above `TIED_DIRECT_MIN_ROWS` rows) give
+    /// `h · Eᵀ`: values and both gradients of `Σ w ⊙ logits` against plain loops.
+    #[test]
+    fn tied_logits_match_h_times_e_transposed_in_both_orientations() {
+        let device = Device::flex().autodiff();
+        let (vocab, hidden) = (29usize, 6usize);
+        let e: Vec<f32> = (0..vocab * hidden).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect();
+        for (b, s) in [(1usize, 3usize), (2, TIED_DIRECT_MIN_ROWS / 2 + 1)] {
+            let rows = b * s;
+            let h: Vec<f32> =
+                (0..rows * hidden).map(|i| ((i * 13) % 11) as f32 / 5.0 - 1.0).collect();
+            let w: Vec<f32> = (0..rows * vocab).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+            let et = Tensor::<2>::from_data(TensorData::new(e.clone(), [vocab, hidden]), &device)
+                .require_grad();
+            let ht = Tensor::<3>::from_data(TensorData::new(h.clone(), [b, s, hidden]), &device)
+                .require_grad();
+            let wt = Tensor::<3>::from_data(TensorData::new(w.clone(), [b, s, vocab]), &device);
+            let logits = tied_logits(ht.clone(), et.clone());
+            let grads = logits.clone().mul(wt).sum().backward();
+            let flat = |d: TensorData| d.convert::<f32>().try_to_vec::<f32>().unwrap();
+            let (got, gh, ge) = (
+                flat(logits.inner().into_data()),
+                flat(ht.grad(&grads).unwrap().into_data()),
+                flat(et.grad(&grads).unwrap().into_data()),
+            );
+            let close = |a: f32, b: f64| {
+                assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}")
+            };
+            for r in 0..rows {
+                for v in 0..vocab {
+                    let dot: f64 =
+                        (0..hidden).map(|k| (h[r * hidden + k] * e[v * hidden + k]) as f64).sum();
+                    close(got[r * vocab + v], dot);
+                }
+                for k in 0..hidden {
+                    let want: f64 =
+                        (0..vocab).map(|v| (w[r * vocab + v] * e[v * hidden + k]) as f64).sum();
+                    close(gh[r * hidden + k], want);
+                }
+            }
+            for v in 0..vocab {
+                for k in 0..hidden {
+                    let want: f64 =
+                        (0..rows).map(|r| (w[r * vocab + v] * h[r * hidden + k]) as f64).sum();
+                    close(ge[v * hidden + k], want);
+                }
+            }
+        }
+    }
 
     #[test]
     fn activation_names_round_trip() {

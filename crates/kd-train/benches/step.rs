@@ -152,6 +152,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    #[cfg(feature = "mimalloc")]
+    kd_train::keep_freed_memory();
     let quick = std::env::var_os("KD_BENCH_QUICK").is_some();
     let s = if quick { QUICK } else { FULL };
     let threads = rayon::current_num_threads();

@@ -102,3 +102,41 @@ pub use precision::{LossScaleConfig, Precision};
 pub use rouge::RougeEval;
 pub use schedule::{DecayKind, LrSchedule};
 pub use trainer::{NonFinitePolicy, TrainConfig, TrainReport, Trainer, latest_checkpoint};
+
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, in mimalloc 2 and 3).
+#[cfg(feature = "mimalloc")]
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Stops mimalloc from returning freed memory to the OS (its `purge_delay` option set to −1),
+/// unless the environment sets `MIMALLOC_PURGE_DELAY`. Call it first thing in a binary whose
+/// global allocator is mimalloc (the `kd` binary and `cargo bench --bench step` do).
+///
+/// A distillation step frees and reallocates several buffers of hundreds of MB (logits, their
+/// gradients); by default mimalloc gives freed memory back after 10 ms, and the next step
+/// page-faults every page in again and the kernel zeroes it (17 % of a step's profile at vocab
+/// 50257, `docs/performance.md`). Keeping it holds the resident set at the step's peak instead,
+/// as PyTorch's allocators do.
+#[cfg(feature = "mimalloc")]
+pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an option is allowed at any time; the option index is checked by the
+        // test below against mimalloc's default (10 ms).
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
+#[cfg(all(test, feature = "mimalloc"))]
+mod mimalloc_tests {
+    #[test]
+    fn purge_delay_is_the_option_we_set() {
+        // SAFETY: reading and setting options is allowed at any time.
+        unsafe {
+            let before = libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY);
+            assert!(before == 10 || before == -1, "purge_delay default is 10 ms, got {before}");
+            super::keep_freed_memory();
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                assert_eq!(libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY), -1);
+            }
+        }
+    }
+}

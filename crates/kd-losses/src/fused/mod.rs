@@ -22,8 +22,9 @@
 //! `tvd`) and TAID at a given `t`, each with or without the hard-label cross-entropy mix
 //! ([`crate::HardLabelMix`], Hinton's `α`). [`crate::TopKKl`] (sparse top-k teacher, all three
 //! conventions) routes the same way to its own kernel ([`topk`]), through the same autodiff op
-//! and buffer pool. The kernels use AVX2+FMA when the CPU has them (detected at run time) and a
-//! portable build otherwise; both are tested on every machine.
+//! and buffer pool. The kernels use AVX-512 or AVX2+FMA when the CPU has them (detected at run
+//! time; `KD_FUSED_ISA` or [`simd::set_isa`] can ask for a narrower one) and a portable build
+//! otherwise; every variant the machine has is tested on it.
 //!
 //! Layout: [`simd`] (vector lanes, `exp`/`ln`), `passes` (the streaming passes over a row that
 //! every kernel is made of), `dispatch` (the one row dispatch: rayon over rows, instruction set

@@ -160,6 +160,32 @@ pub(super) fn pass2<V: Lanes, const K: usize>(
     s: &[f32],
     t: &[f32],
     shift: &Shift,
+    g: Option<&mut [f32]>,
+    r: Option<&mut [f32]>,
+    f: impl Fn(V, V, V, V) -> ([V; K], V, V),
+) -> [f64; K] {
+    pass2_impl::<V, K, true>(s, t, shift, g, r, f)
+}
+
+/// [`pass2`] that only reads the second scratch row (what `f` returns for it is dropped): a
+/// last pass saves the row's stores.
+#[inline(always)]
+pub(super) fn pass2_read_r<V: Lanes, const K: usize>(
+    s: &[f32],
+    t: &[f32],
+    shift: &Shift,
+    g: Option<&mut [f32]>,
+    r: Option<&mut [f32]>,
+    f: impl Fn(V, V, V, V) -> ([V; K], V, V),
+) -> [f64; K] {
+    pass2_impl::<V, K, false>(s, t, shift, g, r, f)
+}
+
+#[inline(always)]
+fn pass2_impl<V: Lanes, const K: usize, const STORE_R: bool>(
+    s: &[f32],
+    t: &[f32],
+    shift: &Shift,
     mut g: Option<&mut [f32]>,
     mut r: Option<&mut [f32]>,
     f: impl Fn(V, V, V, V) -> ([V; K], V, V),
@@ -190,7 +216,7 @@ pub(super) fn pass2<V: Lanes, const K: usize>(
             if let Some(g) = g.as_deref_mut() {
                 new_g.store(&mut g[i..]);
             }
-            if let Some(r) = r.as_deref_mut() {
+            if STORE_R && let Some(r) = r.as_deref_mut() {
                 new_r.store(&mut r[i..]);
             }
             i += V::N;
@@ -215,7 +241,7 @@ pub(super) fn pass2<V: Lanes, const K: usize>(
             new_g.store(&mut buf);
             g[full..].copy_from_slice(&buf[..n]);
         }
-        if let Some(r) = r {
+        if STORE_R && let Some(r) = r {
             new_r.store(&mut buf);
             r[full..].copy_from_slice(&buf[..n]);
         }

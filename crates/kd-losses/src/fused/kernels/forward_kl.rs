@@ -1,7 +1,7 @@
 //! Forward KL `KL(p‖q)` and TAID's `−Σ p_t log q`: one kernel, two readings of the same sums
 //! (their gradients are equal: `(q − p)/T`, with TAID's `p_t` as the teacher side).
 
-use super::super::passes::{give_row, pass2, take_row};
+use super::super::passes::{give_row, pass2, pass2_read_r, take_row};
 use super::super::simd::{Lanes, exp};
 use super::{Row, Soft};
 
@@ -48,7 +48,7 @@ fn kl_and_cross_entropy<V: Lanes>(row: &Row<'_>, mut grad: Option<&mut [f32]>) -
         // ∂KL(p‖q)/∂s_v = ∂CE/∂s_v = (q_v − p_v)/T,  q_v = e_s/Z_s,  p_v = e_t/Z_t.
         let gscale = row.gscale;
         let (qs, ps) = (V::splat(gscale / zs as f32), V::splat(gscale / zt as f32));
-        pass2::<V, 0>(
+        pass2_read_r::<V, 0>(
             s,
             t,
             shift,

@@ -2,7 +2,7 @@
 //! all have the form `q ⊙ (h − Σ q h)/T` with an element factor `h = ∂value/∂q`, so one kernel
 //! computes them, with the kind's element terms ([`mixture_terms`]) plugged in.
 
-use super::super::passes::{give_row, pass, pass2, take_row};
+use super::super::passes::{give_row, pass, pass2, pass2_read_r, take_row};
 use super::super::simd::{Lanes, exp, ln};
 use super::{FusedKind, Row, Soft};
 
@@ -81,7 +81,7 @@ pub(super) fn mixture<V: Lanes>(
         // ∂/∂s_v = q_v (h_v − Σ_u q_u h_u)/T.
         let k = V::splat(qh as f32);
         let gs = V::splat(gscale);
-        pass2::<V, 0>(
+        pass2_read_r::<V, 0>(
             s,
             t,
             shift,
