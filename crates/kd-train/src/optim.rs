@@ -223,6 +223,8 @@ pub(crate) mod fused {
     const CHUNK: usize = 1 << 15;
 
     /// A flex `f32` tensor's own contiguous storage, or the tensor back when it has none.
+    // The error hands the (moved) input back; boxing it would allocate on every parameter.
+    #[allow(clippy::result_large_err)]
     fn owned_f32(t: Tensor<1>) -> Result<FlexTensor, Tensor<1>> {
         if t.dtype() != DType::F32 {
             return Err(t);
@@ -245,7 +247,8 @@ pub(crate) mod fused {
     /// Updates `theta` and its moments in one pass (see the module docs of `optim`). Returns
     /// the new parameter and moments, or, when the fused path does not apply (not flex, not
     /// `f32`, not contiguous, or the composed path forced), the inputs untouched.
-    #[allow(clippy::type_complexity)]
+    // The error hands the (moved) inputs back for the composed path.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub(crate) fn update<const D: usize>(
         theta: Tensor<D>,
         grad: &Tensor<1>,
@@ -338,7 +341,7 @@ pub(crate) mod fused {
                 bc2: h.bc2 as f32,
                 eps: h.epsilon as f32,
                 lr: h.lr as f32,
-                keep: (h.decay > 0.0).then(|| (1.0 - h.lr * h.decay) as f32),
+                keep: (h.decay > 0.0).then_some((1.0 - h.lr * h.decay) as f32),
             }
         }
 

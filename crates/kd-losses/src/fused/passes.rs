@@ -202,7 +202,7 @@ fn pass2_impl<V: Lanes, const K: usize, const STORE_R: bool>(
         while i < end {
             if K > 0
                 && let Some((ns, nt)) = shift.next
-                && i % LINE == 0
+                && i.is_multiple_of(LINE)
                 && i < ns.len().min(nt.len())
             {
                 prefetch_line(&ns[i..]);

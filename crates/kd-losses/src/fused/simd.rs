@@ -343,7 +343,7 @@ mod avx2 {
         }
         #[inline(always)]
         fn store_stream(self, out: &mut [f32]) {
-            assert!(out.len() >= 8 && out.as_ptr() as usize % 32 == 0);
+            assert!(out.len() >= 8 && (out.as_ptr() as usize).is_multiple_of(32));
             unsafe { _mm256_stream_ps(out.as_mut_ptr(), self.0) }
         }
         #[inline(always)]
@@ -467,7 +467,7 @@ mod avx512 {
         }
         #[inline(always)]
         fn store_stream(self, out: &mut [f32]) {
-            assert!(out.len() >= 16 && out.as_ptr() as usize % 64 == 0);
+            assert!(out.len() >= 16 && (out.as_ptr() as usize).is_multiple_of(64));
             unsafe { _mm512_stream_ps(out.as_mut_ptr(), self.0) }
         }
         #[inline(always)]
