@@ -11,6 +11,7 @@ use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData, act
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
+use crate::fused_norm::Norm;
 
 /// Feed-forward activation (`activation_function` / `hidden_act`), read from `config.json` by
 /// its `transformers` name.
@@ -82,6 +83,11 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
+        let (w, b) = (self.weight.val(), self.bias.val());
+        // f32 flex: one fused pass each way (`fused_norm`).
+        if let Some(y) = crate::fused_norm::try_fused(Norm::Layer, &x, &w, Some(&b), self.eps) {
+            return y.cast(dtype);
+        }
         let (var, mean) = x.clone().var_mean_bias(D - 1); // [..., 1] each
         let normed = x.sub(mean).div(var.add_scalar(self.eps).sqrt());
         let weight = self.weight.val().cast(FloatDType::F32).unsqueeze();
@@ -114,6 +120,11 @@ impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
+        let w = self.weight.val();
+        // f32 flex: one fused pass each way (`fused_norm`).
+        if let Some(y) = crate::fused_norm::try_fused(Norm::Rms, &x, &w, None, self.eps) {
+            return y.cast(dtype);
+        }
         let mean_square = x.clone().square().mean_dim(D - 1); // [..., 1]
         let normed = x.div(mean_square.add_scalar(self.eps).sqrt());
         normed.mul(self.weight.val().cast(FloatDType::F32).unsqueeze()).cast(dtype)

@@ -85,6 +85,7 @@ mod checks;
 pub mod config;
 pub mod error;
 mod fused_act;
+mod fused_norm;
 pub mod gpt2;
 mod hf_config;
 pub mod kv_cache;
