@@ -8,10 +8,11 @@
 //!
 //! **Fused update.** On flex, for `f32` parameters, the whole update of one parameter is one
 //! pass over its four arrays (parameter, gradient, both moments) in place, in parallel chunks
-//! ([`fused`]); the op-composed version is about a dozen tensor ops per parameter, each a
-//! pass over memory with a fresh buffer. Both compute the same formula in `f32` in the same
-//! order and agree to rounding (tested). `kd_losses::fused::with_path(Path::Composed, ..)`
-//! forces the op-composed update, as it does for the losses.
+//! (the private `fused` module); the op-composed version is about a dozen tensor ops per
+//! parameter, each a pass over memory with a fresh buffer. Both compute the same formula in
+//! `f32` in the same order and agree to rounding (tested).
+//! `kd_losses::fused::with_path(Path::Composed, ..)` forces the op-composed update, as it does
+//! for the losses.
 
 use std::collections::BTreeMap;
 
