@@ -119,6 +119,7 @@ pub mod scaling_law;
 pub mod skew_forward_kl;
 pub mod skew_reverse_kl;
 pub mod taid;
+pub mod teachers;
 pub mod topk_kl;
 pub mod tvd;
 mod types;
