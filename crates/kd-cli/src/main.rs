@@ -32,6 +32,7 @@ mod offline;
 mod plot;
 mod progress;
 mod run;
+mod scaling_law;
 mod seqkd;
 mod step_by_step;
 
@@ -109,6 +110,10 @@ enum Command {
     /// Sample a continuation of a prompt.
     #[command(args_override_self = true)]
     Generate(GenerateArgs),
+    /// Fit the distillation scaling law to a table of runs; predict students and the
+    /// compute-optimal student for a FLOP budget; plot it.
+    #[command(name = "scaling-law", args_override_self = true)]
+    ScalingLaw(scaling_law::ScalingLawArgs),
     /// Check a Hugging Face model directory and print what it holds (exit 2 on any problem).
     Inspect {
         /// The model directory (config.json, safetensors or shards + index, tokenizer.json).
@@ -934,6 +939,7 @@ fn main() {
         Command::Export(o) => cmd_export(o),
         Command::Plot(o) => cmd_plot(o),
         Command::Generate(o) => cmd_generate(o),
+        Command::ScalingLaw(o) => scaling_law::cmd_scaling_law(o),
         Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {

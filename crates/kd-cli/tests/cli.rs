@@ -509,3 +509,72 @@ fn usage_errors_exit_2_and_failed_runs_exit_1() {
     assert!(err.contains("step 2/2") && err.contains("error: exporting the student"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `kd scaling-law` on runs made from a known law: the fit predicts held-out students, the
+/// compute-optimal split is reported, `fit.json` and the chart are written; a bad table is an
+/// input error naming its line.
+#[test]
+fn scaling_law_fits_a_table_predicts_and_splits_a_budget() {
+    use kd_losses::{DistillationScalingLaw, ScalingLawCoefficients};
+    let truth = ScalingLawCoefficients {
+        E: 1.7,
+        A: 400.0,
+        B: 1800.0,
+        alpha: 0.34,
+        beta: 0.28,
+        gamma: 1.0,
+        A_prime: 3200.0,
+        B_prime: 4500.0,
+        alpha_prime: 0.42,
+        beta_prime: 0.36,
+        gamma_prime: 1.0,
+        c0: 1.0,
+        c1: 0.4,
+        d1: 1.2,
+        f1: 1.1,
+    };
+    let law = DistillationScalingLaw::new(truth);
+    let dir = common::scratch("scaling-law");
+    let mut csv = String::from("n_student,d_student,teacher_loss,student_loss\n");
+    for n in [1e7, 3e7, 1e8, 3e8, 1e9] {
+        for d in [5e8, 2e9, 8e9, 3.2e10] {
+            csv += &format!("{n},{d},,{}\n", law.supervised_loss(n, d));
+            for lt in [2.0, 2.5, 3.0] {
+                csv += &format!("{n},{d},{lt},{}\n", law.student_loss(n, d, lt));
+            }
+        }
+    }
+    let runs = dir.join("runs.csv");
+    std::fs::write(&runs, csv).unwrap();
+    let out = dir.join("out");
+    let stdout = kd(&[
+        "scaling-law",
+        "--runs",
+        runs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--predict",
+        "2e8,2e10,2.4",
+        "--budget",
+        "1e21",
+        "--teacher-params",
+        "7e9",
+        "--teacher-loss",
+        "2.1",
+    ]);
+    assert!(stdout.contains("compute-optimal for 1.000e21 FLOPs"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("fit.json")).unwrap()).unwrap();
+    let predicted = report["predictions"][0]["student_loss"].as_f64().unwrap();
+    let want = law.student_loss(2e8, 2e10, 2.4);
+    assert!((predicted / want - 1.0).abs() < 1e-3, "{predicted} vs {want}");
+    let best = &report["compute_optimal"];
+    let (n, d) = (best["n_student"].as_f64().unwrap(), best["d_student"].as_f64().unwrap());
+    assert!(((6.0 * n + 2.0 * 7e9) * d / 1e21 - 1.0).abs() < 1e-9, "{best}");
+    assert!(std::fs::metadata(out.join("scaling_law.png")).unwrap().len() > 1000);
+
+    std::fs::write(&runs, "n_student,d_student,teacher_loss,student_loss\n1e7,abc,,2.0\n").unwrap();
+    let bad =
+        kd_raw(&["scaling-law", "--runs", runs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    common::assert_input_error(&bad, &["runs.csv line 2"]);
+}

@@ -150,6 +150,17 @@ pub enum TrainError {
     /// A model, tokenizer or generation call failed.
     #[error(transparent)]
     Model(#[from] kd_models::ModelError),
+    /// A scaling-law table or budget cannot be fitted or solved
+    /// ([`crate::scaling_fit`]): fix the entry named by `what`.
+    #[error("scaling law: {what}: expected {expected}, got {got}")]
+    ScalingLaw {
+        /// The entry (`runs[3].student_loss`, `flops`, ...).
+        what: String,
+        /// What was needed, in words.
+        expected: String,
+        /// What came.
+        got: String,
+    },
 }
 
 impl TrainError {

@@ -86,6 +86,7 @@ pub mod params;
 pub mod precision;
 pub mod rollout;
 pub mod rouge;
+pub mod scaling_fit;
 pub mod schedule;
 pub mod template;
 pub mod trainer;
