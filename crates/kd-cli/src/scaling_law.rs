@@ -107,7 +107,7 @@ fn numbers(s: &str, n: usize, what: &str) -> Result<Vec<f64>> {
 }
 
 /// `kd scaling-law`.
-pub fn cmd_scaling_law(o: ScalingLawArgs) -> Result<()> {
+pub fn cmd_scaling_law(o: &ScalingLawArgs) -> Result<()> {
     let runs = read_runs(&o.runs).input()?;
     let supervised = match &o.supervised {
         Some(p) => {
