@@ -13,8 +13,7 @@ use super::common::json::{flat, floats, num};
 use super::{Report, Tol, int_values};
 use kd_losses::teachers::hot_pate::{
     AggregationRule, HotPate, HotPateConfig, Mechanism, PrivacyAccountant, PrivacyReport,
-    RuleNoise, confident_gnmax_rho, gaussian_histogram_rho,
-    laplace_epsilon, zcdp_epsilon,
+    RuleNoise, confident_gnmax_rho, gaussian_histogram_rho, laplace_epsilon, zcdp_epsilon,
 };
 
 /// The README's float64 tolerance.
@@ -86,7 +85,9 @@ fn check_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Resu
     let inputs = &case["inputs"];
     let out = &case["outputs"];
     let (logits, shape) = flat(&inputs["teacher_logits"]);
-    let [teachers, vocab] = shape[..] else { return Err(format!("teacher_logits shape {shape:?}")) };
+    let [teachers, vocab] = shape[..] else {
+        return Err(format!("teacher_logits shape {shape:?}"));
+    };
     let p = pate.distributions(&logits, teachers, vocab).map_err(|e| e.to_string())?;
 
     // The RuleNoise of the case: every random input that is given.
@@ -201,10 +202,10 @@ fn check_accounting(entry: &Value, at: &str, r: &mut Report) -> Result<(), Strin
         }
         "gaussian_histogram" | "confident_gnmax_data_independent" => {
             let (mech, answered, rho) = if mechanism == "gaussian_histogram" {
-                if let Some(s) = params.get("sensitivity").and_then(Value::as_str) {
-                    if s != "sqrt(2)" {
-                        return Err(format!("sensitivity {s}: only sqrt(2) is implemented"));
-                    }
+                if let Some(s) = params.get("sensitivity").and_then(Value::as_str)
+                    && s != "sqrt(2)"
+                {
+                    return Err(format!("sensitivity {s}: only sqrt(2) is implemented"));
                 }
                 let sigma = p("sigma")?;
                 let per = gaussian_histogram_rho(sigma).map_err(|e| e.to_string())?;
@@ -250,7 +251,9 @@ fn check_accounting(entry: &Value, at: &str, r: &mut Report) -> Result<(), Strin
             let (basic, adv) = (num(&values["eps_basic"]), num(&values["eps_advanced"]));
             ("accountant epsilon = min(basic, advanced)", basic.min(adv))
         }
-        PrivacyReport::Zcdp(_) => ("accountant epsilon = eps_continuous", num(&values["eps_continuous"])),
+        PrivacyReport::Zcdp(_) => {
+            ("accountant epsilon = eps_continuous", num(&values["eps_continuous"]))
+        }
     };
     let eps = acc.epsilon(delta).map_err(|e| e.to_string())?;
     r.check(at, field, &[eps], &[want], F64);

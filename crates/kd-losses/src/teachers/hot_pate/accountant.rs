@@ -324,7 +324,12 @@ fn check_positive(name: &'static str, x: f64) -> Result<()> {
     if x.is_finite() && x > 0.0 {
         Ok(())
     } else {
-        Err(KdError::InvalidHyperparameter { loss: ID, name, expected: "a finite value > 0", got: x })
+        Err(KdError::InvalidHyperparameter {
+            loss: ID,
+            name,
+            expected: "a finite value > 0",
+            got: x,
+        })
     }
 }
 

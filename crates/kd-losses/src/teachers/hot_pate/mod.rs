@@ -237,9 +237,9 @@ impl HotPate {
         teacher_logits: Tensor<2>,
     ) -> Result<TeacherDistributions> {
         let [teachers, vocab] = teacher_logits.dims();
-        let values = teacher_logits
-            .try_into_vec_as::<f64>()
-            .map_err(|e| invalid("teacher_logits", "a tensor readable on the host", e.to_string()))?;
+        let values = teacher_logits.try_into_vec_as::<f64>().map_err(|e| {
+            invalid("teacher_logits", "a tensor readable on the host", e.to_string())
+        })?;
         self.distributions(&values, teachers, vocab)
     }
 
@@ -424,7 +424,8 @@ mod tests {
         let n = pate.draw_noise(5, &mut rng).unwrap();
         assert_eq!(n.histogram.as_ref().map(Vec::len), Some(5));
         assert!(n.selection_uniform.is_some_and(|s| (0.0..1.0).contains(&s)));
-        let gn = HotPateConfig::new().with_rule(AggregationRule::ConfidentGnmax).with_threshold(2.0);
+        let gn =
+            HotPateConfig::new().with_rule(AggregationRule::ConfidentGnmax).with_threshold(2.0);
         let pate = gn.clone().init().unwrap();
         assert!(pate.draw_noise(5, &mut rng).is_err());
         assert!(pate.accountant().is_err());
@@ -443,7 +444,8 @@ mod tests {
     fn identical_teachers_release_their_token() {
         // Ten identical teachers, L = 1, σ = 0.5: all coordinated votes agree, c_j = 10 > 6 is
         // released unless the noise is below −4 (8 σ).
-        let pate = HotPateConfig::new().with_release_margin(1.0).with_noise_scale(0.5).init().unwrap();
+        let pate =
+            HotPateConfig::new().with_release_margin(1.0).with_noise_scale(0.5).init().unwrap();
         let row = [0.3, 1.1, -0.4, 0.9, 0.0];
         let logits: Vec<f64> = (0..10).flat_map(|_| row).collect();
         let p = pate.distributions(&logits, 10, 5).unwrap();

@@ -1,8 +1,8 @@
 //! Teacher distributions and the two ensemble samplers: coordinated (shared exponentials,
 //! Algorithm 1) and independent (one exponential race per teacher).
 
-use super::rng::NoiseRng;
 use super::ID;
+use super::rng::NoiseRng;
 use crate::error::{KdError, Result, check_temperature};
 
 /// Which ensemble sampler turns the teachers' distributions into votes.
@@ -327,7 +327,11 @@ pub fn histogram(votes: &[usize], vocab: usize) -> Result<Vec<usize>> {
     let mut c = vec![0; vocab];
     for (i, &y) in votes.iter().enumerate() {
         if y >= vocab {
-            return Err(invalid("votes", "token ids < vocab", format!("{y} at [{i}] (vocab {vocab})")));
+            return Err(invalid(
+                "votes",
+                "token ids < vocab",
+                format!("{y} at [{i}] (vocab {vocab})"),
+            ));
         }
         c[y] += 1;
     }
@@ -364,7 +368,9 @@ fn check_positive(name: &'static str, u: &[f64], vocab: usize) -> Result<()> {
         Some(k) => Err(invalid(
             name,
             "finite Exp(1) draws > 0",
-            if u.len() == vocab { format!("{} at [{k}]", u[k]) } else {
+            if u.len() == vocab {
+                format!("{} at [{k}]", u[k])
+            } else {
                 format!("{} at [{}, {}]", u[k], k / vocab, k % vocab)
             },
         )),
@@ -482,7 +488,7 @@ mod tests {
         let n = 40_000;
         let mut rng = NoiseRng::new(2024);
         let mut agree = [0usize; 9];
-        let mut freq = vec![0usize; 18];
+        let mut freq = [0usize; 18];
         for _ in 0..n {
             let v = d.sample_votes(Sampler::Coordinated, &mut rng);
             for i in 0..3 {
@@ -516,7 +522,7 @@ mod tests {
         let d = dists(&[&[0.5, 0.3, 0.15, 0.05], &[0.1, 0.2, 0.3, 0.4]]);
         let n = 40_000;
         let mut rng = NoiseRng::new(99);
-        let mut freq = vec![0usize; 8];
+        let mut freq = [0usize; 8];
         let mut agree = 0usize;
         for _ in 0..n {
             let v = d.sample_votes(Sampler::Independent, &mut rng);
