@@ -77,6 +77,20 @@ pub enum KdError {
         /// Name of the missing input.
         name: &'static str,
     },
+    /// An input holds a value outside its domain (a NaN logit, an exponential draw that is not
+    /// positive, a uniform outside `[0, 1)`, an empty ensemble, a vote outside the vocabulary).
+    /// Fix the input named by `name`; `got` says which entry and what it held.
+    #[error("invalid input `{name}` of {loss}: expected {expected}, got {got}")]
+    InvalidInput {
+        /// Loss or construction that was called.
+        loss: &'static str,
+        /// Name of the input, as in the golden files.
+        name: &'static str,
+        /// The valid domain, in words.
+        expected: &'static str,
+        /// The offending value (and its index, when the input is an array).
+        got: String,
+    },
 }
 
 struct Dims<'a>(&'a [usize]);

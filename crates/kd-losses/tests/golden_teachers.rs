@@ -9,6 +9,8 @@
 //! case, field and index.
 
 mod common;
+#[path = "teachers/hot_pate.rs"]
+mod hot_pate_runner;
 
 use std::path::PathBuf;
 
@@ -47,6 +49,7 @@ impl Tol {
 }
 
 /// Collects the mismatches of one file.
+#[derive(Debug)]
 pub struct Report {
     /// `<file> [<backend>]`, the prefix of every message.
     pub at: String,
@@ -131,7 +134,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &[];
+const FILES: &[&str] = &["hot_pate"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -171,4 +174,6 @@ macro_rules! golden_teacher_tests {
     };
 }
 
-golden_teacher_tests! {}
+golden_teacher_tests! {
+    hot_pate => super::hot_pate_runner::check;
+}
