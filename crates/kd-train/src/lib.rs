@@ -77,6 +77,7 @@ pub mod ensemble;
 pub mod error;
 pub mod events;
 pub mod exact_match;
+pub mod hot_pate;
 pub mod methods;
 pub mod metrics;
 pub mod model;

@@ -5,12 +5,15 @@ use super::ID;
 use super::rng::NoiseRng;
 use crate::error::{KdError, Result, check_temperature};
 
-/// Which ensemble sampler turns the teachers' distributions into votes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which ensemble sampler turns the teachers' distributions into votes (serde:
+/// `"coordinated"`, `"independent"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sampler {
     /// Hot PATE's coordinated ensemble (Algorithm 1; official `CoordinatedSampler`): every
     /// teacher's race uses the same exponentials `u_j`, so teachers whose distributions overlap
     /// tend to vote alike while each vote is still distributed as its teacher's `P[i]`.
+    #[default]
     Coordinated,
     /// Cold PATE's independent sampling (official `IndependentSampler`, `torch.multinomial`),
     /// here an exponential race with exponentials `U[i, j]` drawn per teacher.
