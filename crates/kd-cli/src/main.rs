@@ -29,6 +29,7 @@ mod ensemble;
 mod error;
 mod inspect;
 mod offline;
+mod pate;
 mod plot;
 mod progress;
 mod run;
@@ -110,6 +111,13 @@ enum Command {
     /// Sample a continuation of a prompt.
     #[command(args_override_self = true)]
     Generate(GenerateArgs),
+    /// Teachers trained on disjoint partitions answer public prompts through Hot PATE's
+    /// private aggregation; writes the released answers and the privacy spent (ε at δ).
+    #[command(name = "hot-pate-label", args_override_self = true)]
+    HotPateLabel(pate::HotPateArgs),
+    /// Split a JSONL (or text) file into disjoint parts, one per teacher (Hot PATE).
+    #[command(args_override_self = true)]
+    Partition(pate::PartitionArgs),
     /// Fit the distillation scaling law to a table of runs; predict students and the
     /// compute-optimal student for a FLOP budget; plot it.
     #[command(name = "scaling-law", args_override_self = true)]
@@ -940,6 +948,8 @@ fn main() {
         Command::Plot(o) => cmd_plot(o),
         Command::Generate(o) => cmd_generate(o),
         Command::ScalingLaw(o) => scaling_law::cmd_scaling_law(o),
+        Command::HotPateLabel(o) => pate::cmd_hot_pate_label(o),
+        Command::Partition(o) => pate::cmd_partition(o),
         Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {

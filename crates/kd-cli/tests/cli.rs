@@ -578,3 +578,85 @@ fn scaling_law_fits_a_table_predicts_and_splits_a_budget() {
         kd_raw(&["scaling-law", "--runs", runs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     common::assert_input_error(&bad, &["runs.csv line 2"]);
 }
+
+/// `kd partition` deals lines into disjoint parts; `kd hot-pate-label` lets several teachers
+/// answer prompts through the private aggregation and writes answers with the ε spent.
+#[test]
+fn partition_and_hot_pate_label_write_disjoint_parts_and_private_answers() {
+    let dir = common::scratch("hot-pate");
+    let rows: Vec<String> =
+        (0..7).map(|i| format!(r#"{{"instruction": "Say {i}", "response": "{i}"}}"#)).collect();
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let parts = dir.join("parts");
+    let out = kd(&[
+        "partition",
+        "--data",
+        data.to_str().unwrap(),
+        "--parts",
+        "3",
+        "--out",
+        parts.to_str().unwrap(),
+    ]);
+    assert!(out.contains("part-0.jsonl: 3 lines"), "{out}");
+    let mut all: Vec<String> = (0..3)
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(parts.join(format!("part-{p}.jsonl"))).unwrap();
+            text.lines().map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect();
+    all.sort();
+    let mut want = rows.clone();
+    want.sort();
+    assert_eq!(all, want, "the parts are disjoint and cover the data");
+
+    // Three copies of one tiny model agree everywhere: coordinated votes are unanimous.
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../kd-models/tests/fixtures/hf-tiny-llama");
+    let m = model.to_str().unwrap();
+    let answers = dir.join("answers.jsonl");
+    let teachers = format!("{m},{m},{m}");
+    let out = kd(&[
+        "hot-pate-label",
+        "--teachers",
+        &teachers,
+        "--prompts",
+        data.to_str().unwrap(),
+        "--out",
+        answers.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "--template",
+        "plain",
+        "--noise-scale",
+        "0.1",
+    ]);
+    assert!(out.contains("7 prompts"), "{out}");
+    assert!(out.contains("privacy: ε ="), "{out}");
+    let text = std::fs::read_to_string(&answers).unwrap();
+    assert_eq!(text.lines().count(), 7);
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["source"], "hot_pate");
+        // Unanimous teachers with little noise release every token: the cap or EOS ends it.
+        assert!(row["end"] == "length" || row["end"] == "eos", "{row}");
+    }
+    let provenance: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("answers.provenance.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(provenance["epsilon"].as_f64().unwrap() > 0.0, "{provenance}");
+    assert_eq!(provenance["queries"], provenance["released"]);
+
+    let one = kd_raw(&[
+        "hot-pate-label",
+        "--teachers",
+        m,
+        "--prompts",
+        data.to_str().unwrap(),
+        "--out",
+        answers.to_str().unwrap(),
+    ]);
+    common::assert_input_error(&one, &["at least two"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
