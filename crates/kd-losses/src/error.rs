@@ -77,6 +77,32 @@ pub enum KdError {
         /// Name of the missing input.
         name: &'static str,
     },
+    /// A sequence of the batch has no valid (`mask = true`) position, so its per-sequence mean
+    /// is `0/0`. Drop the sequence from the batch or mark at least one of its positions valid.
+    #[error(
+        "{loss}: sequence {sequence} of the batch has no valid position (its mask is false \
+         everywhere); drop it or mark at least one position valid"
+    )]
+    EmptySequence {
+        /// Loss that was called.
+        loss: &'static str,
+        /// Index of the sequence in the batch.
+        sequence: usize,
+    },
+    /// An input holds a value outside its valid range (a token id not below the vocabulary
+    /// size, a NaN or `+inf` logit, a method that needs another number of inputs). Fix the input
+    /// named by `name`.
+    #[error("invalid input `{name}` of {loss}: expected {expected}, got {got}")]
+    InvalidInput {
+        /// Loss or teacher construction that was called.
+        loss: &'static str,
+        /// Input name, as in the golden files.
+        name: &'static str,
+        /// What is accepted, in words.
+        expected: String,
+        /// What came (the offending value and where).
+        got: String,
+    },
 }
 
 struct Dims<'a>(&'a [usize]);

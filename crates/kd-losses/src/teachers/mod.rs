@@ -3,6 +3,9 @@
 //!
 //! | module | what it builds | paper |
 //! |---|---|---|
+//! | [`whp`] | WHP generic prediction `base − α·ReLU(reinforced − base)` and the causal-intervention teacher (K counterfactual names), with their KL student loss | Eldan & Russinovich 2023 (arXiv 2310.02238); Liu et al. 2024 (arXiv 2407.16997) |
 //!
 //! Each construction is checked against float64 golden files (`tests/golden_teachers/`, run by
 //! `cargo test -p kd-losses --test golden_teachers`).
+
+pub mod whp;
