@@ -31,13 +31,21 @@ pub fn check(doc: &Value, device: &Device, r: &mut Report) {
 
 /// An enum field of the config, through its serde name.
 fn choice<T: serde::de::DeserializeOwned>(v: &Value, default: T) -> Result<T, String> {
-    if v.is_null() { Ok(default) } else { serde_json::from_value(v.clone()).map_err(|e| e.to_string()) }
+    if v.is_null() {
+        Ok(default)
+    } else {
+        serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+    }
 }
 
 fn run_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Result<(), String> {
     let (cfg, inputs, outputs) = (&case["config"], &case["inputs"], &case["outputs"]);
     let mut handled: Vec<&str> = Vec::new();
-    let floats_out = |r: &mut Report, handled: &mut Vec<&str>, field: &'static str, got: Vec<f64>, tol: Option<Tol>| {
+    let floats_out = |r: &mut Report,
+                      handled: &mut Vec<&str>,
+                      field: &'static str,
+                      got: Vec<f64>,
+                      tol: Option<Tol>| {
         handled.push(field);
         match outputs.get(field) {
             Some(v) if !v.is_null() => {
@@ -64,10 +72,14 @@ fn run_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Result
             };
             let whp = config.init().map_err(|e| e.to_string())?;
             let out = whp
-                .teacher(floats(&inputs["base_logits"], device), floats(&inputs["reinforced_logits"], device))
+                .teacher(
+                    floats(&inputs["base_logits"], device),
+                    floats(&inputs["reinforced_logits"], device),
+                )
                 .map_err(|e| e.to_string())?;
             floats_out(r, &mut handled, "generic_logits", host(out.generic_logits), None);
-            let labels = out.generic_labels.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+            let labels =
+                out.generic_labels.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
             ints_out(r, &mut handled, "generic_labels", labels);
             floats_out(r, &mut handled, "teacher_probs", host(out.teacher_probs.clone()), None);
             out.teacher_probs
@@ -100,7 +112,10 @@ fn run_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Result
                     .map_err(|e| format!("original_first_token: {e}"))?;
             let rows = dims[1] * dims[2];
             let flags = |key: &str| -> Option<Vec<bool>> {
-                inputs.get(key).filter(|v| !v.is_null()).map(|v| int_values(v).iter().map(|&x| x == 1).collect())
+                inputs
+                    .get(key)
+                    .filter(|v| !v.is_null())
+                    .map(|v| int_values(v).iter().map(|&x| x == 1).collect())
             };
             let mut rv = RevisitInputs::new(names, original, rows);
             if let Some(v) = inputs.get("anchor_targets").filter(|v| !v.is_null()) {
@@ -113,9 +128,25 @@ fn run_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Result
                 rv.suppress_rows = v;
             }
             let out = teacher.build_host(&logits, dims, &rv).map_err(|e| e.to_string())?;
-            floats_out(r, &mut handled, "counterfactual_probs", out.counterfactual_probs.clone(), Some(F64));
-            ints_out(r, &mut handled, "anchor_moved", out.anchor_moved.iter().map(|&m| i64::from(m)).collect());
-            ints_out(r, &mut handled, "majority_moved", out.majority_moved.iter().map(|m| m.code()).collect());
+            floats_out(
+                r,
+                &mut handled,
+                "counterfactual_probs",
+                out.counterfactual_probs.clone(),
+                Some(F64),
+            );
+            ints_out(
+                r,
+                &mut handled,
+                "anchor_moved",
+                out.anchor_moved.iter().map(|&m| i64::from(m)).collect(),
+            );
+            ints_out(
+                r,
+                &mut handled,
+                "majority_moved",
+                out.majority_moved.iter().map(|m| m.code()).collect(),
+            );
             if let Some(labels) = &out.labels {
                 ints_out(r, &mut handled, "labels", labels.iter().map(|&y| y as i64).collect());
             }

@@ -162,7 +162,11 @@ pub(crate) fn argmax_lowest(x: Tensor<3>) -> Tensor<2, Int> {
         .expand([batch, len, vocab]);
     // Non-maxima get `vocab`, so the smallest remaining index is the first maximum. A row without
     // any maximum (NaN logits) is clamped to a valid id rather than left out of range.
-    index.mask_fill(not_max, vocab as i64).min_dim(2).squeeze_dim::<2>(2).clamp_max(vocab as i64 - 1)
+    index
+        .mask_fill(not_max, vocab as i64)
+        .min_dim(2)
+        .squeeze_dim::<2>(2)
+        .clamp_max(vocab as i64 - 1)
 }
 
 #[cfg(test)]

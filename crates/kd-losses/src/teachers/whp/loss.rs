@@ -288,13 +288,10 @@ mod tests {
             .forward(s.clone(), t3(&[0.0; 12], [2, 3, 2], &d), mask(&[true; 4], [2, 2], &d))
             .unwrap_err();
         assert!(matches!(e, KdError::ShapeMismatch { .. }), "{e}");
-        let e = loss
-            .forward(s.clone(), s.clone(), mask(&[true; 2], [1, 2], &d))
-            .unwrap_err();
+        let e = loss.forward(s.clone(), s.clone(), mask(&[true; 2], [1, 2], &d)).unwrap_err();
         assert!(matches!(e, KdError::ShapeMismatch { .. }), "{e}");
-        let e = loss
-            .forward(s.clone(), s, mask(&[true, false, false, false], [2, 2], &d))
-            .unwrap_err();
+        let e =
+            loss.forward(s.clone(), s, mask(&[true, false, false, false], [2, 2], &d)).unwrap_err();
         assert_eq!(e, KdError::EmptySequence { loss: WhpLoss::ID, sequence: 1 });
         let c: WhpLossConfig = serde_json::from_str(r#"{"reduction": "token_mean"}"#).unwrap();
         assert_eq!(c.reduction, WhpReduction::TokenMean);

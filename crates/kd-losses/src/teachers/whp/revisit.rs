@@ -401,8 +401,7 @@ impl RevisitTeacher {
         let id = Self::ID;
         if k_n == 0 || vocab == 0 || logits.len() != k_n * rows * vocab {
             return Err(KdError::ShapeMismatch {
-                what: "counterfactual_logits (K ≥ 1, vocab ≥ 1, length = K·batch·len·vocab)"
-                    .into(),
+                what: "counterfactual_logits (K ≥ 1, vocab ≥ 1, length = K·batch·len·vocab)".into(),
                 expected: vec![k_n.max(1), batch, len, vocab.max(1)],
                 got: vec![logits.len()],
             });
@@ -458,9 +457,7 @@ impl RevisitTeacher {
             }
             rows_len("anchor_targets", inputs.anchor_targets.len())?;
             rows_len("majority_allowed", inputs.majority_allowed.len())?;
-            if let Some(&g) =
-                inputs.anchor_targets.iter().find(|&&g| g < -1 || g >= vocab as i64)
-            {
+            if let Some(&g) = inputs.anchor_targets.iter().find(|&&g| g < -1 || g >= vocab as i64) {
                 return Err(KdError::InvalidInput {
                     loss: id,
                     name: "anchor_targets",
@@ -573,11 +570,8 @@ mod tests {
     fn majority_of_two_out_of_three() {
         // K = 3, V = 5; names start with w_prefix tokens 2, 3, 4. Counterfactuals 0 and 1 put
         // more than 0.1 on their own name (2 > 3/2 votes), counterfactual 2 does not.
-        let ps = [
-            [0.4, 0.1, 0.3, 0.1, 0.1],
-            [0.5, 0.1, 0.1, 0.2, 0.1],
-            [0.6, 0.2, 0.1, 0.05, 0.05],
-        ];
+        let ps =
+            [[0.4, 0.1, 0.3, 0.1, 0.1], [0.5, 0.1, 0.1, 0.2, 0.1], [0.6, 0.2, 0.1, 0.05, 0.05]];
         let logits: Vec<f64> = ps.iter().flat_map(|p| logits_of(p)).collect();
         let names = (2..5).map(|t| NameFirstTokens::new(vec![t], vec![])).collect();
         let inputs = RevisitInputs::new(names, OriginalFirstToken { w_prefix: 1, wo_prefix: 0 }, 1);
@@ -600,7 +594,6 @@ mod tests {
         // One vote of three is no majority.
         let ps1 = [ps[0], ps[2], ps[2]];
         let logits: Vec<f64> = ps1.iter().flat_map(|p| logits_of(p)).collect();
-        let mut inputs = inputs;
         inputs.majority_allowed = vec![true];
         let out = teacher().build_host(&logits, [3, 1, 1, 5], &inputs).unwrap();
         assert_eq!(out.majority_moved, vec![MajorityMove::None]);
