@@ -34,12 +34,13 @@
 //! ```
 
 mod generic;
+mod inputs;
 mod loss;
 mod revisit;
 
 pub use generic::{GenericPrediction, WhpGeneric, WhpGenericConfig, WhpTarget};
-pub use loss::{WhpLoss, WhpLossConfig, WhpLossOutput, WhpReduction};
-pub use revisit::{
-    MajorityMove, NameFirstTokens, OriginalFirstToken, RevisitInputs, RevisitMethod,
-    RevisitTargets, RevisitTeacher, RevisitTeacherConfig,
+pub use inputs::{
+    MajorityMove, NameFirstTokens, OriginalFirstToken, RevisitInputs, RevisitTargets,
 };
+pub use loss::{WhpLoss, WhpLossConfig, WhpLossOutput, WhpReduction};
+pub use revisit::{RevisitMethod, RevisitTeacher, RevisitTeacherConfig};
