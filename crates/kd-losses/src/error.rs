@@ -77,18 +77,31 @@ pub enum KdError {
         /// Name of the missing input.
         name: &'static str,
     },
-    /// An input holds a value outside its domain (a NaN logit, an exponential draw that is not
-    /// positive, a uniform outside `[0, 1)`, an empty ensemble, a vote outside the vocabulary).
-    /// Fix the input named by `name`; `got` says which entry and what it held.
+    /// A sequence of the batch has no valid (`mask = true`) position, so its per-sequence mean
+    /// is `0/0`. Drop the sequence from the batch or mark at least one of its positions valid.
+    #[error(
+        "{loss}: sequence {sequence} of the batch has no valid position (its mask is false \
+         everywhere); drop it or mark at least one position valid"
+    )]
+    EmptySequence {
+        /// Loss that was called.
+        loss: &'static str,
+        /// Index of the sequence in the batch.
+        sequence: usize,
+    },
+    /// An input holds a value outside its valid range (a token id not below the vocabulary
+    /// size, a NaN or `+inf` logit, an exponential draw that is not positive, a uniform outside
+    /// `[0, 1)`, an empty ensemble, a method that needs another number of inputs). Fix the input
+    /// named by `name`; `got` says which entry and what it held.
     #[error("invalid input `{name}` of {loss}: expected {expected}, got {got}")]
     InvalidInput {
-        /// Loss or construction that was called.
+        /// Loss or teacher construction that was called.
         loss: &'static str,
-        /// Name of the input, as in the golden files.
+        /// Input name, as in the golden files.
         name: &'static str,
-        /// The valid domain, in words.
-        expected: &'static str,
-        /// The offending value (and its index, when the input is an array).
+        /// What is accepted, in words.
+        expected: String,
+        /// What came (the offending value and where).
         got: String,
     },
 }

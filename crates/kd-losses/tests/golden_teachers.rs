@@ -11,6 +11,8 @@
 mod common;
 #[path = "teachers/hot_pate.rs"]
 mod hot_pate_runner;
+#[path = "teachers/whp_teacher.rs"]
+mod whp_teacher_runner;
 
 use std::path::PathBuf;
 
@@ -134,7 +136,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &["hot_pate"];
+const FILES: &[&str] = &["hot_pate", "whp_teacher"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -176,4 +178,5 @@ macro_rules! golden_teacher_tests {
 
 golden_teacher_tests! {
     hot_pate => super::hot_pate_runner::check;
+    whp_teacher => crate::whp_teacher_runner::check;
 }

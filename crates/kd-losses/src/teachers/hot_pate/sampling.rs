@@ -343,7 +343,7 @@ pub fn histogram(votes: &[usize], vocab: usize) -> Result<Vec<usize>> {
 
 /// `InvalidInput` of hot PATE.
 pub(super) fn invalid(name: &'static str, expected: &'static str, got: String) -> KdError {
-    KdError::InvalidInput { loss: ID, name, expected, got }
+    KdError::InvalidInput { loss: ID, name, expected: expected.to_string(), got }
 }
 
 /// `len == teachers · vocab`, both `≥ 1`.
