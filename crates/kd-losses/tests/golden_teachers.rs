@@ -9,6 +9,8 @@
 //! case, field and index.
 
 mod common;
+#[path = "teachers/phi_s.rs"]
+mod phi_s_runner;
 
 use std::path::PathBuf;
 
@@ -131,7 +133,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &[];
+const FILES: &[&str] = &["phi_s"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -171,4 +173,6 @@ macro_rules! golden_teacher_tests {
     };
 }
 
-golden_teacher_tests! {}
+golden_teacher_tests! {
+    phi_s => crate::phi_s_runner::check;
+}
