@@ -281,7 +281,7 @@ mod tests {
     }
 
     fn vals(t: Tensor<1>) -> Vec<f64> {
-        t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
+        t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
     }
 
     fn close(a: &[f64], b: &[f64], tol: f64) {
@@ -309,7 +309,7 @@ mod tests {
         let m = mask.map(|m| Tensor::<1, Bool>::from_data(TensorData::new(m.to_vec(), [m.len()]), &device));
         let out = fd.forward(s.clone(), rows(y), m).unwrap();
         let g = s.grad(&out.loss_mean.backward()).unwrap();
-        let g = g.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+        let g = g.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
         (out, g)
     }
 
@@ -361,7 +361,8 @@ mod tests {
         let y: &[&[f32]] = &[&[0.0, 0.0], &[0.0, 0.0], &[0.0, 0.0]];
         let (out, g) = run(FeatureLoss::Mse, 1.0, s, y, Some(&[true, false, true]));
         close(&vals(out.per_row), &[0.5, 0.0, 2.0], 1e-6);
-        close(&vals(out.cosine), &[0.0, 0.0, 0.0], 1e-6);
+        // y = 0: its norm is floored, cos = 0, cosine = 1; the masked row is 0.
+        close(&vals(out.cosine), &[1.0, 0.0, 1.0], 1e-6);
         close(&vals(out.loss_sum), &[2.5], 1e-6);
         close(&vals(out.loss_mean), &[1.25], 1e-6);
         close(&g[2..4], &[0.0, 0.0], 0.0);
