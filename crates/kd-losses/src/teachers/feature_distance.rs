@@ -306,7 +306,8 @@ mod tests {
             .unwrap();
         let s = rows(s).require_grad();
         let device = s.device();
-        let m = mask.map(|m| Tensor::<1, Bool>::from_data(TensorData::new(m.to_vec(), [m.len()]), &device));
+        let m = mask
+            .map(|m| Tensor::<1, Bool>::from_data(TensorData::new(m.to_vec(), [m.len()]), &device));
         let out = fd.forward(s.clone(), rows(y), m).unwrap();
         let g = s.grad(&out.loss_mean.backward()).unwrap();
         let g = g.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
@@ -335,8 +336,7 @@ mod tests {
     #[test]
     fn equal_inputs_give_zero_and_zero_gradient() {
         for loss in [FeatureLoss::Mse, FeatureLoss::SmoothL1, FeatureLoss::HybSmoothL1] {
-            let (out, g) =
-                run(loss, 1.0, &[&[1.0, -2.0, 0.5]], &[&[1.0, -2.0, 0.5]], None);
+            let (out, g) = run(loss, 1.0, &[&[1.0, -2.0, 0.5]], &[&[1.0, -2.0, 0.5]], None);
             close(&vals(out.loss_mean), &[0.0], 1e-6);
             close(&g, &[0.0; 3], 1e-6);
         }
@@ -345,7 +345,13 @@ mod tests {
     #[test]
     fn gradients_by_hand() {
         // mse: ∂/∂s = 2 d / (C · n_valid); smooth_l1 above β: sign(d) / (C · n_valid).
-        let (_, g) = run(FeatureLoss::Mse, 1.0, &[&[1.0, 0.0], &[0.0, 0.0]], &[&[0.0, 0.0], &[0.0, 3.0]], None);
+        let (_, g) = run(
+            FeatureLoss::Mse,
+            1.0,
+            &[&[1.0, 0.0], &[0.0, 0.0]],
+            &[&[0.0, 0.0], &[0.0, 3.0]],
+            None,
+        );
         close(&g, &[0.5, 0.0, 0.0, -1.5], 1e-6);
         let (_, g) = run(FeatureLoss::SmoothL1, 0.5, &[&[2.0, 0.25]], &[&[0.0, 0.0]], None);
         // d = 2 > β: 1/2; d = 0.25 < β: (d/β)/2 = 0.25.

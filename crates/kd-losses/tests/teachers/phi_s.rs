@@ -67,7 +67,14 @@ fn field(outputs: &Value, key: &str) -> Option<Vec<f64>> {
 }
 
 /// Checks `outputs[key]` (when present) against `got` with the tolerance built from it.
-fn check_field(r: &mut Report, case: &str, outputs: &Value, key: &str, got: &[f64], tol: fn(&[f64]) -> Tol) {
+fn check_field(
+    r: &mut Report,
+    case: &str,
+    outputs: &Value,
+    key: &str,
+    got: &[f64],
+    tol: fn(&[f64]) -> Tol,
+) {
     if let Some(want) = field(outputs, key) {
         r.check(case, key, got, &want, tol(&want));
     }
@@ -129,12 +136,33 @@ fn check_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Resu
     check_field(r, name, outputs, "alpha", &[t.alpha()], f64_tol);
     check_field(r, name, outputs, "whiten", t.whiten(), eigen_tol);
     check_field(r, name, outputs, "inv_whiten", t.inv_whiten(), eigen_tol);
-    check_field(r, name, outputs, "standardized_covariance", &t.standardized_covariance(), eigen_tol);
+    check_field(
+        r,
+        name,
+        outputs,
+        "standardized_covariance",
+        &t.standardized_covariance(),
+        eigen_tol,
+    );
 
     let (teacher_host, _) = flat(&inputs["teacher_features"]);
     let (student_host, _) = flat(&inputs["student_features"]);
-    check_field(r, name, outputs, "teacher_standardized", &t.standardize_host(&teacher_host)?, eigen_tol);
-    check_field(r, name, outputs, "student_denormalized", &t.denormalize_host(&student_host)?, eigen_tol);
+    check_field(
+        r,
+        name,
+        outputs,
+        "teacher_standardized",
+        &t.standardize_host(&teacher_host)?,
+        eigen_tol,
+    );
+    check_field(
+        r,
+        name,
+        outputs,
+        "student_denormalized",
+        &t.denormalize_host(&student_host)?,
+        eigen_tol,
+    );
 
     // ---- loss (f32 device, autodiff) ----
     let teacher: Tensor<2> = floats(&inputs["teacher_features"], device);
@@ -145,7 +173,13 @@ fn check_case(case: &Value, name: &str, device: &Device, r: &mut Report) -> Resu
     let f32_tol = Tol::f32_scaled;
     let dev = |key: &str| format!("{key} (device f32)");
     if let Some(want) = field(outputs, "teacher_standardized") {
-        r.check(name, &dev("teacher_standardized"), &host(out.teacher_standardized.clone()), &want, f32_tol(&want));
+        r.check(
+            name,
+            &dev("teacher_standardized"),
+            &host(out.teacher_standardized.clone()),
+            &want,
+            f32_tol(&want),
+        );
     }
     if let Some(want) = field(outputs, "student_denormalized") {
         let got = host(t.denormalize(student.clone().detach())?);

@@ -116,7 +116,8 @@ impl FittedNormalization {
             v.iter().enumerate().for_each(|(i, x)| m[i * c + i] = *x);
             m
         };
-        let undefined = |reason: String| Err(KdError::InvalidStatistics { what: "normalization", reason });
+        let undefined =
+            |reason: String| Err(KdError::InvalidStatistics { what: "normalization", reason });
         let (center, matrix, mu, sigma) = match kind {
             Normalization::Baseline => (vec![0.0; c], diag(vec![1.0; c]), vec![], vec![]),
             Normalization::GlobalStandardize => {
@@ -134,8 +135,13 @@ impl FittedNormalization {
             Normalization::Standardize => {
                 let var: Vec<f64> = (0..c).map(|i| cov[i * c + i]).collect();
                 let max = var.iter().fold(0f64, |m, v| m.max(*v));
-                if let Some(i) = var.iter().position(|v| v.is_nan() || *v <= EIGEN_FLOOR * max || max <= 0.0) {
-                    return undefined(format!("standardize: channel {i} has zero variance ({})", var[i]));
+                if let Some(i) =
+                    var.iter().position(|v| v.is_nan() || *v <= EIGEN_FLOOR * max || max <= 0.0)
+                {
+                    return undefined(format!(
+                        "standardize: channel {i} has zero variance ({})",
+                        var[i]
+                    ));
                 }
                 let sigma: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
                 (mean.clone(), diag(sigma.iter().map(|s| 1.0 / s).collect()), mean, sigma)
@@ -240,8 +246,9 @@ mod tests {
 
     #[test]
     fn whitenings_give_identity_covariance() {
-        let x: Vec<f64> =
-            (0..120).map(|k| ((k * 37 % 17) as f64) * (1.0 + (k % 4) as f64) + (k % 3) as f64).collect();
+        let x: Vec<f64> = (0..120)
+            .map(|k| ((k * 37 % 17) as f64) * (1.0 + (k % 4) as f64) + (k % 3) as f64)
+            .collect();
         let t = transform(&x, 4);
         for kind in [Normalization::PcaWhiten, Normalization::Zca, Normalization::Hca] {
             let y = FittedNormalization::fit(kind, &t).unwrap().apply_host(&x).unwrap();
@@ -278,7 +285,8 @@ mod tests {
         let t = transform(&x, 3);
         for kind in Normalization::ALL {
             let r = FittedNormalization::fit(kind, &t);
-            let defined = matches!(kind, Normalization::Baseline | Normalization::GlobalStandardize);
+            let defined =
+                matches!(kind, Normalization::Baseline | Normalization::GlobalStandardize);
             assert_eq!(r.is_ok(), defined, "{kind:?}");
             if let Err(e) = r {
                 assert!(matches!(e, KdError::InvalidStatistics { .. }), "{e}");

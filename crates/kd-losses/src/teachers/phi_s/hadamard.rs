@@ -113,9 +113,14 @@ impl Rotation {
     /// The random orthogonal fallback for `channels` features, drawn from `seed`.
     pub fn bernoulli(channels: usize, seed: u64) -> Self {
         let mut rng = SplitMix64(seed);
-        let a = DMatrix::from_fn(channels, channels, |_, _| {
-            if rng.next() >> 63 == 1 { 1.0 } else { -1.0 }
-        });
+        let a =
+            DMatrix::from_fn(
+                channels,
+                channels,
+                |_, _| {
+                    if rng.next() >> 63 == 1 { 1.0 } else { -1.0 }
+                },
+            );
         let q = a.qr().q();
         // Columns with a non-positive diagonal entry negated, then transposed.
         let mut m = vec![0.0; channels * channels];
@@ -233,9 +238,7 @@ pub(crate) fn official_raw(c: usize) -> Option<(HadamardConstruction, Vec<f64>)>
 pub(crate) fn sylvester(n: usize) -> Vec<f64> {
     assert!(n.is_power_of_two(), "Sylvester needs a power of two, got {n}");
     // Entry (i, j) = (−1)^popcount(i & j): the doubling [[A, A], [A, −A]] unrolled.
-    (0..n * n)
-        .map(|k| if ((k / n) & (k % n)).count_ones() % 2 == 0 { 1.0 } else { -1.0 })
-        .collect()
+    (0..n * n).map(|k| if ((k / n) & (k % n)).count_ones() % 2 == 0 { 1.0 } else { -1.0 }).collect()
 }
 
 /// Paley construction I of size `p` (`q = p − 1` prime, `q ≡ 3 mod 4`):
@@ -272,11 +275,8 @@ pub(crate) fn paley2(p: usize) -> Vec<f64> {
                 (0, _) | (_, 0) => 1.0,
                 _ => chi[(i + q - j) % q],
             };
-            let block: [[f64; 2]; 2] = if s == 0.0 {
-                [[1.0, -1.0], [-1.0, -1.0]]
-            } else {
-                [[s, s], [s, -s]]
-            };
+            let block: [[f64; 2]; 2] =
+                if s == 0.0 { [[1.0, -1.0], [-1.0, -1.0]] } else { [[s, s], [s, -s]] };
             for (a, row) in block.iter().enumerate() {
                 for (b, v) in row.iter().enumerate() {
                     h[(2 * i + a) * p + 2 * j + b] = *v;

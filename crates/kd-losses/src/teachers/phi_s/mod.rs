@@ -30,7 +30,9 @@ pub use stats::{RefreshSchedule, RunningStats};
 use burn::tensor::{Bool, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::feature_distance::{FeatureDistance, FeatureDistanceConfig, FeatureDistanceOutput, FeatureLoss};
+use super::feature_distance::{
+    FeatureDistance, FeatureDistanceConfig, FeatureDistanceOutput, FeatureLoss,
+};
 use crate::config::loss_config;
 use crate::error::{KdError, Result};
 use crate::logspace::{f32_on, to_f32};
@@ -200,7 +202,9 @@ impl PhiS {
     pub fn rotation(&self, channels: usize) -> Result<Rotation> {
         match self.config.rotation {
             RotationChoice::OfficialHadamard => Rotation::official(channels, self.config.seed),
-            RotationChoice::Given => Err(KdError::MissingInput { loss: Self::ID, name: "rotation" }),
+            RotationChoice::Given => {
+                Err(KdError::MissingInput { loss: Self::ID, name: "rotation" })
+            }
         }
     }
 
@@ -410,7 +414,8 @@ impl PhiSTransform {
         let mut out = vec![0.0; c * c];
         for i in 0..c {
             for j in 0..c {
-                out[i * c + j] = (0..c).map(|k| h[i * c + k] * e[k] * h[j * c + k]).sum::<f64>() / phi2;
+                out[i * c + j] =
+                    (0..c).map(|k| h[i * c + k] * e[k] * h[j * c + k]).sum::<f64>() / phi2;
             }
         }
         out
@@ -581,7 +586,10 @@ mod tests {
             }
             // Device (f32) path agrees with the host one.
             let device = Device::flex();
-            let tx = Tensor::<2>::from_data(TensorData::new(x[..5 * c].to_vec(), [5, c]), (&device, burn::tensor::DType::F64));
+            let tx = Tensor::<2>::from_data(
+                TensorData::new(x[..5 * c].to_vec(), [5, c]),
+                (&device, burn::tensor::DType::F64),
+            );
             let y = t.standardize(tx).unwrap();
             let back = stats::tensor_values(t.denormalize(y.clone()).unwrap());
             let y = stats::tensor_values(y);
@@ -605,7 +613,12 @@ mod tests {
         assert_eq!((back.channels(), back.count()), (t.channels(), t.count()));
         let (x, y) = (back.standardize_host(t.mean()).unwrap(), vec![0.0; 4]);
         assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-14), "{x:?}");
-        for (a, b) in back.whiten().iter().zip(t.whiten()).chain(back.eigenvalues().iter().zip(t.eigenvalues())) {
+        for (a, b) in back
+            .whiten()
+            .iter()
+            .zip(t.whiten())
+            .chain(back.eigenvalues().iter().zip(t.eigenvalues()))
+        {
             assert!((a - b).abs() <= 1e-15 * b.abs().max(1.0), "{a} {b}");
         }
         // Constant features: φ = 0.
@@ -625,10 +638,17 @@ mod tests {
         let (t, x) = fitted(8);
         let device = Device::flex().autodiff();
         let phi_s = PhiSConfig::new().init().unwrap();
-        let teacher = Tensor::<2>::from_data(TensorData::new(x[..16].to_vec(), [2, 8]), (&device, burn::tensor::DType::F64));
+        let teacher = Tensor::<2>::from_data(
+            TensorData::new(x[..16].to_vec(), [2, 8]),
+            (&device, burn::tensor::DType::F64),
+        );
         // Student = the exact standardised targets → zero loss and zero gradient.
         let y = t.standardize_host(&x[..16]).unwrap();
-        let student = Tensor::<2>::from_data(TensorData::new(y.iter().map(|v| *v as f32).collect::<Vec<_>>(), [2, 8]), &device).require_grad();
+        let student = Tensor::<2>::from_data(
+            TensorData::new(y.iter().map(|v| *v as f32).collect::<Vec<_>>(), [2, 8]),
+            &device,
+        )
+        .require_grad();
         let out = phi_s.forward(&t, student.clone(), teacher.clone(), None).unwrap();
         assert!(out.distance.loss_mean.clone().into_scalar::<f32>().abs() < 1e-9);
         let g = stats::tensor_values(student.grad(&out.distance.loss_mean.backward()).unwrap());

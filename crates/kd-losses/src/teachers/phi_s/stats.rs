@@ -48,7 +48,12 @@ pub struct RunningStats {
 impl RunningStats {
     /// Empty statistics over `channels` features.
     pub fn new(channels: usize) -> Self {
-        Self { channels, count: 0, mean: vec![0.0; channels], comoment: vec![0.0; channels * channels] }
+        Self {
+            channels,
+            count: 0,
+            mean: vec![0.0; channels],
+            comoment: vec![0.0; channels * channels],
+        }
     }
 
     /// Number of features `C`.
@@ -143,7 +148,11 @@ impl RunningStats {
     /// # Errors
     /// [`KdError::ShapeMismatch`] when the tensor is not `[n, C]` or the mask not `[n]`; see
     /// [`Self::update`].
-    pub fn update_tensor(&mut self, features: Tensor<2>, mask: Option<Tensor<1, Bool>>) -> Result<()> {
+    pub fn update_tensor(
+        &mut self,
+        features: Tensor<2>,
+        mask: Option<Tensor<1, Bool>>,
+    ) -> Result<()> {
         let [n, c] = features.dims();
         if c != self.channels {
             return Err(KdError::ShapeMismatch {
@@ -163,8 +172,15 @@ impl RunningStats {
                         got: m.dims().to_vec(),
                     });
                 }
-                let keep: Vec<bool> =
-                    m.int().into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default().into_iter().map(|k| k != 0).collect();
+                let keep: Vec<bool> = m
+                    .int()
+                    .into_data()
+                    .convert::<i64>()
+                    .try_to_vec::<i64>()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| k != 0)
+                    .collect();
                 let rows: Vec<f64> = values
                     .chunks(c.max(1))
                     .zip(keep)
@@ -337,8 +353,10 @@ mod tests {
             }
         }
         // Two-pass reference.
-        let mean: Vec<f64> = (0..c).map(|j| x.iter().skip(j).step_by(c).sum::<f64>() / 37.0).collect();
-        let cov01: f64 = x.chunks(c).map(|r| (r[0] - mean[0]) * (r[1] - mean[1])).sum::<f64>() / 36.0;
+        let mean: Vec<f64> =
+            (0..c).map(|j| x.iter().skip(j).step_by(c).sum::<f64>() / 37.0).collect();
+        let cov01: f64 =
+            x.chunks(c).map(|r| (r[0] - mean[0]) * (r[1] - mean[1])).sum::<f64>() / 36.0;
         assert!((one.covariance().unwrap()[1] - cov01).abs() < 1e-14);
     }
 
@@ -352,7 +370,10 @@ mod tests {
         let t = Tensor::<2>::from_data(TensorData::new(x32.clone(), [3, 2]), &Device::flex());
         b.update_tensor(t.clone(), None).unwrap();
         assert_eq!(a, b);
-        let m = Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false, true], [3]), &Device::flex());
+        let m = Tensor::<1, Bool>::from_data(
+            TensorData::new(vec![true, false, true], [3]),
+            &Device::flex(),
+        );
         let mut c = RunningStats::new(2);
         c.update_tensor(t, Some(m)).unwrap();
         assert_eq!(c.count(), 2);
@@ -361,7 +382,8 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         let back: RunningStats = serde_json::from_str(&json).unwrap();
         assert_eq!((back.channels(), back.count()), (2, 3));
-        let pairs = back.mean().iter().zip(a.mean()).chain(back.comoment().iter().zip(a.comoment()));
+        let pairs =
+            back.mean().iter().zip(a.mean()).chain(back.comoment().iter().zip(a.comoment()));
         for (x, y) in pairs {
             assert!((x - y).abs() <= 1e-15 * y.abs().max(1.0), "{x} {y}");
         }
