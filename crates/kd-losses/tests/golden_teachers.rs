@@ -49,6 +49,7 @@ impl Tol {
 }
 
 /// Collects the mismatches of one file.
+#[derive(Debug)]
 pub struct Report {
     /// `<file> [<backend>]`, the prefix of every message.
     pub at: String,

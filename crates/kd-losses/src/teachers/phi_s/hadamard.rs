@@ -209,7 +209,7 @@ pub(crate) fn orthogonality_error(m: &[f64], c: usize) -> f64 {
 /// The official ±1 Hadamard matrix (row-major) and its construction, or `None` where the
 /// official code falls back to a random matrix.
 pub(crate) fn official_raw(c: usize) -> Option<(HadamardConstruction, Vec<f64>)> {
-    if c == 0 || (c > 2 && c % 4 != 0) {
+    if c == 0 || (c > 2 && !c.is_multiple_of(4)) {
         return None;
     }
     if c.is_power_of_two() {
@@ -238,7 +238,9 @@ pub(crate) fn official_raw(c: usize) -> Option<(HadamardConstruction, Vec<f64>)>
 pub(crate) fn sylvester(n: usize) -> Vec<f64> {
     assert!(n.is_power_of_two(), "Sylvester needs a power of two, got {n}");
     // Entry (i, j) = (−1)^popcount(i & j): the doubling [[A, A], [A, −A]] unrolled.
-    (0..n * n).map(|k| if ((k / n) & (k % n)).count_ones() % 2 == 0 { 1.0 } else { -1.0 }).collect()
+    (0..n * n)
+        .map(|k| if ((k / n) & (k % n)).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 })
+        .collect()
 }
 
 /// Paley construction I of size `p` (`q = p − 1` prime, `q ≡ 3 mod 4`):
@@ -327,7 +329,7 @@ fn is_prime(n: usize) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

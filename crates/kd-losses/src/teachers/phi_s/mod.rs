@@ -485,7 +485,7 @@ pub(crate) fn affine_rows(
     add: Option<&[f64]>,
     w: &[f64],
 ) -> Result<Vec<f64>> {
-    if c == 0 || rows.len() % c != 0 {
+    if c == 0 || !rows.len().is_multiple_of(c) {
         return Err(KdError::ShapeMismatch {
             what: "feature rows vs channels".into(),
             expected: vec![rows.len() / c.max(1), c],

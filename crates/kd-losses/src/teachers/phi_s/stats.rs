@@ -103,7 +103,7 @@ impl RunningStats {
     /// [`KdError::InvalidStatistics`] when a value is not finite (nothing is added then).
     pub fn update<T: Copy + Into<f64>>(&mut self, rows: &[T]) -> Result<()> {
         let c = self.channels;
-        if c == 0 || rows.len() % c != 0 {
+        if c == 0 || !rows.len().is_multiple_of(c) {
             return Err(KdError::ShapeMismatch {
                 what: "feature rows vs channels".into(),
                 expected: vec![rows.len() / c.max(1), c],
@@ -261,7 +261,7 @@ impl RefreshSchedule {
     pub fn should_refit(&self, updates: u64) -> bool {
         self.every > 0
             && updates > 0
-            && updates % self.every == 0
+            && updates.is_multiple_of(self.every)
             && self.freeze_after.is_none_or(|f| updates <= f)
     }
 }
