@@ -12,7 +12,7 @@
 //! checkpoints) and [`RefreshSchedule`]; [`Rotation`] (Hadamard constructions and fallbacks);
 //! [`PhiSTransform`] (the fitted transform: `standardize`, `denormalize`, host and device);
 //! [`PhiS`] / [`PhiSConfig`] (the loss, via
-//! [`FeatureDistance`](super::feature_distance::FeatureDistance)); [`FittedNormalization`]
+//! [`FeatureDistance`]); [`FittedNormalization`]
 //! (the normalisations the paper compares against).
 //!
 //! Paper: Ranzinger et al., *PHI-S: Distribution Balancing for Label-Free Multi-Teacher
