@@ -27,6 +27,11 @@ pub enum FeatureLoss {
     HybSmoothL1,
 }
 
+/// Smallest accepted `smooth_l1_beta`: a normal `f32`, so `m/β` stays finite.
+const MIN_BETA: f64 = 1e-30;
+/// Smallest accepted `cosine_eps`: `eps²` a normal `f32`.
+const MIN_EPS: f64 = 1e-18;
+
 loss_config! {
     /// Config of [`FeatureDistance`]. Keys as in the golden configs.
     pub struct FeatureDistanceConfig, new: "Defaults: `mse`, `β = 1` (PyTorch), `w = 0.9` (AM-RADIO), `eps = 1e-8` (PyTorch)." {
@@ -45,18 +50,19 @@ impl FeatureDistanceConfig {
     /// Validates the config.
     ///
     /// # Errors
-    /// [`KdError::InvalidHyperparameter`] when `smooth_l1_beta ≤ 0`, `cos_weight ∉ [0, 1]` or
-    /// `cosine_eps ≤ 0` (or any of them is not finite).
+    /// [`KdError::InvalidHyperparameter`] when `smooth_l1_beta ≤ 0` (below `1e-30`),
+    /// `cos_weight ∉ [0, 1]` or `cosine_eps ≤ 0` (below `1e-18`), or any of them is not finite.
     pub fn init(&self) -> Result<FeatureDistance> {
-        let beta = self.smooth_l1_beta;
-        if !(beta.is_finite() && beta > 0.0) {
-            return Err(KdError::InvalidHyperparameter {
-                loss: FeatureDistance::ID,
-                name: "smooth_l1_beta",
-                expected: "a finite value > 0",
-                got: beta,
-            });
-        }
+        // The loss runs in f32: β must stay a normal f32 and eps² too (the norm floor is
+        // applied to the squared norm), else a division by an underflowed 0 gives NaN.
+        check_range(
+            FeatureDistance::ID,
+            "smooth_l1_beta",
+            self.smooth_l1_beta,
+            MIN_BETA,
+            f64::MAX,
+            "a finite value ≥ 1e-30 (> 0 and a normal f32)",
+        )?;
         check_range(
             FeatureDistance::ID,
             "cos_weight",
@@ -65,15 +71,14 @@ impl FeatureDistanceConfig {
             1.0,
             "a value in [0, 1]",
         )?;
-        let eps = self.cosine_eps;
-        if !(eps.is_finite() && eps > 0.0) {
-            return Err(KdError::InvalidHyperparameter {
-                loss: FeatureDistance::ID,
-                name: "cosine_eps",
-                expected: "a finite value > 0",
-                got: eps,
-            });
-        }
+        check_range(
+            FeatureDistance::ID,
+            "cosine_eps",
+            self.cosine_eps,
+            MIN_EPS,
+            f64::MAX,
+            "a finite value ≥ 1e-18 (> 0, with eps² a normal f32)",
+        )?;
         Ok(FeatureDistance { config: self.clone() })
     }
 }
@@ -252,7 +257,7 @@ impl FeatureDistance {
         let beta = c.smooth_l1_beta;
         let a = d.abs();
         let m = a.clone().clamp_max(beta);
-        let smooth = m.clone().mul(m.clone()).mul_scalar(0.5 / beta).add(a.sub(m));
+        let smooth = m.clone().mul(m.clone().div_scalar(beta)).mul_scalar(0.5).add(a.sub(m));
         let smooth_l1 = row_sum(smooth).div_scalar(channels);
         // cos = s·y / (max(‖s‖, eps) max(‖y‖, eps)), the floor taken on the squared norm.
         let eps2 = c.cosine_eps * c.cosine_eps;
@@ -386,6 +391,9 @@ mod tests {
             FeatureDistanceConfig::new().with_cos_weight(1.5),
             FeatureDistanceConfig::new().with_cos_weight(-0.1),
             FeatureDistanceConfig::new().with_cosine_eps(0.0),
+            FeatureDistanceConfig::new().with_cosine_eps(1e-20),
+            FeatureDistanceConfig::new().with_smooth_l1_beta(1e-31),
+            FeatureDistanceConfig::new().with_smooth_l1_beta(f64::INFINITY),
         ];
         for c in bad {
             let e = c.init().unwrap_err();
@@ -396,6 +404,21 @@ mod tests {
         assert!(e.to_string().contains("[1, 2]") && e.to_string().contains("[1, 3]"), "{e}");
         let m = Tensor::<1, Bool>::ones([2], &Device::flex().autodiff());
         assert!(fd.forward(rows(&[&[1.0]]), rows(&[&[1.0]]), Some(m)).is_err());
+    }
+
+    #[test]
+    fn extreme_valid_hyperparameters_stay_finite() {
+        let fd = FeatureDistanceConfig::new()
+            .with_loss(FeatureLoss::HybSmoothL1)
+            .with_smooth_l1_beta(1e-30)
+            .with_cosine_eps(1e-18)
+            .init()
+            .unwrap();
+        let s = rows(&[&[0.0, 0.0], &[1e-3, -2.0]]).require_grad();
+        let out = fd.forward(s.clone(), rows(&[&[0.0, 0.0], &[0.0, 1.0]]), None).unwrap();
+        let g = s.grad(&out.loss_mean.backward()).unwrap();
+        let g = g.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
+        assert!(vals(out.per_row).iter().chain(&g).all(|x| x.is_finite()), "{g:?}");
     }
 
     #[test]
