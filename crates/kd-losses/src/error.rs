@@ -104,6 +104,17 @@ pub enum KdError {
         /// What came (the offending value and where).
         got: String,
     },
+    /// Statistics fitted from data cannot be formed or do not define the requested transform
+    /// (fewer than two rows for a covariance, a non-finite feature, all-zero variance for
+    /// PHI-S, a zero-variance channel or a near-singular covariance for a whitening). Fit on
+    /// more (or more varied) finite rows, or pick a transform that is defined for the data.
+    #[error("{what} is undefined: {reason}")]
+    InvalidStatistics {
+        /// What was being fitted or computed.
+        what: &'static str,
+        /// Why it is undefined, with the offending numbers.
+        reason: String,
+    },
 }
 
 struct Dims<'a>(&'a [usize]);

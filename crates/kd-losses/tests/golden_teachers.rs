@@ -13,6 +13,8 @@ mod common;
 mod hot_pate_runner;
 #[path = "teachers/whp_teacher.rs"]
 mod whp_teacher_runner;
+#[path = "teachers/phi_s.rs"]
+mod phi_s_runner;
 
 use std::path::PathBuf;
 
@@ -136,7 +138,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &["hot_pate", "whp_teacher"];
+const FILES: &[&str] = &["hot_pate", "phi_s", "whp_teacher"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -179,4 +181,5 @@ macro_rules! golden_teacher_tests {
 golden_teacher_tests! {
     hot_pate => super::hot_pate_runner::check;
     whp_teacher => crate::whp_teacher_runner::check;
+    phi_s => crate::phi_s_runner::check;
 }
