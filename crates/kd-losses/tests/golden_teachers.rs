@@ -9,6 +9,8 @@
 //! case, field and index.
 
 mod common;
+#[path = "teachers/dnkd.rs"]
+mod dnkd_runner;
 
 use std::path::PathBuf;
 
@@ -131,7 +133,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &[];
+const FILES: &[&str] = &["dnkd"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -171,4 +173,6 @@ macro_rules! golden_teacher_tests {
     };
 }
 
-golden_teacher_tests! {}
+golden_teacher_tests! {
+    dnkd => crate::dnkd_runner::check;
+}

@@ -3,6 +3,9 @@
 //!
 //! | module | what it builds | paper |
 //! |---|---|---|
+//! | [`dnkd`] | kNN-datastore distribution (optionally mixed with a model) + decoupled KD | DNKD, Zhang et al. 2023 |
 //!
 //! Each construction is checked against float64 golden files (`tests/golden_teachers/`, run by
 //! `cargo test -p kd-losses --test golden_teachers`).
+
+pub mod dnkd;
