@@ -93,7 +93,14 @@ impl IvfIndex {
         check_nprobe(config.nprobe, nlist)?;
         let inf = f64::INFINITY;
         check_range(Dnkd::ID, "iterations", config.iterations as f64, 1.0, inf, "a value ≥ 1")?;
-        check_range(Dnkd::ID, "train_size", config.train_size as f64, nlist as f64, inf, "≥ nlist")?;
+        check_range(
+            Dnkd::ID,
+            "train_size",
+            config.train_size as f64,
+            nlist as f64,
+            inf,
+            "≥ nlist",
+        )?;
 
         let dim = store.dim();
         let mut rng = SplitMix64(config.seed);
@@ -280,18 +287,20 @@ fn kmeans(
     // k-means++: each next centroid drawn with probability ∝ squared distance to the nearest
     // centroid so far (uniformly when every point already coincides with a centroid).
     let mut centroids = point(rng.below(n)).to_vec();
-    let mut d2: Vec<f64> = (0..n).into_par_iter().map(|i| squared_l2(point(i), &centroids)).collect();
+    let mut d2: Vec<f64> =
+        (0..n).into_par_iter().map(|i| squared_l2(point(i), &centroids)).collect();
     for _ in 1..nlist {
         let total: f64 = d2.iter().sum();
         let chosen = if total > 0.0 {
             let r = rng.unit() * total;
             let mut acc = 0.0;
-            d2.iter().position(|d| {
-                acc += d;
-                acc > r
-            })
-            // Rounding can leave r just above the last partial sum: take the last positive.
-            .unwrap_or_else(|| d2.iter().rposition(|d| *d > 0.0).unwrap_or(n - 1))
+            d2.iter()
+                .position(|d| {
+                    acc += d;
+                    acc > r
+                })
+                // Rounding can leave r just above the last partial sum: take the last positive.
+                .unwrap_or_else(|| d2.iter().rposition(|d| *d > 0.0).unwrap_or(n - 1))
         } else {
             rng.below(n)
         };
@@ -399,8 +408,7 @@ mod tests {
         let store = Datastore::from_rows(8, uniform(4000 * 8, 1, 5), vec![0; 4000]).unwrap();
         let queries = uniform(200 * 8, 1, 6);
         let exact = ExactIndex.search(&store, &queries, k).unwrap();
-        let ivf =
-            IvfIndex::build(&store, &IvfConfig::new().with_nlist(32).with_nprobe(8)).unwrap();
+        let ivf = IvfIndex::build(&store, &IvfConfig::new().with_nlist(32).with_nprobe(8)).unwrap();
         let r = recall(&ivf.search(&store, &queries, k).unwrap(), &exact);
         assert!(r >= 0.9, "uniform recall@10 at nprobe 8/32: {r}");
     }
@@ -421,8 +429,8 @@ mod tests {
     #[test]
     fn update_covers_new_rows_and_stale_index_is_refused() {
         let mut store = Datastore::from_rows(2, mixture(100, 2, 4, 3), vec![1; 100]).unwrap();
-        let mut ivf = IvfIndex::build(&store, &IvfConfig::new().with_nlist(4).with_nprobe(4))
-            .unwrap();
+        let mut ivf =
+            IvfIndex::build(&store, &IvfConfig::new().with_nlist(4).with_nprobe(4)).unwrap();
         store.push(&[100.0, 100.0], 2).unwrap();
         let e = ivf.search(&store, &[100.0, 100.0], 1).unwrap_err();
         assert!(matches!(e, KdError::ShapeMismatch { .. }), "{e}");
@@ -445,8 +453,8 @@ mod tests {
         bad(IvfConfig::new().with_nlist(2).with_nprobe(3), "nprobe");
         bad(IvfConfig::new().with_nlist(2).with_nprobe(1).with_iterations(0), "iterations");
         bad(IvfConfig::new().with_nlist(2).with_nprobe(1).with_train_size(1), "train_size");
-        let mut ok = IvfIndex::build(&store, &IvfConfig::new().with_nlist(3).with_nprobe(1))
-            .unwrap();
+        let mut ok =
+            IvfIndex::build(&store, &IvfConfig::new().with_nlist(3).with_nprobe(1)).unwrap();
         assert!(ok.set_nprobe(4).is_err());
         // Even nprobe = 1 with tiny lists returns k neighbours (more lists are probed).
         assert_eq!(ok.search(&store, &[0.4], 3).unwrap().row(0).0, &[0, 1, 2]);

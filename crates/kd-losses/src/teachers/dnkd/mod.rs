@@ -268,7 +268,8 @@ impl Dnkd {
         if lambda == 1.0 {
             return Ok(knn_probs);
         }
-        let model = model_logits.ok_or(KdError::MissingInput { loss: Self::ID, name: "model_logits" })?;
+        let model =
+            model_logits.ok_or(KdError::MissingInput { loss: Self::ID, name: "model_logits" })?;
         let model = to_f32(model).detach();
         if model.dims() != knn_probs.dims() {
             return Err(KdError::ShapeMismatch {
@@ -407,9 +408,7 @@ impl Dnkd {
         let away = onehot.clone().mul_scalar(TARGET_OFFSET);
         let lq_y = gather_rows(log_q.clone(), labels.clone());
         let lq_rest = logsumexp(log_q.sub(away.clone())).squeeze_dim::<1>(1);
-        let tckd = p_y
-            .mul(lp_y.sub(lq_y))
-            .add(p_rest.mul(lp_rest.clone().sub(lq_rest)));
+        let tckd = p_y.mul(lp_y.sub(lq_y)).add(p_rest.mul(lp_rest.clone().sub(lq_rest)));
 
         // NCKD over the non-target entries the teacher supports: p̂ = p / p_rest there.
         let drop = zero.bool_or(is_target); // p̂ = 0 there
@@ -431,8 +430,7 @@ impl Dnkd {
             .mul_scalar(c.ce_weight)
             .add(tckd.clone().mul_scalar(c.alpha * t2))
             .add(nckd.clone().mul_scalar(c.beta * t2));
-        let extras =
-            vec![Extra::row("tckd", tckd), Extra::row("nckd", nckd), Extra::row("ce", ce)];
+        let extras = vec![Extra::row("tckd", tckd), Extra::row("nckd", nckd), Extra::row("ce", ce)];
         finish(per_row, &rows.valid, extras, reduction)
     }
 }

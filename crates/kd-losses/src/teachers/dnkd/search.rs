@@ -30,7 +30,7 @@ impl Neighbours {
     /// When the two lengths differ or are not a multiple of `k ≥ 1`.
     pub fn new(k: usize, indices: Vec<usize>, distances: Vec<f64>) -> Self {
         assert!(
-            k > 0 && indices.len() == distances.len() && indices.len() % k == 0,
+            k > 0 && indices.len() == distances.len() && indices.len().is_multiple_of(k),
             "neighbours: {} indices and {} distances for k = {k}",
             indices.len(),
             distances.len()
@@ -122,7 +122,7 @@ pub(crate) fn smallest_k(mut cand: Vec<(f64, usize)>, k: usize) -> Vec<(f64, usi
 /// Checks a search request; returns the number of queries.
 pub(crate) fn check_search(store: &Datastore, queries: &[f32], k: usize) -> Result<usize> {
     let dim = store.dim();
-    if dim == 0 || queries.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
         return Err(KdError::ShapeMismatch {
             what: "query_hidden [rows, dim] vs datastore dim".into(),
             expected: vec![queries.len() / dim.max(1), dim],

@@ -238,6 +238,7 @@ fn bad_inputs_are_errors() {
     // Non-finite query; negative teacher probabilities.
     let e = call(&dnkd, DnkdBatch::new(mat(&[&[f32::NAN, 0.0]]), student(), ids(&[0])));
     is_hp(e.unwrap_err(), "query_hidden");
-    let e = dnkd.loss(mat(&[&[0.5, -0.1, 0.6]]), mat(&[&[0.0; 3]]), ids(&[0]), None, Reduction::Mean);
+    let e =
+        dnkd.loss(mat(&[&[0.5, -0.1, 0.6]]), mat(&[&[0.0; 3]]), ids(&[0]), None, Reduction::Mean);
     is_hp(e.unwrap_err(), "teacher_probs");
 }
