@@ -15,6 +15,8 @@ mod hot_pate_runner;
 mod whp_teacher_runner;
 #[path = "teachers/phi_s.rs"]
 mod phi_s_runner;
+#[path = "teachers/dnkd.rs"]
+mod dnkd_runner;
 
 use std::path::PathBuf;
 
@@ -138,7 +140,7 @@ fn run_file(file: &str, backend: &str, device: &Device, check: fn(&Value, &Devic
 }
 
 /// The files this harness knows; every `*.json` of the directory must be one of them.
-const FILES: &[&str] = &["hot_pate", "phi_s", "whp_teacher"];
+const FILES: &[&str] = &["dnkd", "hot_pate", "phi_s", "whp_teacher"];
 
 #[test]
 fn every_file_has_a_runner() {
@@ -179,7 +181,8 @@ macro_rules! golden_teacher_tests {
 }
 
 golden_teacher_tests! {
-    hot_pate => super::hot_pate_runner::check;
+    hot_pate => crate::hot_pate_runner::check;
     whp_teacher => crate::whp_teacher_runner::check;
     phi_s => crate::phi_s_runner::check;
+    dnkd => crate::dnkd_runner::check;
 }

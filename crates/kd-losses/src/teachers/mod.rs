@@ -7,11 +7,13 @@
 //! | [`whp`] | WHP generic prediction `base − α·ReLU(reinforced − base)` and the causal-intervention teacher (K counterfactual names), with their KL student loss | Eldan & Russinovich 2023 (arXiv 2310.02238); Liu et al. 2024 (arXiv 2407.16997) |
 //! | [`phi_s`] | PHI-S: teacher features standardised by `φ⁻¹ H Uᵀ (t − μ)` (PCA + Hadamard, one scale), regressed with [`feature_distance`] | Ranzinger et al. 2024 |
 //! | [`feature_distance`] | row-wise feature distances (MSE, smooth L1, cosine, hybrids) shared by feature methods | AM-RADIO / PHI-S |
+//! | [`dnkd`] | kNN-datastore distribution (optionally mixed with a model) + decoupled KD | DNKD, Zhang et al. 2023 |
 //!
 //! Each construction is checked against float64 golden files (`tests/golden_teachers/`, run by
 //! `cargo test -p kd-losses --test golden_teachers`).
 
-pub mod hot_pate;
-pub mod whp;
+pub mod dnkd;
 pub mod feature_distance;
+pub mod hot_pate;
 pub mod phi_s;
+pub mod whp;
