@@ -70,6 +70,7 @@ pub const ASSETS: &[Asset] = embed![
     "configs/sft_dolly.toml",
     "configs/step_by_step.toml",
     "configs/train_tinystories.toml",
+    "configs/whp.toml",
 ];
 
 /// Writes every embedded file below `root` (`root/crates/kd-cli/assets/…`), skipping files that

@@ -86,7 +86,7 @@ enum Command {
     #[command(args_override_self = true)]
     Train(RunArgs),
     /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm,
-    /// step_by_step, cross_tokenizer, feature).
+    /// step_by_step, cross_tokenizer, feature, whp).
     #[command(args_override_self = true)]
     Distill(RunArgs),
     /// The teacher answers every prompt of an instruction file (SeqKD data).

@@ -588,9 +588,24 @@ pub fn run_job(
     }
     trainer = crate::ensemble::apply(config, trainer, &teacher_device, train).input()?;
     let delta = matches!(&method, MethodConfig::Kd(k) if k.is_delta_kd());
+    let whp = matches!(&method, MethodConfig::Whp(_));
     let has_base =
         config.base_teacher != Default::default() || config.base_student != Default::default();
-    if delta {
+    if whp {
+        // WHP: the base teacher is the baseline the reinforced teacher was fine-tuned from.
+        let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
+        if config.base_teacher == Default::default() {
+            return Err(anyhow::anyhow!(
+                "whp needs the baseline model: set [base_teacher] pretrained = DIR \
+                 (or --base-teacher DIR); [teacher] is the reinforced model"
+            ))
+            .input();
+        }
+        let bt =
+            load_model_as(&config.base_teacher, "baseline", &teacher_device, precision).input()?;
+        log::info!("whp baseline: {} parameters", bt.num_params());
+        trainer = trainer.with_base_models_on(bt.clone(), bt, &teacher_device).input()?;
+    } else if delta {
         let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
         if config.base_teacher == Default::default() {
             return Err(anyhow::anyhow!(
@@ -623,8 +638,8 @@ pub fn run_job(
         trainer = trainer.with_base_models_on(bt, bs, &teacher_device).input()?;
     } else if has_base {
         return Err(anyhow::anyhow!(
-            "[base_teacher]/[base_student] are Delta-KD's base models; this run's divergence is \
-             not delta_kd (set method.divergence.loss = \"delta_kd\" or --loss delta_kd)"
+            "[base_teacher]/[base_student] are the base models of Delta-KD and WHP; this run is \
+             neither (set method.divergence.loss = \"delta_kd\", --loss delta_kd, or --method whp)"
         ))
         .input();
     }

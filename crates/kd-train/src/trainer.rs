@@ -1037,7 +1037,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         if self.method.uses_base_models() && self.base.is_none() {
             return Err(TrainError::config(
                 "base models",
-                "the base teacher and base student (Trainer::with_base_models) for delta_kd",
+                "the base models (Trainer::with_base_models): base teacher and base student for \
+                 delta_kd, the baseline as base teacher for whp",
                 "none",
             ));
         }

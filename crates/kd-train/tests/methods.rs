@@ -54,7 +54,9 @@ fn trainer(method: MethodConfig, out: Option<&Path>, student: CausalLm) -> Train
         .with_special_tokens(vec![EOS], 0)
         .with_pt_data(pt_data());
     let t = if t.uses_teacher() { t.with_teacher(teacher).unwrap() } else { t };
-    if matches!(&t.config().method, MethodConfig::Kd(k) if k.is_delta_kd()) {
+    if matches!(&t.config().method, MethodConfig::Kd(k) if k.is_delta_kd())
+        || matches!(&t.config().method, MethodConfig::Whp(_))
+    {
         let plain = Device::flex();
         t.with_base_models(seeded(77, 16, 2, &plain), seeded(55, 8, 1, &plain)).unwrap()
     } else {
@@ -431,4 +433,62 @@ fn delta_kd_settings_and_base_models_are_checked() {
     assert!(msg.contains("delta_kd") && msg.contains("forward_kl"), "{msg}");
     let typo = r#"{"name": "kd", "divergence": {"loss": "delta_kd", "alpah": 0.5}}"#;
     assert!(serde_json::from_str::<MethodConfig>(typo).unwrap_err().to_string().contains("alpah"));
+}
+
+fn whp(alpha: f64, target: &str, reduction: &str) -> MethodConfig {
+    let text = format!(
+        r#"{{"name": "whp", "alpha": {alpha}, "target": "{target}", "reduction": "{reduction}"}}"#
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// WHP with α = 0 and soft targets is forward KL towards the baseline (the base teacher), on the
+/// same first batch; with the reinforced model equal to the baseline, α changes nothing; with a
+/// different reinforced model it does; sequence and token means agree on equal-length answers.
+#[test]
+fn whp_reduces_to_forward_kl_towards_the_baseline_and_alpha_acts_through_the_reinforced_model() {
+    let plain = Device::flex();
+    let reinforced = || seeded(99, 16, 2, &plain);
+    let baseline = || seeded(77, 16, 2, &plain);
+    let base = || Some((baseline(), baseline()));
+    let kd_to_baseline = first_loss(MethodConfig::Kd(KdConfig::default()), baseline(), None);
+    let alpha0 = first_loss(whp(0.0, "soft", "token_mean"), reinforced(), base());
+    assert!(
+        (alpha0 - kd_to_baseline).abs() < 1e-5 * kd_to_baseline,
+        "{alpha0} vs {kd_to_baseline}"
+    );
+    // Every answer here has two counted tokens: the two reductions are the same number.
+    let seq = first_loss(whp(0.0, "soft", "sequence_mean"), reinforced(), base());
+    assert!((seq - alpha0).abs() < 1e-5 * alpha0, "{seq} vs {alpha0}");
+    // Reinforced = baseline: ReLU(v_r − v_b) = 0 whatever α.
+    let same = first_loss(whp(5.0, "soft", "token_mean"), baseline(), base());
+    assert!((same - kd_to_baseline).abs() < 1e-5 * kd_to_baseline, "{same} vs {kd_to_baseline}");
+    // A reinforced model that differs moves the target.
+    let pushed = first_loss(whp(5.0, "soft", "token_mean"), reinforced(), base());
+    assert!((pushed - alpha0).abs() > 1e-3 * alpha0, "{pushed} vs {alpha0}");
+    // Hard targets: the cross-entropy on the generic labels, a different number again.
+    let hard = first_loss(whp(5.0, "hard", "sequence_mean"), reinforced(), base());
+    assert!(hard.is_finite() && hard > 0.0 && (hard - pushed).abs() > 1e-3 * pushed);
+}
+
+#[test]
+fn whp_resumes_exactly_and_needs_its_baseline() {
+    let h = resume_is_exact("whp", whp(2.0, "hard", "sequence_mean"));
+    assert!(h.iter().all(|r| r.extra.contains_key("generic_label_is_data")));
+    // No baseline: an error naming it before any step.
+    let device = Device::flex().autodiff();
+    let mut t = Trainer::<CausalLm>::new(
+        config(whp(1.0, "soft", "token_mean"), None),
+        seeded(3, 8, 1, &device),
+        &device,
+    )
+    .unwrap()
+    .with_teacher(seeded(99, 16, 2, &Device::flex()))
+    .unwrap();
+    let err = t.fit(&instruction_data(), None).unwrap_err().to_string();
+    assert!(err.contains("baseline"), "{err}");
+    // A negative α is refused.
+    let bad: Result<MethodConfig, _> = serde_json::from_str(r#"{"name": "whp", "alpha": -1.0}"#);
+    let err = bad.map_err(|e| e.to_string()).and_then(|m| m.validate().map_err(|e| e.to_string()));
+    assert!(err.unwrap_err().contains("alpha"));
 }

@@ -33,6 +33,7 @@
 //! | `step_by_step` | [`step_by_step::StepByStep`]: label task + λ · rationale task from the same input, told apart by prefixes | its rationales/labels (before training) | Hsieh et al. 2023 |
 //! | `cross_tokenizer` | [`cross_tokenizer::CrossTokenizer`]: ULD on text-aligned response positions of a teacher with its own tokenizer, plus the student's CE | yes (own tokens: [`crate::Trainer::with_teacher_data`]) | Boizard et al. 2024 |
 //! | `feature` | [`feature::Feature`]: MSE / smooth-L1 / cosine between hidden states at chosen layer pairs through learned projections, plus any dense logit loss | yes | Romero et al. 2015 (FitNets), Jiao et al. 2020 (TinyBERT), Sanh et al. 2019 (DistilBERT) |
+//! | `whp` | [`whp::Whp`]: unlearning towards WHP's generic prediction `v_base − α·ReLU(v_reinforced − v_base)` (hard or soft targets) on the documents to forget | reinforced model + baseline ([`BaseModels`]) | Eldan & Russinovich 2023 |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -74,6 +75,7 @@ pub mod minillm;
 pub mod seqkd;
 pub mod sft;
 pub mod step_by_step;
+pub mod whp;
 
 /// Whether a method needs a teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,6 +520,7 @@ methods! {
     "step_by_step" => StepByStep(step_by_step::StepByStepConfig),
     "cross_tokenizer" => CrossTokenizer(cross_tokenizer::CrossTokenizerConfig),
     "feature" => Feature(feature::FeatureConfig),
+    "whp" => Whp(whp::WhpConfig),
 }
 
 impl Default for MethodConfig {
