@@ -16,4 +16,5 @@ pub mod dnkd;
 pub mod feature_distance;
 pub mod hot_pate;
 pub mod phi_s;
+pub mod rng;
 pub mod whp;

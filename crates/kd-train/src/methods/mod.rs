@@ -605,7 +605,17 @@ mod tests {
     fn registry_round_trips_and_names() {
         assert_eq!(
             MethodConfig::NAMES,
-            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step", "cross_tokenizer", "feature"]
+            [
+                "sft",
+                "kd",
+                "seqkd",
+                "gkd",
+                "minillm",
+                "step_by_step",
+                "cross_tokenizer",
+                "feature",
+                "whp"
+            ]
         );
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::loss_config;
 use crate::error::{KdError, Result, check_range};
+use crate::teachers::rng::NoiseRng;
 
 use super::search::{by_distance_then_row, check_search, pack, smallest_k, squared_l2};
 use super::{Datastore, Dnkd, NeighbourIndex, Neighbours};
@@ -103,7 +104,7 @@ impl IvfIndex {
         )?;
 
         let dim = store.dim();
-        let mut rng = SplitMix64(config.seed);
+        let mut rng = NoiseRng::new(config.seed);
         let sample = training_sample(store, config.train_size, &mut rng);
         let centroids = kmeans(&sample, dim, nlist, config.iterations, &mut rng);
         let mut index = Self {
@@ -221,32 +222,9 @@ fn check_nprobe(nprobe: usize, nlist: usize) -> Result<()> {
     check_range(Dnkd::ID, "nprobe", nprobe as f64, 1.0, nlist as f64, "1 ≤ nprobe ≤ nlist")
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): a tiny seeded generator, enough for sampling.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n ≥ 1`).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.unit() * n as f64) as usize).min(n - 1)
-    }
-}
-
 /// Keys used to train the centroids: all of them, or a seeded sample of `train_size` rows
 /// (partial Fisher–Yates), kept in store order. Row-major.
-fn training_sample(store: &Datastore, train_size: usize, rng: &mut SplitMix64) -> Vec<f32> {
+fn training_sample(store: &Datastore, train_size: usize, rng: &mut NoiseRng) -> Vec<f32> {
     if store.len() <= train_size {
         return store.keys().to_vec();
     }
@@ -280,7 +258,7 @@ fn kmeans(
     dim: usize,
     nlist: usize,
     iterations: usize,
-    rng: &mut SplitMix64,
+    rng: &mut NoiseRng,
 ) -> Vec<f32> {
     let n = points.len() / dim;
     let point = |i: usize| &points[i * dim..(i + 1) * dim];
@@ -342,7 +320,7 @@ mod tests {
     use crate::teachers::dnkd::ExactIndex;
 
     /// A standard normal draw (Box–Muller).
-    fn normal(rng: &mut SplitMix64) -> f32 {
+    fn normal(rng: &mut NoiseRng) -> f32 {
         let u = 1.0 - rng.unit();
         let v = rng.unit();
         ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
@@ -350,7 +328,7 @@ mod tests {
 
     /// `n` points of a mixture of `clusters` Gaussians (std 1, centres std 4) in `dim` dims.
     fn mixture(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix64(seed);
+        let mut rng = NoiseRng::new(seed);
         let centres: Vec<f32> = (0..clusters * dim).map(|_| 4.0 * normal(&mut rng)).collect();
         let mut out = Vec::with_capacity(n * dim);
         for _ in 0..n {
@@ -363,7 +341,7 @@ mod tests {
     }
 
     fn uniform(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix64(seed);
+        let mut rng = NoiseRng::new(seed);
         (0..n * dim).map(|_| rng.unit() as f32).collect()
     }
 

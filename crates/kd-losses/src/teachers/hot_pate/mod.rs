@@ -28,15 +28,14 @@
 //! `utils.py`). Conventions: `docs/teachers/hot_pate.md`.
 
 mod accountant;
-mod rng;
 mod rules;
 mod sampling;
 
+pub use super::rng::NoiseRng;
 pub use accountant::{
     INTEGER_ORDERS, LaplaceEpsilon, Mechanism, PrivacyAccountant, PrivacyReport, ZcdpEpsilon,
     confident_gnmax_rho, gaussian_histogram_rho, laplace_epsilon, zcdp_epsilon,
 };
-pub use rng::NoiseRng;
 pub use rules::{Aggregation, AggregationRule, RuleNoise};
 pub use sampling::{Sampler, TeacherDistributions, histogram};
 

@@ -2,8 +2,8 @@
 //! Algorithm 1) and independent (one exponential race per teacher).
 
 use super::ID;
-use super::rng::NoiseRng;
 use crate::error::{KdError, Result, check_temperature};
+use crate::teachers::rng::NoiseRng;
 
 /// Which ensemble sampler turns the teachers' distributions into votes (serde:
 /// `"coordinated"`, `"independent"`).

@@ -8,6 +8,7 @@ use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KdError, Result};
+use crate::teachers::rng::NoiseRng;
 
 /// How a [`Rotation`] was built; its `Display` is the golden files' `hadamard_construction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,15 +113,10 @@ impl Rotation {
 
     /// The random orthogonal fallback for `channels` features, drawn from `seed`.
     pub fn bernoulli(channels: usize, seed: u64) -> Self {
-        let mut rng = SplitMix64(seed);
-        let a =
-            DMatrix::from_fn(
-                channels,
-                channels,
-                |_, _| {
-                    if rng.next() >> 63 == 1 { 1.0 } else { -1.0 }
-                },
-            );
+        let mut rng = NoiseRng::new(seed);
+        let a = DMatrix::from_fn(channels, channels, |_, _| {
+            if rng.next_u64() >> 63 == 1 { 1.0 } else { -1.0 }
+        });
         let q = a.qr().q();
         // Columns with a non-positive diagonal entry negated, then transposed.
         let mut m = vec![0.0; channels * channels];
@@ -335,19 +331,6 @@ fn is_prime(n: usize) -> bool {
         d += 1;
     }
     true
-}
-
-/// SplitMix64: a small seeded generator for the random fallback.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
-//! The seeded generator behind the convenience wrappers: SplitMix64 and the four distributions
-//! hot PATE draws from (uniform, exponential, Gaussian, Laplace).
+//! The one seeded generator of the teacher constructions: SplitMix64 with the distributions they
+//! draw from (hot PATE's noise: uniform, exponential, Gaussian, Laplace; DNKD's IVF k-means
+//! sampling; PHI-S's random orthogonal fallback).
 
-/// A small seeded pseudo-random generator (SplitMix64) for the hot PATE convenience wrappers.
+/// A small seeded pseudo-random generator (SplitMix64), shared by the teacher constructions.
 ///
-/// kd-losses has no `rand` dependency; the core functions of [`super`] take every random draw as
-/// an input, and this generator only feeds the wrappers ([`super::HotPate::release`],
-/// [`super::TeacherDistributions::sample_votes`], [`super::HotPate::draw_noise`]). The same seed
-/// gives the same stream on every platform.
+/// kd-losses has no `rand` dependency; hot PATE's core functions take every random draw as an
+/// input, and this generator only feeds its wrappers
+/// ([`HotPate::release`](super::hot_pate::HotPate::release),
+/// [`TeacherDistributions::sample_votes`](super::hot_pate::TeacherDistributions::sample_votes),
+/// [`HotPate::draw_noise`](super::hot_pate::HotPate::draw_noise)); DNKD's IVF index samples
+/// and seeds its k-means with it and PHI-S draws its random ±1 fallback matrix from it. The same
+/// seed gives the same stream on every platform.
 ///
 /// ```text
 /// state ← state + 0x9E3779B97F4A7C15
@@ -58,6 +62,16 @@ impl NoiseRng {
     pub fn uniform(&mut self) -> f64 {
         const STEP: f64 = 1.0 / (1u64 << 53) as f64;
         ((self.next_u64() >> 11) as f64 + 0.5) * STEP
+    }
+
+    /// A uniform draw from the half-open interval `[0, 1)` (53 random bits).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform index in `0..n` (`n ≥ 1`; `0` for `n = 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
     }
 
     /// A draw of `Exp(1)` (mean 1), always finite and `> 0`.
