@@ -136,12 +136,10 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Whp {
             .with_target(self.config.target)
             .init()?
             .teacher(base_logits, reinforced_logits.inner())?;
-        let labels: Vec<i64> = kept
-            .iter()
-            .flat_map(|&i| cx.data.blocks[i].labels.iter().map(|&l| i64::from(l)))
-            .collect();
+        let labels: Vec<i64> =
+            kept.iter().flat_map(|&i| cx.data.blocks[i].labels.iter().copied()).collect();
         let mask = Tensor::<2, Int>::from_data(TensorData::new(labels, [b, n]), &plain)
-            .not_equal_elem(i64::from(IGNORE_INDEX)); // [b, n]
+            .not_equal_elem(IGNORE_INDEX); // [b, n]
         let agree = agreement(&generic.generic_labels, &batch.labels.clone().inner(), &mask);
         let out = WhpLossConfig::new().with_reduction(self.config.reduction).init()?.forward(
             student,
