@@ -9,14 +9,14 @@
 //! case, field and index.
 
 mod common;
-#[path = "teachers/hot_pate.rs"]
-mod hot_pate_runner;
-#[path = "teachers/whp_teacher.rs"]
-mod whp_teacher_runner;
-#[path = "teachers/phi_s.rs"]
-mod phi_s_runner;
 #[path = "teachers/dnkd.rs"]
 mod dnkd_runner;
+#[path = "teachers/hot_pate.rs"]
+mod hot_pate_runner;
+#[path = "teachers/phi_s.rs"]
+mod phi_s_runner;
+#[path = "teachers/whp_teacher.rs"]
+mod whp_teacher_runner;
 
 use std::path::PathBuf;
 
