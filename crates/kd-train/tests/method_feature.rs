@@ -1,16 +1,22 @@
 //! The `feature` method: hand-checked feature distances and gradients, every hidden state of a
 //! `CausalLm`, the learned projection, exact resume (projections and their AdamW moments
-//! included), the saved projection file, and clean errors for bad layer pairs.
+//! included), the saved projection file, clean errors for bad layer pairs, and the fitted
+//! teacher normalisations (PHI-S and the standardisations): first-step loss by hand, refit
+//! schedule, exact resume.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use kd_losses::teachers::feature_distance::{FeatureDistance, FeatureDistanceConfig};
+use kd_losses::teachers::phi_s::{
+    FittedNormalization, Normalization, PhiSTransform, Rotation, RunningStats,
+};
 use kd_models::CausalLm;
 use kd_train::checkpoint::{Checkpoint, METHOD_OPTIMIZER_FILE, METHOD_PARAMS_FILE, read_tensors};
 use kd_train::data::{TokenDataset, instruction_block};
 use kd_train::methods::feature::{
-    FeatureConfig, FeatureLoss, PROJECTIONS_FILE, Projection, Projections, feature_distance,
-    standardize,
+    FeatureConfig, FeatureLoss, PROJECTIONS_FILE, Projection, Projections, TeacherNorm,
+    feature_distance, standardize,
 };
 use kd_train::params::{load_param_values, param_values};
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
@@ -72,11 +78,22 @@ fn distance_and_grad(
     t: [[f32; 2]; 2],
     mask: [bool; 2],
 ) -> (f32, Vec<f32>) {
+    distance_and_grad_with(FeatureConfig { loss, beta, ..Default::default() }, s, t, mask)
+}
+
+/// As [`distance_and_grad`], with the distance of a whole method config.
+fn distance_and_grad_with(
+    method: FeatureConfig,
+    s: [[f32; 2]; 2],
+    t: [[f32; 2]; 2],
+    mask: [bool; 2],
+) -> (f32, Vec<f32>) {
     let device = Device::flex().autodiff();
     let s = Tensor::<2>::from_floats(s, &device).require_grad();
     let t = Tensor::<2>::from_floats(t, &device);
     let mask = Tensor::<1, Bool>::from_bool(TensorData::new(mask.to_vec(), [2]), &device);
-    let out = feature_distance(loss, beta, s.clone(), t, mask);
+    let fd = method.distance().init().unwrap();
+    let out = feature_distance(&fd, s.clone(), t, mask).unwrap();
     let grads = out.clone().backward();
     let g = s.grad(&grads).unwrap();
     (values(out)[0], g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
@@ -136,6 +153,25 @@ fn cosine_by_hand_with_its_gradient() {
 }
 
 #[test]
+fn hybrid_losses_by_hand() {
+    // s = [1, 1], t = [2, 0]: cosine = 1 − 1/√2, mse = (1 + 1)/2 = 1, smooth_l1(β = 1) =
+    // (0.5 + 0.5)/2 = 0.5, L1 = 1; c = 0.25; second row not counted.
+    let cos = 1.0 - std::f32::consts::FRAC_1_SQRT_2;
+    let (s, t) = ([[1.0, 1.0], [9.0, 9.0]], [[2.0, 0.0], [0.0, 0.0]]);
+    let cases = [
+        (FeatureLoss::HybMse, 1.0, 0.25 * cos + 0.75 * 1.0),
+        (FeatureLoss::HybSmoothL1, 1.0, 0.25 * cos + 0.75 * 0.5),
+        (FeatureLoss::HybSmoothL1, 0.0, 0.25 * cos + 0.75 * 1.0),
+    ];
+    for (loss, beta, want) in cases {
+        let method = FeatureConfig { loss, beta, cos_weight: 0.25, ..Default::default() };
+        let (v, g) = distance_and_grad_with(method, s, t, [true, false]);
+        assert!((v - want).abs() < 1e-6, "{loss:?} β = {beta}: {v} vs {want}");
+        close(&g[2..], &[0.0, 0.0], 0.0);
+    }
+}
+
+#[test]
 fn standardize_by_hand() {
     // [1, 2, 3]: mean 2, variance 2/3 → ±1/√(2/3 + 1e-5); a constant row → 0.
     let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], &Device::flex());
@@ -182,7 +218,7 @@ fn causal_lm_exposes_every_hidden_state_from_one_forward() {
 fn resume_is_exact_including_the_projections_and_their_moments() {
     let method = FeatureConfig {
         hard_label_weight: 0.2,
-        normalize_teacher: true,
+        normalize_teacher: TeacherNorm::Position,
         ..FeatureConfig::default()
     };
     let data = data();
@@ -321,10 +357,11 @@ fn the_gradient_norm_counts_the_projections() {
     let s = student.hidden_states(batch.input_ids.clone()).unwrap().hidden;
     let th = teacher.hidden_states(batch.input_ids.clone().inner()).unwrap().hidden;
     let mut loss = Tensor::<1>::zeros([1], &device);
+    let fd = FeatureDistanceConfig::new().init().unwrap();
     for (k, (i, j)) in [(0, 0), (1, 2)].into_iter().enumerate() {
         let x = proj.proj[k].forward(s[i].clone().reshape([b * n, 8]));
         let y = Tensor::from_inner(th[j].clone().reshape([b * n, 16]));
-        loss = loss + feature_distance(FeatureLoss::Mse, 1.0, x, y, mask.clone());
+        loss = loss + feature_distance(&fd, x, y, mask.clone()).unwrap();
     }
     let grads = loss.backward();
     let (mut gs, mut gp) = (GradAccumulator::new(), GradAccumulator::new());
@@ -335,4 +372,160 @@ fn the_gradient_norm_counts_the_projections() {
     let expect = (ns * ns + np * np).sqrt();
     assert!((rec.grad_norm - expect).abs() < 1e-4 * expect, "{} vs {expect}", rec.grad_norm);
     assert!((rec.grad_norm - ns).abs() > 1e-3 * expect, "the projections' share is visible");
+}
+
+fn fitted(mode: TeacherNorm, loss: FeatureLoss) -> FeatureConfig {
+    FeatureConfig {
+        normalize_teacher: mode,
+        loss,
+        logit_weight: 0.0,
+        normalizer_refit_every: 2,
+        ..FeatureConfig::default()
+    }
+}
+
+/// Step 1's feature loss with a fitted normalisation, recomputed without the trainer: the
+/// teacher features of each pair at the counted positions of the first batch, the PHI-S
+/// transform fitted on them by kd-losses (and the alternative fitted from it), the projected
+/// student features, the kd-losses distance.
+#[test]
+fn fitted_normalisations_first_step_by_hand() {
+    use kd_train::data::{BatchOrder, DataCursor, IGNORE_INDEX};
+    let data = data();
+    let device = Device::flex().autodiff();
+    let student = seeded(1, 8, 1, &device);
+    let teacher = seeded(99, 16, 2, &Device::flex());
+    let proj = Projections::init(2, 8, 16, 5, &device); // config seed 5, pairs (0, 0), (1, 2)
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let batch = data.batch(&idx, &device);
+    let [b, n] = batch.input_ids.dims();
+    let mask = batch.labels.clone().flatten::<1>(0, 1).not_equal_elem(IGNORE_INDEX);
+    let keep: Vec<bool> = mask.clone().inner().into_data().try_to_vec::<bool>().unwrap();
+    let s = student.hidden_states(batch.input_ids.clone()).unwrap().hidden;
+    let th = teacher.hidden_states(batch.input_ids.clone().inner()).unwrap().hidden;
+    let cases = [
+        (TeacherNorm::PhiS, FeatureLoss::Mse, None),
+        (TeacherNorm::PhiS, FeatureLoss::HybSmoothL1, None),
+        (TeacherNorm::GlobalStandardize, FeatureLoss::Mse, Some(Normalization::GlobalStandardize)),
+        (TeacherNorm::Standardize, FeatureLoss::SmoothL1, Some(Normalization::Standardize)),
+    ];
+    for (mode, loss, alternative) in cases {
+        let method = fitted(mode, loss);
+        let fd: FeatureDistance = method.distance().init().unwrap();
+        let mut expect = 0.0f64;
+        for (k, (i, j)) in [(0, 0), (1, 2)].into_iter().enumerate() {
+            let x = proj.proj[k].forward(s[i].clone().reshape([b * n, 8]));
+            let y = th[j].clone().reshape([b * n, 16]);
+            // The counted rows, to the host, in f64.
+            let rows: Vec<f64> = y
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap()
+                .chunks(16)
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .flat_map(|(r, _)| r.to_vec())
+                .collect();
+            let mut stats = RunningStats::new(16);
+            stats.update(&rows).unwrap();
+            let t = PhiSTransform::fit(&stats, Rotation::official(16, 0).unwrap()).unwrap();
+            let target = match alternative {
+                None => t.standardize(y).unwrap(),
+                Some(kind) => FittedNormalization::fit(kind, &t).unwrap().apply(y).unwrap(),
+            };
+            let f = fd.forward(x, Tensor::from_inner(target), Some(mask.clone())).unwrap();
+            expect += f64::from(f.loss_mean.inner().into_scalar::<f32>());
+        }
+        let mut tr = trainer(method, 1, None, 1);
+        let got = tr.fit(&data, None).unwrap().history[0].extra["feature_loss"];
+        assert!(
+            (got - expect).abs() < 1e-4 * expect.abs().max(1.0),
+            "{mode:?} {loss:?}: trainer {got} vs by hand {expect}"
+        );
+        // The normalised target is not the raw one: the raw run's loss differs.
+        let raw = FeatureConfig { normalize_teacher: TeacherNorm::None, ..fitted(mode, loss) };
+        let raw =
+            trainer(raw, 1, None, 1).fit(&data, None).unwrap().history[0].extra["feature_loss"];
+        assert!((raw - got).abs() > 1e-3 * raw.abs(), "{mode:?}: {raw} vs {got}");
+    }
+}
+
+/// The normalisers' checkpoint state after `steps` steps.
+fn normaliser_state(method: FeatureConfig, steps: u64) -> serde_json::Value {
+    let mut t = trainer(method, steps, None, 1);
+    t.fit(&data(), None).unwrap();
+    t.checkpoint().state.method["normalizers"].clone()
+}
+
+#[test]
+fn the_transform_is_refitted_on_its_schedule_and_frozen() {
+    let count = |v: &serde_json::Value, what: &str| v[0][what]["count"].as_u64().unwrap();
+    let method = fitted(TeacherNorm::PhiS, FeatureLoss::Mse); // refit every 2 steps
+    let one = normaliser_state(method.clone(), 1);
+    let two = normaliser_state(method.clone(), 2);
+    let three = normaliser_state(method.clone(), 3);
+    // Step 1: fitted on the first batch alone.
+    assert_eq!(count(&one, "transform"), count(&one, "stats"));
+    assert_eq!(one[0]["fits"], 1);
+    // Step 2 re-fits on both batches; step 3 adds statistics but keeps that fit.
+    assert!(count(&two, "stats") > count(&one, "stats"));
+    assert_eq!(count(&two, "transform"), count(&two, "stats"));
+    assert_eq!(two[0]["fits"], 2);
+    assert!(count(&three, "stats") > count(&two, "stats"));
+    assert!(three[0]["transform"] == two[0]["transform"], "refitted off schedule");
+    assert_eq!(three[0]["fits"], 2);
+    // Refit every step but frozen after 1: statistics and transform stop after step 1 (the
+    // first fit, then the refit after step 1 on the same statistics).
+    let frozen = FeatureConfig {
+        normalizer_refit_every: 1,
+        normalizer_freeze_after: Some(1),
+        ..method.clone()
+    };
+    let f3 = normaliser_state(frozen, 3);
+    for k in 0..2 {
+        assert!(f3[k]["stats"] == one[k]["stats"], "pair {k}: statistics grew after the freeze");
+        assert!(f3[k]["transform"] == one[k]["transform"], "pair {k}: refitted after the freeze");
+        assert_eq!(f3[k]["fits"], 2);
+    }
+    // Never re-fitted: the first batch's fit, the statistics keep growing.
+    let never = FeatureConfig { normalizer_refit_every: 0, ..method };
+    let n3 = normaliser_state(never, 3);
+    for k in 0..2 {
+        assert!(n3[k]["transform"] == one[k]["transform"], "pair {k}: refitted");
+        assert!(n3[k]["stats"] == three[k]["stats"], "pair {k}: statistics differ");
+    }
+}
+
+#[test]
+fn resume_is_exact_with_phi_s() {
+    let method = FeatureConfig {
+        normalize_teacher: TeacherNorm::PhiS,
+        normalizer_refit_every: 2,
+        hard_label_weight: 0.2,
+        ..FeatureConfig::default()
+    };
+    let data = data();
+    let a_dir = tmp("phis-resume-a");
+    let mut a = trainer(method.clone(), 6, Some(&a_dir), 1);
+    let ra = a.fit(&data, None).unwrap();
+    let ck3 = a_dir.join("checkpoint-000003");
+    let state = Checkpoint::load(&ck3).unwrap().state.method;
+    assert_eq!(state["normalizers"].as_array().unwrap().len(), 2, "one per layer pair");
+
+    let b_dir = tmp("phis-resume-b");
+    let mut b = trainer(method, 6, Some(&b_dir), 2);
+    b.resume_from(&ck3).unwrap();
+    let rb = b.fit(&data, None).unwrap();
+    let da: Vec<_> = ra.history.iter().map(det).collect();
+    let db: Vec<_> = rb.history.iter().map(det).collect();
+    assert_eq!(da, db, "step records differ after resume");
+    assert_eq!(param_values(a.student()), param_values(b.student()), "student weights differ");
+    assert_eq!(a.method_param_values(), b.method_param_values(), "projections differ");
+    assert_eq!(a.checkpoint().state.method, b.checkpoint().state.method, "normalisers differ");
+    // (Without the normalisers in the state, the resumed run would fit a new transform on
+    // step 4's batch alone, and step 4's feature loss would differ.)
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
 }

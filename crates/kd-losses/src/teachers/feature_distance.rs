@@ -17,7 +17,7 @@ pub enum FeatureLoss {
     /// `mean_c d²` (PyTorch `nn.MSELoss`; the PHI-S paper's loss).
     #[default]
     Mse,
-    /// `mean_c huber_β(d)/β`: PyTorch `nn.SmoothL1Loss(beta)`.
+    /// `mean_c huber_β(d)/β`: PyTorch `nn.SmoothL1Loss(beta)` (`β = 0`: `mean_c |d|`, as PyTorch).
     SmoothL1,
     /// `1 − cos(s, y)` with norms floored at `cosine_eps`.
     Cosine,
@@ -27,7 +27,8 @@ pub enum FeatureLoss {
     HybSmoothL1,
 }
 
-/// Smallest accepted `smooth_l1_beta`: a normal `f32`, so `m/β` stays finite.
+/// Smallest accepted non-zero `smooth_l1_beta`: a normal `f32`, so `m/β` stays finite
+/// (`β = 0` itself is accepted: plain L1).
 const MIN_BETA: f64 = 1e-30;
 /// Smallest accepted `cosine_eps`: `eps²` a normal `f32`.
 const MIN_EPS: f64 = 1e-18;
@@ -37,7 +38,8 @@ loss_config! {
     pub struct FeatureDistanceConfig, new: "Defaults: `mse`, `β = 1` (PyTorch), `w = 0.9` (AM-RADIO), `eps = 1e-8` (PyTorch)." {
         /// The distance (default `mse`).
         loss: FeatureLoss = FeatureLoss::Mse => with_loss,
-        /// Smooth-L1 threshold `β > 0` (default `1`, PyTorch's; NVIDIA TAO's `FD` uses `2`).
+        /// Smooth-L1 threshold: `β = 0` (plain L1, PyTorch's semantics) or `β ≥ 1e-30` (default
+        /// `1`, PyTorch's; NVIDIA TAO's `FD` uses `2`).
         smooth_l1_beta: f64 = 1.0 => with_smooth_l1_beta,
         /// Cosine weight `w ∈ [0, 1]` of the hybrids (default `0.9`).
         cos_weight: f64 = 0.9 => with_cos_weight,
@@ -50,19 +52,22 @@ impl FeatureDistanceConfig {
     /// Validates the config.
     ///
     /// # Errors
-    /// [`KdError::InvalidHyperparameter`] when `smooth_l1_beta ≤ 0` (below `1e-30`),
+    /// [`KdError::InvalidHyperparameter`] when `smooth_l1_beta < 0` or in `(0, 1e-30)`,
     /// `cos_weight ∉ [0, 1]` or `cosine_eps ≤ 0` (below `1e-18`), or any of them is not finite.
     pub fn init(&self) -> Result<FeatureDistance> {
         // The loss runs in f32: β must stay a normal f32 and eps² too (the norm floor is
         // applied to the squared norm), else a division by an underflowed 0 gives NaN.
-        check_range(
-            FeatureDistance::ID,
-            "smooth_l1_beta",
-            self.smooth_l1_beta,
-            MIN_BETA,
-            f64::MAX,
-            "a finite value ≥ 1e-30 (> 0 and a normal f32)",
-        )?;
+        // β = 0 is exactly L1 (no division by β then).
+        if self.smooth_l1_beta != 0.0 {
+            check_range(
+                FeatureDistance::ID,
+                "smooth_l1_beta",
+                self.smooth_l1_beta,
+                MIN_BETA,
+                f64::MAX,
+                "0 (plain L1) or a finite value ≥ 1e-30 (a normal f32)",
+            )?;
+        }
         check_range(
             FeatureDistance::ID,
             "cos_weight",
@@ -89,7 +94,7 @@ impl FeatureDistanceConfig {
 /// ```text
 /// d = s − y                                           per row, over the C features
 /// mse        = mean_c d²
-/// smooth_l1  = mean_c (|d| < β ? ½ d²/β : |d| − ½β)
+/// smooth_l1  = mean_c (|d| < β ? ½ d²/β : |d| − ½β)      (β = 0: mean_c |d|, PyTorch's L1)
 /// cosine     = 1 − (s / max(‖s‖, eps)) · (y / max(‖y‖, eps))
 /// hyb_mse    = w·cosine + (1 − w)·mse
 /// hyb_smooth_l1 = w·cosine + (1 − w)·smooth_l1
@@ -256,8 +261,13 @@ impl FeatureDistance {
         // |d| − ½β above it, with the same gradient (d/β resp. sign d).
         let beta = c.smooth_l1_beta;
         let a = d.abs();
-        let m = a.clone().clamp_max(beta);
-        let smooth = m.clone().mul(m.clone().div_scalar(beta)).mul_scalar(0.5).add(a.sub(m));
+        let smooth = if beta == 0.0 {
+            // PyTorch's smooth_l1_loss with beta = 0 is l1_loss: |d|, gradient sign(d).
+            a
+        } else {
+            let m = a.clone().clamp_max(beta);
+            m.clone().mul(m.clone().div_scalar(beta)).mul_scalar(0.5).add(a.sub(m))
+        };
         let smooth_l1 = row_sum(smooth).div_scalar(channels);
         // cos = s·y / (max(‖s‖, eps) max(‖y‖, eps)), the floor taken on the squared norm.
         let eps2 = c.cosine_eps * c.cosine_eps;
@@ -386,7 +396,7 @@ mod tests {
     #[test]
     fn hyperparameters_and_shapes_are_checked() {
         let bad = [
-            FeatureDistanceConfig::new().with_smooth_l1_beta(0.0),
+            FeatureDistanceConfig::new().with_smooth_l1_beta(-1.0),
             FeatureDistanceConfig::new().with_smooth_l1_beta(f64::NAN),
             FeatureDistanceConfig::new().with_cos_weight(1.5),
             FeatureDistanceConfig::new().with_cos_weight(-0.1),
@@ -404,6 +414,21 @@ mod tests {
         assert!(e.to_string().contains("[1, 2]") && e.to_string().contains("[1, 3]"), "{e}");
         let m = Tensor::<1, Bool>::ones([2], &Device::flex().autodiff());
         assert!(fd.forward(rows(&[&[1.0]]), rows(&[&[1.0]]), Some(m)).is_err());
+    }
+
+    #[test]
+    fn beta_zero_is_plain_l1() {
+        // PyTorch: smooth_l1_loss(beta=0) = l1_loss. d = (2, −0.25, 0): mean |d| = 2.25/3;
+        // gradient sign(d)/(C · rows) = (1, −1, 0)/3 (sign(0) = 0).
+        let (out, g) =
+            run(FeatureLoss::SmoothL1, 0.0, &[&[2.0, -0.25, 1.0]], &[&[0.0, 0.0, 1.0]], None);
+        close(&vals(out.per_row), &[2.25 / 3.0], 1e-6);
+        close(&vals(out.smooth_l1), &[2.25 / 3.0], 1e-6);
+        close(&g, &[1.0 / 3.0, -1.0 / 3.0, 0.0], 1e-6);
+        // The hybrid with β = 0: w·cosine + (1 − w)·L1, finite.
+        let (out, g) = run(FeatureLoss::HybSmoothL1, 0.0, &[&[1.0, 1.0]], &[&[2.0, 0.0]], None);
+        close(&vals(out.per_row), &[0.25 * (1.0 - 0.5f64.sqrt()) + 0.75 * 1.0], 1e-6);
+        assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
     }
 
     #[test]

@@ -6,14 +6,18 @@
 //! ```text
 //! loss = weight · Σ_{(i, j) ∈ layers} F(W_k h_i^S + b_k, h_j^T) + logit_weight · L_logit
 //! F    = mean over counted positions of   mean_d (x − y)²                    (mse)
-//!                                          mean_d smooth_l1_β(x − y)          (smooth_l1)
+//!                                          mean_d smooth_l1_β(x − y)          (smooth_l1; β = 0: L1)
 //!                                          1 − x·y / (‖x‖ ‖y‖)                 (cosine)
+//!                                          c·cosine + (1 − c)·mse             (hyb_mse)
+//!                                          c·cosine + (1 − c)·smooth_l1       (hyb_smooth_l1)
 //! L_logit = (1 − w)·D(p ‖ q) + w·CE          (w = hard_label_weight, D = divergence)
 //! ```
 //!
-//! `k` indexes the pair (one projection each), `h^T` is optionally standardised per position
-//! (`normalize_teacher`), and the counted positions are those of the logit loss (the responses
-//! of instruction data).
+//! `k` indexes the pair (one projection each), `c` is `cos_weight`, `h^T` is optionally
+//! normalised (`normalize_teacher`: per position, or per pair by PHI-S / global / per-channel
+//! standardisation fitted on the teacher features seen in training, [`TeacherNormalizer`]),
+//! and the counted positions are those of the logit loss (the responses of instruction data).
+//! The distances are [`kd_losses::teachers::feature_distance`]'s.
 //!
 //! Hidden-state indices follow [`HiddenStates`]: `0` is the embedding output, `i` the output of
 //! block `i` (1-based), the last (`num_layers`) has the final norm applied. The default `layers`
@@ -27,6 +31,10 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
+use kd_losses::teachers::feature_distance::{FeatureDistance, FeatureDistanceConfig};
+use kd_losses::teachers::phi_s::{
+    FittedNormalization, Normalization, PhiSTransform, RefreshSchedule, Rotation, RunningStats,
+};
 use kd_losses::{Divergence, HardLabelMix, KdBatch, LossConfig, Reduction};
 use kd_models::sampling::Rng;
 use serde::{Deserialize, Serialize};
@@ -43,17 +51,84 @@ use crate::params::make_trainable;
 /// teacher's width). Absent when no projection is used (equal widths).
 pub const PROJECTIONS_FILE: &str = "feature_projections.safetensors";
 
-/// The distance between projected student and teacher hidden states.
+/// The distance between projected student and teacher hidden states: kd-losses'
+/// [`kd_losses::teachers::feature_distance::FeatureLoss`] (`mse`, `smooth_l1`, `cosine`,
+/// `hyb_mse`, `hyb_smooth_l1`).
+pub use kd_losses::teachers::feature_distance::FeatureLoss;
+
+/// Seed of the random orthogonal fallback of PHI-S's rotation ([`Rotation::official`]), used
+/// only for widths without a Hadamard construction: fixed, so a run's normalisation does not
+/// depend on its seed.
+pub const ROTATION_SEED: u64 = 0;
+
+/// How the teacher's hidden states are normalised before the distance (config key
+/// `normalize_teacher`: a string, or `false` = `none` and `true` = `position` as before).
+///
+/// ```text
+/// none                h^T
+/// position            (h − mean_d h) / √(var_d h + 1e-5)       per position (standardize)
+/// phi_s               φ⁻¹ H Uᵀ (h − μ)                        PHI-S, fitted per pair
+/// global_standardize  (h − μ_g) / σ_g                         scalars over all entries, per pair
+/// standardize         (h_c − μ_c) / σ_c                       per channel, per pair
+/// ```
+///
+/// For the fitted modes `μ`, `Σ = U diag(e) Uᵀ` are the running mean and (unbiased) covariance
+/// of the teacher features of the pair at the counted positions seen in training
+/// ([`RunningStats`]), `φ = √mean(e)`, `H` a normalised Hadamard matrix; the transform is fitted
+/// on the first micro-batch and re-fitted on the schedule of `normalizer_refit_every` /
+/// `normalizer_freeze_after` ([`TeacherNormalizer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureLoss {
-    /// Mean squared error over the hidden dimension (FitNets' L2 hint loss; TinyBERT's MSE).
+#[serde(rename_all = "snake_case", try_from = "NormRepr")]
+pub enum TeacherNorm {
+    /// The raw teacher hidden states (`false`).
     #[default]
-    Mse,
-    /// Smooth-L1 (Huber with threshold `beta`) over the hidden dimension.
-    SmoothL1,
-    /// `1 − cosine similarity` per position (DistilBERT's cosine embedding loss).
-    Cosine,
+    None,
+    /// Each position standardised over the hidden dimension ([`standardize`]; `true`).
+    Position,
+    /// PHI-S (Ranzinger et al. 2024): PCA + Hadamard rotation and one scale per pair.
+    PhiS,
+    /// One mean and one standard deviation over all channels of the pair.
+    GlobalStandardize,
+    /// Per-channel mean and standard deviation of the pair.
+    Standardize,
+}
+
+impl TeacherNorm {
+    /// Whether the mode is fitted on running statistics ([`TeacherNormalizer`]).
+    pub fn is_fitted(self) -> bool {
+        matches!(self, Self::PhiS | Self::GlobalStandardize | Self::Standardize)
+    }
+}
+
+/// What `normalize_teacher` may hold: a bool (backward compatible) or a mode name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NormRepr {
+    Flag(bool),
+    Mode(String),
+}
+
+impl TryFrom<NormRepr> for TeacherNorm {
+    type Error = String;
+
+    fn try_from(r: NormRepr) -> std::result::Result<Self, String> {
+        Ok(match r {
+            NormRepr::Flag(false) => Self::None,
+            NormRepr::Flag(true) => Self::Position,
+            NormRepr::Mode(m) => match m.as_str() {
+                "none" => Self::None,
+                "position" => Self::Position,
+                "phi_s" => Self::PhiS,
+                "global_standardize" => Self::GlobalStandardize,
+                "standardize" => Self::Standardize,
+                other => {
+                    return Err(format!(
+                        "normalize_teacher: expected true, false, \"none\", \"position\", \"phi_s\", \"global_standardize\" or \"standardize\", got \"{other}\""
+                    ));
+                }
+            },
+        })
+    }
 }
 
 /// When to put a learned linear projection between student and teacher hidden states.
@@ -78,19 +153,32 @@ pub struct FeatureConfig {
     pub layers: Option<Vec<[usize; 2]>>,
     /// The feature distance (default `mse`).
     pub loss: FeatureLoss,
-    /// Smooth-L1 threshold `β ≥ 0` (default `1.0`, PyTorch's; `0` is plain L1).
+    /// Smooth-L1 threshold `β ≥ 0` (default `1.0`, PyTorch's; `0` is plain L1; a non-zero `β`
+    /// must be `≥ 1e-30`).
     pub beta: f64,
+    /// Cosine weight `c ∈ [0, 1]` of the hybrid losses `hyb_mse` / `hyb_smooth_l1` (default
+    /// `0.9`, AM-RADIO's); unused by the others.
+    pub cos_weight: f64,
     /// Weight of the feature term, `≥ 0` (default `1.0`).
     pub weight: f64,
     /// The learned projection (default `auto`).
     pub projection: Projection,
-    /// Standardise each teacher hidden state per position (zero mean, unit variance over the
-    /// hidden dimension, no learned gain: [`standardize`]) before the distance (default
-    /// `false`). Pre-norm transformers' residual streams grow with depth (root mean square
-    /// ≈ 16 in the shipped 4 × 128 teacher's middle layers against ≈ 1.4 after its final norm),
-    /// so a raw MSE is dominated by their scale; Wei et al. 2022's feature distillation whitens
-    /// the teacher's features the same way.
-    pub normalize_teacher: bool,
+    /// Normalisation of the teacher hidden states before the distance ([`TeacherNorm`];
+    /// default `false` = `none`; `true` = `position`: each position standardised over the
+    /// hidden dimension, [`standardize`]; `"phi_s"`, `"global_standardize"`, `"standardize"`:
+    /// fitted per layer pair on running statistics). Pre-norm transformers' residual streams
+    /// grow with depth (root mean square ≈ 16 in the shipped 4 × 128 teacher's middle layers
+    /// against ≈ 1.4 after its final norm), so a raw MSE is dominated by their scale; Wei et
+    /// al. 2022's feature distillation whitens the teacher's features per position, PHI-S
+    /// (Ranzinger et al. 2024) balances them per layer with one isotropic transform.
+    pub normalize_teacher: TeacherNorm,
+    /// Fitted modes: re-fit the transform after every this many optimizer steps, from all
+    /// statistics so far (default `100`, NVIDIA TAO's `update_period`; `0` = keep the fit of
+    /// the first micro-batch).
+    pub normalizer_refit_every: u64,
+    /// Fitted modes: no re-fit (and no more statistics) after this many optimizer steps
+    /// (default unset = never frozen).
+    pub normalizer_freeze_after: Option<u64>,
     /// The dense logit divergence (default `forward_kl` at `T = 1`); not `taid` (use `kd`).
     pub divergence: LossConfig,
     /// Weight of the logit term, `≥ 0` (default `1.0`; `0` = features only).
@@ -105,9 +193,12 @@ impl Default for FeatureConfig {
             layers: None,
             loss: FeatureLoss::Mse,
             beta: 1.0,
+            cos_weight: 0.9,
             weight: 1.0,
             projection: Projection::Auto,
-            normalize_teacher: false,
+            normalize_teacher: TeacherNorm::None,
+            normalizer_refit_every: 100,
+            normalizer_freeze_after: None,
             divergence: LossConfig::by_name("forward_kl").expect("forward_kl is registered"),
             logit_weight: 1.0,
             hard_label_weight: 0.0,
@@ -134,9 +225,13 @@ impl FeatureConfig {
                 0,
             ));
         }
-        if !self.beta.is_finite() || self.beta < 0.0 {
-            return Err(TrainError::config("beta", "a finite value ≥ 0", self.beta));
+        if !self.beta.is_finite() || self.beta < 0.0 || (self.beta > 0.0 && self.beta < 1e-30) {
+            return Err(TrainError::config("beta", "0 or a finite value ≥ 1e-30", self.beta));
         }
+        if !(0.0..=1.0).contains(&self.cos_weight) {
+            return Err(TrainError::config("cos_weight", "a value in [0, 1]", self.cos_weight));
+        }
+        self.distance().init()?;
         if !(0.0..=1.0).contains(&self.hard_label_weight) {
             return Err(TrainError::config(
                 "hard_label_weight",
@@ -164,6 +259,22 @@ impl FeatureConfig {
         Ok(())
     }
 
+    /// The kd-losses distance of `loss`, `beta` and `cos_weight` (cosine norm floor `1e-8`).
+    pub fn distance(&self) -> FeatureDistanceConfig {
+        FeatureDistanceConfig::new()
+            .with_loss(self.loss)
+            .with_smooth_l1_beta(self.beta)
+            .with_cos_weight(self.cos_weight)
+    }
+
+    /// The refit schedule of the fitted normalisations.
+    pub fn refresh_schedule(&self) -> RefreshSchedule {
+        RefreshSchedule {
+            every: self.normalizer_refit_every,
+            freeze_after: self.normalizer_freeze_after,
+        }
+    }
+
     /// The method (`steps` is unused).
     ///
     /// # Errors
@@ -175,7 +286,14 @@ impl FeatureConfig {
             true => Box::new(HardLabelMix::new(d, self.hard_label_weight)?) as Box<dyn Divergence>,
             false => d,
         };
-        Ok(Feature { config: self.clone(), logit, pairs: Vec::new(), projections: None })
+        Ok(Feature {
+            config: self.clone(),
+            distance: self.distance().init()?,
+            logit,
+            pairs: Vec::new(),
+            projections: None,
+            normalizers: Vec::new(),
+        })
     }
 }
 
@@ -227,56 +345,111 @@ impl Projections {
 }
 
 /// Per-position feature distance between `student` and `teacher` rows, averaged over the rows
-/// where `mask` is true. Shapes: `[rows, d]`, `[rows, d]`, `[rows]` → `[1]`.
+/// where `mask` is true: [`FeatureDistance::forward`]'s `loss_mean`. Shapes: `[rows, d]`,
+/// `[rows, d]`, `[rows]` → `[1]`.
 ///
 /// ```text
 /// mse:        mean_d (s − t)²
 /// smooth_l1:  mean_d { ½(s − t)²/β  if |s − t| < β;  |s − t| − ½β  otherwise }   (β = 0: |s − t|)
 /// cosine:     1 − s·t / (max(‖s‖, ε)·max(‖t‖, ε)),  ε = 1e-8
+/// hyb_mse:    c·cosine + (1 − c)·mse;   hyb_smooth_l1: c·cosine + (1 − c)·smooth_l1
 /// ```
 ///
-/// # Panics
-/// When the shapes differ.
+/// # Errors
+/// [`TrainError::Loss`] when the shapes differ.
 pub fn feature_distance(
-    loss: FeatureLoss,
-    beta: f64,
+    distance: &FeatureDistance,
     student: Tensor<2>,
     teacher: Tensor<2>,
     mask: Tensor<1, Bool>,
-) -> Tensor<1> {
-    assert_eq!(
-        student.dims(),
-        teacher.dims(),
-        "student (projected) and teacher hidden states must have one shape"
-    );
-    let [rows, _] = student.dims();
-    let per_row = match loss {
-        FeatureLoss::Mse => (student - teacher).square().mean_dim(1), // [rows, 1]
-        FeatureLoss::SmoothL1 => {
-            let diff = student - teacher; // [rows, d]
-            let abs = diff.clone().abs();
-            let per = if beta > 0.0 {
-                let far = abs.clone().greater_equal_elem(beta);
-                let quad = diff.square().mul_scalar(0.5 / beta);
-                quad.mask_where(far, abs.sub_scalar(0.5 * beta))
-            } else {
-                abs
-            };
-            per.mean_dim(1)
-        }
-        FeatureLoss::Cosine => {
-            const EPS: f64 = 1e-8;
-            // Norms clamped through their squares: no NaN gradient at a zero vector.
-            let ns = student.clone().square().sum_dim(1).clamp_min(EPS * EPS).sqrt();
-            let nt = teacher.clone().square().sum_dim(1).clamp_min(EPS * EPS).sqrt();
-            let dot = (student * teacher).sum_dim(1); // [rows, 1]
-            dot.div(ns * nt).neg().add_scalar(1.0)
-        }
+) -> Result<Tensor<1>> {
+    Ok(distance.forward(student, teacher, Some(mask))?.loss_mean)
+}
+
+/// The fitted teacher normalisation of one layer pair ([`TeacherNorm::is_fitted`] modes): the
+/// running statistics of the teacher features at counted positions and the transform fitted
+/// from them. Serialised into the method's checkpoint state, so a resumed run is exact.
+///
+/// ```text
+/// observe(h):  stats ← stats ∪ {h_r : r counted}
+/// refit:       T ← PhiSTransform::fit(stats, Rotation::official(C, 0))      (μ, Σ, U, e, H, φ)
+///              phi_s: y = φ⁻¹ H Uᵀ (h − μ);   otherwise FittedNormalization::fit(kind, T)
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherNormalizer {
+    stats: RunningStats,
+    transform: Option<PhiSTransform>,
+    alternative: Option<FittedNormalization>,
+    fits: u64,
+}
+
+impl TeacherNormalizer {
+    /// Empty statistics over `channels` teacher features, nothing fitted.
+    pub fn new(channels: usize) -> Self {
+        Self { stats: RunningStats::new(channels), transform: None, alternative: None, fits: 0 }
     }
-    .reshape([rows]);
-    let weights = mask.float(); // [rows]
-    let count = weights.clone().sum().clamp_min(1.0);
-    (per_row * weights).sum().div(count)
+
+    /// The running statistics.
+    pub fn stats(&self) -> &RunningStats {
+        &self.stats
+    }
+
+    /// The last fitted PHI-S transform (also the basis of the alternatives).
+    pub fn transform(&self) -> Option<&PhiSTransform> {
+        self.transform.as_ref()
+    }
+
+    /// The last fitted alternative normalisation (`global_standardize`, `standardize`).
+    pub fn alternative(&self) -> Option<&FittedNormalization> {
+        self.alternative.as_ref()
+    }
+
+    /// How many times the transform was fitted.
+    pub fn fits(&self) -> u64 {
+        self.fits
+    }
+
+    /// Adds the rows of `features` `[rows, C]` where `mask` `[rows]` is true.
+    ///
+    /// # Errors
+    /// [`TrainError::Loss`] on a shape mismatch or a non-finite feature.
+    pub fn observe(&mut self, features: Tensor<2>, mask: Tensor<1, Bool>) -> Result<()> {
+        Ok(self.stats.update_tensor(features, Some(mask))?)
+    }
+
+    /// Fits the transform of `mode` from the statistics so far.
+    ///
+    /// # Errors
+    /// [`TrainError::Loss`] when the statistics cannot define it (fewer than two counted rows,
+    /// zero covariance, a zero-variance channel for `standardize`).
+    pub fn refit(&mut self, mode: TeacherNorm) -> Result<()> {
+        let c = self.stats.channels();
+        let t = PhiSTransform::fit(&self.stats, Rotation::official(c, ROTATION_SEED)?)?;
+        self.alternative = match mode {
+            TeacherNorm::GlobalStandardize => {
+                Some(FittedNormalization::fit(Normalization::GlobalStandardize, &t)?)
+            }
+            TeacherNorm::Standardize => {
+                Some(FittedNormalization::fit(Normalization::Standardize, &t)?)
+            }
+            _ => None,
+        };
+        self.transform = Some(t);
+        self.fits += 1;
+        Ok(())
+    }
+
+    /// `features` `[rows, C]` through the fitted transform (unchanged before the first fit).
+    ///
+    /// # Errors
+    /// [`TrainError::Loss`] when the width is not the fitted one.
+    pub fn apply(&self, features: Tensor<2>) -> Result<Tensor<2>> {
+        Ok(match (&self.alternative, &self.transform) {
+            (Some(a), _) => a.apply(features)?,
+            (None, Some(t)) => t.standardize(features)?,
+            (None, None) => features,
+        })
+    }
 }
 
 /// Each row standardised: `(x − mean(x)) / √(var(x) + 1e-5)` over the last dimension, a layer
@@ -291,16 +464,30 @@ pub fn standardize(x: Tensor<2>) -> Tensor<2> {
 #[derive(Debug)]
 pub struct Feature {
     config: FeatureConfig,
+    distance: FeatureDistance,
     logit: Box<dyn Divergence>,
     /// Resolved layer pairs (empty until [`super::Method::init_params`]).
     pairs: Vec<[usize; 2]>,
     projections: Option<Projections>,
+    /// One per pair in the fitted modes (empty until the first micro-batch or a restore).
+    normalizers: Vec<TeacherNormalizer>,
+}
+
+/// The method's checkpoint state.
+#[derive(Serialize, Deserialize)]
+struct FeatureState {
+    normalizers: Vec<TeacherNormalizer>,
 }
 
 impl Feature {
     /// The layer pairs in use (empty until the trainer has both models).
     pub fn pairs(&self) -> &[[usize; 2]] {
         &self.pairs
+    }
+
+    /// The teacher normalisers, one per pair in the fitted modes (empty before training).
+    pub fn normalizers(&self) -> &[TeacherNormalizer] {
+        &self.normalizers
     }
 }
 
@@ -410,6 +597,13 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
         let [b, n] = batch.input_ids.dims();
         let labels = batch.labels.clone().flatten::<1>(0, 1); // [rows]
         let mask = labels.clone().not_equal_elem(IGNORE_INDEX); // [rows]
+        let mode = self.config.normalize_teacher;
+        if mode.is_fitted() && self.normalizers.len() != self.pairs.len() {
+            let widths = self.pairs.iter().map(|[_, j]| t.hidden[*j].dims()[2]);
+            self.normalizers = widths.map(TeacherNormalizer::new).collect();
+        }
+        let frozen = self.config.normalizer_freeze_after.is_some_and(|f| cx.step >= f);
+        let plain_mask = mask.clone().inner(); // [rows]
         let mut feature: Option<Tensor<1>> = None;
         for (k, [i, j]) in self.pairs.iter().enumerate() {
             let hs = s.hidden[*i].clone().cast(FloatDType::F32); // [b, n, ds]
@@ -421,11 +615,24 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
             let ht = t.hidden[*j].clone().cast(FloatDType::F32); // [b, n, dt]
             let dt = ht.dims()[2];
             let mut ht = ht.reshape([b * n, dt]); // [rows, dt], no graph
-            if self.config.normalize_teacher {
-                ht = standardize(ht);
+            match mode {
+                TeacherNorm::None => {}
+                TeacherNorm::Position => ht = standardize(ht),
+                _ => {
+                    // Statistics from this micro-batch's counted positions, a first fit on
+                    // the first one; the target uses the current transform.
+                    let norm = &mut self.normalizers[k];
+                    if !frozen || norm.transform.is_none() {
+                        norm.observe(ht.clone(), plain_mask.clone())?;
+                    }
+                    if norm.transform.is_none() {
+                        norm.refit(mode)?;
+                    }
+                    ht = norm.apply(ht)?;
+                }
             }
             let ht = ht.autodiff();
-            let f = feature_distance(self.config.loss, self.config.beta, hs, ht, mask.clone());
+            let f = feature_distance(&self.distance, hs, ht, mask.clone())?;
             feature = Some(match feature {
                 Some(acc) => acc + f,
                 None => f,
@@ -444,6 +651,52 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
             loss = loss.add(logit.mul_scalar(self.config.logit_weight));
         }
         Ok(MicroBatchLoss { loss, tokens: batch.counted as u64, metrics })
+    }
+
+    fn end_step(&mut self, step: u64, _loss: f64) -> Result<()> {
+        if self.config.normalize_teacher.is_fitted()
+            && self.config.refresh_schedule().should_refit(step)
+        {
+            for norm in &mut self.normalizers {
+                norm.refit(self.config.normalize_teacher)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<serde_json::Value> {
+        if self.normalizers.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::to_value(FeatureState { normalizers: self.normalizers.clone() })
+            .map_err(|e| TrainError::checkpoint("state.json", format!("feature: {e}")))
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            self.normalizers.clear();
+            return Ok(());
+        }
+        let s: FeatureState = serde_json::from_value(state.clone())
+            .map_err(|e| TrainError::checkpoint("state.json", format!("feature: {e}")))?;
+        if !self.config.normalize_teacher.is_fitted() {
+            return Err(TrainError::checkpoint(
+                "state.json",
+                "feature: the checkpoint has fitted teacher normalisers but normalize_teacher is not a fitted mode",
+            ));
+        }
+        if !self.pairs.is_empty() && s.normalizers.len() != self.pairs.len() {
+            return Err(TrainError::checkpoint(
+                "state.json",
+                format!(
+                    "feature: {} teacher normalisers for {} layer pairs",
+                    s.normalizers.len(),
+                    self.pairs.len()
+                ),
+            ));
+        }
+        self.normalizers = s.normalizers;
+        Ok(())
     }
 }
 
@@ -464,6 +717,11 @@ mod tests {
             "logit_weight"
         );
         assert_eq!(bad(FeatureConfig { beta: -0.5, ..Default::default() }), "beta");
+        assert_eq!(bad(FeatureConfig { beta: 1e-31, ..Default::default() }), "beta");
+        assert_eq!(bad(FeatureConfig { cos_weight: 1.5, ..Default::default() }), "cos_weight");
+        FeatureConfig { beta: 0.0, loss: FeatureLoss::HybSmoothL1, ..Default::default() }
+            .validate()
+            .unwrap();
         assert_eq!(
             bad(FeatureConfig { hard_label_weight: 1.5, ..Default::default() }),
             "hard_label_weight"
@@ -493,6 +751,35 @@ mod tests {
         );
         assert!(serde_json::from_str::<FeatureConfig>(r#"{"loss": "l2"}"#).is_err());
         assert!(serde_json::from_str::<FeatureConfig>(r#"{"layer": [[1, 2]]}"#).is_err());
+    }
+
+    #[test]
+    fn normalize_teacher_takes_a_bool_or_a_mode() {
+        let norm = |v: &str| {
+            serde_json::from_str::<FeatureConfig>(&format!(r#"{{"normalize_teacher": {v}}}"#))
+                .map(|c| c.normalize_teacher)
+        };
+        assert_eq!(norm("false").unwrap(), TeacherNorm::None);
+        assert_eq!(norm("true").unwrap(), TeacherNorm::Position);
+        assert_eq!(norm(r#""none""#).unwrap(), TeacherNorm::None);
+        assert_eq!(norm(r#""position""#).unwrap(), TeacherNorm::Position);
+        assert_eq!(norm(r#""phi_s""#).unwrap(), TeacherNorm::PhiS);
+        assert_eq!(norm(r#""global_standardize""#).unwrap(), TeacherNorm::GlobalStandardize);
+        assert_eq!(norm(r#""standardize""#).unwrap(), TeacherNorm::Standardize);
+        let e = norm(r#""zca""#).unwrap_err().to_string();
+        assert!(e.contains("phi_s") && e.contains("zca"), "{e}");
+        assert!(norm("1").is_err());
+        // Written back as the mode's name, which reads back.
+        let c = FeatureConfig { normalize_teacher: TeacherNorm::PhiS, ..Default::default() };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains(r#""normalize_teacher":"phi_s""#), "{text}");
+        assert_eq!(serde_json::from_str::<FeatureConfig>(&text).unwrap(), c);
+        let c: FeatureConfig = serde_json::from_str(
+            r#"{"loss": "hyb_mse", "cos_weight": 0.5, "normalizer_refit_every": 7, "normalizer_freeze_after": 20}"#,
+        )
+        .unwrap();
+        assert_eq!((c.loss, c.cos_weight), (FeatureLoss::HybMse, 0.5));
+        assert_eq!(c.refresh_schedule(), RefreshSchedule { every: 7, freeze_after: Some(20) });
     }
 
     #[test]

@@ -83,7 +83,7 @@ loss_config! {
     pub struct PhiSConfig, new: "Defaults: `mse` (the paper's loss), `β = 1`, `w = 0.9`, `eps = 1e-8`, official Hadamard, seed 0." {
         /// The feature distance (default `mse`).
         loss: FeatureLoss = FeatureLoss::Mse => with_loss,
-        /// Smooth-L1 threshold `β > 0` (default `1`).
+        /// Smooth-L1 threshold `β ≥ 0` (`0` = plain L1; default `1`).
         smooth_l1_beta: f64 = 1.0 => with_smooth_l1_beta,
         /// Cosine weight `w ∈ [0, 1]` of the hybrid losses (default `0.9`).
         cos_weight: f64 = 0.9 => with_cos_weight,
