@@ -33,6 +33,7 @@
 //! | `step_by_step` | [`step_by_step::StepByStep`]: label task + λ · rationale task from the same input, told apart by prefixes | its rationales/labels (before training) | Hsieh et al. 2023 |
 //! | `cross_tokenizer` | [`cross_tokenizer::CrossTokenizer`]: ULD on text-aligned response positions of a teacher with its own tokenizer, plus the student's CE | yes (own tokens: [`crate::Trainer::with_teacher_data`]) | Boizard et al. 2024 |
 //! | `feature` | [`feature::Feature`]: MSE / smooth-L1 / cosine between hidden states at chosen layer pairs through learned projections, plus any dense logit loss | yes | Romero et al. 2015 (FitNets), Jiao et al. 2020 (TinyBERT), Sanh et al. 2019 (DistilBERT) |
+//! | `dnkd` | [`dnkd::DnkdMethod`]: decoupled KD (TCKD + NCKD) plus CE against a kNN teacher: a datastore of the teacher's hidden states over the training set, queried by its hidden state at each position, optionally mixed with its softmax | yes (builds the datastore before training; queries every step) | Zhang et al. 2023 (DNKD); kNN-KD, kNN-MT, DKD |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -67,6 +68,7 @@ pub use crate::rollout::SpecialTokens;
 use cross_tokenizer::TeacherDataset;
 
 pub mod cross_tokenizer;
+pub mod dnkd;
 pub mod feature;
 pub mod gkd;
 pub mod kd;
@@ -518,6 +520,7 @@ methods! {
     "step_by_step" => StepByStep(step_by_step::StepByStepConfig),
     "cross_tokenizer" => CrossTokenizer(cross_tokenizer::CrossTokenizerConfig),
     "feature" => Feature(feature::FeatureConfig),
+    "dnkd" => Dnkd(dnkd::DnkdMethodConfig),
 }
 
 impl Default for MethodConfig {
@@ -602,7 +605,17 @@ mod tests {
     fn registry_round_trips_and_names() {
         assert_eq!(
             MethodConfig::NAMES,
-            ["sft", "kd", "seqkd", "gkd", "minillm", "step_by_step", "cross_tokenizer", "feature"]
+            [
+                "sft",
+                "kd",
+                "seqkd",
+                "gkd",
+                "minillm",
+                "step_by_step",
+                "cross_tokenizer",
+                "feature",
+                "dnkd"
+            ]
         );
         for name in MethodConfig::NAMES {
             let c = MethodConfig::by_name(name).unwrap();
