@@ -55,7 +55,12 @@ fn teacher() -> CausalLm {
 }
 
 /// A 1 × 8 student (seeded by `seed`) and the 2 × 16 teacher.
-fn trainer(method: DnkdMethodConfig, steps: u64, out: Option<&Path>, seed: u64) -> Trainer<CausalLm> {
+fn trainer(
+    method: DnkdMethodConfig,
+    steps: u64,
+    out: Option<&Path>,
+    seed: u64,
+) -> Trainer<CausalLm> {
     let device = Device::flex().autodiff();
     let student = seeded(seed, 8, 1, &device);
     Trainer::new(config(method, steps, out), student, &device)
@@ -102,9 +107,7 @@ fn first_prefix_tokens(data: &TokenDataset) -> Vec<Vec<Option<u32>>> {
         .iter()
         .map(|b| {
             (0..b.labels.len())
-                .map(|l| {
-                    (b.labels[l] != IGNORE_INDEX).then(|| first[&b.input_ids[..=l].to_vec()])
-                })
+                .map(|l| (b.labels[l] != IGNORE_INDEX).then(|| first[&b.input_ids[..=l].to_vec()]))
                 .collect()
         })
         .collect()
@@ -340,7 +343,8 @@ fn resume_is_exact_and_checks_the_datastore() {
 #[test]
 fn bad_settings_are_clean_errors() {
     let device = Device::flex().autodiff();
-    let new = |m: DnkdMethodConfig| Trainer::new(config(m, 2, None), seeded(1, 8, 1, &device), &device);
+    let new =
+        |m: DnkdMethodConfig| Trainer::new(config(m, 2, None), seeded(1, 8, 1, &device), &device);
     let err = new(method(DnkdConfig::new().with_k(0))).unwrap_err();
     assert!(err.to_string().contains("`k`"), "{err}");
     let err = new(method(DnkdConfig::new().with_temperature(0.0))).unwrap_err();

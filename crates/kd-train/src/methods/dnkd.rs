@@ -183,7 +183,11 @@ pub struct StoreFingerprint {
 impl StoreFingerprint {
     /// The fingerprint of `store`.
     pub fn of(store: &Datastore) -> Self {
-        Self { entries: store.len(), dim: store.dim(), hash: format!("{:016x}", fingerprint(store)) }
+        Self {
+            entries: store.len(),
+            dim: store.dim(),
+            hash: format!("{:016x}", fingerprint(store)),
+        }
     }
 }
 
@@ -270,7 +274,12 @@ pub fn build_datastore<T: LanguageModel>(
         let s = store.get_or_insert_with(|| Datastore::new(hidden.dims()[1]));
         s.push_tensor(hidden, labels)?;
         if (c + 1) % report_every == 0 || c + 1 == chunks {
-            log::info!("dnkd: datastore {}/{} blocks, {} entries", (c * batch + idx.len()), data.len(), s.len());
+            log::info!(
+                "dnkd: datastore {}/{} blocks, {} entries",
+                (c * batch + idx.len()),
+                data.len(),
+                s.len()
+            );
         }
     }
     store.ok_or_else(|| TrainError::EmptyDataset {
@@ -387,10 +396,9 @@ pub fn diagnostics(out: &DnkdOutput, labels: &[i64]) -> Result<[(&'static str, f
     let counted = labels.iter().filter(|&&l| l != IGNORE_INDEX).count().max(1) as f64;
     let mut means = [0.0; 3];
     for (m, name) in means.iter_mut().zip(["tckd", "nckd", "ce"]) {
-        let per_row = out.extra(name).ok_or(kd_losses::KdError::MissingInput {
-            loss: Dnkd::ID,
-            name: "diagnostic",
-        })?;
+        let per_row = out
+            .extra(name)
+            .ok_or(kd_losses::KdError::MissingInput { loss: Dnkd::ID, name: "diagnostic" })?;
         let sum = per_row.clone().inner().sum().into_scalar::<f32>();
         *m = f64::from(sum) / counted;
     }
@@ -467,7 +475,12 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for DnkdMethod {
                     "dnkd: the checkpoint was trained with a datastore of {} entries (dim {}, \
                      fingerprint {}), this run has {} entries (dim {}, fingerprint {}): resume \
                      with the same teacher, data, layer and build_batch (or the same datastore file)",
-                    expected.entries, expected.dim, expected.hash, print.entries, print.dim, print.hash
+                    expected.entries,
+                    expected.dim,
+                    expected.hash,
+                    print.entries,
+                    print.dim,
+                    print.hash
                 ),
             ));
         }
@@ -485,8 +498,7 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for DnkdMethod {
 
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss> {
         let teacher = cx.require_teacher("dnkd")?;
-        let (Some(store), Some(index), Some(layer)) = (&self.store, &self.index, self.layer)
-        else {
+        let (Some(store), Some(index), Some(layer)) = (&self.store, &self.index, self.layer) else {
             return Err(TrainError::config(
                 "method",
                 "a dnkd datastore (built by Method::prepare_data, which Trainer::fit calls)",
@@ -499,7 +511,8 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for DnkdMethod {
         // Only the counted rows query the datastore (the loss is a mean over them anyway).
         let all_labels: Vec<i64> =
             batch.labels.clone().into_data().try_into_vec_as::<i64>().expect("int labels");
-        let kept: Vec<i64> = (0..rows as i64).filter(|&r| all_labels[r as usize] != IGNORE_INDEX).collect();
+        let kept: Vec<i64> =
+            (0..rows as i64).filter(|&r| all_labels[r as usize] != IGNORE_INDEX).collect();
         let labels: Vec<i64> = kept.iter().map(|&r| all_labels[r as usize]).collect();
         let m = kept.len();
         let student = cx.student.logits(batch.input_ids.clone()); // [b, n, V], with a graph
@@ -524,7 +537,8 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for DnkdMethod {
         let label_t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [m]), cx.device);
         let mut dnkd_batch = DnkdBatch::new(query, student, label_t);
         if let Some(t) = model {
-            dnkd_batch = dnkd_batch.with_model_logits(t.reshape([rows, vocab]).select(0, rows_on(cx.device)));
+            dnkd_batch = dnkd_batch
+                .with_model_logits(t.reshape([rows, vocab]).select(0, rows_on(cx.device)));
         }
         let out = self.dnkd.forward(store, index.as_dyn(), dnkd_batch, Reduction::Mean)?;
         let metrics = diagnostics(&out, &labels)?.to_vec();
@@ -541,8 +555,9 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for DnkdMethod {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
         if let Some(p) = state.get("datastore") {
-            let p = serde_json::from_value(p.clone())
-                .map_err(|e| TrainError::checkpoint("state.json", format!("dnkd.datastore: {e}")))?;
+            let p = serde_json::from_value(p.clone()).map_err(|e| {
+                TrainError::checkpoint("state.json", format!("dnkd.datastore: {e}"))
+            })?;
             self.expected = Some(p);
         }
         Ok(())
@@ -571,7 +586,8 @@ mod tests {
             other => panic!("expected an InvalidConfig, got {other:?}"),
         };
         assert_eq!(key(DnkdMethodConfig { build_batch: 0, ..Default::default() }), "build_batch");
-        let ivf = |ivf: IvfConfig| DnkdMethodConfig { index: IndexKind::Ivf, ivf, ..Default::default() };
+        let ivf =
+            |ivf: IvfConfig| DnkdMethodConfig { index: IndexKind::Ivf, ivf, ..Default::default() };
         assert_eq!(key(ivf(IvfConfig::new().with_nlist(0))), "ivf.nlist");
         assert_eq!(key(ivf(IvfConfig::new().with_nlist(4).with_nprobe(5))), "ivf.nprobe");
         assert_eq!(key(ivf(IvfConfig::new().with_iterations(0))), "ivf.iterations");
