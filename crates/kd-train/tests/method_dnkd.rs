@@ -242,7 +242,10 @@ fn one_neighbour_gives_the_one_hot_of_the_next_token() {
     assert!(r.history.iter().any(|r| r.extra["knn_label_top1"] < 1.0));
 }
 
-fn records(r: &[StepRecord]) -> Vec<(u64, u64, u64, u64, Vec<(String, u64)>)> {
+/// A step record as bits, without its throughputs ([`det`]).
+type Bits = (u64, u64, u64, u64, Vec<(String, u64)>);
+
+fn records(r: &[StepRecord]) -> Vec<Bits> {
     r.iter().map(det).collect()
 }
 
