@@ -61,6 +61,7 @@ pub const ASSETS: &[Asset] = embed![
     "configs/cross_tokenizer.toml",
     "configs/distill_tinystories.toml",
     "configs/dkd.toml",
+    "configs/dnkd.toml",
     "configs/feature.toml",
     "configs/gkd.toml",
     "configs/kd.toml",

@@ -86,7 +86,7 @@ enum Command {
     #[command(args_override_self = true)]
     Train(RunArgs),
     /// Distil a teacher into a student (method kd by default; also sft, seqkd, gkd, minillm,
-    /// step_by_step, cross_tokenizer, feature, whp).
+    /// step_by_step, cross_tokenizer, feature, dnkd, whp).
     #[command(args_override_self = true)]
     Distill(RunArgs),
     /// The teacher answers every prompt of an instruction file (SeqKD data).
@@ -187,8 +187,8 @@ struct RunArgs {
     /// train.lr.
     #[arg(long, value_name = "X")]
     lr: Option<f64>,
-    /// method.name: sft, kd, seqkd, gkd, minillm, step_by_step, cross_tokenizer or feature
-    /// (starting from that method's defaults).
+    /// method.name: sft, kd, seqkd, gkd, minillm, step_by_step, cross_tokenizer, feature or
+    /// dnkd (starting from that method's defaults).
     #[arg(long, value_name = "NAME")]
     method: Option<String>,
     /// method.divergence.loss of method kd (any dense kd-losses name, e.g. reverse_kl, taid; or

@@ -34,6 +34,7 @@
 //! | `cross_tokenizer` | [`cross_tokenizer::CrossTokenizer`]: ULD on text-aligned response positions of a teacher with its own tokenizer, plus the student's CE | yes (own tokens: [`crate::Trainer::with_teacher_data`]) | Boizard et al. 2024 |
 //! | `feature` | [`feature::Feature`]: MSE / smooth-L1 / cosine between hidden states at chosen layer pairs through learned projections, plus any dense logit loss | yes | Romero et al. 2015 (FitNets), Jiao et al. 2020 (TinyBERT), Sanh et al. 2019 (DistilBERT) |
 //! | `whp` | [`whp::Whp`]: unlearning towards WHP's generic prediction `v_base − α·ReLU(v_reinforced − v_base)` (hard or soft targets) on the documents to forget | reinforced model + baseline ([`BaseModels`]) | Eldan & Russinovich 2023 |
+//! | `dnkd` | [`dnkd::DnkdMethod`]: decoupled KD (TCKD + NCKD) plus CE against a kNN teacher: a datastore of the teacher's hidden states over the training set, queried by its hidden state at each position, optionally mixed with its softmax | yes (builds the datastore before training; queries every step) | Zhang et al. 2023 (DNKD); kNN-KD, kNN-MT, DKD |
 //!
 //! # Adding a method
 //! 1. One file `methods/<id>.rs` with the config (`#[serde(default, deny_unknown_fields)]`, the
@@ -68,6 +69,7 @@ pub use crate::rollout::SpecialTokens;
 use cross_tokenizer::TeacherDataset;
 
 pub mod cross_tokenizer;
+pub mod dnkd;
 pub mod feature;
 pub mod gkd;
 pub mod kd;
@@ -521,6 +523,7 @@ methods! {
     "cross_tokenizer" => CrossTokenizer(cross_tokenizer::CrossTokenizerConfig),
     "feature" => Feature(feature::FeatureConfig),
     "whp" => Whp(whp::WhpConfig),
+    "dnkd" => Dnkd(dnkd::DnkdMethodConfig),
 }
 
 impl Default for MethodConfig {
@@ -614,7 +617,8 @@ mod tests {
                 "step_by_step",
                 "cross_tokenizer",
                 "feature",
-                "whp"
+                "whp",
+                "dnkd"
             ]
         );
         for name in MethodConfig::NAMES {
