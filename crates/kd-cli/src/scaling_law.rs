@@ -259,14 +259,12 @@ fn budget_chart(
     n_range: (f64, f64),
     best: &ComputeOptimal,
 ) -> Chart {
-    let left = flops - t.pretraining_tokens.map_or(0.0, |dt| 6.0 * t.params * dt);
-    let per_token = if t.inference { 2.0 * t.params } else { 0.0 };
     let (a, b) = (n_range.0.log10(), n_range.1.log10());
     let points = (0..=120)
         .map(|i| {
             let x = a + (b - a) * f64::from(i) / 120.0;
             let n = 10f64.powf(x);
-            (x, law.student_loss(n, left / (6.0 * n + per_token), t.loss))
+            (x, law.student_loss(n, t.student_tokens(flops, n), t.loss))
         })
         .collect();
     Chart {

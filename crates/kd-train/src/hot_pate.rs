@@ -27,8 +27,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kd_losses::teachers::hot_pate::{
-    HotPate, HotPateConfig, NoiseRng, PrivacyAccountant, PrivacyReport, Sampler,
-    TeacherDistributions,
+    HotPate, HotPateConfig, NoiseRng, PrivacyReport, Sampler, TeacherDistributions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,17 +218,6 @@ fn next_token<T: LanguageModel>(
         pate.config().temperature,
     )?;
     Ok(pate.release(&dist, sampler, rng)?)
-}
-
-/// A new accountant for `config` (to charge queries made elsewhere); `None` for rule `argmax`.
-///
-/// # Errors
-/// [`TrainError::Loss`] for a bad aggregation config.
-pub fn accountant_for(config: &PateLabelConfig) -> Result<Option<PrivacyAccountant>> {
-    if config.delta.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(config.aggregation.init()?.accountant()?))
 }
 
 #[cfg(test)]

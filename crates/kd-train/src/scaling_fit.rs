@@ -371,13 +371,11 @@ fn supervised_of(theta: &[f64]) -> SupervisedCoefficients {
     }
 }
 
-fn supervised_loss(s: &SupervisedCoefficients, n: f64, d: f64) -> f64 {
-    s.E + (s.A / n.powf(s.alpha) + s.B / d.powf(s.beta)).powf(s.gamma)
-}
-
 fn fit_supervised(runs: &[ScalingRun], options: &FitOptions) -> Result<SupervisedCoefficients> {
     let predict = |theta: &[f64], r: &ScalingRun| {
-        supervised_loss(&supervised_of(theta), r.n_student, r.d_student)
+        // The supervised part of the law only reads E, A, B, α, β, γ.
+        DistillationScalingLaw::new(distilled_of(&[0.0; 9], supervised_of(theta)))
+            .supervised_loss(r.n_student, r.d_student)
     };
     let objective = Objective { runs, delta: options.huber_delta, predict: &predict };
     // ln E, ln A, ln B, α, β, γ.
@@ -456,6 +454,27 @@ pub struct TeacherCost {
     pub pretraining_tokens: Option<f64>,
 }
 
+impl TeacherCost {
+    /// FLOPs charged to the teacher before any student token: `6·N_T·D_T` when its
+    /// pretraining is charged, else 0.
+    pub fn fixed_flops(&self) -> f64 {
+        self.pretraining_tokens.map_or(0.0, |dt| 6.0 * self.params * dt)
+    }
+
+    /// FLOPs per student training token on the teacher's side: `2·N_T` when its inference is
+    /// charged, else 0.
+    pub fn flops_per_token(&self) -> f64 {
+        if self.inference { 2.0 * self.params } else { 0.0 }
+    }
+
+    /// Tokens a student of `n_student` parameters trains on within `flops`:
+    /// `(flops − fixed) / (6·N + per-token teacher FLOPs)` (negative when the budget does not
+    /// cover the fixed part).
+    pub fn student_tokens(&self, flops: f64, n_student: f64) -> f64 {
+        (flops - self.fixed_flops()) / (6.0 * n_student + self.flops_per_token())
+    }
+}
+
 /// The best split of a budget: see [`compute_optimal`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ComputeOptimal {
@@ -498,7 +517,7 @@ pub fn compute_optimal(
     if n_range.0 > n_range.1 {
         return Err(invalid("n_range", "min <= max", format!("({}, {})", n_range.0, n_range.1)));
     }
-    let pretraining = teacher.pretraining_tokens.map_or(0.0, |dt| 6.0 * teacher.params * dt);
+    let pretraining = teacher.fixed_flops();
     let left = flops - pretraining;
     if left <= 0.0 {
         return Err(invalid(
@@ -507,8 +526,7 @@ pub fn compute_optimal(
             format!("{flops:e}"),
         ));
     }
-    let per_token_teacher = if teacher.inference { 2.0 * teacher.params } else { 0.0 };
-    let tokens = |n: f64| left / (6.0 * n + per_token_teacher);
+    let tokens = |n: f64| teacher.student_tokens(flops, n);
     let loss = |ln_n: f64| {
         let n = ln_n.exp();
         let l = law.student_loss(n, tokens(n), teacher.loss);
@@ -540,7 +558,7 @@ pub fn compute_optimal(
         d_student: d,
         student_loss: law.student_loss(n, d, teacher.loss),
         student_flops: 6.0 * n * d,
-        teacher_flops: per_token_teacher * d + pretraining,
+        teacher_flops: teacher.flops_per_token() * d + pretraining,
     })
 }
 

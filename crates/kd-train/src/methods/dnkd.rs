@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{IGNORE_INDEX, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::methods::{MicroBatchLoss, SpecialTokens, StepContext, TeacherUse};
-use crate::model::{LanguageModel, align_vocab, hidden_states_across};
+use crate::model::{HiddenStates, LanguageModel, align_vocab, hidden_states_across};
 
 /// The nearest-neighbour search over the datastore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -210,6 +210,18 @@ pub fn fingerprint(store: &Datastore) -> u64 {
     h
 }
 
+/// The teacher's hidden states of `input_ids` (no graph, on the teacher's device), or the error
+/// for a teacher that does not expose them.
+fn states_of<T: LanguageModel>(teacher: &T, input_ids: Tensor<2, Int>) -> Result<HiddenStates> {
+    hidden_states_across(teacher, input_ids).ok_or_else(|| {
+        TrainError::config(
+            "method",
+            "a teacher that exposes its hidden states (LanguageModel::hidden_states)",
+            "a teacher without them",
+        )
+    })
+}
+
 /// The teacher's hidden state `layer` of `input_ids`, one row per position, computed without a
 /// graph on the teacher's device and returned on the device of `input_ids` (in the teacher's
 /// compute dtype), with the teacher's logits of the same forward.
@@ -224,13 +236,7 @@ pub fn teacher_hidden<T: LanguageModel>(
     layer: usize,
 ) -> Result<(Tensor<2>, Tensor<3>)> {
     let [b, n] = input_ids.dims();
-    let states = hidden_states_across(teacher, input_ids).ok_or_else(|| {
-        TrainError::config(
-            "method",
-            "a teacher that exposes its hidden states (LanguageModel::hidden_states)",
-            "a teacher without them",
-        )
-    })?;
+    let states = states_of(teacher, input_ids)?;
     let depth = states.hidden.len().saturating_sub(1);
     let Some(h) = states.hidden.get(layer) else {
         return Err(TrainError::config(
@@ -321,13 +327,7 @@ impl DnkdMethod {
             return Ok(l);
         }
         let ids = Tensor::<2, Int>::from_ints([[0]], device);
-        let states = hidden_states_across(teacher, ids).ok_or_else(|| {
-            TrainError::config(
-                "method",
-                "a teacher that exposes its hidden states (LanguageModel::hidden_states)",
-                "a teacher without them",
-            )
-        })?;
+        let states = states_of(teacher, ids)?;
         let depth = states.hidden.len().saturating_sub(1);
         let layer = self.config.layer.unwrap_or(depth);
         let Some(h) = states.hidden.get(layer) else {
