@@ -6,7 +6,7 @@
 //! At every position of every prompt, each of the `T` teachers gives its next-token logits on
 //! the answer so far; [`kd_losses::teachers::hot_pate::HotPate`] turns them into votes
 //! (coordinated sampling by default), a noisy histogram and a released token or `⊥`; a
-//! [`PrivacyAccountant`] charges every query. The answer ends at an EOS token, at `⊥` (no
+//! [`PrivacyAccountant`](kd_losses::teachers::hot_pate::PrivacyAccountant) charges every query. The answer ends at an EOS token, at `⊥` (no
 //! token could be released privately: the answer so far is kept) or at its length cap.
 //!
 //! ```text
