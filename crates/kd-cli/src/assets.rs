@@ -72,6 +72,7 @@ pub const ASSETS: &[Asset] = embed![
     "configs/step_by_step.toml",
     "configs/train_tinystories.toml",
     "configs/whp.toml",
+    "configs/baldistill.toml",
 ];
 
 /// Writes every embedded file below `root` (`root/crates/kd-cli/assets/…`), skipping files that
@@ -115,8 +116,9 @@ mod tests {
     /// Directories under `assets/` that stay in the repository: neither embedded nor in the
     /// published package (`exclude` in kd-cli's `Cargo.toml`). They hold the extra models of
     /// example configs that run from the repository root (`configs/delta_kd.toml`,
-    /// `configs/cross_tokenizer.toml`), too large for the binary.
-    const REPOSITORY_ONLY: &[&str] = &["assets/delta/", "assets/arithmetic/teacher-char/"];
+    /// `configs/cross_tokenizer.toml`, `configs/baldistill.toml`), too large for the binary.
+    const REPOSITORY_ONLY: &[&str] =
+        &["assets/delta/", "assets/arithmetic/teacher-char/", "assets/baldistill/"];
 
     #[test]
     fn every_shipped_file_is_embedded() {

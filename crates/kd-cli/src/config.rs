@@ -204,6 +204,11 @@ impl ConfigBuilder {
         table.get(last)
     }
 
+    /// The table at `dotted.key`, if it is one (a section such as `[baldistill]`).
+    pub fn get_table(&self, key: &str) -> Option<&toml::Table> {
+        self.get(key).and_then(toml::Value::as_table)
+    }
+
     /// Whether `dotted.key` is set.
     pub fn has(&self, key: &str) -> bool {
         self.get(key).is_some()

@@ -22,6 +22,7 @@
 //! ([`progress`]).
 
 mod assets;
+mod baldistill;
 mod config;
 mod demo;
 mod device;
@@ -122,6 +123,11 @@ enum Command {
     /// compute-optimal student for a FLOP budget; plot it.
     #[command(name = "scaling-law", args_override_self = true)]
     ScalingLaw(scaling_law::ScalingLawArgs),
+    /// BalDistill: multi-stage balanced distillation on a long-tailed pool (per-domain quotas,
+    /// the student's hardest head examples, teacher-written tail examples), compared with
+    /// random selection at the same budget.
+    #[command(args_override_self = true)]
+    Baldistill(baldistill::BalDistillArgs),
     /// Check a Hugging Face model directory and print what it holds (exit 2 on any problem).
     Inspect {
         /// The model directory (config.json, safetensors or shards + index, tokenizer.json).
@@ -950,6 +956,7 @@ fn main() {
         Command::ScalingLaw(o) => scaling_law::cmd_scaling_law(o),
         Command::HotPateLabel(o) => pate::cmd_hot_pate_label(o),
         Command::Partition(o) => pate::cmd_partition(o),
+        Command::Baldistill(o) => baldistill::cmd_baldistill(o),
         Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {

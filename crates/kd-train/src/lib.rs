@@ -39,6 +39,9 @@
 //! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the
 //!   method's state (TAID's schedule, MiniLLM's rollouts), written atomically; a resumed run
 //!   reproduces the uninterrupted one exactly.
+//! - [`baldistill`]: the parts of BalDistill's multi-stage balanced distillation for long-tailed
+//!   domains (per-domain quotas, the student's instruction-following difficulty, the stage
+//!   planner, the rationale filter, per-domain exact match); `kd baldistill` runs its loop.
 //!
 //! ## Quick start
 //!
@@ -71,6 +74,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod baldistill;
 pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
