@@ -72,3 +72,39 @@ fn a_layer_beyond_the_teacher_is_a_clean_error() {
     assert!(!err.contains("panicked"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Two teachers through `[ensemble]` with PHI-S: the shipped 4 × 128 teacher and the 2 × 64 SFT
+/// student as a second teacher each get their own projection heads (3 pairs each: 64 → 128,
+/// then 64 → 64) and PHI-S normalisers.
+#[test]
+fn a_second_teacher_gets_its_own_heads() {
+    let dir = common::scratch("feature-two-teachers");
+    let second = "crates/kd-cli/assets/arithmetic/student-sft";
+    let o = distill_example(
+        &dir,
+        &[
+            "--steps",
+            "2",
+            "--set",
+            &format!("ensemble.teachers=[\"{second}\"]"),
+            "--set",
+            "ensemble.weights=[0.5, 0.5]",
+            "--set",
+            "method.normalize_teacher=\"phi_s\"",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join("run");
+    let p = read_tensors(&out.join("model").join(PROJECTIONS_FILE)).unwrap();
+    assert_eq!(p.len(), 12);
+    for k in 0..3 {
+        assert_eq!(p[&format!("proj.{k}.weight")].shape().to_vec(), [64, 128]);
+        assert_eq!(p[&format!("proj.{}.weight", k + 3)].shape().to_vec(), [64, 64]);
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint-000002/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["method"]["normalizers"].as_array().unwrap().len(), 6);
+    let _ = std::fs::remove_dir_all(&dir);
+}

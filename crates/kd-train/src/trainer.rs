@@ -365,7 +365,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
     /// restored checkpoint into them once they exist.
     fn setup_method_params(&mut self) -> Result<()> {
         let (student, teacher) = (&self.student, self.teacher.as_ref());
-        self.method.init_params(student, teacher, &self.device, self.config.seed)?;
+        let extra = &self.extra_teachers;
+        self.method.init_params_with(student, teacher, extra, &self.device, self.config.seed)?;
         if let (Some(values), Some(params)) =
             (self.pending_method_params.as_ref(), self.method.params_mut())
         {
@@ -566,6 +567,8 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
             }
             self.extra_teachers.push(frozen(t, &device, precision));
         }
+        // Methods with parameters per teacher make those of the new teachers.
+        self.setup_method_params()?;
         Ok(self)
     }
 
@@ -1027,7 +1030,7 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         if teachers > 1 && !self.method.supports_teacher_ensemble() {
             return Err(TrainError::config(
                 "teachers",
-                "one teacher for this method (several: kd with a dense divergence or teacher_top_k)",
+                "one teacher for this method (several: kd with a dense divergence or teacher_top_k, or feature)",
                 format!("{teachers} teachers for {}", self.method.name()),
             ));
         }

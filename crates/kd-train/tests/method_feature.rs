@@ -529,3 +529,131 @@ fn resume_is_exact_with_phi_s() {
     let _ = std::fs::remove_dir_all(&a_dir);
     let _ = std::fs::remove_dir_all(&b_dir);
 }
+
+/// Two teachers of different widths and depths (2 × 16 and 3 × 24) with PHI-S, weights 1 : 3:
+/// step 1's feature loss recomputed by hand is `¼ Σ_k F_0,k + ¾ Σ_k F_1,k`, each teacher with
+/// its own layer mapping, projection heads (entries 0–1 and 2–3 of one generator) and PHI-S
+/// transforms; the run keeps one normaliser per pair of every teacher and resumes exactly.
+#[test]
+fn two_teachers_get_their_own_heads_and_normalisers() {
+    use kd_train::data::{BatchOrder, DataCursor, IGNORE_INDEX};
+    use kd_train::ensemble::TeacherEnsemble;
+    let data = data();
+    let device = Device::flex().autodiff();
+    let student = seeded(1, 8, 1, &device);
+    let t0 = seeded(99, 16, 2, &Device::flex());
+    let t1 = seeded(77, 24, 3, &Device::flex());
+    // Pairs: uniform over each teacher's depth: (0, 0), (1, 2) and (0, 0), (1, 3).
+    let proj = Projections::init_widths(&[16, 16, 24, 24], 8, 5, &device);
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let batch = data.batch(&idx, &device);
+    let [b, n] = batch.input_ids.dims();
+    let mask = batch.labels.clone().flatten::<1>(0, 1).not_equal_elem(IGNORE_INDEX);
+    let keep: Vec<bool> = mask.clone().inner().into_data().try_to_vec::<bool>().unwrap();
+    let s = student.hidden_states(batch.input_ids.clone()).unwrap().hidden;
+    let method = fitted(TeacherNorm::PhiS, FeatureLoss::Mse);
+    let fd: FeatureDistance = method.distance().init().unwrap();
+    let mut expect = 0.0f64;
+    let teachers = [(&t0, 16, [(0, 0), (1, 2)], 0.25), (&t1, 24, [(0, 0), (1, 3)], 0.75)];
+    for (t, (model, width, pairs, w)) in teachers.into_iter().enumerate() {
+        let th = model.hidden_states(batch.input_ids.clone().inner()).unwrap().hidden;
+        for (k, (i, j)) in pairs.into_iter().enumerate() {
+            let x = proj.proj[2 * t + k].forward(s[i].clone().reshape([b * n, 8]));
+            let y = th[j].clone().reshape([b * n, width]);
+            let rows: Vec<f64> = y
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap()
+                .chunks(width)
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .flat_map(|(r, _)| r.to_vec())
+                .collect();
+            let mut stats = RunningStats::new(width);
+            stats.update(&rows).unwrap();
+            let tr = PhiSTransform::fit(&stats, Rotation::official(width, 0).unwrap()).unwrap();
+            let target = Tensor::from_inner(tr.standardize(y).unwrap());
+            let f = fd.forward(x, target, Some(mask.clone())).unwrap();
+            expect += w * f64::from(f.loss_mean.inner().into_scalar::<f32>());
+        }
+    }
+    let run = |steps: u64, out: Option<&Path>, seed: u64| {
+        let device = Device::flex().autodiff();
+        let student = seeded(seed, 8, 1, &device);
+        let ensemble = TeacherEnsemble { weights: vec![1.0, 3.0], ..TeacherEnsemble::default() };
+        Trainer::new(config(method.clone(), steps, out), student, &device)
+            .unwrap()
+            .with_teacher(seeded(99, 16, 2, &Device::flex()))
+            .unwrap()
+            .with_extra_teachers(vec![seeded(77, 24, 3, &Device::flex())])
+            .unwrap()
+            .with_ensemble(ensemble)
+    };
+    let got = run(1, None, 1).fit(&data, None).unwrap().history[0].extra["feature_loss"];
+    assert!((got - expect).abs() < 1e-4 * expect.abs().max(1.0), "trainer {got} vs {expect}");
+
+    // Heads and normalisers per pair of every teacher; an exact resume.
+    let a_dir = tmp("two-teachers-a");
+    let mut a = run(4, Some(&a_dir), 1);
+    let ra = a.fit(&data, None).unwrap();
+    let heads = a.method_param_values();
+    assert_eq!(heads.len(), 8, "4 heads × (weight, bias): {:?}", heads.keys());
+    assert_eq!(heads["proj.3.weight"].shape().to_vec(), [8, 24]);
+    assert_eq!(heads["proj.1.weight"].shape().to_vec(), [8, 16]);
+    let ck = a_dir.join("checkpoint-000003");
+    let state = Checkpoint::load(&ck).unwrap().state.method;
+    assert_eq!(state["normalizers"].as_array().unwrap().len(), 4, "one per pair per teacher");
+    let b_dir = tmp("two-teachers-b");
+    let mut b = run(4, Some(&b_dir), 2);
+    b.resume_from(&ck).unwrap();
+    let rb = b.fit(&data, None).unwrap();
+    let da: Vec<_> = ra.history.iter().map(det).collect();
+    let db: Vec<_> = rb.history.iter().map(det).collect();
+    assert_eq!(da, db, "step records differ after resume");
+    assert_eq!(a.method_param_values(), b.method_param_values(), "heads differ");
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
+}
+
+/// Per-example routing with two identical teachers and no projection: each position is
+/// distilled from its own teacher only, so the feature term equals the one-teacher run's.
+#[test]
+fn routed_identical_teachers_match_one_teacher() {
+    use kd_train::ensemble::TeacherEnsemble;
+    let data = data();
+    let method = FeatureConfig {
+        logit_weight: 0.0,
+        projection: Projection::None,
+        layers: Some(vec![[1, 1]]),
+        ..FeatureConfig::default()
+    };
+    let device = Device::flex().autodiff();
+    let one = Trainer::new(config(method.clone(), 1, None), seeded(1, 16, 1, &device), &device)
+        .unwrap()
+        .with_teacher(seeded(99, 16, 2, &Device::flex()))
+        .unwrap()
+        .fit(&data, None)
+        .unwrap()
+        .history[0]
+        .extra["feature_loss"];
+    let routes: Vec<usize> = (0..data.len()).map(|i| i % 2).collect();
+    for ensemble in [
+        TeacherEnsemble { routes: Some(routes), ..TeacherEnsemble::default() },
+        TeacherEnsemble { weights: vec![2.0, 5.0], ..TeacherEnsemble::default() },
+    ] {
+        let two = Trainer::new(config(method.clone(), 1, None), seeded(1, 16, 1, &device), &device)
+            .unwrap()
+            .with_teacher(seeded(99, 16, 2, &Device::flex()))
+            .unwrap()
+            .with_extra_teachers(vec![seeded(99, 16, 2, &Device::flex())])
+            .unwrap()
+            .with_ensemble(ensemble.clone())
+            .fit(&data, None)
+            .unwrap()
+            .history[0]
+            .extra["feature_loss"];
+        assert!((one - two).abs() < 1e-5 * one.abs().max(1.0), "{ensemble:?}: {one} vs {two}");
+    }
+}

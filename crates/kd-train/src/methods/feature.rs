@@ -27,6 +27,25 @@
 //! The projections are the method's own trainable parameters ([`super::MethodParams`]): trained
 //! with the student, checkpointed with their AdamW moments, and saved beside the exported
 //! student as `feature_projections.safetensors` ([`PROJECTIONS_FILE`]).
+//!
+//! **Several teachers** (`[ensemble]`, [`crate::Trainer::with_extra_teachers`]; AM-RADIO's
+//! multi-teacher distillation, with PHI-S to balance them): every teacher `t` gets its own layer
+//! pairs (the same `layers`, or the uniform mapping over its own depth), its own projection head
+//! per pair and its own fitted normaliser per pair, and the feature term sums over teachers:
+//!
+//! ```text
+//! feature = Σ_t ŵ_t · Σ_k F_t,k      F_t,k over the counted positions of the rows with w_t > 0
+//! ŵ_t     = mean over counted positions of the ensemble weight w_t of their row
+//! ```
+//!
+//! With fixed weights (`ensemble.weights`, default equal) `ŵ_t = w_t / Σ w`; with per-example
+//! routing (`ensemble.routes`) each row counts towards its own teacher only, so the term is the
+//! mean over positions of the distance to their teacher. The logit term distils the teachers'
+//! combined logits (`ensemble.averaging`). With several teachers, `projection = "auto"` gives
+//! every teacher a projection head as soon as one teacher's width differs from the student's
+//! (RADIO's heads). Teacher `t`'s head for pair `k` is entry `o_t + k` of the projections,
+//! `o_t` the number of pairs of the teachers before it (the first teacher's entries are those
+//! of a single-teacher run).
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -324,14 +343,22 @@ impl Projections {
     /// and bias uniform in `±1/√d_in`) from a generator seeded by `seed`, as trainable leaves
     /// on the autodiff `device`.
     pub fn init(pairs: usize, d_in: usize, d_out: usize, seed: u64, device: &Device) -> Self {
+        Self::init_widths(&vec![d_out; pairs], d_in, seed, device)
+    }
+
+    /// One projection per entry of `d_out` (several teachers of different widths), from
+    /// `d_in`, initialised as [`Projections::init`] from one generator: the first entries are
+    /// those `init` makes for the same seed.
+    pub fn init_widths(d_out: &[usize], d_in: usize, seed: u64, device: &Device) -> Self {
         let plain = device.clone().inner();
         let mut rng = Rng::new(seed ^ 0x4645_4154_5552_4553); // "FEATURES"
         let bound = 1.0 / (d_in as f32).sqrt();
         let mut uniform = |n: usize| -> Vec<f32> {
             (0..n).map(|_| (2.0 * rng.next_f32() - 1.0) * bound).collect()
         };
-        let proj = (0..pairs)
-            .map(|_| {
+        let proj = d_out
+            .iter()
+            .map(|&d_out| {
                 let w = TensorData::new(uniform(d_in * d_out), [d_in, d_out]);
                 let b = TensorData::new(uniform(d_out), [d_out]);
                 Linear {
@@ -466,10 +493,13 @@ pub struct Feature {
     config: FeatureConfig,
     distance: FeatureDistance,
     logit: Box<dyn Divergence>,
-    /// Resolved layer pairs (empty until [`super::Method::init_params`]).
-    pairs: Vec<[usize; 2]>,
+    /// Resolved layer pairs per teacher, the first teacher first (empty until
+    /// [`super::Method::init_params`]).
+    pairs: Vec<Vec<[usize; 2]>>,
+    /// One per pair of every teacher, in that order (teacher 0's pairs, then teacher 1's, …).
     projections: Option<Projections>,
-    /// One per pair in the fitted modes (empty until the first micro-batch or a restore).
+    /// One per pair of every teacher in the fitted modes, in the order of the projections
+    /// (empty until the first micro-batch or a restore).
     normalizers: Vec<TeacherNormalizer>,
 }
 
@@ -480,12 +510,18 @@ struct FeatureState {
 }
 
 impl Feature {
-    /// The layer pairs in use (empty until the trainer has both models).
+    /// The layer pairs in use with the first teacher (empty until the trainer has both models).
     pub fn pairs(&self) -> &[[usize; 2]] {
+        self.pairs.first().map_or(&[], Vec::as_slice)
+    }
+
+    /// The layer pairs of every teacher, the first teacher first.
+    pub fn teacher_pairs(&self) -> &[Vec<[usize; 2]>] {
         &self.pairs
     }
 
-    /// The teacher normalisers, one per pair in the fitted modes (empty before training).
+    /// The teacher normalisers, one per pair of every teacher in the fitted modes, in the order
+    /// of [`Feature::teacher_pairs`] (empty before training).
     pub fn normalizers(&self) -> &[TeacherNormalizer] {
         &self.normalizers
     }
@@ -525,43 +561,68 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
         device: &Device,
         seed: u64,
     ) -> Result<()> {
-        let Some(teacher) = teacher else { return Ok(()) }; // waits for the teacher
-        if !self.pairs.is_empty() {
+        self.init_params_with(student, teacher, &[], device, seed)
+    }
+
+    fn init_params_with(
+        &mut self,
+        student: &S,
+        teacher: Option<&T>,
+        extra_teachers: &[T],
+        device: &Device,
+        seed: u64,
+    ) -> Result<()> {
+        let Some(first) = teacher else { return Ok(()) }; // waits for the teacher
+        if self.pairs.len() == 1 + extra_teachers.len() {
             return Ok(());
         }
         let (ls, ds) = probe(student, "student", device)?;
-        let (lt, dt) = probe(teacher, "teacher", &device.clone().inner())?;
-        let pairs = self.config.layers.clone().unwrap_or_else(|| uniform_layers(ls, lt));
-        for [s, t] in &pairs {
-            if *s > ls {
-                return Err(TrainError::config(
-                    "layers",
-                    "student hidden-state indices in 0..=num_layers (0 = embeddings)",
-                    format!("{s} (the student has {ls} layers: 0..={ls})"),
-                ));
+        let plain = device.clone().inner();
+        let (mut all_pairs, mut widths) = (Vec::new(), Vec::new());
+        for (t, model) in std::iter::once(first).chain(extra_teachers).enumerate() {
+            let (lt, dt) = probe(model, "teacher", &plain)?;
+            let which = if t == 0 { "the teacher".to_string() } else { format!("teacher {t}") };
+            let pairs = self.config.layers.clone().unwrap_or_else(|| uniform_layers(ls, lt));
+            for [s, j] in &pairs {
+                if *s > ls {
+                    return Err(TrainError::config(
+                        "layers",
+                        "student hidden-state indices in 0..=num_layers (0 = embeddings)",
+                        format!("{s} (the student has {ls} layers: 0..={ls})"),
+                    ));
+                }
+                if *j > lt {
+                    return Err(TrainError::config(
+                        "layers",
+                        "teacher hidden-state indices in 0..=num_layers (0 = embeddings)",
+                        format!("{j} ({which} has {lt} layers: 0..={lt})"),
+                    ));
+                }
             }
-            if *t > lt {
-                return Err(TrainError::config(
-                    "layers",
-                    "teacher hidden-state indices in 0..=num_layers (0 = embeddings)",
-                    format!("{t} (the teacher has {lt} layers: 0..={lt})"),
-                ));
-            }
+            all_pairs.push(pairs);
+            widths.push(dt);
         }
         let project = match self.config.projection {
-            Projection::Auto => ds != dt,
+            Projection::Auto => widths.iter().any(|&dt| dt != ds),
             Projection::Linear => true,
-            Projection::None if ds != dt => {
-                return Err(TrainError::config(
-                    "projection",
-                    "\"auto\" or \"linear\" when student and teacher widths differ",
-                    format!("\"none\" (student width {ds}, teacher width {dt})"),
-                ));
+            Projection::None => {
+                if let Some(dt) = widths.iter().find(|&&dt| dt != ds) {
+                    return Err(TrainError::config(
+                        "projection",
+                        "\"auto\" or \"linear\" when student and teacher widths differ",
+                        format!("\"none\" (student width {ds}, teacher width {dt})"),
+                    ));
+                }
+                false
             }
-            Projection::None => false,
         };
-        self.projections = project.then(|| Projections::init(pairs.len(), ds, dt, seed, device));
-        self.pairs = pairs;
+        let outs: Vec<usize> = all_pairs
+            .iter()
+            .zip(&widths)
+            .flat_map(|(p, &dt)| std::iter::repeat_n(dt, p.len()))
+            .collect();
+        self.projections = project.then(|| Projections::init_widths(&outs, ds, seed, device));
+        self.pairs = all_pairs;
         Ok(())
     }
 
@@ -577,10 +638,15 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
         PROJECTIONS_FILE.to_string()
     }
 
+    fn supports_teacher_ensemble(&self) -> bool {
+        true
+    }
+
     fn micro_batch(&mut self, cx: &mut StepContext<'_, S, T>) -> Result<MicroBatchLoss> {
         let teacher = cx.require_teacher("feature")?;
-        if self.pairs.is_empty() {
-            self.init_params(cx.student, Some(teacher), cx.device, cx.seed)?;
+        let extra = cx.extra_teachers;
+        if self.pairs.len() != 1 + extra.len() {
+            self.init_params_with(cx.student, Some(teacher), extra, cx.device, cx.seed)?;
         }
         let batch = cx.next_batch();
         let missing = || {
@@ -592,59 +658,107 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
         };
         let s: HiddenStates =
             cx.student.hidden_states(batch.input_ids.clone()).ok_or_else(missing)?;
-        let t =
-            hidden_states_across(teacher, batch.input_ids.clone().inner()).ok_or_else(missing)?;
+        let plain_ids = batch.input_ids.clone().inner();
+        let teachers: Vec<HiddenStates> = std::iter::once(teacher)
+            .chain(extra)
+            .map(|m| hidden_states_across(m, plain_ids.clone()).ok_or_else(missing))
+            .collect::<Result<_>>()?;
         let [b, n] = batch.input_ids.dims();
         let labels = batch.labels.clone().flatten::<1>(0, 1); // [rows]
         let mask = labels.clone().not_equal_elem(IGNORE_INDEX); // [rows]
         let mode = self.config.normalize_teacher;
-        if mode.is_fitted() && self.normalizers.len() != self.pairs.len() {
-            let widths = self.pairs.iter().map(|[_, j]| t.hidden[*j].dims()[2]);
-            self.normalizers = widths.map(TeacherNormalizer::new).collect();
+        let total_pairs: usize = self.pairs.iter().map(Vec::len).sum();
+        if mode.is_fitted() && self.normalizers.len() != total_pairs {
+            self.normalizers = self
+                .pairs
+                .iter()
+                .zip(&teachers)
+                .flat_map(|(p, t)| p.iter().map(|[_, j]| t.hidden[*j].dims()[2]))
+                .map(TeacherNormalizer::new)
+                .collect();
         }
+        // Several teachers: each one's positions (rows with a positive weight) and its share.
+        let weights = match teachers.len() {
+            1 => Vec::new(),
+            k => cx.teacher_weights(k, b)?,
+        };
+        let counted: Vec<bool> = if weights.is_empty() {
+            Vec::new()
+        } else {
+            let l = labels.clone().inner().into_data().convert::<i64>();
+            l.iter::<i64>().map(|v| v != IGNORE_INDEX).collect()
+        };
         let frozen = self.config.normalizer_freeze_after.is_some_and(|f| cx.step >= f);
         let plain_mask = mask.clone().inner(); // [rows]
         let mut feature: Option<Tensor<1>> = None;
-        for (k, [i, j]) in self.pairs.iter().enumerate() {
-            let hs = s.hidden[*i].clone().cast(FloatDType::F32); // [b, n, ds]
-            let ds = hs.dims()[2];
-            let mut hs = hs.reshape([b * n, ds]);
-            if let Some(p) = &self.projections {
-                hs = p.proj[k].forward(hs); // [rows, dt]
-            }
-            let ht = t.hidden[*j].clone().cast(FloatDType::F32); // [b, n, dt]
-            let dt = ht.dims()[2];
-            let mut ht = ht.reshape([b * n, dt]); // [rows, dt], no graph
-            match mode {
-                TeacherNorm::None => {}
-                TeacherNorm::Position => ht = standardize(ht),
-                _ => {
-                    // Statistics from this micro-batch's counted positions, a first fit on
-                    // the first one; the target uses the current transform.
-                    let norm = &mut self.normalizers[k];
-                    if !frozen || norm.transform.is_none() {
-                        norm.observe(ht.clone(), plain_mask.clone())?;
-                    }
-                    if norm.transform.is_none() {
-                        norm.refit(mode)?;
-                    }
-                    ht = norm.apply(ht)?;
+        let mut offset = 0;
+        for (t, (pairs, th)) in self.pairs.iter().zip(&teachers).enumerate() {
+            let first = offset;
+            offset += pairs.len();
+            let (mask_t, share) = if weights.is_empty() {
+                (mask.clone(), 1.0)
+            } else {
+                let w = &weights[t];
+                let pos: Vec<bool> = (0..b * n).map(|r| counted[r] && w[r / n] > 0.0).collect();
+                let all = counted.iter().filter(|c| **c).count().max(1);
+                let wsum: f64 =
+                    (0..b * n).filter(|&r| counted[r]).map(|r| f64::from(w[r / n])).sum();
+                if !pos.iter().any(|p| *p) {
+                    continue; // no row of this micro-batch is this teacher's
                 }
+                let m = Tensor::<1, Bool>::from_data(TensorData::new(pos, [b * n]), cx.device);
+                (m, wsum / all as f64)
+            };
+            for (k, [i, j]) in pairs.iter().enumerate() {
+                let idx = first + k;
+                let hs = s.hidden[*i].clone().cast(FloatDType::F32); // [b, n, ds]
+                let ds = hs.dims()[2];
+                let mut hs = hs.reshape([b * n, ds]);
+                if let Some(p) = &self.projections {
+                    hs = p.proj[idx].forward(hs); // [rows, dt]
+                }
+                let ht = th.hidden[*j].clone().cast(FloatDType::F32); // [b, n, dt]
+                let dt = ht.dims()[2];
+                let mut ht = ht.reshape([b * n, dt]); // [rows, dt], no graph
+                match mode {
+                    TeacherNorm::None => {}
+                    TeacherNorm::Position => ht = standardize(ht),
+                    _ => {
+                        // Statistics from this micro-batch's counted positions, a first fit
+                        // on the first one; the target uses the current transform.
+                        let norm = &mut self.normalizers[idx];
+                        if !frozen || norm.transform.is_none() {
+                            norm.observe(ht.clone(), plain_mask.clone())?;
+                        }
+                        if norm.transform.is_none() {
+                            norm.refit(mode)?;
+                        }
+                        ht = norm.apply(ht)?;
+                    }
+                }
+                let ht = ht.autodiff();
+                let mut f = feature_distance(&self.distance, hs, ht, mask_t.clone())?;
+                if share != 1.0 {
+                    f = f.mul_scalar(share);
+                }
+                feature = Some(match feature {
+                    Some(acc) => acc + f,
+                    None => f,
+                });
             }
-            let ht = ht.autodiff();
-            let f = feature_distance(&self.distance, hs, ht, mask.clone())?;
-            feature = Some(match feature {
-                Some(acc) => acc + f,
-                None => f,
-            });
         }
-        let feature = feature.expect("at least one layer pair (validated)");
+        let feature = feature.expect("at least one layer pair (validated) of a teacher with rows");
         let feature_value = f64::from(feature.clone().inner().into_scalar::<f32>());
         let mut loss = feature.mul_scalar(self.config.weight);
         let mut metrics = vec![("feature_loss", feature_value)];
         if self.config.logit_weight > 0.0 {
-            let tl = t.logits.autodiff();
-            let (sl, tl) = align_vocab(s.logits, tl, cx.vocab_alignment)?;
+            let all: Vec<Tensor<3>> = teachers.into_iter().map(|t| t.logits).collect();
+            let tl = if all.len() == 1 {
+                all.into_iter().next().expect("one teacher")
+            } else {
+                crate::ensemble::combine_logits(all, &weights, cx.ensemble.averaging)
+            };
+            let (sl, tl) = align_vocab(s.logits, tl.autodiff(), cx.vocab_alignment)?;
             let kd = KdBatch::from_sequences(sl, tl).with_labels(labels);
             let logit = self.logit.forward(kd, Reduction::Mean)?.loss;
             metrics.push(("logit_loss", f64::from(logit.clone().inner().into_scalar::<f32>())));
@@ -685,13 +799,13 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Feature {
                 "feature: the checkpoint has fitted teacher normalisers but normalize_teacher is not a fitted mode",
             ));
         }
-        if !self.pairs.is_empty() && s.normalizers.len() != self.pairs.len() {
+        let total: usize = self.pairs.iter().map(Vec::len).sum();
+        if !self.pairs.is_empty() && s.normalizers.len() != total {
             return Err(TrainError::checkpoint(
                 "state.json",
                 format!(
-                    "feature: {} teacher normalisers for {} layer pairs",
-                    s.normalizers.len(),
-                    self.pairs.len()
+                    "feature: {} teacher normalisers for {total} layer pairs",
+                    s.normalizers.len()
                 ),
             ));
         }

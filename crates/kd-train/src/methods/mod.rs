@@ -391,6 +391,24 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
         Ok(())
     }
 
+    /// [`Method::init_params`] with every teacher: the first and those added beside it
+    /// ([`crate::Trainer::with_extra_teachers`]), for methods with parameters per teacher (the
+    /// `feature` method's projection heads). The trainer calls this one; the default ignores
+    /// the extra teachers.
+    ///
+    /// # Errors
+    /// As [`Method::init_params`].
+    fn init_params_with(
+        &mut self,
+        student: &S,
+        teacher: Option<&T>,
+        _extra_teachers: &[T],
+        device: &Device,
+        seed: u64,
+    ) -> Result<()> {
+        self.init_params(student, teacher, device, seed)
+    }
+
     /// The method's trainable parameters, once [`Method::init_params`] made them. Default: none.
     fn params(&self) -> Option<&dyn MethodParams> {
         None
