@@ -153,7 +153,7 @@ pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
     let mut b = ConfigBuilder::from_file(Some(&o.config)).input()?;
     b.set_all(&o.set).input()?;
     let Some(section) = b.get_table("baldistill").cloned() else {
-        bail!("{}: no [baldistill] section", o.config.display());
+        return Err(anyhow::anyhow!("{}: no [baldistill] section", o.config.display())).input();
     };
     b.remove("baldistill");
     let run: RunConfig = b.build().input()?;

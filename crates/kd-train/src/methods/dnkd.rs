@@ -380,7 +380,19 @@ impl DnkdMethod {
                     ));
                 }
                 log::info!("dnkd: IVF index, {} lists, {} probed", c.nlist, c.nprobe);
-                Index::Ivf(Box::new(IvfIndex::build(store, c)?))
+                let index = IvfIndex::build(store, c)?;
+                // A query scans its `nprobe` nearest lists: their sizes set the step's cost.
+                let mut sizes: Vec<usize> = (0..index.nlist()).map(|l| index.list(l).len()).collect();
+                sizes.sort_unstable_by(|a, b| b.cmp(a));
+                let top: usize = sizes.iter().take(c.nprobe).sum();
+                log::info!(
+                    "dnkd: IVF lists: largest {}, median {}, the {} largest hold {top} of {} entries",
+                    sizes[0],
+                    sizes[sizes.len() / 2],
+                    c.nprobe,
+                    store.len()
+                );
+                Index::Ivf(Box::new(index))
             }
         })
     }
