@@ -61,7 +61,12 @@ pub struct BalDistillArgs {
     /// What to compare, comma-separated: `baldistill` (balanced quotas, IFD, synthesis),
     /// `adaptive` (adaptive quotas, IFD, synthesis; needs `dev`), `random` (uniform selection
     /// from the pool) and `config` (the `[baldistill]` section as written).
-    #[arg(long, value_name = "ARM,...", value_delimiter = ',', default_value = "baldistill,random")]
+    #[arg(
+        long,
+        value_name = "ARM,...",
+        value_delimiter = ',',
+        default_value = "baldistill,random"
+    )]
     pub arms: Vec<String>,
     /// Seeds (selection, synthesis, training), comma-separated; each arm runs every seed.
     #[arg(long, value_name = "S,...", value_delimiter = ',', default_value = "0")]
@@ -176,8 +181,10 @@ pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
         .collect::<Result<_>>()
         .input()?;
     if arms.iter().any(|(_, c)| c.policy == BalancePolicy::Adaptive) && files.dev.is_none() {
-        return Err(anyhow::anyhow!("the adaptive policy needs validation data: set baldistill.dev = FILE"))
-            .input();
+        return Err(anyhow::anyhow!(
+            "the adaptive policy needs validation data: set baldistill.dev = FILE"
+        ))
+        .input();
     }
 
     let tok_path = run.data.tokenizer.clone().context("set data.tokenizer").input()?;
@@ -211,7 +218,8 @@ pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
             let mut config = config.clone();
             config.seed = seed;
             println!("== {arm}, seed {seed} ({dir})", dir = dir.display());
-            let records = ctx.run_arm(&config, seed, &pool, &eval, dev.as_deref(), &teacher, &dir)?;
+            let records =
+                ctx.run_arm(&config, seed, &pool, &eval, dev.as_deref(), &teacher, &dir)?;
             results.push((arm.clone(), seed, records));
         }
     }
@@ -359,7 +367,9 @@ impl Shared<'_> {
         }
         let (mut planner, mut kept, mut model_dir, mut records) = match state {
             Some(st) => (st.planner, st.kept, Some(st.model_dir), st.records),
-            None => (StagePlanner::new(config.clone(), pool).input()?, Vec::new(), None, Vec::new()),
+            None => {
+                (StagePlanner::new(config.clone(), pool).input()?, Vec::new(), None, Vec::new())
+            }
         };
         let known: BTreeSet<String> = pool.iter().map(|e| e.instruction.clone()).collect();
         for stage in records.len()..config.stages {
@@ -367,7 +377,9 @@ impl Shared<'_> {
             let stage_dir = dir.join(format!("stage{stage}"));
             // The current student, for the IFD scores (a fresh one is seeded like training's).
             let source = match &model_dir {
-                Some(d) => crate::config::ModelSource { pretrained: Some(d.clone()), ..Default::default() },
+                Some(d) => {
+                    crate::config::ModelSource { pretrained: Some(d.clone()), ..Default::default() }
+                }
                 None => self.run.student.clone(),
             };
             let needs_student = config.policy != BalancePolicy::Random
@@ -452,7 +464,8 @@ impl Shared<'_> {
                     seed_k,
                     "synthesis",
                 )?;
-                let mut seen: BTreeSet<String> = kept.iter().map(|r| r.instruction.clone()).collect();
+                let mut seen: BTreeSet<String> =
+                    kept.iter().map(|r| r.instruction.clone()).collect();
                 let fresh: Vec<String> = written
                     .into_iter()
                     .map(|w| w.lines().next().unwrap_or("").trim().to_string())
@@ -502,7 +515,10 @@ impl Shared<'_> {
             model_dir = Some(job.model_dir.clone());
 
             let student = load_model(
-                &crate::config::ModelSource { pretrained: Some(job.model_dir.clone()), ..Default::default() },
+                &crate::config::ModelSource {
+                    pretrained: Some(job.model_dir.clone()),
+                    ..Default::default()
+                },
                 "student",
                 &self.device,
             )?;
@@ -548,8 +564,10 @@ fn write_summary(
         })).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
-    let domains: BTreeSet<String> =
-        results.iter().flat_map(|(_, _, r)| r.iter().flat_map(|s| s.eval.keys().cloned())).collect();
+    let domains: BTreeSet<String> = results
+        .iter()
+        .flat_map(|(_, _, r)| r.iter().flat_map(|s| s.eval.keys().cloned()))
+        .collect();
     let mut csv = format!(
         "arm,seed,stage,train_examples,kept_synthetic,rejected,macro,micro,{},seconds\n",
         domains.iter().cloned().collect::<Vec<_>>().join(",")

@@ -51,14 +51,14 @@ fn baldistill_balances_and_random_does_not_and_a_rerun_continues() {
     let dir = common::scratch("baldistill");
     let o = baldistill(&dir, &["--arms", "baldistill,random"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("out/summary.json")).unwrap(),
-    )
-    .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
+            .unwrap();
     let runs = summary["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     let pool = std::fs::read_to_string(dir.join("pool.jsonl")).unwrap();
-    let count = |d: &str| pool.lines().filter(|l| l.contains(&format!("\"domain\": \"{d}\""))).count();
+    let count =
+        |d: &str| pool.lines().filter(|l| l.contains(&format!("\"domain\": \"{d}\""))).count();
     for run in runs {
         let stages = run["stages"].as_array().unwrap();
         assert_eq!(stages.len(), 2);
@@ -98,16 +98,16 @@ fn baldistill_balances_and_random_does_not_and_a_rerun_continues() {
     }
     assert!(dir.join("out/baldistill.png").is_file());
     assert!(dir.join("out/summary.csv").is_file());
-    let kept = std::fs::read_to_string(dir.join("out/baldistill-seed0/stage1/train.jsonl")).unwrap();
+    let kept =
+        std::fs::read_to_string(dir.join("out/baldistill-seed0/stage1/train.jsonl")).unwrap();
     assert!(kept.lines().count() > 0);
 
     // A rerun finds both stages done and reproduces the summary without training.
     let o = baldistill(&dir, &["--arms", "baldistill,random"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let again: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("out/summary.json")).unwrap(),
-    )
-    .unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
+            .unwrap();
     assert_eq!(again, summary);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already done"));
 

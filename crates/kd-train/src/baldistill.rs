@@ -578,7 +578,8 @@ pub fn equations_hold(text: &str) -> bool {
     let mut last = None;
     let mut i = 0;
     while i + 4 < tokens.len() {
-        let (a, op, b, eq, c) = (tokens[i], tokens[i + 1], tokens[i + 2], tokens[i + 3], tokens[i + 4]);
+        let (a, op, b, eq, c) =
+            (tokens[i], tokens[i + 1], tokens[i + 2], tokens[i + 3], tokens[i + 4]);
         if eq == "=" && ["+", "-", "*", "/", "×", "÷"].contains(&op) {
             let (Ok(a), Ok(b), Ok(c)) = (a.parse::<i64>(), b.parse::<i64>(), c.parse::<i64>())
             else {
@@ -650,8 +651,7 @@ impl DomainScores {
 
     /// Correct answers over all answers (`0` when empty).
     pub fn micro_accuracy(&self) -> f64 {
-        let (c, t) =
-            self.per_domain.values().fold((0, 0), |(c, t), (dc, dt)| (c + dc, t + dt));
+        let (c, t) = self.per_domain.values().fold((0, 0), |(c, t), (dc, dt)| (c + dc, t + dt));
         if t == 0 { 0.0 } else { c as f64 / t as f64 }
     }
 }
@@ -694,8 +694,7 @@ mod tests {
             let (lo, hi) = (q.values().min().unwrap(), q.values().max().unwrap());
             assert!(hi - lo <= 1, "{q:?}");
         }
-        let acc: BTreeMap<String, f64> =
-            d.iter().cloned().zip([0.95, 0.95, 0.0, 0.45]).collect();
+        let acc: BTreeMap<String, f64> = d.iter().cloned().zip([0.95, 0.95, 0.0, 0.45]).collect();
         let q = quotas(BalancePolicy::Adaptive, 100, &d, Some(&acc), 0.05).unwrap();
         // weights 0.1, 0.1, 1.05, 0.6 of 1.85
         assert_eq!(q.values().copied().collect::<Vec<_>>(), [5, 5, 57, 33]);
@@ -710,9 +709,7 @@ mod tests {
         let p = pool(&[("head", 40), ("tail", 4)]);
         let mut planner = StagePlanner::new(config(BalancePolicy::Balanced), &p).unwrap();
         // Difficulty: the pool index itself, so the largest indices are the hardest.
-        let s = planner
-            .select(0, None, |c| Ok(c.iter().map(|&i| i as f64).collect()))
-            .unwrap();
+        let s = planner.select(0, None, |c| Ok(c.iter().map(|&i| i as f64).collect())).unwrap();
         assert_eq!(s.quotas, [("head".into(), 8), ("tail".into(), 7)].into());
         let head: Vec<usize> = s.pool.iter().copied().filter(|&i| i < 40).collect();
         assert_eq!(head, (32..40).collect::<Vec<_>>());

@@ -382,7 +382,8 @@ impl DnkdMethod {
                 log::info!("dnkd: IVF index, {} lists, {} probed", c.nlist, c.nprobe);
                 let index = IvfIndex::build(store, c)?;
                 // A query scans its `nprobe` nearest lists: their sizes set the step's cost.
-                let mut sizes: Vec<usize> = (0..index.nlist()).map(|l| index.list(l).len()).collect();
+                let mut sizes: Vec<usize> =
+                    (0..index.nlist()).map(|l| index.list(l).len()).collect();
                 sizes.sort_unstable_by(|a, b| b.cmp(a));
                 let top: usize = sizes.iter().take(c.nprobe).sum();
                 log::info!(
