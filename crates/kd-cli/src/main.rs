@@ -9,6 +9,7 @@
 //! kd rationale-generate --teacher DIR --data FILE --out rationales.jsonl [--shots K]
 //! kd eval    --model DIR --data FILE [--seq-len 128]
 //! kd generate --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
+//! kd score-distill [--lambda 1] [--temperature 1] [--seeds 0,1,2]   # KD for automatic scoring
 //! ```
 //!
 //! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]`, `[train]` and `[method]` (see
@@ -34,6 +35,7 @@ mod plot;
 mod progress;
 mod run;
 mod scaling_law;
+mod scoring;
 mod seqkd;
 mod step_by_step;
 
@@ -122,6 +124,11 @@ enum Command {
     /// compute-optimal student for a FLOP budget; plot it.
     #[command(name = "scaling-law", args_override_self = true)]
     ScalingLaw(scaling_law::ScalingLawArgs),
+    /// Knowledge distillation for automatic scoring: fine-tune a teacher classifier, then train
+    /// a small student label-only and with the teacher's soft labels over several seeds; report
+    /// macro-F1, accuracy and QWK.
+    #[command(name = "score-distill", args_override_self = true)]
+    ScoreDistill(scoring::ScoreDistillArgs),
     /// Check a Hugging Face model directory and print what it holds (exit 2 on any problem).
     Inspect {
         /// The model directory (config.json, safetensors or shards + index, tokenizer.json).
@@ -950,6 +957,7 @@ fn main() {
         Command::ScalingLaw(o) => scaling_law::cmd_scaling_law(o),
         Command::HotPateLabel(o) => pate::cmd_hot_pate_label(o),
         Command::Partition(o) => pate::cmd_partition(o),
+        Command::ScoreDistill(o) => scoring::cmd_score_distill(o),
         Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {
