@@ -427,7 +427,7 @@ pub fn predict_logits(
     for chunk in indices.chunks(batch_size.max(1)) {
         let (ids, lengths) = set.batch(chunk, device);
         let logits = model.forward(ids, &lengths); // [b, k]
-        let values = logits.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| {
+        let values = logits.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| {
             TrainError::Scoring {
                 what: "logits".into(),
                 expected: "f32 values".into(),

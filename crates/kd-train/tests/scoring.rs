@@ -15,7 +15,7 @@ use kd_train::scoring::{
 
 fn host2(t: Tensor<2>) -> Vec<Vec<f32>> {
     let [_, k] = t.dims();
-    let v = t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let v = t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     v.chunks(k).map(<[f32]>::to_vec).collect()
 }
 
