@@ -25,7 +25,7 @@ use kd_train::scoring::{
     ScoringClassifier, ScoringLossConfig, ScoringMetrics, ScoringSet, ScoringTrainConfig,
     ScoringTrainReport, evaluate_classifier, predict_logits, read_scored_jsonl, train_classifier,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSpec;
 use crate::error::Input;
@@ -68,7 +68,7 @@ pub struct ScoreDistillArgs {
     #[arg(long, value_name = "N", default_value_t = 400)]
     pub steps: u64,
     /// Teacher fine-tuning steps.
-    #[arg(long, value_name = "N", default_value_t = 300)]
+    #[arg(long, value_name = "N", default_value_t = 1500)]
     pub teacher_steps: u64,
     /// Student peak learning rate.
     #[arg(long, value_name = "X", default_value_t = 2e-3)]
@@ -88,6 +88,11 @@ pub struct ScoreDistillArgs {
     /// Seed of the teacher's fine-tuning.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub teacher_seed: u64,
+    /// Reuse the teacher of an earlier run: its `teacher_soft_labels.json` (written by every
+    /// run into --out) instead of fine-tuning a teacher; for sweeps over λ, T or student
+    /// settings on the same data.
+    #[arg(long, value_name = "FILE")]
+    pub teacher_soft_labels: Option<PathBuf>,
     /// Use only the first N training rows (0: all).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_train: usize,
@@ -100,10 +105,10 @@ pub struct ScoreDistillArgs {
 }
 
 /// One trained model's held-out result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunResult {
     /// `teacher`, `label_only` or `kd`.
-    arm: &'static str,
+    arm: String,
     seed: u64,
     steps: u64,
     train_secs: f64,
@@ -125,6 +130,18 @@ struct Summary {
     accuracy: MeanStd,
     macro_f1: MeanStd,
     qwk: MeanStd,
+}
+
+/// What `teacher_soft_labels.json` holds: the fine-tuned teacher's held-out result and its class
+/// logits on every training row (the soft labels before the temperature).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredTeacher {
+    train: PathBuf,
+    train_rows: usize,
+    num_classes: usize,
+    teacher: PathBuf,
+    result: RunResult,
+    logits: Vec<Vec<f32>>,
 }
 
 /// What `results.json` holds.
@@ -169,8 +186,16 @@ fn train(
     device: &Device,
 ) -> Result<(ScoringClassifier, ScoringTrainReport)> {
     let mut progress = Progress::new(what, config.steps, "steps");
-    let result = train_classifier(model, set, teacher, config, device, |step, _| {
+    // The mean training loss over each tenth of the run, logged as it completes.
+    let window = (config.steps / 10).max(1);
+    let mut sum = 0.0;
+    let result = train_classifier(model, set, teacher, config, device, |step, loss| {
         progress.set(step);
+        sum += loss;
+        if step % window == 0 {
+            log::debug!("{what}: mean loss {:.4} over steps {}..={step}", sum / window as f64, step + 1 - window);
+            sum = 0.0;
+        }
     });
     progress.finish();
     let (model, report) = match result {
@@ -262,21 +287,61 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
     teacher_config.validate().context("teacher settings").input()?;
     kd_config.validate().context("student settings").input()?;
 
-    // 1. The teacher, fine-tuned on the labels.
+    // 1. The teacher, fine-tuned on the labels, and 2. its soft labels on the training rows,
+    // once (or both from an earlier run).
     let batch = o.batch_size.max(32);
-    let (teacher, report) = train("teacher", teacher, &train_set, None, &teacher_config, &device)?;
-    let teacher_metrics = evaluate_classifier(&teacher, &eval_set, batch, &device)?;
-    let mut runs = vec![RunResult {
-        arm: "teacher",
-        seed: o.teacher_seed,
-        steps: o.teacher_steps,
-        train_secs: report.secs,
-        final_loss: report.losses.last().copied().unwrap_or(f64::NAN),
-        metrics: teacher_metrics,
-    }];
-    log_metrics("teacher", &runs[0].metrics);
-    // 2. Its soft labels on the training rows, once.
-    let soft = predict_logits(&teacher, &train_set, batch, &device)?;
+    let stored = match &o.teacher_soft_labels {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .input()?;
+            let stored: StoredTeacher = serde_json::from_str(&text)
+                .with_context(|| format!("{}: teacher soft labels", path.display()))
+                .input()?;
+            if stored.train_rows != train_set.len() || stored.num_classes != k {
+                return Err(anyhow::anyhow!(
+                    "{}: soft labels of {} rows × {} classes, this run has {} rows × {k} classes",
+                    path.display(),
+                    stored.train_rows,
+                    stored.num_classes,
+                    train_set.len()
+                ))
+                .input();
+            }
+            log::info!("teacher soft labels from {}", path.display());
+            stored
+        }
+        None => {
+            let (teacher, report) =
+                train("teacher", teacher, &train_set, None, &teacher_config, &device)?;
+            let metrics = evaluate_classifier(&teacher, &eval_set, batch, &device)?;
+            let logits = predict_logits(&teacher, &train_set, batch, &device)?;
+            StoredTeacher {
+                train: train_path.clone(),
+                train_rows: train_set.len(),
+                num_classes: k,
+                teacher: teacher_dir.clone(),
+                result: RunResult {
+                    arm: "teacher".into(),
+                    seed: o.teacher_seed,
+                    steps: o.teacher_steps,
+                    train_secs: report.secs,
+                    final_loss: report.losses.last().copied().unwrap_or(f64::NAN),
+                    metrics,
+                },
+                logits,
+            }
+        }
+    };
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let stored_path = o.out.join("teacher_soft_labels.json");
+    if o.teacher_soft_labels.as_deref() != Some(stored_path.as_path()) {
+        std::fs::write(&stored_path, serde_json::to_string(&stored)?)
+            .with_context(|| format!("writing {}", stored_path.display()))?;
+    }
+    log_metrics("teacher", &stored.result.metrics);
+    let soft = stored.logits;
+    let mut runs = vec![stored.result];
     let agree = kd_train::scoring::argmax_rows(&soft)
         .iter()
         .zip(&train_set.labels)
@@ -284,7 +349,6 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
         .count() as f64
         / train_set.len() as f64;
     log::info!("teacher's top class = training label on {:.1} % of training rows", 100.0 * agree);
-    drop(teacher);
 
     // 3. The student, label-only and with KD, at each seed from the same initialisation.
     let student = |seed: u64| -> Result<ScoringClassifier> {
@@ -308,7 +372,7 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
             let metrics = evaluate_classifier(&model, &eval_set, batch, &device)?;
             log_metrics(&what, &metrics);
             runs.push(RunResult {
-                arm,
+                arm: arm.into(),
                 seed,
                 steps: o.steps,
                 train_secs: report.secs,
@@ -323,7 +387,8 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
         .into_iter()
         .map(|arm| {
             let of = |f: fn(&ScoringMetrics) -> f64| {
-                let v: Vec<f64> = runs.iter().filter(|r| r.arm == arm).map(|r| f(&r.metrics)).collect();
+                let v: Vec<f64> =
+                    runs.iter().filter(|r| r.arm == arm).map(|r| f(&r.metrics)).collect();
                 mean_std(&v)
             };
             Summary {
@@ -337,7 +402,6 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
         .collect();
     let wall_secs = start.elapsed().as_secs_f64();
     print_table(&summary, eval_set.len(), o, wall_secs);
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let report = Report {
         train: train_path,
         eval: eval_path,

@@ -68,6 +68,45 @@ fn score_distill_writes_parseable_results() {
         assert_eq!(fields.len(), 12, "{line}");
         assert!(fields[5..].iter().all(|f| f.parse::<f64>().is_ok()), "{line}");
     }
+
+    // A second run reuses the first one's teacher: same teacher row, no teacher training.
+    let again = dir.join("again");
+    let stored = out.join("teacher_soft_labels.json");
+    let o = kd_raw(&[
+        "score-distill",
+        "--out",
+        again.to_str().unwrap(),
+        "--teacher-soft-labels",
+        stored.to_str().unwrap(),
+        "--max-train",
+        "16",
+        "--max-eval",
+        "8",
+        "--steps",
+        "1",
+        "--seeds",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("teacher: 2 steps"), "{}", stderr(&o));
+    let json2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(again.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json2["runs"][0], json["runs"][0]);
+    assert_eq!(json2["runs"].as_array().unwrap().len(), 3);
+    // Soft labels of another row count are refused.
+    let o = kd_raw(&[
+        "score-distill",
+        "--out",
+        again.to_str().unwrap(),
+        "--teacher-soft-labels",
+        stored.to_str().unwrap(),
+        "--max-train",
+        "12",
+        "--steps",
+        "1",
+    ]);
+    assert_input_error(&o, &["16 rows"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
