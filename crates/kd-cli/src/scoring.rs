@@ -193,7 +193,11 @@ fn train(
         progress.set(step);
         sum += loss;
         if step % window == 0 {
-            log::debug!("{what}: mean loss {:.4} over steps {}..={step}", sum / window as f64, step + 1 - window);
+            log::debug!(
+                "{what}: mean loss {:.4} over steps {}..={step}",
+                sum / window as f64,
+                step + 1 - window
+            );
             sum = 0.0;
         }
     });
@@ -204,7 +208,11 @@ fn train(
         Err(e) => return Err(e).with_context(|| format!("{what}: training failed")),
     };
     let last = report.losses.last().copied().unwrap_or(f64::NAN);
-    log::info!("{what}: {} steps in {}, final loss {last:.4}", config.steps, format_duration(report.secs));
+    log::info!(
+        "{what}: {} steps in {}, final loss {last:.4}",
+        config.steps,
+        format_duration(report.secs)
+    );
     Ok((model, report))
 }
 
@@ -231,7 +239,11 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
         false => None,
     };
     let shipped_path = |rel: &str| -> PathBuf {
-        shipped.as_ref().expect("materialized when a default is used").join("crates/kd-cli/assets").join(rel)
+        shipped
+            .as_ref()
+            .expect("materialized when a default is used")
+            .join("crates/kd-cli/assets")
+            .join(rel)
     };
     let train_path = o.train.clone().unwrap_or_else(|| shipped_path("scoring/train.jsonl"));
     let eval_path = o.eval.clone().unwrap_or_else(|| shipped_path("scoring/eval.jsonl"));
@@ -368,7 +380,8 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
             };
             let what = format!("{arm} seed {seed}");
             let teacher_soft = (lambda > 0.0).then_some(soft.as_slice());
-            let (model, report) = train(&what, student(seed)?, &train_set, teacher_soft, &config, &device)?;
+            let (model, report) =
+                train(&what, student(seed)?, &train_set, teacher_soft, &config, &device)?;
             let metrics = evaluate_classifier(&model, &eval_set, batch, &device)?;
             log_metrics(&what, &metrics);
             runs.push(RunResult {
@@ -451,7 +464,14 @@ fn print_table(summary: &[Summary], eval_rows: usize, o: &ScoreDistillArgs, secs
     println!("|---|---|---|---|---|");
     for s in summary {
         let f = |m: MeanStd| format!("{:.3} ± {:.3}", m.mean, m.std);
-        println!("| {} | {} | {} | {} | {} |", s.arm, s.runs, f(s.macro_f1), f(s.accuracy), f(s.qwk));
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            s.arm,
+            s.runs,
+            f(s.macro_f1),
+            f(s.accuracy),
+            f(s.qwk)
+        );
     }
 }
 

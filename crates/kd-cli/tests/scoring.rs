@@ -50,8 +50,13 @@ fn score_distill_writes_parseable_results() {
         assert_eq!(m["examples"], 8);
         let acc = m["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{r}");
-        let counted: u64 =
-            m["confusion"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
+        let counted: u64 = m["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap())
+            .map(|c| c.as_u64().unwrap())
+            .sum();
         assert_eq!(counted, 8, "{r}");
         assert!(m["qwk"].as_f64().unwrap().is_finite(), "{r}");
     }
@@ -61,7 +66,10 @@ fn score_distill_writes_parseable_results() {
 
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "arm,seed,steps,train_secs,final_loss,accuracy,macro_f1,qwk,f1_0,f1_1,f1_2,f1_3");
+    assert_eq!(
+        lines[0],
+        "arm,seed,steps,train_secs,final_loss,accuracy,macro_f1,qwk,f1_0,f1_1,f1_2,f1_3"
+    );
     assert_eq!(lines.len(), 6, "{csv}");
     for line in &lines[1..] {
         let fields: Vec<&str> = line.split(',').collect();
@@ -116,7 +124,8 @@ fn score_distill_input_errors_exit_2() {
     let out = dir.join("run");
     let scoring = assets().join("scoring");
     let train = scoring.join("train.jsonl");
-    let base = ["score-distill", "--out", out.to_str().unwrap(), "--steps", "1", "--teacher-steps", "1"];
+    let base =
+        ["score-distill", "--out", out.to_str().unwrap(), "--steps", "1", "--teacher-steps", "1"];
     // The shipped data has scores up to 3: three classes cannot hold them.
     let mut args = base.to_vec();
     args.extend(["--num-classes", "3", "--train", train.to_str().unwrap()]);

@@ -83,9 +83,11 @@ pub fn read_scored_jsonl(path: &Path, num_classes: usize) -> Result<Vec<ScoredAn
         let value: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| bad(i + 1, e.to_string()))?;
         let text = |key: &str| {
-            value.get(key).and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| {
-                bad(i + 1, format!("expected a string `{key}`"))
-            })
+            value
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| bad(i + 1, format!("expected a string `{key}`")))
         };
         let (question, answer) = (text("question")?, text("answer")?);
         let score = value
@@ -234,7 +236,8 @@ impl ScoringClassifier {
         }
         let config = body.config();
         let std = config.initializer_range();
-        let score = kd_models::layers::init_linear(config.hidden_size(), num_classes, false, std, device);
+        let score =
+            kd_models::layers::init_linear(config.hidden_size(), num_classes, false, std, device);
         Ok(Self { body, score })
     }
 
@@ -379,7 +382,11 @@ pub fn scoring_kd_loss(
         got,
     };
     if b == 0 || k == 0 {
-        return Err(shape_error("student logits", "[batch ≥ 1, classes ≥ 1]".into(), format!("{:?}", [b, k])));
+        return Err(shape_error(
+            "student logits",
+            "[batch ≥ 1, classes ≥ 1]".into(),
+            format!("{:?}", [b, k]),
+        ));
     }
     if labels.dims() != [b] {
         return Err(shape_error("labels", format!("[{b}]"), format!("{:?}", labels.dims())));
@@ -613,7 +620,8 @@ pub fn train_classifier(
     let plain = device.clone().inner();
     let device = device.clone().autodiff();
     let mut model = make_trainable(model, &device);
-    let mut optim = AdamW::new(AdamWConfig { weight_decay: config.weight_decay, ..AdamWConfig::default() })?;
+    let mut optim =
+        AdamW::new(AdamWConfig { weight_decay: config.weight_decay, ..AdamWConfig::default() })?;
     let schedule = config.schedule();
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = Vec::new();
@@ -631,7 +639,8 @@ pub fn train_classifier(
             }
             let (ids, lengths) = train.batch(&rows, &device);
             let labels: Vec<i64> = rows.iter().map(|&i| train.labels[i] as i64).collect();
-            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [rows.len()]), &device);
+            let labels =
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [rows.len()]), &device);
             let teacher = teacher.map(|t| {
                 let flat: Vec<f32> = rows.iter().flat_map(|&i| t[i].iter().copied()).collect();
                 Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), k]), &device)
@@ -747,16 +756,21 @@ pub fn scoring_metrics(
     })
 }
 
+/// `confusion[r][c]`, `0` outside a ragged matrix.
+fn cell(confusion: &[Vec<u64>], r: usize, c: usize) -> u64 {
+    confusion.get(r).and_then(|row| row.get(c)).copied().unwrap_or(0)
+}
+
 /// Macro-F1 and the per-class F1 of a square confusion matrix `[reference][predicted]` (see
 /// [`scoring_metrics`] for the conventions). `(0, [])` for an empty matrix.
 pub fn macro_f1(confusion: &[Vec<u64>]) -> (f64, Vec<f64>) {
     let k = confusion.len();
     let mut per_class = Vec::with_capacity(k);
     let (mut sum, mut counted) = (0.0, 0usize);
-    for c in 0..k {
-        let tp = confusion[c][c] as f64;
-        let fn_: f64 = confusion[c].iter().sum::<u64>() as f64 - tp;
-        let fp: f64 = (0..k).map(|r| confusion[r][c]).sum::<u64>() as f64 - tp;
+    for (c, row) in confusion.iter().enumerate() {
+        let tp = cell(confusion, c, c) as f64;
+        let fn_: f64 = row.iter().sum::<u64>() as f64 - tp;
+        let fp: f64 = (0..k).map(|r| cell(confusion, r, c)).sum::<u64>() as f64 - tp;
         let denominator = 2.0 * tp + fp + fn_;
         let f1 = if denominator > 0.0 { 2.0 * tp / denominator } else { 0.0 };
         if denominator > 0.0 {
@@ -772,26 +786,40 @@ pub fn macro_f1(confusion: &[Vec<u64>]) -> (f64, Vec<f64>) {
 /// [`scoring_metrics`]); `0` when chance agreement is perfect or the matrix is empty.
 pub fn quadratic_weighted_kappa(confusion: &[Vec<u64>]) -> f64 {
     let k = confusion.len();
-    let n: f64 = confusion.iter().flatten().sum::<u64>() as f64;
+    let rows: Vec<f64> =
+        (0..k).map(|i| (0..k).map(|j| cell(confusion, i, j)).sum::<u64>() as f64).collect();
+    let n: f64 = rows.iter().sum();
     if k < 2 || n == 0.0 {
         return 0.0;
     }
-    let rows: Vec<f64> = confusion.iter().map(|r| r.iter().sum::<u64>() as f64).collect();
-    let cols: Vec<f64> = (0..k).map(|j| confusion.iter().map(|r| r[j]).sum::<u64>() as f64).collect();
+    let cols: Vec<f64> =
+        (0..k).map(|j| (0..k).map(|i| cell(confusion, i, j)).sum::<u64>() as f64).collect();
     let (mut observed, mut expected) = (0.0, 0.0);
-    for i in 0..k {
-        for j in 0..k {
+    for (i, row) in rows.iter().enumerate() {
+        for (j, col) in cols.iter().enumerate() {
             let w = ((i as f64 - j as f64) / (k as f64 - 1.0)).powi(2);
-            observed += w * confusion[i][j] as f64;
-            expected += w * rows[i] * cols[j] / n;
+            observed += w * cell(confusion, i, j) as f64;
+            expected += w * row * col / n;
         }
     }
     if expected == 0.0 { 0.0 } else { 1.0 - observed / expected }
 }
 
-/// The predicted score of each row (the first maximal logit).
+/// The predicted score of each row: the first maximal logit (`0` for an empty row; NaN never
+/// wins).
 pub fn argmax_rows(logits: &[Vec<f32>]) -> Vec<usize> {
-    logits.iter().map(|row| kd_models::sampling::argmax(row) as usize).collect()
+    logits
+        .iter()
+        .map(|row| {
+            let mut best = 0;
+            for (k, v) in row.iter().enumerate() {
+                if *v > row[best] || row[best].is_nan() && !v.is_nan() {
+                    best = k;
+                }
+            }
+            best
+        })
+        .collect()
 }
 
 /// [`ScoringMetrics`] of `model` on `set` (greedy: the highest logit).

@@ -111,7 +111,10 @@ fn loss_and_gradient_match_an_independent_f64_formula() {
         let (want, want_grad) = reference(&s, &labels, &t, lambda, temp);
         assert!(close(value, want, 1e-5), "λ {lambda} T {temp}: {value} vs {want}");
         for (g, w) in grad.iter().flatten().zip(want_grad.iter().flatten()) {
-            assert!(close(f64::from(*g), *w, 1e-4), "λ {lambda} T {temp}: {grad:?} vs {want_grad:?}");
+            assert!(
+                close(f64::from(*g), *w, 1e-4),
+                "λ {lambda} T {temp}: {grad:?} vs {want_grad:?}"
+            );
         }
     }
 }
@@ -377,4 +380,16 @@ fn shipped_scoring_data_fits_the_models() {
         assert!(set.max_len() <= 128, "{file}: {}", set.max_len());
         assert!(set.ids.iter().all(|r| r[0] == 1), "{file}: every row starts with BOS");
     }
+}
+
+/// Public helpers given odd input return values, not panics.
+#[test]
+fn helpers_take_odd_input() {
+    assert_eq!(
+        kd_train::scoring::argmax_rows(&[vec![], vec![f32::NAN, 1.0], vec![2.0, 2.0]]),
+        [0, 1, 0]
+    );
+    assert_eq!(quadratic_weighted_kappa(&[]), 0.0);
+    assert_eq!(quadratic_weighted_kappa(&[vec![1], vec![0, 1]]), 1.0);
+    assert_eq!(macro_f1(&[]), (0.0, vec![]));
 }
