@@ -99,8 +99,12 @@ pub struct ScoreDistillArgs {
     /// Use only the first N held-out rows (0: all).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_eval: usize,
-    /// Device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N].
-    #[arg(long, value_name = "D", default_value = "cpu")]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "cpu",
+        help = "Device: cpu, ndarray, wgpu[:N], vulkan[:N] or cuda[:N]"
+    )]
     pub device: String,
 }
 
