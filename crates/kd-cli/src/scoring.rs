@@ -11,6 +11,10 @@
 //!    table (mean ± std over seeds) and written to `<out>/results.json` and
 //!    `<out>/results.csv`.
 //!
+//! The teacher's result and soft labels are written to `<out>/teacher_soft_labels.json`;
+//! `--teacher-soft-labels FILE` starts from such a file instead of fine-tuning a teacher (for
+//! sweeps over λ, T or the student's budget against one teacher).
+//!
 //! Without `--train`/`--eval`/`--teacher`/`--student` the shipped files are used (written out
 //! of the binary below `<out>/shipped/`, so no source tree is needed).
 
@@ -156,6 +160,9 @@ struct Report {
     teacher: PathBuf,
     student: PathBuf,
     student_from_scratch: bool,
+    /// The earlier run's teacher, when reused (then `teacher_config` is this command line's,
+    /// not the one that trained it: see that run's `results.json`).
+    teacher_soft_labels: Option<PathBuf>,
     train_rows: usize,
     eval_rows: usize,
     num_classes: usize,
@@ -425,6 +432,7 @@ pub fn cmd_score_distill(o: &ScoreDistillArgs) -> Result<()> {
         teacher: teacher_dir,
         student: student_dir,
         student_from_scratch: o.student_from_scratch,
+        teacher_soft_labels: o.teacher_soft_labels.clone(),
         train_rows: train_set.len(),
         eval_rows: eval_set.len(),
         num_classes: k,

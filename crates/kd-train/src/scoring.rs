@@ -205,8 +205,8 @@ impl ScoringSet {
 /// later position, and the pooled position is the last real one.
 pub const PAD_ID: u32 = 0;
 
-/// A sequence classifier: a causal LM body without its output head's use, and a linear score
-/// head on the final (normed) hidden state of each row's last real token.
+/// A sequence classifier: a causal LM body (its LM head unused) and a linear score head on the
+/// final (normed) hidden state of each row's last real token.
 ///
 /// ```text
 /// h      = body.last_hidden_state(ids)            [batch, seq, hidden]
