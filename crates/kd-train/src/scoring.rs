@@ -420,8 +420,8 @@ pub fn scoring_kd_loss(
 /// before the student trains).
 ///
 /// # Errors
-/// [`TrainError::Scoring`] when the model's classes differ from the set's, a row is longer
-/// than its positions, or a logit is not finite.
+/// [`TrainError::Scoring`] when the model's classes differ from the set's, a token id is
+/// outside its vocabulary, a row is longer than its positions, or a logit is not finite.
 pub fn predict_logits(
     model: &ScoringClassifier,
     set: &ScoringSet,
@@ -453,13 +453,23 @@ pub fn predict_logits(
     Ok(out)
 }
 
-/// The model fits the set: same classes, rows within its positions.
+/// The model fits the set: same classes, ids within its vocabulary, rows within its positions.
 fn check_fits(model: &ScoringClassifier, set: &ScoringSet, who: &str) -> Result<()> {
     if model.num_classes() != set.num_classes {
         return Err(TrainError::Scoring {
             what: format!("{who} classes"),
             expected: format!("{} (the data's)", set.num_classes),
             got: model.num_classes().to_string(),
+        });
+    }
+    let vocab = model.body.vocab_size();
+    if let Some(&id) = set.ids.iter().flatten().max()
+        && id as usize >= vocab
+    {
+        return Err(TrainError::Scoring {
+            what: "token ids".into(),
+            expected: format!("< {vocab} (the {who}'s vocabulary: use its tokenizer)"),
+            got: id.to_string(),
         });
     }
     if set.max_len() > model.max_positions() {
@@ -571,9 +581,10 @@ pub struct ScoringTrainReport {
 ///
 /// # Errors
 /// [`ScoringTrainConfig::validate`]; [`TrainError::Scoring`] when the model's classes differ
-/// from the data's, a row is longer than its positions, or the teacher logits do not match the
-/// rows (count or classes) or are missing with `λ > 0`; [`TrainError::NonFiniteLoss`] /
-/// [`TrainError::NonFiniteGradient`] when training diverges.
+/// from the data's, a token id is outside its vocabulary, a row is longer than its positions,
+/// or the teacher logits do not match the rows (count or classes), are not finite, or are
+/// missing with `λ > 0`; [`TrainError::NonFiniteLoss`] / [`TrainError::NonFiniteGradient`] when
+/// training diverges.
 pub fn train_classifier(
     model: ScoringClassifier,
     train: &ScoringSet,

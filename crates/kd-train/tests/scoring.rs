@@ -330,6 +330,10 @@ fn training_rejects_what_does_not_fit() {
     let short_model = ScoringClassifier::init(&tiny_config(512, 8), 3, &device).unwrap();
     let e = predict_logits(&short_model, &set, 4, &device).unwrap_err();
     assert!(e.to_string().contains("positions"), "{e}");
+    // Token ids beyond the model's vocabulary (another tokenizer).
+    let small_vocab = ScoringClassifier::init(&tiny_config(32, 64), 3, &device).unwrap();
+    let e = predict_logits(&small_vocab, &set, 4, &device).unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
     // Bad settings.
     let zero = ScoringTrainConfig { batch_size: 0, ..kd.clone() };
     let e = train_classifier(model(), &set, None, &zero, &device, |_, _| {}).unwrap_err();
