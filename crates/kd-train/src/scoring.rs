@@ -453,13 +453,32 @@ pub fn predict_logits(
     Ok(out)
 }
 
-/// The model fits the set: same classes, ids within its vocabulary, rows within its positions.
+/// The set is consistent and the model fits it: same classes, ids within its vocabulary, rows
+/// within its positions.
 fn check_fits(model: &ScoringClassifier, set: &ScoringSet, who: &str) -> Result<()> {
     if model.num_classes() != set.num_classes {
         return Err(TrainError::Scoring {
             what: format!("{who} classes"),
             expected: format!("{} (the data's)", set.num_classes),
             got: model.num_classes().to_string(),
+        });
+    }
+    // The fields are public: a set built by hand gets the checks `encode` makes.
+    if set.is_empty() {
+        return Err(TrainError::EmptyDataset { what: "scoring".into(), reason: "no rows".into() });
+    }
+    if set.labels.len() != set.len() || set.ids.iter().any(Vec::is_empty) {
+        return Err(TrainError::Scoring {
+            what: "scoring set".into(),
+            expected: "one label per row and no empty row".into(),
+            got: format!("{} rows, {} labels", set.len(), set.labels.len()),
+        });
+    }
+    if let Some(&label) = set.labels.iter().find(|&&l| l >= set.num_classes) {
+        return Err(TrainError::Scoring {
+            what: "score".into(),
+            expected: format!("0..{}", set.num_classes),
+            got: label.to_string(),
         });
     }
     let vocab = model.body.vocab_size();

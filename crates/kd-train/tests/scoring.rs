@@ -334,6 +334,18 @@ fn training_rejects_what_does_not_fit() {
     let small_vocab = ScoringClassifier::init(&tiny_config(32, 64), 3, &device).unwrap();
     let e = predict_logits(&small_vocab, &set, 4, &device).unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
+    // Hand-built sets with a label outside the classes, or no rows.
+    let mut bad = set.clone();
+    bad.labels[0] = 7;
+    let label_only = ScoringTrainConfig {
+        loss: ScoringLossConfig { lambda: 0.0, temperature: 1.0 },
+        ..kd.clone()
+    };
+    let e = train_classifier(model(), &bad, None, &label_only, &device, |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("score: expected 0..3, got 7"), "{e}");
+    let empty = set.head(0);
+    let e = train_classifier(model(), &empty, None, &kd, &device, |_, _| {}).unwrap_err();
+    assert!(matches!(e, TrainError::EmptyDataset { .. }), "{e}");
     // Bad settings.
     let zero = ScoringTrainConfig { batch_size: 0, ..kd.clone() };
     let e = train_classifier(model(), &set, None, &zero, &device, |_, _| {}).unwrap_err();
