@@ -9,6 +9,7 @@
 //! kd rationale-generate --teacher DIR --data FILE --out rationales.jsonl [--shots K]
 //! kd eval    --model DIR --data FILE [--seq-len 128]
 //! kd generate --model DIR --prompt "Once upon a time" [--max-new-tokens 64]
+//! kd score-distill [--lambda 1] [--temperature 1] [--seeds 0,1,2]   # KD for automatic scoring
 //! ```
 //!
 //! Configs are TOML with the sections `[student]`, `[teacher]`, `[data]`, `[train]` and `[method]` (see
@@ -35,6 +36,7 @@ mod plot;
 mod progress;
 mod run;
 mod scaling_law;
+mod scoring;
 mod seqkd;
 mod step_by_step;
 
@@ -128,6 +130,11 @@ enum Command {
     /// random selection at the same budget.
     #[command(args_override_self = true)]
     Baldistill(baldistill::BalDistillArgs),
+    /// Knowledge distillation for automatic scoring: fine-tune a teacher classifier, then train
+    /// a small student label-only and with the teacher's soft labels over several seeds; report
+    /// macro-F1, accuracy and QWK.
+    #[command(name = "score-distill", args_override_self = true)]
+    ScoreDistill(scoring::ScoreDistillArgs),
     /// Check a Hugging Face model directory and print what it holds (exit 2 on any problem).
     Inspect {
         /// The model directory (config.json, safetensors or shards + index, tokenizer.json).
@@ -957,6 +964,7 @@ fn main() {
         Command::HotPateLabel(o) => pate::cmd_hot_pate_label(o),
         Command::Partition(o) => pate::cmd_partition(o),
         Command::Baldistill(o) => baldistill::cmd_baldistill(o),
+        Command::ScoreDistill(o) => scoring::cmd_score_distill(o),
         Command::Inspect { dir } => inspect::cmd_inspect(dir),
     };
     if let Err(e) = result {

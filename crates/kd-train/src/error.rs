@@ -161,6 +161,18 @@ pub enum TrainError {
         /// What came.
         got: String,
     },
+    /// Automatic-scoring data or models do not fit together ([`crate::scoring`]): a score
+    /// outside `0..num_classes`, a row longer than the model's positions, a teacher with another
+    /// number of classes or missing soft labels. Fix the entry named by `what`.
+    #[error("scoring: {what}: expected {expected}, got {got}")]
+    Scoring {
+        /// The entry (`teacher classes`, `row 3 length in tokens`, ...).
+        what: String,
+        /// What was needed, in words.
+        expected: String,
+        /// What came.
+        got: String,
+    },
 }
 
 impl TrainError {
@@ -179,6 +191,7 @@ impl TrainError {
                 | Self::Checkpoint { .. }
                 | Self::CorruptCheckpoint { .. }
                 | Self::TeacherLogits { .. }
+                | Self::Scoring { .. }
         )
     }
 

@@ -36,6 +36,9 @@
 //! - [`events`]: the run reports [`TrainEvent`]s (steps, evaluations, checkpoints, resumes) to an
 //!   observer ([`Trainer::on_event`]), by default as plain `log` lines; rendering (progress bars,
 //!   ETAs) is the caller's.
+//! - [`scoring`]: knowledge distillation for automatic scoring (Latif et al. 2023): a
+//!   classifier student (causal LM body, last-token pooling, linear head) trained on rubric
+//!   scores with `CE + λ·T²·CE(teacher soft labels)`, evaluated by accuracy, macro-F1 and QWK.
 //! - [`checkpoint`]: weights, optimizer moments, schedule, data position, sampling RNG and the
 //!   method's state (TAID's schedule, MiniLLM's rollouts), written atomically; a resumed run
 //!   reproduces the uninterrupted one exactly.
@@ -93,6 +96,7 @@ pub mod rollout;
 pub mod rouge;
 pub mod scaling_fit;
 pub mod schedule;
+pub mod scoring;
 pub mod template;
 pub mod trainer;
 
