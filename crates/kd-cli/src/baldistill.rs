@@ -79,7 +79,7 @@ pub struct BalDistillArgs {
 /// The `[baldistill]` keys `kd` reads itself (the others are [`BalDistillConfig`]'s).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Files {
+pub struct Files {
     /// The long-tailed pool (`domain`, `instruction`, `label`).
     pool: PathBuf,
     /// A validation set in the same format, scored after every stage (the adaptive policy's
@@ -153,12 +153,14 @@ struct StageState {
     records: Vec<StageRecord>,
 }
 
-/// `kd baldistill`.
-pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
-    let mut b = ConfigBuilder::from_file(Some(&o.config)).input()?;
-    b.set_all(&o.set).input()?;
+/// The recipe's run config and its `[baldistill]` section (which is taken out of `b`).
+///
+/// # Errors
+/// No `[baldistill]` section, an unknown or mistyped key, a setting out of range (all input
+/// errors).
+pub fn split_recipe(b: &mut ConfigBuilder) -> Result<(RunConfig, Files, BalDistillConfig)> {
     let Some(section) = b.get_table("baldistill").cloned() else {
-        return Err(anyhow::anyhow!("{}: no [baldistill] section", o.config.display())).input();
+        return Err(anyhow::anyhow!("no [baldistill] section")).input();
     };
     b.remove("baldistill");
     let run: RunConfig = b.build().input()?;
@@ -171,6 +173,15 @@ pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
     let base: BalDistillConfig =
         toml::Value::Table(core_t).try_into().context("invalid [baldistill]").input()?;
     base.validate().input()?;
+    Ok((run, files, base))
+}
+
+/// `kd baldistill`.
+pub fn cmd_baldistill(o: &BalDistillArgs) -> Result<()> {
+    let mut b = ConfigBuilder::from_file(Some(&o.config)).input()?;
+    b.set_all(&o.set).input()?;
+    let (run, files, base) =
+        split_recipe(&mut b).with_context(|| format!("recipe {}", o.config.display()))?;
     if o.arms.is_empty() || o.seeds.is_empty() {
         return Err(anyhow::anyhow!("--arms and --seeds need at least one value each")).input();
     }
