@@ -23,13 +23,12 @@ No question appears in two files.
 """
 
 import argparse
-import json
 import os
 import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "arithmetic"))
-from make_arithmetic import NAMES, OBJECTS, problem as change_problem  # noqa: E402
+from make_arithmetic import NAMES, OBJECTS, problem as change_problem, write  # noqa: E402
 
 POOL = {"change": 2000, "compare": 500, "total": 120, "groups": 30, "share": 8}
 EVAL_PER_DOMAIN = 60
@@ -109,12 +108,6 @@ def draw(domain, n, rng, seen):
         seen.add(r["instruction"])
         rows.append(r)
     return rows
-
-
-def write(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
 
 
 def main():
