@@ -189,26 +189,17 @@ pub(crate) fn try_fused<const D: usize>(act: Act, x: &Tensor<D>) -> Option<Tenso
 mod flex {
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::tensor::{DType, Tensor};
 
     use super::{Act, backward_slice, forward_slice};
-
-    /// The flex tensor's contiguous `f32` values (copied only when strided).
-    fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(s) => std::borrow::Cow::Borrowed(s),
-            None => std::borrow::Cow::Owned(
-                t.to_contiguous().as_slice::<f32>().expect("f32 contiguous").to_vec(),
-            ),
-        }
-    }
+    use crate::flex_view::{tensor, values};
 
     /// `act` of a flex tensor, as a new contiguous flex tensor of the same shape.
     pub(super) fn forward(act: Act, x: &FlexTensor) -> FlexTensor {
         let xs = values(x);
         let mut y = vec![0f32; xs.len()];
         forward_slice(act, &xs, &mut y);
-        FlexTensor::from_data(TensorData::new(y, x.layout().shape().clone()))
+        tensor(y, x.layout().shape().clone())
     }
 
     /// `dy ⊙ act'(x)`.
@@ -216,7 +207,7 @@ mod flex {
         let (xs, dys) = (values(x), values(dy));
         let mut dx = vec![0f32; xs.len()];
         backward_slice(act, &xs, &dys, &mut dx);
-        FlexTensor::from_data(TensorData::new(dx, x.layout().shape().clone()))
+        tensor(dx, x.layout().shape().clone())
     }
 
     pub(super) fn apply<const D: usize>(act: Act, x: &Tensor<D>) -> Option<Tensor<D>> {

@@ -104,8 +104,10 @@ pub(crate) fn backward_rows(
                 let (xr, dyr) = (&x[row * d..(row + 1) * d], &dy[row * d..(row + 1) * d]);
                 let (m, r) = (stats.mean[row], stats.rstd[row]);
                 let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                // x̂ is computed once: kept in the dx row until dx overwrites it.
                 for i in 0..d {
                     let xh = (xr[i] - m) * r;
+                    dxr[i] = xh;
                     let g = dyr[i] * w[i];
                     sum_g += g as f64;
                     sum_gx += (g * xh) as f64;
@@ -118,7 +120,7 @@ pub(crate) fn backward_rows(
                 };
                 let mean_gx = (sum_gx / d as f64) as f32;
                 for i in 0..d {
-                    let xh = (xr[i] - m) * r;
+                    let xh = dxr[i];
                     dxr[i] = r * (dyr[i] * w[i] - mean_g - xh * mean_gx);
                 }
             }
@@ -164,24 +166,10 @@ pub(crate) fn try_fused<const D: usize>(
 mod flex {
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::{Tensor, TensorData};
+    use burn::tensor::Tensor;
 
     use super::{Norm, Stats, forward_rows};
-
-    /// The flex tensor's contiguous `f32` values (copied only when strided).
-    pub(super) fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(s) => std::borrow::Cow::Borrowed(s),
-            None => std::borrow::Cow::Owned(
-                t.to_contiguous().as_slice::<f32>().expect("f32 contiguous").to_vec(),
-            ),
-        }
-    }
-
-    /// A new contiguous flex tensor of `shape`.
-    pub(super) fn tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
-    }
+    use crate::flex_view::{tensor, values};
 
     /// The forward on flex primitives.
     pub(super) fn forward(
@@ -240,7 +228,8 @@ mod flex {
         use burn::tensor::{DispatchTensor, Shape, Tensor};
 
         use super::super::{Norm, Stats, backward_rows};
-        use super::{forward, tensor, values};
+        use super::forward;
+        use crate::flex_view::{tensor, values};
 
         /// What the backward needs: the input, the scale and the row statistics.
         #[derive(Debug, Clone)]

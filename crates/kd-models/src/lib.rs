@@ -84,6 +84,8 @@ pub mod arch;
 mod checks;
 pub mod config;
 pub mod error;
+#[cfg(feature = "flex")]
+mod flex_view;
 mod fused_act;
 mod fused_norm;
 pub mod gpt2;
