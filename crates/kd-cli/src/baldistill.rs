@@ -288,14 +288,18 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    fn prompt(&self, instruction: &str) -> Result<Vec<u32>> {
-        let row = InstructionRow {
+    /// `instruction` through the run's prompt template.
+    fn render(&self, instruction: &str) -> kd_train::Result<String> {
+        self.render.render(&InstructionRow {
             instruction: instruction.to_string(),
             context: None,
             response: String::new(),
             templated: false,
-        };
-        Ok(prompt_ids(&self.render.render(&row)?, self.tok)?)
+        })
+    }
+
+    fn prompt(&self, instruction: &str) -> Result<Vec<u32>> {
+        Ok(prompt_ids(&self.render(instruction)?, self.tok)?)
     }
 
     /// The model's answers to `instructions` (greedy at temperature 0, else sampled).
@@ -383,6 +387,8 @@ impl Shared<'_> {
             }
         };
         let known: BTreeSet<String> = pool.iter().map(|e| e.instruction.clone()).collect();
+        // The student the last stage trained and scored: the next stage's IFD model.
+        let mut trained: Option<CausalLm> = None;
         for stage in records.len()..config.stages {
             let start = Instant::now();
             let stage_dir = dir.join(format!("stage{stage}"));
@@ -395,36 +401,22 @@ impl Shared<'_> {
             };
             let needs_student = config.policy != BalancePolicy::Random
                 && config.head_selection == HeadSelection::Ifd;
-            let student = if needs_student {
-                self.device.seed(seed);
-                Some(load_model(&source, "student", &self.device).input()?)
-            } else {
-                None
+            let student = match (needs_student, trained.take()) {
+                (false, _) => None,
+                (true, Some(s)) => Some(s),
+                (true, None) => {
+                    self.device.seed(seed);
+                    Some(load_model(&source, "student", &self.device).input()?)
+                }
             };
             let accuracy = records.last().and_then(|r: &StageRecord| r.dev.clone());
             let selection = planner
                 .select(stage, accuracy.as_ref(), |candidates| {
                     let student = student.as_ref().expect("loaded for IFD selection");
                     let rows: Vec<&PoolExample> = candidates.iter().map(|&i| &pool[i]).collect();
-                    let mut p = Progress::new("ifd", rows.len() as u64, "examples");
-                    let r = ifd_scores(
-                        student,
-                        self.tok,
-                        |q| {
-                            self.render.render(&InstructionRow {
-                                instruction: q.to_string(),
-                                context: None,
-                                response: String::new(),
-                                templated: false,
-                            })
-                        },
-                        &rows,
-                        self.files.ifd_batch,
-                        &self.device,
-                    );
-                    p.set(rows.len() as u64);
-                    p.finish();
-                    r
+                    log::info!("ifd: the student scores {} candidates", rows.len());
+                    let render = |q: &str| self.render(q);
+                    ifd_scores(student, self.tok, render, &rows, self.files.ifd_batch, &self.device)
                 })
                 .input()?;
             drop(student);
@@ -540,6 +532,7 @@ impl Shared<'_> {
             if let Some(dev) = dev {
                 record.dev = Some(self.scores(&student, dev, "dev")?.accuracy());
             }
+            trained = Some(student);
             record.seconds = start.elapsed().as_secs_f64();
             println!(
                 "  stage {stage}: {} kept ({} synthetic, {} rejected), {} training examples; held-out {}",

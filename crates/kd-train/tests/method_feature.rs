@@ -19,7 +19,9 @@ use kd_train::methods::feature::{
     feature_distance, standardize,
 };
 use kd_train::params::{load_param_values, param_values};
-use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
+use kd_train::{
+    LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, TrainReport, Trainer,
+};
 
 use common::{SEQ, seeded};
 
@@ -63,6 +65,16 @@ fn det(r: &StepRecord) -> (u64, u64, u64, u64, Vec<(String, u64)>) {
         .filter(|(k, _)| !k.ends_with("per_s"))
         .map(|(k, v)| (k.clone(), v.to_bits()));
     (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, extra.collect())
+}
+
+/// An uninterrupted run `a` and a resumed run `b` agree: every step record, the student's
+/// weights and the method's projections.
+fn assert_same_run(a: (&TrainReport, &Trainer<CausalLm>), b: (&TrainReport, &Trainer<CausalLm>)) {
+    let da: Vec<_> = a.0.history.iter().map(det).collect();
+    let db: Vec<_> = b.0.history.iter().map(det).collect();
+    assert_eq!(da, db, "step records differ after resume");
+    assert_eq!(param_values(a.1.student()), param_values(b.1.student()), "student weights differ");
+    assert_eq!(a.1.method_param_values(), b.1.method_param_values(), "projections differ");
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -245,11 +257,7 @@ fn resume_is_exact_including_the_projections_and_their_moments() {
     let mut b = trainer(method, 6, Some(&b_dir), 2);
     b.resume_from(&ck3).unwrap();
     let rb = b.fit(&data, None).unwrap();
-    let da: Vec<_> = ra.history.iter().map(det).collect();
-    let db: Vec<_> = rb.history.iter().map(det).collect();
-    assert_eq!(da, db, "step records differ after resume");
-    assert_eq!(param_values(a.student()), param_values(b.student()), "student weights differ");
-    assert_eq!(a.method_param_values(), b.method_param_values(), "projections differ");
+    assert_same_run((&ra, &a), (&rb, &b));
     let (fa, fb) = (
         Checkpoint::load(&a_dir.join("checkpoint-000006")).unwrap(),
         Checkpoint::load(&b_dir.join("checkpoint-000006")).unwrap(),
@@ -518,11 +526,7 @@ fn resume_is_exact_with_phi_s() {
     let mut b = trainer(method, 6, Some(&b_dir), 2);
     b.resume_from(&ck3).unwrap();
     let rb = b.fit(&data, None).unwrap();
-    let da: Vec<_> = ra.history.iter().map(det).collect();
-    let db: Vec<_> = rb.history.iter().map(det).collect();
-    assert_eq!(da, db, "step records differ after resume");
-    assert_eq!(param_values(a.student()), param_values(b.student()), "student weights differ");
-    assert_eq!(a.method_param_values(), b.method_param_values(), "projections differ");
+    assert_same_run((&ra, &a), (&rb, &b));
     assert_eq!(a.checkpoint().state.method, b.checkpoint().state.method, "normalisers differ");
     // (Without the normalisers in the state, the resumed run would fit a new transform on
     // step 4's batch alone, and step 4's feature loss would differ.)
@@ -609,10 +613,7 @@ fn two_teachers_get_their_own_heads_and_normalisers() {
     let mut b = run(4, Some(&b_dir), 2);
     b.resume_from(&ck).unwrap();
     let rb = b.fit(&data, None).unwrap();
-    let da: Vec<_> = ra.history.iter().map(det).collect();
-    let db: Vec<_> = rb.history.iter().map(det).collect();
-    assert_eq!(da, db, "step records differ after resume");
-    assert_eq!(a.method_param_values(), b.method_param_values(), "heads differ");
+    assert_same_run((&ra, &a), (&rb, &b));
     let _ = std::fs::remove_dir_all(&a_dir);
     let _ = std::fs::remove_dir_all(&b_dir);
 }
