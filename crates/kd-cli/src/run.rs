@@ -17,6 +17,7 @@ use kd_train::methods::cross_tokenizer::{
 };
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
+use kd_train::text_views::anchored_views;
 use kd_train::{EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
@@ -605,6 +606,28 @@ pub fn run_job(
             load_model_as(&config.base_teacher, "baseline", &teacher_device, precision).input()?;
         log::info!("whp baseline: {} parameters", bt.num_params());
         trainer = trainer.with_base_models_on(bt.clone(), bt, &teacher_device).input()?;
+        if let MethodConfig::Whp(w) = &method
+            && let Some(anchors) = &w.anchors
+        {
+            // WHP's anchored terms: the baseline reads each block translated.
+            let tok = tok.as_ref().context("whp's anchors need data.tokenizer").input()?;
+            let terms = anchors.load().input()?;
+            let pad = SpecialTokens::of(tok).pad_id;
+            let (views, stats) =
+                anchored_views(train, tok, &terms, anchors.alignment(), pad).input()?;
+            log::info!(
+                "whp anchors: {} terms; {} of {} blocks translated ({} cut to the block length); \
+                 {} of {} counted positions aligned ({:.1} %)",
+                terms.len(),
+                stats.rewritten_blocks,
+                train.len(),
+                stats.truncated,
+                stats.paired,
+                stats.counted,
+                100.0 * stats.paired as f64 / stats.counted.max(1) as f64
+            );
+            trainer = trainer.with_teacher_data(views);
+        }
     } else if delta {
         let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
         if config.base_teacher == Default::default() {

@@ -98,6 +98,7 @@ pub mod scaling_fit;
 pub mod schedule;
 pub mod scoring;
 pub mod template;
+pub mod text_views;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, TrainState};

@@ -1047,8 +1047,13 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
         }
         let own_tokens = self.method.teacher_reads_own_tokens();
         let teacher_max = self.teacher.as_ref().and_then(LanguageModel::max_positions);
-        if own_tokens {
-            self.check_teacher_data(train, teacher_max)?;
+        if self.method.reads_teacher_data() {
+            // The teacher's own tokens, or the base teacher's translation (whp's anchors).
+            let reader_max = match (&self.base, own_tokens) {
+                (Some(b), false) => b.teacher.max_positions(),
+                _ => teacher_max,
+            };
+            self.check_teacher_data(train, reader_max)?;
         }
         for (what, data) in [("train", Some(train)), ("eval", eval)] {
             let Some(data) = data else { continue };

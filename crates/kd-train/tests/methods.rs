@@ -9,6 +9,7 @@ use burn::tensor::{Device, Int, Tensor};
 use kd_models::CausalLm;
 use kd_models::sampling::Rng;
 use kd_train::data::{TokenDataset, instruction_block, pack_tokens};
+use kd_train::methods::cross_tokenizer::TeacherDataset;
 use kd_train::methods::gkd::GkdConfig;
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::minillm::MiniLlmMethodConfig;
@@ -491,4 +492,143 @@ fn whp_resumes_exactly_and_needs_its_baseline() {
     let bad: Result<MethodConfig, _> = serde_json::from_str(r#"{"name": "whp", "alpha": -1.0}"#);
     let err = bad.map_err(|e| e.to_string()).and_then(|m| m.validate().map_err(|e| e.to_string()));
     assert!(err.unwrap_err().contains("alpha"));
+}
+
+fn whp_anchored(alpha: f64) -> MethodConfig {
+    let text = format!(
+        r#"{{"name": "whp", "alpha": {alpha}, "target": "soft", "reduction": "token_mean",
+            "anchors": {{"terms": {{"Hogwarts": "the school"}}}}}}"#
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The first step of `whp` whose baseline reads `views` (the trainer's teacher data).
+fn whp_first_step(method: MethodConfig, views: Option<TeacherDataset>) -> StepRecord {
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    let mut c = config(method, None);
+    c.steps = 1;
+    let t = Trainer::new(c, seeded(1, 8, 1, &device), &device)
+        .unwrap()
+        .with_teacher(seeded(99, 16, 2, &plain))
+        .unwrap()
+        .with_base_models(seeded(77, 16, 2, &plain), seeded(77, 16, 2, &plain))
+        .unwrap();
+    let mut t = match views {
+        Some(v) => t.with_teacher_data(v),
+        None => t,
+    };
+    t.fit(&instruction_data(), None).unwrap().history[0].clone()
+}
+
+/// WHP's anchored terms: the baseline reads a translated copy of each block and every trained
+/// row takes the logits of its partner row there. Step 1 recomputed by hand from the same
+/// models and batch: views with one token inserted after the prompt's first token (a term that
+/// grew by one token), the response rows paired one row later, one block with no pair and one
+/// with only its first response row paired. Identity views give the plain `whp` loss.
+#[test]
+fn whp_with_anchored_views_first_step_by_hand() {
+    use burn::tensor::{Bool, TensorData};
+    use kd_losses::teachers::whp::{WhpGenericConfig, WhpLossConfig, WhpReduction, WhpTarget};
+    use kd_train::data::{BatchOrder, DataCursor, IGNORE_INDEX, TokenBlock};
+
+    let data = instruction_data();
+    // Identity views, every row paired: the loss of whp without anchors.
+    let same = TeacherDataset {
+        blocks: data.clone(),
+        pairs: data.blocks.iter().map(|_| (0..SEQ).map(|l| (l, l)).collect()).collect(),
+    };
+    let plain_loss = whp_first_step(whp(2.0, "soft", "token_mean"), None).loss;
+    let rec = whp_first_step(whp_anchored(2.0), Some(same));
+    assert!((rec.loss - plain_loss).abs() < 1e-6 * plain_loss, "{} vs {plain_loss}", rec.loss);
+    assert_eq!(rec.extra["aligned"], 1.0);
+
+    // [1, a, b, 3, r, EOS, 0 …] → [1, a, 17, b, 3, r, EOS, 0 …]: rows 3, 4 ↔ 4, 5.
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let pairs: Vec<Vec<(usize, usize)>> = (0..data.len())
+        .map(|i| match i {
+            _ if i == idx[0] => vec![],
+            _ if i == idx[1] => vec![(3, 4)],
+            _ => vec![(3, 4), (4, 5)],
+        })
+        .collect();
+    let blocks = data
+        .blocks
+        .iter()
+        .map(|b| {
+            let mut ids = b.input_ids.clone();
+            ids.insert(2, 17);
+            ids.truncate(SEQ);
+            TokenBlock { labels: vec![IGNORE_INDEX; SEQ], input_ids: ids }
+        })
+        .map(|mut b| {
+            b.labels[0] = 4; // one counted label, as a dataset needs
+            b
+        })
+        .collect();
+    let views = TeacherDataset { blocks: TokenDataset::new("views", blocks).unwrap(), pairs };
+    let rec = whp_first_step(whp_anchored(2.0), Some(views.clone()));
+
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    let student = seeded(1, 8, 1, &device);
+    let reinforced = seeded(99, 16, 2, &plain);
+    let baseline = seeded(77, 16, 2, &plain);
+    let kept = &idx[1..];
+    let batch = data.batch(kept, &device);
+    let s = student.logits(batch.input_ids.clone()); // [3, SEQ, 32]
+    let [b, n, v] = s.dims();
+    let r = reinforced.logits(batch.input_ids.clone().inner());
+    let base_all = baseline.logits(views.blocks.batch(kept, &plain).input_ids);
+    // Row (bi, l) of the baseline's input: the view row paired with l, else row 0 (untrained).
+    let mut rows = Vec::new();
+    let mut mask = Vec::new();
+    for (bi, &i) in kept.iter().enumerate() {
+        for l in 0..n {
+            let j = views.pairs[i].iter().find(|p| p.0 == l).map(|p| p.1);
+            rows.push((bi * n + j.unwrap_or(0)) as i64);
+            mask.push(j.is_some());
+        }
+    }
+    let base = base_all
+        .reshape([b * n, v])
+        .select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [b * n]), &plain))
+        .reshape([b, n, v]);
+    let teacher =
+        WhpGenericConfig::new().with_alpha(2.0).with_target(WhpTarget::Soft).init().unwrap();
+    let probs = teacher.teacher(base, r.slice([0..b, 0..n, 0..v])).unwrap().teacher_probs;
+    let trained = mask.iter().filter(|&&m| m).count();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [b, n]), &device);
+    let out = WhpLossConfig::new()
+        .with_reduction(WhpReduction::TokenMean)
+        .init()
+        .unwrap()
+        .forward(s, probs.autodiff(), mask)
+        .unwrap();
+    let want = out.loss.into_scalar::<f32>() as f64;
+    assert!((rec.loss - want).abs() < 1e-5 * want, "{} vs {want}", rec.loss);
+    assert_eq!(trained, 5);
+    assert_eq!(rec.tokens, 5);
+    // 5 of the batch's 8 counted positions have a partner.
+    assert!((rec.extra["aligned"] - 5.0 / 8.0).abs() < 1e-12, "{:?}", rec.extra);
+    assert!((rec.loss - plain_loss).abs() > 1e-3 * plain_loss);
+
+    // Anchors without the translated blocks: refused before any step, naming them.
+    let device = Device::flex().autodiff();
+    let mut c = config(whp_anchored(1.0), None);
+    c.steps = 1;
+    let mut t = Trainer::new(c, seeded(1, 8, 1, &device), &device)
+        .unwrap()
+        .with_teacher(seeded(99, 16, 2, &Device::flex()))
+        .unwrap()
+        .with_base_models(seeded(77, 16, 2, &Device::flex()), seeded(77, 16, 2, &Device::flex()))
+        .unwrap();
+    let err = t.fit(&data, None).unwrap_err().to_string();
+    assert!(err.contains("teacher_data"), "{err}");
+    // Anchors with no term, or min_match 0: config errors.
+    for bad in [r#"{"terms": {}}"#, r#"{"terms": {"a": "b"}, "min_match": 0}"#] {
+        let text = format!(r#"{{"name": "whp", "anchors": {bad}}}"#);
+        let m: MethodConfig = serde_json::from_str(&text).unwrap();
+        assert!(m.validate().is_err(), "{bad}");
+    }
 }

@@ -343,6 +343,15 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
         false
     }
 
+    /// Whether it reads a second tokenization of the training set given with
+    /// [`Trainer::with_teacher_data`](crate::Trainer::with_teacher_data) (block `i` beside block
+    /// `i`, with row pairs), which [`Trainer::fit`](crate::Trainer::fit) then requires: the
+    /// teacher's own tokens, or WHP's anchored-term translation for its baseline. Default: as
+    /// [`Method::teacher_reads_own_tokens`].
+    fn reads_teacher_data(&self) -> bool {
+        self.teacher_reads_own_tokens()
+    }
+
     /// Whether several teachers may be combined for it ([`crate::ensemble`]): every teacher
     /// use then goes through [`StepContext::student_and_teacher_logits`] or reads
     /// [`StepContext::extra_teacher_logits`]. Default: no (the trainer refuses extra teachers).
