@@ -76,6 +76,7 @@ pub const ASSETS: &[Asset] = embed![
     "configs/step_by_step.toml",
     "configs/train_tinystories.toml",
     "configs/whp.toml",
+    "configs/whp_book.toml",
     "configs/baldistill.toml",
 ];
 
@@ -120,9 +121,14 @@ mod tests {
     /// Directories under `assets/` that stay in the repository: neither embedded nor in the
     /// published package (`exclude` in kd-cli's `Cargo.toml`). They hold the extra models of
     /// example configs that run from the repository root (`configs/delta_kd.toml`,
-    /// `configs/cross_tokenizer.toml`, `configs/baldistill.toml`), too large for the binary.
-    const REPOSITORY_ONLY: &[&str] =
-        &["assets/delta/", "assets/arithmetic/teacher-char/", "assets/baldistill/"];
+    /// `configs/cross_tokenizer.toml`, `configs/baldistill.toml`, `configs/whp_book.toml`), too
+    /// large for the binary.
+    const REPOSITORY_ONLY: &[&str] = &[
+        "assets/delta/",
+        "assets/arithmetic/teacher-char/",
+        "assets/baldistill/",
+        "assets/whp_book/",
+    ];
 
     #[test]
     fn every_shipped_file_is_embedded() {
