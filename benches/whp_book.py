@@ -13,6 +13,9 @@ documents to forget. The steps, all with the release `kd` binary:
      reinforced only   alpha = 5, no anchors (WHP's reinforcement bootstrapping)
      anchors only      alpha = 0, anchored terms (the baseline reads the translated book)
      WHP               alpha = 5 with the anchored terms (both halves)
+     revisit, K = 20   the causal-intervention teacher of "Revisiting Who's Harry Potter":
+                       teacher = known reading the book with "Hobbin" replaced by each of the
+                       20 names of names.txt (no baseline, no reinforced model)
 
 Measured for the never-trained-on-the-book model (teacher-base), `known` and each run:
 - familiarity: greedy continuations of the 40 probes (probes.jsonl; 27 phrasings from the book,
@@ -40,8 +43,11 @@ BOOK = "crates/kd-cli/assets/whp_book"
 TOK = "crates/kd-cli/assets"
 BASE = "crates/kd-cli/assets/delta/teacher-base"
 CONFIG = "crates/kd-cli/configs/whp_book.toml"
-# arm: (alpha, anchors)
-ARMS = {"reinforced only": (5.0, False), "anchors only": (0.0, True), "WHP": (5.0, True)}
+# arm: (alpha, anchors); the revisit's arm has its own settings
+ARMS = {"reinforced only": (5.0, False), "anchors only": (0.0, True), "WHP": (5.0, True),
+        "revisit, K = 20": (None, False)}
+INTERVENTION = ('method.intervention={target="Hobbin", '
+                'names_file="crates/kd-cli/assets/whp_book/names.txt"}')
 
 
 def kd(args, log):
@@ -53,10 +59,10 @@ def kd(args, log):
         return f.read()
 
 
-def train(student, out, steps, lr, seed):
+def train(student, out, steps, lr, seed, data=f"{BOOK}/book.txt"):
     if os.path.exists(os.path.join(out, "model", "config.json")):
         return
-    kd(["train", "--student", student, "--data", f"{BOOK}/book.txt", "--tokenizer", TOK,
+    kd(["train", "--student", student, "--data", data, "--tokenizer", TOK,
         "--steps", str(steps), "--lr", str(lr), "--seed", str(seed), "--out", out,
         "--set", "data.seq_len=128", "--set", "train.batch_size=16",
         "--set", "train.warmup_steps=20", "--set", "train.eval_every=0",
@@ -97,6 +103,10 @@ def main():
     ap.add_argument("--steps", type=int, default=150, help="unlearning steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="runs/whp_book")
+    ap.add_argument("--mix-kb", type=int, default=0,
+                    help="kB of TinyStories (from the start of the file, never its last 60 kB) "
+                         "mixed, story by story, into the book for the `known` model")
+    ap.add_argument("--known-steps", type=int, default=300)
     a = ap.parse_args()
     out = os.path.join(ROOT, a.out)
     os.makedirs(out, exist_ok=True)
@@ -109,7 +119,18 @@ def main():
         f.write(text[-60000:].split("\n\n", 1)[1])
 
     known, reinforced = os.path.join(out, "known"), os.path.join(out, "reinforced")
-    train(BASE, known, 300, 1e-3, 0)
+    corpus = f"{BOOK}/book.txt"
+    if a.mix_kb > 0:
+        import random
+        with open(os.path.join(ROOT, BOOK, "book.txt")) as f:
+            docs = [d for d in f.read().split("\n\n") if d.strip()]
+        stories = text[: len(text) - 60000][: a.mix_kb * 1000].split("\n\n")[:-1]
+        docs += [d.strip() for d in stories if d.strip()]
+        random.Random(0).shuffle(docs)
+        corpus = os.path.join(out, "known_corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write("\n\n".join(docs) + "\n")
+    train(BASE, known, a.known_steps, 1e-3, 0, corpus)
     train(os.path.join(known, "model"), reinforced, 150, 1e-3, 0)
     rows = [evaluate("never saw the book (teacher-base)", BASE, out, probes, tail),
             evaluate("knows the book (known)", os.path.join(known, "model"), out, probes, tail),
@@ -120,15 +141,23 @@ def main():
     plain_config = os.path.join(out, "whp_book_no_anchors.toml")
     with open(plain_config, "w") as f:
         f.write(no_anchors)
+    # ... and without its baseline, for the intervention teacher.
+    iv_config = os.path.join(out, "whp_book_intervention.toml")
+    with open(iv_config, "w") as f:
+        f.write(re.sub(r"\[base_teacher\][^\[]*", "", no_anchors))
     for arm, (alpha, anchors) in ARMS.items():
         for seed in a.seeds:
             run = os.path.join(out, f"{arm.replace(' ', '_')}-s{seed}")
-            args = ["distill", "--config", CONFIG if anchors else plain_config,
-                    "--student", os.path.join(known, "model"),
-                    "--teacher", os.path.join(reinforced, "model"),
-                    "--base-teacher", os.path.join(known, "model"),
-                    "--steps", str(a.steps), "--seed", str(seed), "--out", run,
-                    "--set", f"method.alpha={alpha}"]
+            common = ["--student", os.path.join(known, "model"), "--steps", str(a.steps),
+                      "--seed", str(seed), "--out", run]
+            if alpha is None:
+                args = ["distill", "--config", iv_config, "--teacher",
+                        os.path.join(known, "model"), "--set", INTERVENTION] + common
+            else:
+                args = ["distill", "--config", CONFIG if anchors else plain_config,
+                        "--teacher", os.path.join(reinforced, "model"),
+                        "--base-teacher", os.path.join(known, "model"),
+                        "--set", f"method.alpha={alpha}"] + common
             if not os.path.exists(os.path.join(run, "model", "config.json")):
                 kd(args, run + ".log")
             r = evaluate(f"{arm} s{seed}", os.path.join(run, "model"), out, probes, tail)

@@ -17,7 +17,7 @@ use kd_train::methods::cross_tokenizer::{
 };
 use kd_train::methods::kd::KdConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
-use kd_train::text_views::anchored_views;
+use kd_train::text_views::{NameTokens, anchored_views, counterfactual_views};
 use kd_train::{EvalRecord, MethodConfig, Precision, RougeEval, TrainReport, Trainer};
 
 use crate::config::{DataConfig, DataFormat, ModelSource, RunConfig, toml_to_json};
@@ -528,6 +528,16 @@ pub fn run_job(
         }
         None => None,
     };
+    // WHP's causal intervention: the names' token ids under this tokenizer, and the views.
+    let mut counterfactual_names = None;
+    if let MethodConfig::Whp(w) = &mut method
+        && let Some(iv) = w.intervention.as_mut()
+    {
+        let tok = tok.as_ref().context("whp's intervention needs data.tokenizer").input()?;
+        let names = iv.replacement_names().input()?;
+        iv.tokens = Some(NameTokens::of(tok, &iv.target, &names).input()?);
+        counterfactual_names = Some((iv.target.clone(), names, iv.min_match));
+    }
     let train_config = kd_train::TrainConfig { method: method.clone(), ..config.train.clone() };
     let mut trainer =
         Trainer::new(train_config, student, &device).input()?.on_event(progress::train_observer());
@@ -592,7 +602,32 @@ pub fn run_job(
     let whp = matches!(&method, MethodConfig::Whp(_));
     let has_base =
         config.base_teacher != Default::default() || config.base_student != Default::default();
-    if whp {
+    if let Some((target, names, min_match)) = &counterfactual_names {
+        let tok = tok.as_ref().context("whp's intervention needs data.tokenizer").input()?;
+        let pad = SpecialTokens::of(tok).pad_id;
+        let (views, stats) =
+            counterfactual_views(train, tok, target, names, *min_match, pad).input()?;
+        log::info!(
+            "whp intervention: {} replaced by {} names ({}); {} of {} blocks mention it; {} of \
+             {} counted positions paired in every copy ({:.1} %)",
+            target,
+            names.len(),
+            names.join(", "),
+            stats.rewritten_blocks,
+            train.len(),
+            stats.paired,
+            stats.counted,
+            100.0 * stats.paired as f64 / stats.counted.max(1) as f64
+        );
+        trainer = trainer.with_teacher_data(views);
+        if has_base {
+            return Err(anyhow::anyhow!(
+                "whp's intervention uses no baseline or base student: [teacher] is the model to \
+                 unlearn; remove [base_teacher] / [base_student]"
+            ))
+            .input();
+        }
+    } else if whp {
         // WHP: the base teacher is the baseline the reinforced teacher was fine-tuned from.
         let precision = config.train.teacher_dtype.unwrap_or(config.train.dtype);
         if config.base_teacher == Default::default() {

@@ -31,6 +31,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use kd_losses::teachers::whp::{NameFirstTokens, OriginalFirstToken};
+
 use crate::data::{TextDecoder, TextEncoder, TokenBlock, TokenDataset};
 use crate::error::{Result, TrainError};
 use crate::methods::cross_tokenizer::TeacherDataset;
@@ -372,6 +374,161 @@ pub fn anchored_views<Tok: TextEncoder + TextDecoder + ?Sized>(
         pairs.push(p);
     }
     let blocks = TokenDataset::new("anchored views", blocks)?;
+    Ok((TeacherDataset { blocks, pairs }, stats))
+}
+
+/// The token ids a causal-intervention teacher needs about the names
+/// ([`kd_losses::teachers::whp::RevisitTeacher`]): how the target is written in tokens, and the
+/// first tokens of the target and of each replacement name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NameTokens {
+    /// The target's token sequences (after a space, at a line start; one entry when both are
+    /// the same): its mentions in a block are found by these.
+    pub target_forms: Vec<Vec<u32>>,
+    /// The target's first token after a space and at a line start.
+    pub original: OriginalFirstToken,
+    /// Per replacement name, the first token of each of its words, both ways.
+    pub replacements: Vec<NameFirstTokens>,
+}
+
+/// The tokens of `word` after `context`: `encode(context + word)` less `encode(context)`, which
+/// must be its prefix.
+fn tokens_after<Tok: TextEncoder + ?Sized>(
+    tok: &Tok,
+    context: &str,
+    word: &str,
+) -> Result<Vec<u32>> {
+    let ctx = tok.encode_text(context)?;
+    let full = tok.encode_text(&format!("{context}{word}"))?;
+    match full.strip_prefix(ctx.as_slice()) {
+        Some(rest) if !rest.is_empty() => Ok(rest.to_vec()),
+        _ => Err(TrainError::config(
+            "names",
+            "a name the tokenizer writes apart from the text before it",
+            format!("{word:?} after {context:?}"),
+        )),
+    }
+}
+
+impl NameTokens {
+    /// The tokens of `target` and `replacements` under `tok`: each word after a space (`"a"`
+    /// before it, then `" word"`) and at a line start (`"a\n"` before it), as the revisit's official code takes a
+    /// name's first token with and without a leading space.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when a name is empty or the tokenizer merges it with the
+    /// text before it; the tokenizer's errors.
+    pub fn of<Tok: TextEncoder + ?Sized>(
+        tok: &Tok,
+        target: &str,
+        replacements: &[String],
+    ) -> Result<Self> {
+        let first_tokens = |name: &str| -> Result<NameFirstTokens> {
+            let words: Vec<&str> = name.split_whitespace().collect();
+            if words.is_empty() {
+                return Err(TrainError::config("names", "non-empty names", format!("{name:?}")));
+            }
+            let mut w = Vec::new();
+            let mut wo = Vec::new();
+            for word in words {
+                w.push(tokens_after(tok, "a", &format!(" {word}"))?[0] as usize);
+                wo.push(tokens_after(tok, "a\n", word)?[0] as usize);
+            }
+            Ok(NameFirstTokens::new(w, wo))
+        };
+        let target = target.trim();
+        let t = first_tokens(target)?;
+        let mut target_forms = vec![tokens_after(tok, "a", &format!(" {target}"))?];
+        let line = tokens_after(tok, "a\n", target)?;
+        if !target_forms.contains(&line) {
+            target_forms.push(line);
+        }
+        let replacements = replacements.iter().map(|n| first_tokens(n)).collect::<Result<_>>()?;
+        let original = OriginalFirstToken { w_prefix: t.w_prefix[0], wo_prefix: t.wo_prefix[0] };
+        Ok(Self { target_forms, original, replacements })
+    }
+
+    /// The target's mentions in `ids`: `[start, end)` token spans, ascending, not overlapping
+    /// (the longer form first where two start at one position).
+    pub fn mentions(&self, ids: &[u32]) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let hit = self
+                .target_forms
+                .iter()
+                .filter(|f| !f.is_empty() && ids[i..].starts_with(f))
+                .map(Vec::len)
+                .max();
+            match hit {
+                Some(len) => {
+                    spans.push((i, i + len));
+                    i += len;
+                }
+                None => i += 1,
+            }
+        }
+        spans
+    }
+}
+
+/// The counterfactual views of `data` for the causal-intervention teacher: block `i`'s view `k`
+/// is block `i` with every whole-word `target` replaced by `names[k]` ([`rewritten_ids`], cut or
+/// padded with `pad`), at index `i·K + k` of the result, with its row pairs ([`align_rows`],
+/// runs of at least `min_match`, no extension after a name: the rows inside a mention are not
+/// trained). Also returns the counted positions paired in all K views.
+///
+/// # Errors
+/// The tokenizer's; [`TrainError::InvalidConfig`] when `names` is empty.
+pub fn counterfactual_views<Tok: TextEncoder + TextDecoder + ?Sized>(
+    data: &TokenDataset,
+    tok: &Tok,
+    target: &str,
+    names: &[String],
+    min_match: usize,
+    pad: u32,
+) -> Result<(TeacherDataset, ViewStats)> {
+    if names.is_empty() {
+        return Err(TrainError::config("names", "at least one replacement name", "none"));
+    }
+    let specials: Vec<u32> =
+        [tok.bos_id(), tok.eos_id(), Some(pad)].into_iter().flatten().collect();
+    let n = data.seq_len();
+    let swaps: Vec<AnchorTerms> = names
+        .iter()
+        .map(|name| AnchorTerms::new([(target.trim().to_string(), name.clone())]))
+        .collect::<Result<_>>()?;
+    let mut stats = ViewStats::default();
+    let (mut blocks, mut pairs) = (Vec::new(), Vec::new());
+    for block in &data.blocks {
+        let counted: Vec<bool> =
+            block.labels.iter().map(|&l| l != crate::data::IGNORE_INDEX).collect();
+        stats.counted += counted.iter().filter(|&&c| c).count();
+        let mut in_all = counted.clone();
+        let mut rewritten = false;
+        for swap in &swaps {
+            let mut view = rewritten_ids(&block.input_ids, tok, &specials, |t| swap.translate(t))?;
+            rewritten |= view != block.input_ids;
+            if view.iter().skip(n).any(|&t| t != pad) {
+                stats.truncated += 1;
+            }
+            view.resize(n, pad);
+            let p: Vec<(usize, usize)> = align_rows(&block.input_ids, &view, min_match, false)
+                .into_iter()
+                .filter(|&(i, _)| counted[i])
+                .collect();
+            let mut paired = vec![false; n];
+            p.iter().for_each(|&(i, _)| paired[i] = true);
+            in_all.iter_mut().zip(&paired).for_each(|(a, &b)| *a &= b);
+            let labels =
+                view.iter().skip(1).map(|&t| i64::from(t)).chain([crate::data::IGNORE_INDEX]);
+            blocks.push(TokenBlock { labels: labels.collect(), input_ids: view });
+            pairs.push(p);
+        }
+        stats.rewritten_blocks += usize::from(rewritten);
+        stats.paired += in_all.iter().filter(|&&c| c).count();
+    }
+    let blocks = TokenDataset::new("counterfactual views", blocks)?;
     Ok((TeacherDataset { blocks, pairs }, stats))
 }
 

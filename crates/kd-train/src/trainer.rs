@@ -1163,10 +1163,15 @@ impl<S: LanguageModel, T: LanguageModel> Trainer<S, T> {
                 self.method.name(),
             ));
         };
-        if td.len() != train.len() {
+        let views = self.method.teacher_data_views();
+        if td.len() != views * train.len() {
             return Err(TrainError::config(
                 "teacher_data",
-                "one teacher block per training block",
+                if views == 1 {
+                    "one teacher block per training block"
+                } else {
+                    "one view per replacement name and training block (block i·K + k)"
+                },
                 format!("{} teacher blocks for {} training blocks", td.len(), train.len()),
             ));
         }

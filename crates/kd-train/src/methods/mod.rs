@@ -352,6 +352,13 @@ pub trait Method<S: LanguageModel, T: LanguageModel>: fmt::Debug {
         self.teacher_reads_own_tokens()
     }
 
+    /// How many blocks of the teacher data ([`Method::reads_teacher_data`]) belong to each
+    /// training block: view `k` of block `i` is block `i·views + k` (WHP's causal intervention:
+    /// one per replacement name). Default: 1.
+    fn teacher_data_views(&self) -> usize {
+        1
+    }
+
     /// Whether several teachers may be combined for it ([`crate::ensemble`]): every teacher
     /// use then goes through [`StepContext::student_and_teacher_logits`] or reads
     /// [`StepContext::extra_teacher_logits`]. Default: no (the trainer refuses extra teachers).
