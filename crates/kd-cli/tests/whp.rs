@@ -63,3 +63,55 @@ fn anchored_terms_run_from_the_book_and_bad_anchors_are_input_errors() {
     common::assert_input_error(&o, &["anchors", "terms"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_intervention_teacher_runs_from_the_book() {
+    let dir = common::scratch("whp-intervention");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let book = std::fs::read_to_string(common::assets().join("whp_book/book.txt")).unwrap();
+    let few: Vec<&str> = book.split("\n\n").take(12).collect();
+    let data = dir.join("few.txt");
+    std::fs::write(&data, few.join("\n\n")).unwrap();
+    let config = dir.join("intervention.toml");
+    let model = "crates/kd-cli/assets/delta/teacher-base";
+    std::fs::write(
+        &config,
+        format!(
+            "[student]\npretrained = \"{model}\"\n[teacher]\npretrained = \"{model}\"\n\
+             [data]\ntokenizer = \"crates/kd-cli/assets\"\ntrain = \"{0}\"\neval = \"{0}\"\n\
+             format = \"text\"\nseq_len = 64\n\
+             [train]\nsteps = 2\nbatch_size = 2\neval_every = 0\n\
+             [method]\nname = \"whp\"\n\
+             [method.intervention]\ntarget = \"Hobbin\"\nnames = [\"Lily\", \"Tom\", \"Ben\"]\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = |out: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kd"))
+            .current_dir(&root)
+            .args(["distill", "--config", config.to_str().unwrap()])
+            .args(args)
+            .args(["--out", dir.join(out).to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = run("iv", &[]);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("whp intervention: Hobbin replaced by 3 names (Lily, Tom, Ben)"), "{err}");
+    let train: Vec<_> =
+        common::metrics(&dir.join("iv")).into_iter().filter(|r| r["kind"] == "train").collect();
+    assert_eq!(train.len(), 2);
+    for r in &train {
+        let aligned = r["extra"]["aligned"].as_f64().unwrap();
+        assert!(aligned > 0.5 && aligned < 1.0, "{r}");
+        assert!(r["extra"]["anchor_moved"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // A baseline has no place in it; a name equal to the target is refused.
+    let o = run("base", &["--base-teacher", model]);
+    common::assert_input_error(&o, &["base_teacher"]);
+    let o = run("same", &["--set", "method.intervention.names=[\"Hobbin\"]"]);
+    common::assert_input_error(&o, &["names other than the target"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

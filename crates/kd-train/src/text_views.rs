@@ -566,7 +566,7 @@ mod tests {
     fn words() -> Words {
         Words(vec![
             "<pad>", "<s>", "</s>", "Harry", "went", "to", "Hogwarts", "and", "then", "smiled",
-            ".", "Jon", "the", "school",
+            ".", "Jon", "the", "school", "a", "Tom",
         ])
     }
 
@@ -711,5 +711,37 @@ mod tests {
         assert_eq!(td.blocks.blocks[0], block);
         assert_eq!(td.pairs[0], (2..10).map(|i| (i, i)).collect::<Vec<_>>());
         assert_eq!(stats, ViewStats { rewritten_blocks: 0, counted: 8, paired: 8, truncated: 0 });
+    }
+
+    #[test]
+    fn counterfactual_views_by_hand() {
+        let tok = words();
+        let names = vec!["Jon".to_string(), "Tom".to_string()];
+        let t = NameTokens::of(&tok, "Harry", &names).unwrap();
+        // A word tokenizer writes a name alike after a space and at a line start.
+        assert_eq!(t.target_forms, [vec![3]]);
+        assert_eq!(t.original, OriginalFirstToken { w_prefix: 3, wo_prefix: 3 });
+        assert_eq!(
+            t.replacements,
+            [NameFirstTokens::new(vec![11], vec![11]), NameFirstTokens::new(vec![15], vec![15])]
+        );
+
+        let input_ids =
+            tok.encode_text("<s> Harry went to Hogwarts and then Harry smiled .").unwrap();
+        assert_eq!(t.mentions(&input_ids), [(1, 2), (7, 8)]);
+        let mut labels: Vec<i64> = input_ids[1..].iter().map(|&t| i64::from(t)).collect();
+        labels.push(2);
+        let data = TokenDataset::new("t", vec![TokenBlock { input_ids, labels }]).unwrap();
+        let (td, stats) = counterfactual_views(&data, &tok, "Harry", &names, 2, 0).unwrap();
+        // View k of block 0 at index k; runs (0,0,1) (2,2,5) (8,8,2): rows 2–6, 8, 9 paired.
+        assert_eq!(td.len(), 2);
+        for (k, name) in ["Jon", "Tom"].iter().enumerate() {
+            let text = tok.decode_text(&td.blocks.blocks[k].input_ids).unwrap();
+            assert_eq!(text, format!("<s> {name} went to Hogwarts and then {name} smiled ."));
+            assert_eq!(td.pairs[k], [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (8, 8), (9, 9)]);
+        }
+        assert_eq!(stats, ViewStats { rewritten_blocks: 1, counted: 10, paired: 7, truncated: 0 });
+        assert!(counterfactual_views(&data, &tok, "Harry", &[], 2, 0).is_err());
+        assert!(NameTokens::of(&tok, " ", &names).is_err());
     }
 }

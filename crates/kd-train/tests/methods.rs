@@ -16,6 +16,7 @@ use kd_train::methods::minillm::MiniLlmMethodConfig;
 use kd_train::methods::seqkd::SeqKdConfig;
 use kd_train::params::param_values;
 use kd_train::rollout::{SamplingConfig, SequenceBatch, SpecialTokens, sample, score};
+use kd_train::text_views::NameTokens;
 use kd_train::{LanguageModel, MethodConfig, StepRecord, TrainConfig, TrainError, Trainer};
 
 use common::{SEQ, config, det, seeded};
@@ -631,4 +632,168 @@ fn whp_with_anchored_views_first_step_by_hand() {
         let m: MethodConfig = serde_json::from_str(&text).unwrap();
         assert!(m.validate().is_err(), "{bad}");
     }
+}
+
+/// `whp` with the causal-intervention teacher over `names` replacement names whose first tokens
+/// are `20 + 2k` (after a space) and `21 + 2k` (line start); the target is token 9.
+fn whp_intervention(names: usize, change_name_back: bool) -> MethodConfig {
+    use kd_losses::teachers::whp::{NameFirstTokens, OriginalFirstToken};
+    let text = format!(
+        r#"{{"name": "whp", "reduction": "token_mean", "intervention": {{"target": "Nine",
+            "names": {:?}, "teacher": {{"change_name_back": {change_name_back}}}}}}}"#,
+        (0..names).map(|k| format!("name{k}")).collect::<Vec<_>>()
+    );
+    let mut m: MethodConfig = serde_json::from_str(&text).unwrap();
+    let MethodConfig::Whp(w) = &mut m else { unreachable!() };
+    w.intervention.as_mut().unwrap().tokens = Some(NameTokens {
+        target_forms: vec![vec![9]],
+        original: OriginalFirstToken { w_prefix: 9, wo_prefix: 9 },
+        replacements: (0..names)
+            .map(|k| NameFirstTokens::new(vec![20 + 2 * k], vec![21 + 2 * k]))
+            .collect(),
+    });
+    m
+}
+
+fn intervention_first_step(
+    method: MethodConfig,
+    data: &TokenDataset,
+    views: TeacherDataset,
+) -> StepRecord {
+    let device = Device::flex().autodiff();
+    let mut c = config(method, None);
+    c.steps = 1;
+    let mut t = Trainer::new(c, seeded(1, 8, 1, &device), &device)
+        .unwrap()
+        .with_teacher(seeded(99, 16, 2, &Device::flex()))
+        .unwrap()
+        .with_teacher_data(views);
+    t.fit(data, None).unwrap().history[0].clone()
+}
+
+/// The revisit's causal-intervention teacher in training. With one view equal to the text, no
+/// mention and no name moves, the target is the teacher's softmax: the first step is `kd`'s.
+/// With two name-swapped views of blocks that mention the target (token 9) twice, step 1 is
+/// recomputed by hand: the views' rows, the anchor rows before each mention, the majority rows
+/// after the first, the rows inside the mentions left out, kd-losses' `RevisitTeacher` and loss.
+#[test]
+fn whp_intervention_first_step_by_hand() {
+    use burn::tensor::{Bool, TensorData};
+    use kd_losses::teachers::whp::{
+        RevisitInputs, RevisitTeacherConfig, WhpLossConfig, WhpReduction,
+    };
+    use kd_train::data::{BatchOrder, DataCursor, TokenBlock};
+
+    let data = instruction_data();
+    let identity = TeacherDataset {
+        blocks: data.clone(),
+        pairs: data.blocks.iter().map(|_| (0..SEQ).map(|l| (l, l)).collect()).collect(),
+    };
+    let kd =
+        first_loss(MethodConfig::Kd(KdConfig::default()), seeded(99, 16, 2, &Device::flex()), None);
+    let rec = intervention_first_step(whp_intervention(1, false), &data, identity);
+    assert!((rec.loss - kd).abs() < 1e-5 * kd, "{} vs {kd}", rec.loss);
+    assert_eq!(rec.extra["aligned"], 1.0);
+
+    // Blocks with the target at positions 2 and 9; view k writes 20 + 2k there.
+    let ids = |i: usize| -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..SEQ).map(|l| 4 + ((i * 3 + l * 5) % 19) as u32).collect();
+        ids.iter_mut().filter(|t| **t == 9).for_each(|t| *t = 10);
+        (ids[2], ids[9]) = (9, 9);
+        ids
+    };
+    let block = |ids: Vec<u32>| {
+        let labels = ids[1..].iter().map(|&t| i64::from(t)).chain([4]).collect();
+        TokenBlock { input_ids: ids, labels }
+    };
+    let data = TokenDataset::new("named", (0..40).map(|i| block(ids(i))).collect()).unwrap();
+    let views: Vec<TokenBlock> = (0..40)
+        .flat_map(|i| {
+            (0..2u32).map(move |k| {
+                let mut v = ids(i);
+                (v[2], v[9]) = (20 + 2 * k, 20 + 2 * k);
+                block(v)
+            })
+        })
+        .collect();
+    let paired: Vec<(usize, usize)> =
+        (0..SEQ).filter(|&l| l != 2 && l != 9).map(|l| (l, l)).collect();
+    let views = TeacherDataset {
+        blocks: TokenDataset::new("views", views).unwrap(),
+        pairs: vec![paired; 80],
+    };
+    let rec = intervention_first_step(whp_intervention(2, true), &data, views.clone());
+
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    let student = seeded(1, 8, 1, &device);
+    let teacher = seeded(99, 16, 2, &plain);
+    let idx = BatchOrder::new(data.len(), 5, DataCursor::default()).next_batch(4);
+    let s = student.logits(data.batch(&idx, &device).input_ids); // [4, SEQ, 24]
+    let [b, n, _] = s.dims();
+    let cf: Vec<Tensor<3>> = (0..2)
+        .map(|k| {
+            let at: Vec<usize> = idx.iter().map(|&i| 2 * i + k).collect();
+            teacher.logits(views.blocks.batch(&at, &plain).input_ids)
+        })
+        .collect();
+    let names = match &whp_intervention(2, true) {
+        MethodConfig::Whp(w) => w.intervention.clone().unwrap().tokens.unwrap(),
+        _ => unreachable!(),
+    };
+    let mut inputs = RevisitInputs::new(names.replacements, names.original, b * n);
+    for bi in 0..b {
+        // Rows 1 and 8 predict a mention of the target; moves by majority after the first.
+        inputs.anchor_targets[bi * n + 1] = 9;
+        inputs.anchor_targets[bi * n + 8] = 9;
+        (0..n).for_each(|l| inputs.majority_allowed[bi * n + l] = l >= 3);
+    }
+    let targets =
+        RevisitTeacherConfig::new().init().unwrap().build(Tensor::stack(cf, 0), &inputs).unwrap();
+    let mask: Vec<bool> = (0..b * n).map(|r| r % n != 2 && r % n != 9).collect();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [b, n]), &device);
+    let out = WhpLossConfig::new()
+        .with_reduction(WhpReduction::TokenMean)
+        .init()
+        .unwrap()
+        .forward(s, targets.teacher_tensor(&plain).autodiff(), mask)
+        .unwrap();
+    let want = out.loss.into_scalar::<f32>() as f64;
+    assert!((rec.loss - want).abs() < 1e-5 * want, "{} vs {want}", rec.loss);
+    assert_eq!(rec.tokens, (b * (n - 2)) as u64);
+    assert!((rec.extra["aligned"] - 12.0 / 14.0).abs() < 1e-12, "{:?}", rec.extra);
+    // The anchor rows (2 of the 12 trained rows of each block) moved name probability back.
+    let anchors =
+        (0..b * n).filter(|&r| targets.anchor_moved[r] && r % n != 2 && r % n != 9).count();
+    assert!((rec.extra["anchor_moved"] - anchors as f64 / (b * 12) as f64).abs() < 1e-12);
+    assert!(anchors > 0);
+
+    // Settings: no target, no names, K = 0, the WHP-baseline teacher, anchors beside it.
+    for bad in [
+        r#"{"target": "", "names": ["a"]}"#,
+        r#"{"target": "x"}"#,
+        r#"{"target": "x", "names": ["a"], "k": 0}"#,
+        r#"{"target": "x", "names": ["a"], "teacher": {"method": "whp_baseline"}}"#,
+    ] {
+        let m: MethodConfig =
+            serde_json::from_str(&format!(r#"{{"name": "whp", "intervention": {bad}}}"#)).unwrap();
+        assert!(m.validate().is_err(), "{bad}");
+    }
+    let both = r#"{"name": "whp", "anchors": {"terms": {"a": "b"}}, "intervention": {"target": "x", "names": ["y"]}}"#;
+    assert!(serde_json::from_str::<MethodConfig>(both).unwrap().validate().is_err());
+    // Without the names' token ids: an error naming them.
+    let mut m = whp_intervention(1, true);
+    if let MethodConfig::Whp(w) = &mut m {
+        w.intervention.as_mut().unwrap().tokens = None;
+    }
+    let device = Device::flex().autodiff();
+    let mut c = config(m, None);
+    c.steps = 1;
+    let mut t = Trainer::new(c, seeded(1, 8, 1, &device), &device)
+        .unwrap()
+        .with_teacher(seeded(99, 16, 2, &Device::flex()))
+        .unwrap()
+        .with_teacher_data(views);
+    let err = t.fit(&data, None).unwrap_err().to_string();
+    assert!(err.contains("teacher_data") || err.contains("tokens"), "{err}");
 }
