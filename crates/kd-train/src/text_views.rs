@@ -583,7 +583,8 @@ mod tests {
     fn matching_blocks_match_difflib() {
         // Python 3: difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks(),
         // the final sentinel left out.
-        let cases: [(&[u32], &[u32], &[(usize, usize, usize)]); 5] = [
+        type Case<'a> = (&'a [u32], &'a [u32], &'a [(usize, usize, usize)]);
+        let cases: [Case; 5] = [
             (&[1, 2, 9, 3, 4], &[1, 2, 7, 8, 3, 4], &[(0, 0, 2), (3, 4, 2)]),
             (&[5, 1, 2, 3, 1, 2, 3, 4], &[1, 2, 3, 4, 5, 1, 2], &[(4, 0, 4)]),
             (&[1, 1, 1, 2, 2], &[2, 1, 1, 2, 1], &[(1, 1, 3)]),
