@@ -98,6 +98,25 @@ def evaluate(name, model, out, probes, tail):
             "tinystories_ppl": perplexity(model, tail, os.path.join(out, f"{name}-ts.log"))}
 
 
+def summary(rows):
+    """Mean ± sd over the seeds of each arm (sd 0 with one seed)."""
+    print("\n| arm | seeds | familiar (book phrasings) | familiar (paraphrases) | book ppl | "
+          "TinyStories ppl |")
+    print("|---|---|---|---|---|---|")
+    for arm in ARMS:
+        runs = [r for r in rows if r.get("arm") == arm]
+        if not runs:
+            continue
+
+        def ms(key, scale=1.0, digits=1):
+            v = [scale * r[key] for r in runs]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            return f"{statistics.mean(v):.{digits}f} ± {sd:.{digits}f}"
+        print(f"| {arm} | {len(runs)} | {ms('familiar_in_book', 100)} % | "
+              f"{ms('familiar_paraphrase', 100)} % | {ms('book_ppl', 1, 2)} | "
+              f"{ms('tinystories_ppl', 1, 2)} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=150, help="unlearning steps")
@@ -171,6 +190,7 @@ def main():
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    summary(rows)
     print("\n| model | familiar (book phrasings) | familiar (paraphrases) | book ppl | TinyStories ppl |")
     print("|---|---|---|---|---|")
     for r in rows:
