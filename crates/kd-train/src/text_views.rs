@@ -1,6 +1,8 @@
 //! Rewritten copies of training blocks and their token alignment to the original: the text side
 //! of WHP's anchored-term translation (the baseline reads the documents with their idiosyncratic
-//! terms replaced by generic ones, and its predictions are used at the original positions).
+//! terms replaced by generic ones, and its predictions are used at the original positions,
+//! [`anchored_views`]) and of the revisit's causal intervention (the model reads K copies with
+//! the target's name replaced by other names, [`counterfactual_views`] and [`NameTokens`]).
 //!
 //! A block's view is made on the text: the block's ids are cut at special tokens (BOS, EOS,
 //! padding), each piece is decoded, rewritten by [`AnchorTerms::translate`] and encoded again,
@@ -285,7 +287,7 @@ pub struct ViewStats {
     pub rewritten_blocks: usize,
     /// Counted positions of the original blocks.
     pub counted: usize,
-    /// Counted positions paired with a view row.
+    /// Counted positions paired with a view row (in every view, for [`counterfactual_views`]).
     pub paired: usize,
     /// Views cut to the block length where more than padding was cut.
     pub truncated: usize,
