@@ -131,10 +131,18 @@ pub fn align_rows(
     min_match: usize,
     extend_after_gap: bool,
 ) -> Vec<(usize, usize)> {
-    let blocks = matching_blocks(orig, view);
+    pairs_of(&matching_blocks(orig, view), min_match, extend_after_gap)
+}
+
+/// [`align_rows`] from the matching runs already found.
+fn pairs_of(
+    blocks: &[MatchBlock],
+    min_match: usize,
+    extend_after_gap: bool,
+) -> Vec<(usize, usize)> {
     let mut pairs = Vec::new();
     let (mut end_a, mut end_b) = (0, 0);
-    for m in &blocks {
+    for m in blocks {
         if m.size >= min_match.max(1) {
             if extend_after_gap && m.a > end_a && m.b > end_b && m.a > 0 && m.b > 0 {
                 pairs.push((m.a - 1, m.b - 1));
@@ -149,15 +157,11 @@ pub fn align_rows(
 /// Rows of `orig` (within `pairs`) that predict the first token of a rewritten stretch whose
 /// original tokens already appeared as a rewritten stretch earlier in the block (a repeated
 /// term).
-fn repeated_term_rows(orig: &[u32], view: &[u32]) -> Vec<usize> {
+fn repeated_term_rows(orig: &[u32], view: &[u32], blocks: &[MatchBlock]) -> Vec<usize> {
     let mut seen: Vec<&[u32]> = Vec::new();
     let mut rows = Vec::new();
     let mut end_a = 0;
-    for m in matching_blocks(orig, view).iter().chain([&MatchBlock {
-        a: orig.len(),
-        b: view.len(),
-        size: 0,
-    }]) {
+    for m in blocks.iter().chain([&MatchBlock { a: orig.len(), b: view.len(), size: 0 }]) {
         if m.a > end_a && end_a > 0 {
             let stretch = &orig[end_a..m.a];
             if seen.contains(&stretch) {
@@ -325,6 +329,35 @@ pub fn rewritten_ids<Tok: TextEncoder + TextDecoder + ?Sized>(
     Ok(out)
 }
 
+/// Special ids a view keeps in place: BOS, EOS and `pad`.
+fn specials<Tok: TextEncoder + ?Sized>(tok: &Tok, pad: u32) -> Vec<u32> {
+    [tok.bos_id(), tok.eos_id(), Some(pad)].into_iter().flatten().collect()
+}
+
+/// `block` rewritten ([`rewritten_ids`]) and cut or padded with `pad` to its length (counted in
+/// `stats.truncated` when more than padding was cut).
+fn view_ids<Tok: TextEncoder + TextDecoder + ?Sized>(
+    block: &TokenBlock,
+    tok: &Tok,
+    pad: u32,
+    rewrite: impl Fn(&str) -> String,
+    stats: &mut ViewStats,
+) -> Result<Vec<u32>> {
+    let n = block.input_ids.len();
+    let mut view = rewritten_ids(&block.input_ids, tok, &specials(tok, pad), rewrite)?;
+    if view.iter().skip(n).any(|&t| t != pad) {
+        stats.truncated += 1;
+    }
+    view.resize(n, pad);
+    Ok(view)
+}
+
+/// A view as a teacher block: its ids, labelled with their next ids (unused by the methods).
+fn view_block(view: Vec<u32>) -> TokenBlock {
+    let labels = view.iter().skip(1).map(|&t| i64::from(t)).chain([crate::data::IGNORE_INDEX]);
+    TokenBlock { labels: labels.collect(), input_ids: view }
+}
+
 /// The anchored-term views of `data` for WHP's baseline: block `i` of the result is block `i`
 /// translated by `terms` ([`rewritten_ids`], cut or padded with `pad` to the block length), with
 /// its row pairs ([`align_rows`], less the repeated terms' rows when asked, and only rows whose
@@ -339,13 +372,11 @@ pub fn anchored_views<Tok: TextEncoder + TextDecoder + ?Sized>(
     align: ViewAlignment,
     pad: u32,
 ) -> Result<(TeacherDataset, ViewStats)> {
-    let specials: Vec<u32> =
-        [tok.bos_id(), tok.eos_id(), Some(pad)].into_iter().flatten().collect();
     let n = data.seq_len();
     let mut stats = ViewStats::default();
     let (mut blocks, mut pairs) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
     for block in &data.blocks {
-        let mut view = rewritten_ids(&block.input_ids, tok, &specials, |t| terms.translate(t))?;
+        let view = view_ids(block, tok, pad, |t| terms.translate(t), &mut stats)?;
         let counted = |i: usize| block.labels[i] != crate::data::IGNORE_INDEX;
         stats.counted += (0..n).filter(|&i| counted(i)).count();
         if view == block.input_ids {
@@ -356,23 +387,18 @@ pub fn anchored_views<Tok: TextEncoder + TextDecoder + ?Sized>(
             continue;
         }
         stats.rewritten_blocks += 1;
-        if view.iter().skip(n).any(|&t| t != pad) {
-            stats.truncated += 1;
-        }
-        view.resize(n, pad);
+        let runs = matching_blocks(&block.input_ids, &view);
         let drop = if align.skip_repeated_terms {
-            repeated_term_rows(&block.input_ids, &view)
+            repeated_term_rows(&block.input_ids, &view, &runs)
         } else {
             vec![]
         };
-        let p: Vec<(usize, usize)> =
-            align_rows(&block.input_ids, &view, align.min_match, align.extend_after_gap)
-                .into_iter()
-                .filter(|&(i, _)| counted(i) && !drop.contains(&i))
-                .collect();
+        let p: Vec<(usize, usize)> = pairs_of(&runs, align.min_match, align.extend_after_gap)
+            .into_iter()
+            .filter(|&(i, _)| counted(i) && !drop.contains(&i))
+            .collect();
         stats.paired += p.len();
-        let labels = view.iter().skip(1).map(|&t| i64::from(t)).chain([crate::data::IGNORE_INDEX]);
-        blocks.push(TokenBlock { labels: labels.collect(), input_ids: view });
+        blocks.push(view_block(view));
         pairs.push(p);
     }
     let blocks = TokenDataset::new("anchored views", blocks)?;
@@ -493,8 +519,6 @@ pub fn counterfactual_views<Tok: TextEncoder + TextDecoder + ?Sized>(
     if names.is_empty() {
         return Err(TrainError::config("names", "at least one replacement name", "none"));
     }
-    let specials: Vec<u32> =
-        [tok.bos_id(), tok.eos_id(), Some(pad)].into_iter().flatten().collect();
     let n = data.seq_len();
     let swaps: Vec<AnchorTerms> = names
         .iter()
@@ -509,12 +533,8 @@ pub fn counterfactual_views<Tok: TextEncoder + TextDecoder + ?Sized>(
         let mut in_all = counted.clone();
         let mut rewritten = false;
         for swap in &swaps {
-            let mut view = rewritten_ids(&block.input_ids, tok, &specials, |t| swap.translate(t))?;
+            let view = view_ids(block, tok, pad, |t| swap.translate(t), &mut stats)?;
             rewritten |= view != block.input_ids;
-            if view.iter().skip(n).any(|&t| t != pad) {
-                stats.truncated += 1;
-            }
-            view.resize(n, pad);
             let p: Vec<(usize, usize)> = align_rows(&block.input_ids, &view, min_match, false)
                 .into_iter()
                 .filter(|&(i, _)| counted[i])
@@ -522,9 +542,7 @@ pub fn counterfactual_views<Tok: TextEncoder + TextDecoder + ?Sized>(
             let mut paired = vec![false; n];
             p.iter().for_each(|&(i, _)| paired[i] = true);
             in_all.iter_mut().zip(&paired).for_each(|(a, &b)| *a &= b);
-            let labels =
-                view.iter().skip(1).map(|&t| i64::from(t)).chain([crate::data::IGNORE_INDEX]);
-            blocks.push(TokenBlock { labels: labels.collect(), input_ids: view });
+            blocks.push(view_block(view));
             pairs.push(p);
         }
         stats.rewritten_blocks += usize::from(rewritten);

@@ -362,16 +362,8 @@ impl<S: LanguageModel, T: LanguageModel> super::Method<S, T> for Whp {
                 // The baseline reads the translations; row (b, l) takes its partner row's logits.
                 let view = td.blocks.batch(&kept_idx, &plain).input_ids;
                 let logits = logits_across(&base.teacher, view); // [b, n_view, v_base]
-                let [_, nv, vb] = logits.dims();
-                let flat: Vec<i64> = kept
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(bi, (_, r))| {
-                        r.iter().map(move |j| (bi * nv + j.unwrap_or(0)) as i64)
-                    })
-                    .collect();
-                let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * n]), &plain);
-                logits.reshape([b * nv, vb]).select(0, index).reshape([b, n, vb])
+                let partners = kept.iter().map(|(_, r)| r.iter().map(|j| j.unwrap_or(0)).collect());
+                partner_rows(logits, partners.collect(), n)
             }
         };
         if base_logits.dims()[2] < v {
@@ -501,7 +493,7 @@ fn intervention_step<S: LanguageModel, T: LanguageModel>(
     for view in 0..k {
         let at: Vec<usize> = kept_idx.iter().map(|&i| i * k + view).collect();
         let logits = logits_across(teacher, td.blocks.batch(&at, &plain).input_ids);
-        let [_, nv, vt] = logits.dims();
+        let vt = logits.dims()[2];
         if vt < v {
             return Err(TrainError::config(
                 "teacher",
@@ -509,18 +501,11 @@ fn intervention_step<S: LanguageModel, T: LanguageModel>(
                 format!("{vt} tokens for the student's {v}"),
             ));
         }
-        let flat: Vec<i64> = kept
+        let partners = kept
             .iter()
-            .enumerate()
-            .flat_map(|(bi, r)| {
-                r.partners
-                    .iter()
-                    .map(move |js| (bi * nv + js.as_ref().map_or(0, |js| js[view])) as i64)
-            })
+            .map(|r| r.partners.iter().map(|js| js.as_ref().map_or(0, |js| js[view])).collect())
             .collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * n]), &plain);
-        let rows = logits.reshape([b * nv, vt]).select(0, index).reshape([b, n, vt]);
-        views.push(rows.slice([0..b, 0..n, 0..v]));
+        views.push(partner_rows(logits, partners, n).slice([0..b, 0..n, 0..v]));
     }
     let mut inputs = RevisitInputs::new(tokens.replacements.clone(), tokens.original, b * n);
     inputs.anchor_targets = kept.iter().flat_map(|r| r.anchors.iter().copied()).collect();
@@ -550,4 +535,17 @@ fn intervention_step<S: LanguageModel, T: LanguageModel>(
             ("majority_moved", majority_moved),
         ],
     })
+}
+
+/// Rows of a view's logits `[b, n_view, v]` at the original rows: row `(bi, l)` of the result is
+/// row `partners[bi][l]` of view `bi` (`n` partners per view; untrained rows point anywhere).
+fn partner_rows(logits: Tensor<3>, partners: Vec<Vec<usize>>, n: usize) -> Tensor<3> {
+    let [b, nv, v] = logits.dims();
+    let flat: Vec<i64> = partners
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, js)| js.iter().map(move |&j| (bi * nv + j) as i64))
+        .collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * n]), &logits.device());
+    logits.reshape([b * nv, v]).select(0, index).reshape([b, n, v])
 }
